@@ -1,0 +1,227 @@
+"""Dropped, fixed and reported records: each shows its report row, and the good records survive untouched."""
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from frcnn_pipeline.data.coco import ValidationPolicy, build_ground_truth, read_coco_split
+
+
+def only_row(split, check):
+    rows = split.findings[split.findings["check"] == check]
+    assert len(rows) == 1, split.findings
+    return rows.iloc[0]
+
+
+def assert_untouched(split, baseline, extra_annotation_ids=(), extra_image_ids=()):
+    """The split's tables are the good split's, plus only the listed extra records."""
+    images = split.images[~split.images["image_id"].isin(extra_image_ids)].reset_index(drop=True)
+    pd.testing.assert_frame_equal(images, baseline.images)
+    annotations = split.annotations[~split.annotations["annotation_id"].isin(extra_annotation_ids)]
+    pd.testing.assert_frame_equal(annotations.reset_index(drop=True), baseline.annotations)
+
+
+def annotation(id_, image_id=1, category_id=1, bbox=(2.0, 2.0, 5.0, 5.0), **extra):
+    return {"id": id_, "image_id": image_id, "category_id": category_id, "bbox": list(bbox), **extra}
+
+
+def add_image(doc, source, image_id, file_name, *, size=(40, 30), json_size=None, content=None):
+    """Adds an image record; writes its file unless content is False (bytes: written as they are)."""
+    width, height = json_size or size
+    doc["images"].append({"id": image_id, "file_name": file_name, "width": width, "height": height})
+    path = source.image_dir / file_name
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    elif content is None:
+        Image.new("RGB", size, (10, 200, 30)).save(path)
+
+
+def test_annotation_on_unknown_image(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(20, image_id=99))
+    split = read(coco_doc)
+    row = only_row(split, "unknown_image")
+    assert (row["severity"], row["image_id"], row["annotation_id"]) == ("dropped", 99, 20)
+    assert "refers to image id 99, which is not in `images`" in row["message"]
+    assert_untouched(split, baseline)
+
+
+def test_annotation_with_undeclared_category(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(20, category_id=5))
+    row = only_row(split := read(coco_doc), "unknown_category")
+    assert (row["severity"], row["annotation_id"]) == ("dropped", 20)
+    assert "category id 5, which is not declared" in row["message"]
+    assert_untouched(split, baseline)
+
+
+@pytest.mark.parametrize("bbox", [[1.0, 2.0, 3.0], [1.0, None, 3.0, 4.0], [], [1, 2, 3, 4, 5]])
+def test_bbox_not_four_finite_numbers(read, baseline, coco_doc, bbox):
+    coco_doc["annotations"].append(annotation(20, bbox=bbox))
+    row = only_row(split := read(coco_doc), "invalid_bbox")
+    assert (row["severity"], row["annotation_id"]) == ("dropped", 20)
+    assert "bbox is not 4 finite numbers" in row["message"]
+    assert_untouched(split, baseline)
+
+
+@pytest.mark.parametrize(
+    ("bbox", "min_box_size"), [((2, 2, 0, 5), 0.0), ((2, 2, 5, -1), 0.0), ((2, 2, 2, 9), 3.0)]
+)
+def test_degenerate_or_too_small_bbox(read, baseline, coco_doc, bbox, min_box_size):
+    coco_doc["annotations"].append(annotation(20, bbox=bbox))
+    row = only_row(split := read(coco_doc, min_box_size=min_box_size), "degenerate_bbox")
+    assert (row["severity"], row["annotation_id"]) == ("dropped", 20)
+    assert f"width or height <= 0 or below min_box_size={min_box_size}" in row["message"]
+    assert_untouched(split, baseline)
+
+
+def test_missing_image_file_drops_the_image_and_its_annotations(write_split, baseline, coco_doc):
+    source = write_split(coco_doc)
+    add_image(coco_doc, source, 5, "gone.jpg", content=False)
+    coco_doc["annotations"].append(annotation(20, image_id=5))
+    split = read_coco_split(write_split(coco_doc))
+    row = only_row(split, "missing_image_file")
+    assert (row["severity"], row["image_id"]) == ("dropped", 5) and pd.isna(row["annotation_id"])
+    assert (
+        "gone.jpg): file not found" in row["message"] and "dropped with its 1 annotation(s)" in row["message"]
+    )
+    assert_untouched(split, baseline)
+
+
+def test_missing_file_not_seen_when_image_checks_are_off(write_split, coco_doc):
+    source = write_split(coco_doc)
+    add_image(coco_doc, source, 5, "gone.jpg", content=False)
+    split = read_coco_split(write_split(coco_doc), ValidationPolicy(image_checks="none"))
+    assert 5 in split.images["image_id"].tolist()
+    assert "missing_image_file" not in split.findings["check"].tolist()
+
+
+def test_undecodable_image(write_split, baseline, coco_doc):
+    source = write_split(coco_doc)
+    add_image(coco_doc, source, 5, "text.jpg", content=b"this is not a JPEG")
+    row = only_row(split := read_coco_split(write_split(coco_doc)), "unreadable_image")
+    assert (row["severity"], row["image_id"]) == ("dropped", 5)
+    assert "cannot decode" in row["message"] and "text.jpg" in row["message"]
+    assert_untouched(split, baseline)
+
+
+def test_truncated_image_needs_full_decoding(write_split, baseline, coco_doc, tmp_path):
+    source = write_split(coco_doc)
+    noise = np.random.default_rng(0).integers(0, 256, (150, 200, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(tmp_path / "whole.jpg")
+    whole = (tmp_path / "whole.jpg").read_bytes()
+    # Cut inside the compressed data: the header (format, size) is intact.
+    add_image(coco_doc, source, 5, "cut.jpg", json_size=(200, 150), content=whole[: len(whole) // 2])
+    coco_doc["annotations"].append(annotation(20, image_id=5))
+    header_only = read_coco_split(write_split(coco_doc))
+    assert 5 in header_only.images["image_id"].tolist()
+    decoded = read_coco_split(write_split(coco_doc), ValidationPolicy(image_checks="decode"))
+    row = only_row(decoded, "unreadable_image")
+    assert row["image_id"] == 5 and "truncated" in row["message"]
+    assert_untouched(decoded, baseline)
+
+
+def test_image_size_differs_from_json(write_split, baseline, coco_doc):
+    source = write_split(coco_doc)
+    add_image(coco_doc, source, 5, "big.jpg", size=(40, 30), json_size=(50, 30))
+    coco_doc["annotations"].append(annotation(20, image_id=5))
+    row = only_row(split := read_coco_split(write_split(coco_doc)), "image_size_mismatch")
+    assert (row["severity"], row["image_id"]) == ("dropped", 5)
+    assert "is 40x30 but the JSON says 50x30" in row["message"]
+    assert_untouched(split, baseline)
+
+
+@pytest.mark.parametrize(
+    "file_name", ["../outside.jpg", "sub/../../outside.jpg", "/tmp/outside.jpg", "C:\\x.jpg"]
+)
+def test_file_name_escaping_the_image_folder(write_split, baseline, coco_doc, tmp_path, file_name):
+    source = write_split(coco_doc)
+    Image.new("RGB", (40, 30)).save(source.image_dir.parent / "outside.jpg")  # exists, but must not be read
+    coco_doc["images"].append({"id": 5, "file_name": file_name, "width": 40, "height": 30})
+    row = only_row(split := read_coco_split(write_split(coco_doc)), "unsafe_file_name")
+    assert (row["severity"], row["image_id"]) == ("dropped", 5)
+    assert "escapes the image folder" in row["message"]
+    assert_untouched(split, baseline)
+
+
+def test_box_past_the_border_is_clipped(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(20, image_id=2, bbox=(30.0, -2.0, 20.0, 22.0), area=440.0))
+    split = read(coco_doc)
+    row = only_row(split, "clipped_bbox")
+    assert (row["severity"], row["annotation_id"]) == ("fixed", 20)
+    assert (
+        "bbox [30, -2, 20, 22] runs past the 40x30 image border; clipped to xyxy [30, 0, 40, 20]"
+        in row["message"]
+    )
+    clipped = split.annotations.set_index("annotation_id").loc[20]
+    assert clipped[["x1", "y1", "x2", "y2", "area"]].tolist() == [30.0, 0.0, 40.0, 20.0, 440.0]
+    ground_truth = {a["id"]: a["bbox"] for a in build_ground_truth(split)["annotations"]}
+    assert ground_truth[20] == [30.0, 0.0, 10.0, 20.0]
+    assert_untouched(split, baseline, extra_annotation_ids=[20])
+
+
+def test_box_outside_the_image_is_dropped(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(20, bbox=(45.0, 5.0, 5.0, 5.0)))
+    row = only_row(split := read(coco_doc), "bbox_outside_image")
+    assert (row["severity"], row["annotation_id"]) == ("dropped", 20)
+    assert "lies outside the 40x30 image" in row["message"]
+    assert "clipped_bbox" not in split.findings["check"].tolist()
+    assert_untouched(split, baseline)
+
+
+@pytest.mark.parametrize(("drop", "severity"), [(True, "dropped"), (False, "reported")])
+def test_image_without_annotations_kept_or_dropped(write_split, baseline, coco_doc, drop, severity):
+    source = write_split(coco_doc)
+    add_image(coco_doc, source, 5, "empty.jpg")
+    add_image(coco_doc, source, 6, "crowd_only.jpg")
+    coco_doc["annotations"].append(annotation(20, image_id=6, iscrowd=1))
+    split = read_coco_split(write_split(coco_doc), ValidationPolicy(drop_images_without_annotations=drop))
+    rows = split.findings[split.findings["check"] == "image_without_annotations"]
+    assert rows["image_id"].tolist() == [5, 6] and set(rows["severity"]) == {severity}
+    assert "(1 crowd)" in rows["message"].iloc[1]
+    if drop:
+        assert_untouched(split, baseline)
+    else:
+        assert split.images["image_id"].tolist()[-2:] == [5, 6]
+        assert_untouched(split, baseline, extra_annotation_ids=[20], extra_image_ids=[5, 6])
+
+
+def test_crowd_annotation_kept_with_flag(read, baseline, coco_doc):
+    coco_doc["annotations"].append(
+        annotation(20, iscrowd=1, segmentation={"counts": [1, 2], "size": [30, 40]})
+    )
+    split = read(coco_doc)
+    row = only_row(split, "crowd_annotation")
+    assert (row["severity"], row["annotation_id"]) == ("reported", 20)
+    assert split.annotations.set_index("annotation_id").loc[20, "iscrowd"]
+    assert {a["id"]: a["iscrowd"] for a in build_ground_truth(split)["annotations"]}[20] == 1
+    assert_untouched(split, baseline, extra_annotation_ids=[20])
+
+
+def test_unused_category_is_reported_and_kept(read, coco_doc):
+    coco_doc["categories"].append({"id": 9, "name": "fish"})
+    split = read(coco_doc)
+    row = only_row(split, "unused_category")
+    assert (
+        row["severity"] == "reported"
+        and "category 9 (fish) is declared but has no annotation" in row["message"]
+    )
+    assert split.categories["category_id"].tolist() == [1, 3, 7, 9]
+    assert split.categories["supercategory"].tolist()[-1] == ""
+
+
+def test_annotation_id_zero_is_renumbered_in_the_ground_truth(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(0))
+    split = read(coco_doc)
+    row = only_row(split, "annotation_id_zero")
+    assert (row["severity"], row["annotation_id"]) == ("reported", 0)
+    assert 0 in split.annotations["annotation_id"].tolist()
+    assert [a["id"] for a in build_ground_truth(split)["annotations"]] == [1, 2, 3, 4, 5, 6]
+    assert_untouched(split, baseline, extra_annotation_ids=[0])
+
+
+def test_iscrowd_as_boolean_and_absent_area_are_accepted(read, coco_doc):
+    coco_doc["annotations"][0]["iscrowd"] = True
+    del coco_doc["annotations"][1]["area"]
+    annotations = read(coco_doc).annotations.set_index("annotation_id")
+    assert annotations.loc[10, "iscrowd"]
+    assert annotations.loc[11, "area"] == 15.0 * 20.0
