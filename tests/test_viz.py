@@ -1,0 +1,396 @@
+"""`kedro viz build` on a copy of the project, rendered offline in headless Chromium.
+
+The build runs on a copy in tmp_path because it writes `build/` (and the ingest run writes `data/`) into the
+project root. The copy's `src/` comes first on the path (Kedro's bootstrap also puts it first), so the code
+that is built is the code that was copied, not whatever the editable install points at.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import ipaddress
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = shutil.which("chromium")
+# CI installs chromium (.ci/run), so there a missing browser fails instead of skipping unnoticed.
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's `chromium` is not installed"
+)
+
+# The layers of the issue, in the order COCO flows through them.
+KNOWN_LAYERS = ("raw", "intermediate", "primary", "model input", "models", "model output", "reporting")
+VALIDATION_REPORT_COLUMNS = ["split", "severity", "check", "image_id", "annotation_id", "message"]
+TABLE_PREVIEWS = ("validation_report", "per_category_ap")
+METRIC_PREVIEWS = ("coco_metrics", "training_metrics")
+PLOT_PREVIEWS = ("training_curves", "detection_samples")
+NOT_PREVIEWED = ("val_ground_truth", "val_detections")  # whole COCO JSONs: megabytes in every page load
+MAX_PREVIEW_BYTES = 1_000_000
+# kedro-viz 12's index.html links Google Fonts' "Inter" and no setting removes it; blocked, the page falls
+# back to a local font. Any other outside address the page asks for (analytics, CDNs) fails the test.
+KNOWN_BLOCKED_PAGE_HOSTS = {"fonts.googleapis.com", "fonts.gstatic.com"}
+RUN_TIMEOUT_S = 300
+BROWSER_TIMEOUT_S = 60
+VIRTUAL_TIME_BUDGET_MS = 10_000
+
+# One interpreter lists the pipelines and runs ingest (cheap on the demo data), so the validation report
+# exists to be previewed; the build itself goes through the real `kedro viz build` command.
+LIST_AND_INGEST_SCRIPT = """
+import json
+from pathlib import Path
+from kedro.framework.startup import bootstrap_project
+bootstrap_project(Path.cwd())
+import frcnn_pipeline
+from kedro.framework.project import pipelines
+from kedro.framework.session import KedroSession
+print("REGISTRY", json.dumps({
+    "package_file": frcnn_pipeline.__file__,
+    "pipelines": sorted(pipelines),
+    "nodes": [{"name": n.name, "namespace": n.namespace} for n in pipelines["__default__"].nodes],
+}), flush=True)
+if "ingest" in pipelines:
+    with KedroSession.create(Path.cwd()) as session:
+        session.run(pipeline_name="ingest")
+"""
+
+
+# ---------------------------------------------------------------------------------------------- project copy
+
+
+def _copy_project(destination: Path) -> Path:
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "src", destination / "src", ignore=ignore)
+    # conf/local holds a developer's secrets and overrides: never copied, but the run env must exist.
+    shutil.copytree(PROJECT_ROOT / "conf", destination / "conf", ignore=shutil.ignore_patterns("local"))
+    (destination / "conf" / "local").mkdir()
+    for name in ("pyproject.toml", "README.md", ".telemetry"):
+        if (PROJECT_ROOT / name).exists():
+            shutil.copy2(PROJECT_ROOT / name, destination / name)
+    (destination / "data").mkdir()
+    return destination
+
+
+def _kedro_env(project: Path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": os.pathsep.join([str(project / "src"), os.environ.get("PYTHONPATH", "")]),
+        # kedro-viz writes a telemetry user id under the user config dir even when telemetry is off.
+        "XDG_CONFIG_HOME": str(project / ".xdg"),
+        "MPLBACKEND": "Agg",
+        "COLUMNS": "200",
+    }
+
+
+def _run(args: list[str], project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        args,
+        cwd=project,
+        env=_kedro_env(project),
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S,
+        check=False,
+    )
+
+
+class VizBuild:
+    """The copied project after the ingest pipeline and `kedro viz build --include-previews` ran in it."""
+
+    def __init__(self, project: Path):
+        self.project = project
+        self.ingest = _run([sys.executable, "-c", LIST_AND_INGEST_SCRIPT], project)
+        registry = [line for line in self.ingest.stdout.splitlines() if line.startswith("REGISTRY ")]
+        assert registry, f"listing the pipelines failed:\n{self.ingest.stderr[-4000:]}"
+        self.registry = json.loads(registry[0].removeprefix("REGISTRY "))
+        self.build_process = _run(
+            [sys.executable, "-m", "kedro", "viz", "build", "--include-previews"], project
+        )
+        self.build = project / "build"
+
+    def main(self) -> dict:
+        return json.loads((self.build / "api" / "main").read_text(encoding="utf-8"))
+
+    def node_details(self, node_id: str) -> dict:
+        return json.loads((self.build / "api" / "nodes" / node_id).read_text(encoding="utf-8"))
+
+    def data_node_ids(self) -> dict[str, str]:
+        return {node["name"]: node["id"] for node in self.main()["nodes"] if node["type"] == "data"}
+
+
+@pytest.fixture(scope="module")
+def viz(tmp_path_factory: pytest.TempPathFactory) -> VizBuild:
+    return VizBuild(_copy_project(tmp_path_factory.mktemp("viz") / "project"))
+
+
+# ------------------------------------------------------------------------------------------------- browser
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site_url(viz: VizBuild) -> Iterator[str]:
+    handler = functools.partial(_QuietHandler, directory=str(viz.build))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+class RenderedPage:
+    """What headless Chromium rendered, and every network event it logged while doing so."""
+
+    def __init__(self, dom: str, net_log: dict, origin: str):
+        self.dom = dom
+        self.net_log = net_log
+        self.origin = origin
+        self.elements = _Elements()
+        self.elements.feed(dom)
+
+    def _events(self) -> Iterator[tuple[str, dict]]:
+        names = {number: name for name, number in self.net_log["constants"]["logEventTypes"].items()}
+        for event in self.net_log["events"]:
+            yield names[event["type"]], event.get("params", {})
+
+    def connections_off_machine(self) -> list[str]:
+        """TCP connections and UDP datagrams to anything but loopback, and DNS queries sent anywhere."""
+        leaks = []
+        for name, params in self._events():
+            if name in {"TCP_CONNECT_ATTEMPT", "UDP_BYTES_SENT"} and "address" in params:
+                if not _is_loopback(params["address"]):
+                    leaks.append(f"{name} {params['address']}")
+            # UDP_CONNECT is left out: connect() on a UDP socket sends nothing (Chromium's IPv6 probe).
+            elif name in {"DNS_TRANSACTION", "HOST_RESOLVER_SYSTEM_TASK", "HOST_RESOLVER_DNS_TASK"}:
+                leaks.append(f"{name} {params}")
+        return leaks
+
+    def page_requests(self) -> list[str]:
+        """URLs the page asked for (the document and everything it initiated), blocked or not."""
+        return [
+            params["url"]
+            for name, params in self._events()
+            if name == "URL_REQUEST_START_JOB"
+            and "url" in params
+            and (params.get("initiator") == self.origin or params["url"].startswith(self.origin))
+        ]
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    return ipaddress.ip_address(host).is_loopback
+
+
+def _load_net_log(path: Path) -> dict:
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        # Chromium leaves the event list open when it is stopped before it finishes writing.
+        return json.loads(text.rstrip().rstrip(",") + "]}")
+
+
+class _Elements(HTMLParser):
+    """Collects the flowchart's nodes, the layer labels, the filter rows and preview table headers."""
+
+    def __init__(self):
+        super().__init__()
+        self.flowchart_nodes: dict[str, dict[str, str | None]] = {}
+        self.layer_labels: set[str] = set()
+        self.filter_ids: set[str] = set()
+        self.preview_headers: list[str] = []
+        self._in_preview_header = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attributes = dict(attrs)
+        classes = (attributes.get("class") or "").split()
+        data_id = attributes.get("data-id") or ""
+        if tag == "g" and "pipeline-node" in classes:
+            self.flowchart_nodes[data_id] = attributes
+        if data_id.startswith("layer-label--"):
+            self.layer_labels.add(data_id.removeprefix("layer-label--"))
+        if tag == "label" and "toggle-control--kind-filter" in classes:
+            self.filter_ids.add(attributes.get("for") or "")
+        self._in_preview_header = tag == "th" and "preview-table__header" in classes
+
+    def handle_data(self, data: str) -> None:
+        if self._in_preview_header:
+            self.preview_headers.append(data)
+            self._in_preview_header = False
+
+
+def _render(site_url: str, query: str, scratch: Path) -> RenderedPage:
+    assert CHROMIUM is not None, "chromium is missing: `apt-get install -y chromium` (see .ci/run)"
+    scratch.mkdir(parents=True, exist_ok=True)
+    net_log = scratch / "net-log.json"
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        # Tall enough that the sidebar's virtualised lists (tags, layers) render every row.
+        "--window-size=1600,4000",
+        "--disable-quic",
+        "--no-first-run",
+        "--no-default-browser-check",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-extensions",
+        "--disable-default-apps",
+        "--disable-domain-reliability",
+        "--disable-client-side-phishing-detection",
+        "--no-pings",
+        "--disable-features=NetworkTimeServiceQuerying,AutofillServerCommunication,OptimizationHints,Translate",
+        # Every name but loopback resolves to nothing, so no request can leave the machine.
+        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
+        f"--user-data-dir={scratch / 'profile'}",
+        f"--log-net-log={net_log}",
+        f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
+        "--dump-dom",
+        f"{site_url}/{query}",
+    ]
+    browser = subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False)
+    assert browser.returncode == 0, f"chromium failed:\n{browser.stderr[-4000:]}"
+    assert "pipeline-flowchart" in browser.stdout, f"kedro-viz did not start:\n{browser.stdout[-2000:]}"
+    return RenderedPage(browser.stdout, _load_net_log(net_log), site_url)
+
+
+def _assert_stayed_on_machine(page: RenderedPage) -> None:
+    assert page.connections_off_machine() == []
+    outside_hosts = {urlsplit(url).hostname for url in page.page_requests()} - {"127.0.0.1"}
+    assert outside_hosts <= KNOWN_BLOCKED_PAGE_HOSTS, f"the page reached for {outside_hosts}"
+
+
+@pytest.fixture(scope="module")
+def overview(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> RenderedPage:
+    """The default view: each top-level namespace collapsed into one modular-pipeline node."""
+    return _render(site_url, "?pid=__default__", tmp_path_factory.mktemp("chromium-overview"))
+
+
+@pytest.fixture(scope="module")
+def expanded(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> RenderedPage:
+    return _render(
+        site_url, "?pid=__default__&expandAllPipelines=true", tmp_path_factory.mktemp("chromium-expanded")
+    )
+
+
+# --------------------------------------------------------------------------------------------------- tests
+
+
+def test_build_runs_the_copied_code_and_writes_the_site(viz: VizBuild) -> None:
+    assert Path(viz.registry["package_file"]).is_relative_to(viz.project / "src")
+    # `kedro viz build` exits 0 even when it fails, so its message and its output are what tell.
+    output = viz.build_process.stdout + viz.build_process.stderr
+    assert viz.build_process.returncode == 0, output[-4000:]
+    assert "Failed to build" not in output, output[-4000:]
+    assert (viz.build / "index.html").is_file()
+    task_names = {node["full_name"] for node in viz.main()["nodes"] if node["type"] == "task"}
+    assert task_names == {node["name"] for node in viz.registry["nodes"]}
+
+
+def test_build_sends_no_telemetry(viz: VizBuild) -> None:
+    assert "heapanalytics" not in (viz.build / "index.html").read_text(encoding="utf-8")
+
+
+def test_datasets_sit_in_known_layers_that_kedro_viz_can_order(viz: VizBuild) -> None:
+    main = viz.main()
+    data_nodes = [node for node in main["nodes"] if node["type"] == "data"]
+    misplaced = {
+        node["name"]: node["layer"]
+        for node in data_nodes
+        if node["layer"] not in KNOWN_LAYERS
+        # In-memory hand-overs may stay out of the layers; anything stored needs one.
+        and (node["layer"] is not None or not (node["dataset_type"] or "").endswith("MemoryDataset"))
+    }
+    assert misplaced == {}, f"give these datasets `metadata: kedro-viz: layer:` one of {KNOWN_LAYERS}"
+    # kedro-viz draws no layer at all when data flows from a later layer back into an earlier one.
+    used = {node["layer"] for node in data_nodes if node["layer"]}
+    assert set(main["layers"]) == used, f"the layers {sorted(used)} form a cycle in the data flow"
+    # Top to bottom, the page then reads as the way from COCO to a trained model and its metrics.
+    assert main["layers"] == [layer for layer in KNOWN_LAYERS if layer in used]
+
+
+def test_tables_metrics_and_plots_have_previews_and_coco_jsons_do_not(viz: VizBuild) -> None:
+    ids = viz.data_node_ids()
+    expected = set(TABLE_PREVIEWS + METRIC_PREVIEWS + PLOT_PREVIEWS + NOT_PREVIEWED)
+    assert expected <= ids.keys(), f"missing from the __default__ pipeline: {expected - ids.keys()}"
+    preview_type = {name: viz.node_details(ids[name]).get("preview_type") for name in expected}
+    for name in TABLE_PREVIEWS:
+        assert preview_type[name] == "TablePreview", name
+    for name in METRIC_PREVIEWS:
+        assert preview_type[name] is not None, f"{name} has no preview"
+    for name in PLOT_PREVIEWS:
+        assert preview_type[name] == "ImagePreview", name
+    for name in NOT_PREVIEWED:
+        assert preview_type[name] is None, f"{name} is previewed: set `metadata: kedro-viz: preview: false`"
+    plots = [n["name"] for n in viz.main()["nodes"] if "MatplotlibDataset" in (n.get("dataset_type") or "")]
+    assert all(viz.node_details(ids[name]).get("preview_type") == "ImagePreview" for name in plots), plots
+
+
+def test_no_preview_is_big(viz: VizBuild) -> None:
+    sizes = {path.name: path.stat().st_size for path in (viz.build / "api" / "nodes").iterdir()}
+    assert max(sizes.values(), default=0) < MAX_PREVIEW_BYTES, sizes
+
+
+def test_validation_report_preview_holds_the_report(viz: VizBuild) -> None:
+    assert "ingest" in viz.registry["pipelines"], "no ingest pipeline is registered"
+    assert viz.ingest.returncode == 0, viz.ingest.stderr[-4000:]
+    preview = viz.node_details(viz.data_node_ids()["validation_report"])["preview"]
+    assert preview is not None, "the validation report was not previewed"
+    assert preview["columns"] == VALIDATION_REPORT_COLUMNS
+
+
+@needs_chromium
+def test_overview_renders_every_pipeline_node_offline(viz: VizBuild, overview: RenderedPage) -> None:
+    ids = {node["full_name"]: node["id"] for node in viz.main()["nodes"] if node["type"] == "task"}
+    shown = overview.elements.flowchart_nodes
+    for node in viz.registry["nodes"]:
+        if node["namespace"]:
+            top_namespace = node["namespace"].split(".")[0]
+            assert shown.get(top_namespace, {}).get("data-node-type") == "modularPipeline", node["name"]
+        else:
+            assert shown.get(ids[node["name"]], {}).get("data-node-fullname") == node["name"]
+    _assert_stayed_on_machine(overview)
+
+
+@needs_chromium
+def test_expanded_view_renders_every_node_layer_and_tag(viz: VizBuild, expanded: RenderedPage) -> None:
+    main = viz.main()
+    shown = expanded.elements.flowchart_nodes
+    missing = [
+        node["full_name"] if node["type"] == "task" else node["name"]
+        for node in main["nodes"]
+        if node["type"] in {"task", "data"}
+        and shown.get(node["id"], {}).get("data-node-type") != node["type"]
+    ]
+    assert missing == []
+    assert set(main["layers"]) <= expanded.elements.layer_labels
+    assert {tag["id"] for tag in main["tags"]} <= expanded.elements.filter_ids
+    _assert_stayed_on_machine(expanded)
+
+
+@needs_chromium
+def test_validation_report_preview_renders(viz: VizBuild, site_url: str, tmp_path: Path) -> None:
+    assert "ingest" in viz.registry["pipelines"] and viz.ingest.returncode == 0, "ingest did not run"
+    node_id = viz.data_node_ids()["validation_report"]
+    page = _render(site_url, f"?pid=__default__&sid={node_id}", tmp_path / "chromium")
+    assert page.elements.preview_headers == VALIDATION_REPORT_COLUMNS
+    _assert_stayed_on_machine(page)
