@@ -1,0 +1,239 @@
+"""Batched, distributed inference of the detector over a list of image files, gathered on rank 0.
+
+Workers come from ``frcnn_pipeline.engine.distributed.launch`` (as in training): each builds the model,
+takes a contiguous share of the images, and rank 0 gathers every share. Images that cannot be decoded are
+reported, not fatal. AMP (fp16 autocast) on NPU/GPU; bf16 autocast and channels_last are options on CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torchvision.io import ImageReadMode, decode_image, read_file
+from tqdm.auto import tqdm
+
+from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.modeling import build_model
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to run the model. ``score_threshold``/``nms_threshold``/``detections_per_image`` override the
+    model config's ``roi_heads`` test settings (COCO evaluation: 0.05, 0.5, 100)."""
+
+    batch_size: int = 2
+    score_threshold: float = 0.05
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    amp: bool = True  # fp16 autocast on NPU/GPU
+    cpu_bf16: bool = False  # bf16 autocast on CPU (fast only where the CPU has bf16 instructions)
+    channels_last: bool = False
+    num_workers: int = 0  # image decoding processes per rank
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any] | None) -> InferenceOptions:
+        params = params or {}
+        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
+        if unknown:
+            expected = sorted(cls.__dataclass_fields__)
+            raise ValueError(f"Unknown inference option(s) {unknown}; expected some of {expected}")
+        options = cls(**params)
+        if options.batch_size < 1:
+            raise ValueError(f"inference batch_size must be >= 1, got {options.batch_size}")
+        return options
+
+    def model_config(self, model_cfg: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``model:`` section with the test-time settings of these options."""
+        model_cfg = dict(model_cfg or {})
+        model_cfg["roi_heads"] = {
+            **model_cfg.get("roi_heads", {}),
+            "score_thresh_test": self.score_threshold,
+            "nms_thresh_test": self.nms_threshold,
+            "detections_per_image": self.detections_per_image,
+        }
+        return model_cfg
+
+
+class ImageFiles(Dataset):
+    """``(position, image uint8 RGB [3,H,W] or None, error message)`` per path: bad files do not raise."""
+
+    def __init__(self, paths: list[str]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str]:
+        path = self.paths[position]
+        try:
+            return position, decode_image(read_file(str(path)), mode=ImageReadMode.RGB), ""
+        except (RuntimeError, OSError, ValueError) as error:
+            return position, None, f"{type(error).__name__}: {error}"
+
+
+def _collate(batch: list) -> list:
+    return batch
+
+
+class _AutocastBackbone(nn.Module):
+    """Runs the backbone + FPN (most of the compute) in reduced precision and hands fp32 features on.
+
+    The heads stay fp32 on purpose: torchvision's box decoding casts proposals to the deltas' dtype, and bf16
+    (8 mantissa bits) would move boxes of an 800-pixel image by several pixels.
+    """
+
+    def __init__(self, backbone: nn.Module, device_type: str, dtype: torch.dtype):
+        super().__init__()
+        self.body = backbone
+        self.out_channels = backbone.out_channels
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            features = self.body(images)
+        return OrderedDict((name, feature.float()) for name, feature in features.items())
+
+
+def prepare_for_inference(model: nn.Module, device: torch.device, options: InferenceOptions) -> nn.Module:
+    """Eval mode on ``device``; channels_last and reduced-precision backbone as the options say."""
+    model = model.eval().to(device)
+    if options.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
+    if options.cpu_bf16 if device.type == "cpu" else options.amp:
+        model.backbone = _AutocastBackbone(model.backbone, device.type, reduced)
+    return model
+
+
+def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
+    context: WorkerContext,
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any],
+    num_classes: int,
+    paths: list[str],
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    opts = InferenceOptions(**options)
+    device = context.device
+    model = build_model(opts.model_config(model_cfg), num_classes)
+    model.load_state_dict(state_dict)
+    model = prepare_for_inference(model, device, opts)
+    share = list(distributed.shard_indices(len(paths), context.rank, context.world_size))
+    loader = DataLoader(
+        torch.utils.data.Subset(ImageFiles(paths), share),
+        batch_size=opts.batch_size,
+        num_workers=opts.num_workers,
+        collate_fn=_collate,
+    )
+    results = []
+    progress = tqdm(
+        total=len(paths), desc="inference", unit="img", disable=not context.is_main, mininterval=5
+    )
+    with torch.inference_mode():
+        for batch in loader:
+            readable = [(position, image) for position, image, _ in batch if image is not None]
+            outputs = []
+            if readable:
+                outputs = model([image.to(device, non_blocking=True) for _, image in readable])
+            for (position, image), output in zip(readable, outputs, strict=True):
+                results.append(
+                    {
+                        "position": position,
+                        "height": image.shape[1],
+                        "width": image.shape[2],
+                        "boxes": output["boxes"].float().cpu(),
+                        "scores": output["scores"].float().cpu(),
+                        "labels": output["labels"].cpu(),
+                        "error": "",
+                    }
+                )
+            results += [{"position": p, "error": error} for p, image, error in batch if image is None]
+            # Every rank advances by its batch times the world size: an estimate that keeps the ETA honest.
+            progress.update(len(batch) * context.world_size)
+    progress.close()
+    gathered = distributed.all_gather_object(results)
+    return sorted((r for rank_results in gathered for r in rank_results), key=lambda r: r["position"])
+
+
+def run_inference(
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any] | None,
+    num_classes: int,
+    paths: list[str],
+    *,
+    runtime: dict[str, Any] | None = None,
+    options: InferenceOptions | None = None,
+) -> list[dict[str, Any]] | None:
+    """Predict every image in ``paths``; one record per path, in order, on node 0 (None on other nodes).
+
+    A record has ``position``, ``error`` ("" when the image was read) and, when read, ``height``, ``width``,
+    ``boxes`` (xyxy, input pixels), ``scores`` and ``labels`` (1..K).
+    ``runtime`` is the ``runtime:`` parameter section (device, nproc_per_node, ...), as for training.
+    """
+    options = options or InferenceOptions()
+    world = WorldConfig.from_runtime(runtime or {})
+    logger.info(
+        "Inference of %d image(s) on %d %s worker(s), batch %d per worker",
+        len(paths),
+        world.world_size,
+        world.device,
+        options.batch_size,
+    )
+    records = distributed.launch(
+        _inference_worker, world, state_dict, model_cfg, num_classes, list(map(str, paths)), asdict(options)
+    )
+    if records is None:  # a node other than 0 of a multi-node run
+        return None
+    failed = [r for r in records if r["error"]]
+    if failed:
+        logger.warning(
+            "%d of %d image(s) could not be read and were skipped: %s",
+            len(failed),
+            len(paths),
+            "; ".join(f"{paths[r['position']]} ({r['error']})" for r in failed[:5]),
+        )
+    return records
+
+
+def coco_results(
+    records: list[dict[str, Any]], image_ids: list[int], category_ids_by_label: list[int]
+) -> list[dict[str, Any]]:
+    """COCO results (image_id, category_id, bbox xywh, score) from inference records.
+
+    ``category_ids_by_label[label - 1]`` is the original category id of model label ``label`` (1..K).
+    """
+    lookup = torch.as_tensor(category_ids_by_label, dtype=torch.int64)
+    detections = []
+    for record in records:
+        if record["error"]:
+            continue
+        boxes = record["boxes"].double()
+        xywh = torch.cat([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], dim=1).tolist()
+        categories = lookup[record["labels"] - 1].tolist()
+        image_id = int(image_ids[record["position"]])
+        detections += [
+            {"image_id": image_id, "category_id": int(c), "bbox": box, "score": float(s)}
+            for box, c, s in zip(xywh, categories, record["scores"].tolist(), strict=True)
+        ]
+    return detections
+
+
+def category_ids_by_label(categories: pd.DataFrame) -> list[int]:
+    """Original category ids ordered by the contiguous ``label`` 0..K-1 of the categories table."""
+    table = categories.sort_values("label")
+    if table["label"].tolist() != list(range(len(table))):
+        raise ValueError(
+            f"categories.label must be 0..{len(table) - 1} without gaps, got {table['label'].tolist()[:10]}; "
+            "re-run the ingest pipeline."
+        )
+    return table["category_id"].astype(int).tolist()

@@ -1,0 +1,65 @@
+"""The evaluate pipeline: inference on the val split, COCO metrics, tables, plots and annotated samples."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import (
+    compute_coco_metrics,
+    draw_detection_samples,
+    plot_ap_per_category,
+    plot_per_category_precision_recall,
+    plot_precision_recall,
+    predict_val_split,
+    report_coco_metrics,
+)
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """``weights`` (keyword): the catalog entry of the state dict to evaluate, ``trained_model`` by default
+    (e.g. ``initial_weights`` for a converted model-zoo checkpoint)."""
+    weights = kwargs.get("weights", "trained_model")
+    return Pipeline(
+        [
+            Node(
+                predict_val_split,
+                [weights, "val_images", "categories", "params:model", "params:evaluate", "params:runtime"],
+                "val_detections",
+                name="predict_val_split",
+            ),
+            Node(
+                compute_coco_metrics,
+                ["val_ground_truth", "val_detections", "params:evaluate"],
+                "coco_evaluation",
+                name="compute_coco_metrics",
+            ),
+            Node(
+                report_coco_metrics,
+                "coco_evaluation",
+                ["coco_metrics", "per_category_ap"],
+                name="report_coco_metrics",
+            ),
+            Node(
+                plot_precision_recall,
+                "coco_evaluation",
+                "precision_recall_curves",
+                name="plot_precision_recall",
+            ),
+            Node(
+                plot_per_category_precision_recall,
+                "coco_evaluation",
+                "per_category_precision_recall_curves",
+                name="plot_per_category_precision_recall",
+            ),
+            Node(
+                plot_ap_per_category, "per_category_ap", "ap_per_category_plot", name="plot_ap_per_category"
+            ),
+            Node(
+                draw_detection_samples,
+                ["val_images", "val_ground_truth", "val_detections", "params:evaluate"],
+                "detection_samples",
+                name="draw_detection_samples",
+            ),
+        ],
+        tags="evaluate",
+        namespace="evaluate",
+        prefix_datasets_with_namespace=False,
+    )

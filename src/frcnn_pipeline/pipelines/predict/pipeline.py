@@ -1,0 +1,48 @@
+"""The predict pipeline: list the images, predict them, write the results JSON and the annotated images."""
+
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import build_prediction_results, draw_prediction_images, list_prediction_images, predict_images
+
+
+def create_pipeline(**kwargs) -> Pipeline:
+    """``weights`` (keyword): the catalog entry of the state dict to use, ``trained_model`` by default."""
+    weights = kwargs.get("weights", "trained_model")
+    return Pipeline(
+        [
+            Node(
+                list_prediction_images,
+                "params:predict",
+                "prediction_image_paths",
+                name="list_prediction_images",
+            ),
+            Node(
+                predict_images,
+                [
+                    weights,
+                    "categories",
+                    "prediction_image_paths",
+                    "params:model",
+                    "params:predict",
+                    "params:runtime",
+                ],
+                "prediction_records",
+                name="predict_images",
+            ),
+            Node(
+                build_prediction_results,
+                ["prediction_records", "prediction_image_paths", "categories", "params:predict"],
+                "prediction_results",
+                name="build_prediction_results",
+            ),
+            Node(
+                draw_prediction_images,
+                ["prediction_records", "prediction_image_paths", "categories", "params:predict"],
+                "prediction_images",
+                name="draw_prediction_images",
+            ),
+        ],
+        tags="predict",
+        namespace="predict",
+        prefix_datasets_with_namespace=False,
+    )

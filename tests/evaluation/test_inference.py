@@ -1,0 +1,126 @@
+"""Inference: records, COCO results mapping, options, precision options and the two-worker gather."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from frcnn_pipeline.evaluation.inference import (
+    InferenceOptions,
+    category_ids_by_label,
+    coco_results,
+    prepare_for_inference,
+    run_inference,
+)
+from frcnn_pipeline.modeling import build_model, read_model_config
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def model_cfg() -> dict:
+    cfg = read_model_config(PROJECT / "conf/base/parameters_model.yml")
+    return {**cfg, "input": {**cfg["input"], "min_size_test": 64, "max_size": 96}}
+
+
+@pytest.fixture(scope="module")
+def weights(model_cfg) -> dict[str, torch.Tensor]:
+    torch.manual_seed(0)
+    return build_model(model_cfg, 3).state_dict()
+
+
+@pytest.fixture
+def image_paths(tmp_path) -> list[str]:
+    rng = np.random.default_rng(1)
+    paths = []
+    for i, size in enumerate([(40, 56), (64, 48), (50, 50)]):
+        path = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(str(path))
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"\xff\xd8\xff garbage")
+    return [*paths[:2], str(broken), paths[2]]
+
+
+def test_coco_results_maps_labels_to_category_ids_and_boxes_to_xywh():
+    records = [
+        {
+            "position": 0,
+            "error": "",
+            "boxes": torch.tensor([[10.0, 20.0, 30.0, 60.0], [0.5, 1.5, 2.0, 3.0]]),
+            "scores": torch.tensor([0.9, 0.2]),
+            "labels": torch.tensor([1, 3]),
+        },
+        {"position": 1, "error": "OSError: broken"},
+    ]
+    detections = coco_results(records, image_ids=[42, 43], category_ids_by_label=[7, 9, 11])
+    assert detections == [
+        {"image_id": 42, "category_id": 7, "bbox": [10.0, 20.0, 20.0, 40.0], "score": pytest.approx(0.9)},
+        {"image_id": 42, "category_id": 11, "bbox": [0.5, 1.5, 1.5, 1.5], "score": pytest.approx(0.2)},
+    ]
+
+
+def test_category_ids_follow_the_label_column_and_gaps_are_errors():
+    categories = pd.DataFrame({"label": [1, 0, 2], "category_id": [5, 2, 9], "name": list("abc")})
+    assert category_ids_by_label(categories) == [2, 5, 9]
+    with pytest.raises(ValueError, match="without gaps"):
+        category_ids_by_label(categories.iloc[:2].assign(label=[0, 2]))
+
+
+def test_options_are_validated():
+    with pytest.raises(ValueError, match="Unknown inference option"):
+        InferenceOptions.from_params({"batchsize": 2})
+    with pytest.raises(ValueError, match="batch_size"):
+        InferenceOptions.from_params({"batch_size": 0})
+    cfg = InferenceOptions(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).model_config({})
+    assert cfg["roi_heads"] == {"score_thresh_test": 0.3, "nms_thresh_test": 0.6, "detections_per_image": 7}
+
+
+def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, image_paths):
+    records = run_inference(weights, model_cfg, 3, image_paths, options=InferenceOptions(batch_size=3))
+    assert [r["position"] for r in records] == [0, 1, 2, 3]
+    assert [bool(r["error"]) for r in records] == [False, False, True, False]
+    assert (records[0]["height"], records[0]["width"]) == (40, 56)
+    for record in (records[0], records[1], records[3]):
+        assert record["boxes"].dtype == torch.float32
+        assert len(record["boxes"]) <= 100
+        assert ((record["labels"] >= 1) & (record["labels"] <= 3)).all()
+        assert (record["boxes"][:, 2] <= record["width"]).all() and (
+            record["boxes"][:, 3] <= record["height"]
+        ).all()
+        assert (record["scores"] >= 0.05).all()
+
+
+def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, image_paths):
+    one = run_inference(weights, model_cfg, 3, image_paths, options=InferenceOptions(batch_size=2))
+    two = run_inference(
+        weights,
+        model_cfg,
+        3,
+        image_paths,
+        runtime={"device": "cpu", "nproc_per_node": 2, "master_port": 0},
+        options=InferenceOptions(batch_size=2),
+    )
+    assert [r["position"] for r in two] == [0, 1, 2, 3]
+    for a, b in zip(one, two, strict=True):
+        assert a["error"] == b["error"]
+        if not a["error"]:
+            torch.testing.assert_close(a["boxes"], b["boxes"])
+            torch.testing.assert_close(a["scores"], b["scores"])
+            assert torch.equal(a["labels"], b["labels"])
+
+
+def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
+    weights, model_cfg, image_paths
+):
+    options = InferenceOptions(cpu_bf16=True, channels_last=True)
+    model = build_model(model_cfg, 3)
+    model.load_state_dict(weights)
+    model = prepare_for_inference(model, torch.device("cpu"), options)
+    features = model.backbone(torch.rand(1, 3, 64, 64) * 255)
+    assert all(f.dtype == torch.float32 for f in features.values())
+    records = run_inference(weights, model_cfg, 3, image_paths, options=options)
+    assert all(r["boxes"].dtype == torch.float32 for r in records if not r["error"])

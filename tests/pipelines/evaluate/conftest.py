@@ -1,0 +1,71 @@
+"""A small demo split and a detector trained on it for a few iterations (module-scoped: built once)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from kedro.config import OmegaConfigLoader
+
+from frcnn_pipeline.data.coco import SplitSource, build_ground_truth, read_coco_split
+from frcnn_pipeline.data.dataset import DetectionDataset
+from frcnn_pipeline.data.demo import DemoConfig, annotation_file, generate_demo_dataset, image_dir
+from frcnn_pipeline.modeling import build_model
+
+PROJECT = Path(__file__).resolve().parents[3]
+# Small images keep a training step well under a second on two shared cores.
+SMALL_INPUT = {"min_size_train": [64], "min_size_test": 64, "max_size": 96}
+
+
+def project_config(kind: str) -> dict:
+    """The project's conf/base `parameters` or `catalog` (as `kedro run` merges them)."""
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT / "conf"),
+        base_env="base",
+        default_run_env="local",
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader[kind]
+
+
+@pytest.fixture(scope="module")
+def demo_split(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo") / "demo"
+    generate_demo_dataset(root, DemoConfig(image_size=64, num_train_images=16, num_val_images=6))
+    train = read_coco_split(SplitSource("train", annotation_file(root, "train"), image_dir(root, "train")))
+    val = read_coco_split(
+        SplitSource("val", annotation_file(root, "val"), image_dir(root, "val")), categories=train.categories
+    )
+    return {"train": train, "val": val, "ground_truth": build_ground_truth(val), "root": root}
+
+
+@pytest.fixture(scope="module")
+def parameters() -> dict:
+    return project_config("parameters")
+
+
+@pytest.fixture(scope="module")
+def catalog_config() -> dict:
+    return project_config("catalog")
+
+
+@pytest.fixture(scope="module")
+def model_params(parameters) -> dict:
+    model = parameters["model"]
+    return {**model, "input": {**model["input"], **SMALL_INPUT}}
+
+
+@pytest.fixture(scope="module")
+def trained_weights(demo_split, model_params) -> dict[str, torch.Tensor]:
+    """Weights after a few AdamW steps on the demo train split."""
+    torch.manual_seed(0)
+    train = demo_split["train"]
+    model = build_model(model_params, len(train.categories)).train()
+    dataset = DetectionDataset(train.images, train.annotations, train=True)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for step in range(4):
+        images, targets = zip(*(dataset[(step * 2 + i) % len(dataset)] for i in range(2)), strict=True)
+        loss = sum(model(list(images), list(targets)).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.state_dict()
