@@ -1,0 +1,55 @@
+"""Anchor generator: torchvision's, with detectron2's fixed level strides and optional unrounded anchors."""
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.image_list import ImageList
+
+
+def unrounded_cell_anchors(sizes: Sequence[float], aspect_ratios: Sequence[float]) -> Tensor:
+    """torchvision's cell anchors without their final round(): w = size / sqrt(r), h = size * sqrt(r)."""
+    sizes_t = torch.as_tensor(sizes, dtype=torch.float64)
+    ratios_t = torch.as_tensor(aspect_ratios, dtype=torch.float64)
+    heights = (ratios_t.sqrt()[:, None] * sizes_t[None, :]).reshape(-1)
+    widths = (sizes_t[None, :] / ratios_t.sqrt()[:, None]).reshape(-1)
+    return (torch.stack([-widths, -heights, widths, heights], dim=1) / 2).float()
+
+
+class FixedStrideAnchorGenerator(AnchorGenerator):
+    """One size per level, the same aspect ratios on every level, the level's true stride.
+
+    torchvision infers a level's stride as `padded_size // feature_size`, which is wrong for P6 whenever
+    padded_size / 32 is odd (800 / 13 = 61, not 64); detectron2 uses the backbone's strides. detectron2
+    also keeps cell anchors unrounded (`round_cell_anchors=False`), torchvision rounds them.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[float],
+        aspect_ratios: Sequence[float],
+        strides: Sequence[int],
+        round_cell_anchors: bool,
+    ) -> None:
+        if len(sizes) != len(strides):
+            raise ValueError(f"one anchor size per level is needed: sizes {sizes}, strides {strides}")
+        super().__init__(
+            sizes=tuple((float(size),) for size in sizes),
+            aspect_ratios=(tuple(float(r) for r in aspect_ratios),) * len(sizes),
+        )
+        self.strides = tuple(int(stride) for stride in strides)
+        if not round_cell_anchors:
+            self.cell_anchors = [
+                unrounded_cell_anchors(size, ratios)
+                for size, ratios in zip(self.sizes, self.aspect_ratios, strict=True)
+            ]
+
+    def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
+        device = feature_maps[0].device
+        # float32 even under autocast: half-precision anchors are off by pixels at 1333 px.
+        self.set_cell_anchors(torch.float32, device)
+        grid_sizes = [list(feature_map.shape[-2:]) for feature_map in feature_maps]
+        strides = [[torch.tensor(stride, device=device)] * 2 for stride in self.strides]
+        anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
+        return [anchors] * len(image_list.image_sizes)

@@ -1,0 +1,89 @@
+"""ResNet + FPN (P2-P6) backbone from torchvision parts, with detectron2's stride placement and freezing."""
+
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.ops import FrozenBatchNorm2d
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+# Feature map names and strides of P2..P6, as BackboneWithFPN names them ("pool" is LastLevelMaxPool's P6).
+FEATURE_NAMES = ("0", "1", "2", "3", "pool")
+FEATURE_STRIDES = (4, 8, 16, 32, 64)
+
+_RESNETS: dict[int, Callable[..., resnet.ResNet]] = {
+    18: resnet.resnet18,
+    34: resnet.resnet34,
+    50: resnet.resnet50,
+    101: resnet.resnet101,
+}
+# detectron2 stage names, freeze_at counts them in this order.
+_STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
+    if norm == "frozen_bn":
+        return FrozenBatchNorm2d
+    if norm == "gn":
+        return partial(nn.GroupNorm, 32)
+    return nn.BatchNorm2d
+
+
+def _move_stride_to_1x1(body: resnet.ResNet) -> None:
+    """MSRA's ResNet strides on the first 1x1 conv of a stage; torchvision's v1.5 on the 3x3.
+
+    The shapes are identical, so weights load either way: only the numbers tell them apart.
+    """
+    for stage in (body.layer2, body.layer3, body.layer4):
+        first = stage[0]
+        if isinstance(first, resnet.Bottleneck):
+            first.conv1.stride, first.conv2.stride = first.conv2.stride, first.conv1.stride
+
+
+def _to_frozen_batchnorm(module: nn.Module) -> nn.Module:
+    """BatchNorm2d -> FrozenBatchNorm2d with the same statistics (detectron2's convert_frozen_batchnorm)."""
+    if isinstance(module, nn.BatchNorm2d):
+        frozen = FrozenBatchNorm2d(module.num_features, eps=module.eps)
+        frozen.weight.copy_(module.weight.detach())
+        frozen.bias.copy_(module.bias.detach())
+        frozen.running_mean.copy_(module.running_mean)
+        frozen.running_var.copy_(module.running_var)
+        return frozen
+    for name, child in module.named_children():
+        module.add_module(name, _to_frozen_batchnorm(child))
+    return module
+
+
+def _freeze_stages(body: resnet.ResNet, freeze_at: int) -> None:
+    for stage in _STAGES[:freeze_at]:
+        modules = (body.conv1, body.bn1) if stage == "stem" else (getattr(body, stage),)
+        for module in modules:
+            module.requires_grad_(False)
+        if stage == "stem":
+            body.bn1 = _to_frozen_batchnorm(body.bn1)
+        else:
+            setattr(body, stage, _to_frozen_batchnorm(getattr(body, stage)))
+
+
+def build_resnet_fpn_backbone(backbone_cfg: dict[str, Any]) -> BackboneWithFPN:
+    """ResNet-{18,34,50,101} body (random init; weights come from the weights pipeline) with an FPN.
+
+    The state-dict names are torchvision's (`body.layer1.0.conv1.weight`, `fpn.inner_blocks.0.0.weight`),
+    so torchvision detector checkpoints load as they are.
+    """
+    body = _RESNETS[backbone_cfg["depth"]](weights=None, norm_layer=_norm_layer(backbone_cfg["norm"]))
+    if backbone_cfg["stride_in_1x1"]:
+        _move_stride_to_1x1(body)
+    _freeze_stages(body, backbone_cfg["freeze_at"])
+    expansion = body.layer1[0].expansion  # 1 for R-18/34, 4 for R-50/101
+    in_channels_list = [64 * expansion * 2**i for i in range(4)]
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{i + 1}": FEATURE_NAMES[i] for i in range(4)},
+        in_channels_list=in_channels_list,
+        out_channels=backbone_cfg["fpn_channels"],
+        extra_blocks=LastLevelMaxPool(),
+    )

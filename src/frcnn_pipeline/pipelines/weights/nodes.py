@@ -1,0 +1,66 @@
+"""Nodes of the weights pipeline; the work is done by frcnn_pipeline.weights and frcnn_pipeline.modeling."""
+
+import logging
+from typing import Any
+
+import pandas as pd
+import torch
+
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
+from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
+
+logger = logging.getLogger(__name__)
+
+RANDOM_SOURCES = {"none", "random", ""}
+
+
+def fetch_pretrained_weights(weights: dict[str, Any]) -> dict[str, str | None]:
+    """Resolve `weights.source` to a local file (downloading into `weights.cache_dir` once).
+
+    Returns `{"source": ..., "path": None}` for random initialisation (`source: none`).
+    """
+    source = str(weights.get("source") or "none").strip()
+    if source.lower() in RANDOM_SOURCES:
+        return {"source": "none", "path": None}
+    path = fetch_weights(
+        source,
+        weights["cache_dir"],
+        sha256=weights.get("sha256"),
+        retries=weights["retries"],
+        backoff_s=weights["backoff_s"],
+        timeout_s=weights["timeout_s"],
+    )
+    return {"source": source, "path": str(path)}
+
+
+def convert_pretrained_weights(
+    pretrained: dict[str, str | None],
+    categories: pd.DataFrame,
+    model: dict[str, Any],
+    weights: dict[str, Any],
+) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    """The model's complete initial state dict, and a report with one row per key.
+
+    The model is built with `weights.seed`, so the parts a checkpoint does not cover (e.g. a new
+    box predictor) and `source: none` are initialised deterministically.
+    """
+    num_classes = len(categories)
+    torch.manual_seed(weights["seed"])
+    model_state = build_model(model, num_classes).state_dict()
+    if pretrained["path"] is None:
+        note = f"weights.source none, seed {weights['seed']}"
+        rows = [
+            ("random_init", "", key, "", str(tuple(value.shape)), note) for key, value in model_state.items()
+        ]
+        report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
+        logger.info("Random initialisation (seed %d): %d tensors", weights["seed"], len(model_state))
+        return dict(model_state), report
+    checkpoint = load_checkpoint(pretrained["path"])
+    state, report = convert_state_dict(
+        checkpoint, model_state, source_name=pretrained["path"], bn_fold=weights["bn_fold"]
+    )
+    _, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
+    for warning in convention_warnings(source_format, resolve_model_config(model)):
+        logger.warning("%s: %s", pretrained["source"], warning)
+    return state, report

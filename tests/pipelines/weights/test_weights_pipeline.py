@@ -1,0 +1,152 @@
+"""The weights pipeline through Kedro: catalog entries from conf/base, `categories` fed in memory."""
+
+import functools
+import http.server
+import logging
+import pickle
+import threading
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torchvision
+import yaml
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+
+from frcnn_pipeline.modeling import build_model, read_model_config
+from frcnn_pipeline.pipelines.weights import create_pipeline
+from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
+from frcnn_pipeline.weights import WeightsFetchError
+
+CONF = Path(__file__).parents[3] / "conf" / "base"
+CATEGORIES = pd.DataFrame(
+    {
+        "label": [0, 1, 2],
+        "category_id": [1, 2, 5],
+        "name": ["circle", "square", "triangle"],
+        "supercategory": ["shape"] * 3,
+    }
+)
+
+
+def _parameters(name: str) -> dict:
+    return yaml.safe_load((CONF / f"parameters_{name}.yml").read_text())[name]
+
+
+def _catalog(tmp_path: Path, weights_params: dict) -> DataCatalog:
+    entries = yaml.safe_load((CONF / "catalog_weights.yml").read_text())
+    for entry in entries.values():
+        if "filepath" in entry:
+            entry["filepath"] = str(tmp_path / Path(entry["filepath"]).name)
+    catalog = DataCatalog.from_config(entries)
+    catalog["categories"] = MemoryDataset(CATEGORIES)
+    catalog["params:model"] = MemoryDataset(_parameters("model"))
+    catalog["params:weights"] = MemoryDataset(weights_params)
+    return catalog
+
+
+def _torchvision_resnet18_as_detectron2(path: Path) -> dict[str, torch.Tensor]:
+    """An R-18 ImageNet backbone as detectron2's tools/convert-torchvision-to-d2.py writes it."""
+    torch.manual_seed(7)
+    state = torchvision.models.resnet18().state_dict()
+    converted = {}
+    for key, value in state.items():
+        name = key if "layer" in key else "stem." + key
+        for stage in (1, 2, 3, 4):
+            name = name.replace(f"layer{stage}", f"res{stage + 1}")
+        for index in (1, 2, 3):
+            name = name.replace(f"bn{index}", f"conv{index}.norm")
+        name = name.replace("downsample.0", "shortcut").replace("downsample.1", "shortcut.norm")
+        converted[name] = value.numpy()
+    path.write_bytes(
+        pickle.dumps({"model": converted, "__author__": "torchvision", "matching_heuristics": True})
+    )
+    return state
+
+
+def _run(tmp_path: Path, source: str) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
+    weights_params = {
+        **_parameters("weights"),
+        "source": source,
+        "cache_dir": str(tmp_path / "cache"),
+        "retries": 0,
+    }
+    catalog = _catalog(tmp_path, weights_params)
+    SequentialRunner().run(create_pipeline(), catalog)
+    return catalog.load("initial_weights"), catalog.load("weights_conversion_report")
+
+
+@pytest.fixture
+def http_root(tmp_path):
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def _demo_model():
+    return build_model(read_model_config(CONF / "parameters_model.yml"), num_classes=len(CATEGORIES))
+
+
+def test_source_none_is_a_seeded_random_initialisation(tmp_path):
+    state, report = _run(tmp_path, "none")
+    again, _ = _run(tmp_path / "again", "none")
+    assert state.keys() == again.keys() and all(torch.equal(state[k], again[k]) for k in state)
+    _demo_model().load_state_dict(state)  # strict: the full state dict of the demo model
+    assert set(report.status) == {"random_init"} and len(report) == len(state)
+    assert (tmp_path / "weights_conversion_report.csv").exists()
+    assert (tmp_path / "initial_weights.safetensors").exists()
+
+
+def test_a_local_pickle_and_the_same_file_over_http_give_the_same_weights(tmp_path, http_root, caplog):
+    root, base_url = http_root
+    resnet = _torchvision_resnet18_as_detectron2(root / "R-18.pkl")
+    with caplog.at_level(logging.WARNING):
+        local_state, local_report = _run(tmp_path / "local", str(root / "R-18.pkl"))
+    assert "torchvision weights expect RGB" not in caplog.text  # the demo model is RGB
+    http_state, http_report = _run(tmp_path / "http", f"{base_url}/R-18.pkl")
+    assert (
+        tmp_path / "http" / "cache" / base_url.removeprefix("http://").replace(":", "_") / "R-18.pkl"
+    ).exists()
+    for key in resnet:
+        if not key.startswith("fc."):
+            torch.testing.assert_close(local_state[f"backbone.body.{key}"], resnet[key])
+            assert torch.equal(http_state[f"backbone.body.{key}"], local_state[f"backbone.body.{key}"])
+    _demo_model().load_state_dict(local_state)
+    assert local_report.equals(http_report)
+    assert set(local_report.status) == {"mapped", "missing", "expected_unused"}
+    assert set(local_report.source_key[local_report.status == "expected_unused"]) == {
+        "stem.fc.weight",
+        "stem.fc.bias",
+    }
+    assert not local_report.target_key[local_report.status == "missing"].str.startswith("backbone.body").any()
+
+
+def test_an_unreachable_url_names_the_url_and_where_to_put_the_file(tmp_path, http_root):
+    _, base_url = http_root
+    params = {
+        **_parameters("weights"),
+        "source": f"{base_url}/R-50.pkl",
+        "cache_dir": str(tmp_path),
+        "retries": 0,
+    }
+    with pytest.raises(WeightsFetchError, match=r"R-50.pkl: HTTP 404"):
+        fetch_pretrained_weights(params)
+
+
+def test_mismatched_conventions_are_warned_about(tmp_path, caplog):
+    path = tmp_path / "R-18.pkl"
+    _torchvision_resnet18_as_detectron2(path)
+    model = {**_parameters("model"), "input": {**_parameters("model")["input"], "format": "BGR"}}
+    with caplog.at_level(logging.WARNING):
+        convert_pretrained_weights(
+            {"source": str(path), "path": str(path)}, CATEGORIES, model, _parameters("weights")
+        )
+    assert "torchvision weights expect RGB input but model.input.format is BGR" in caplog.text
