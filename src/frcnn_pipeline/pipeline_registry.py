@@ -3,9 +3,12 @@
 from kedro.framework.project import find_pipelines
 from kedro.pipeline import Pipeline
 
+# `kedro run` with no --pipeline: from COCO (or the demo) to a trained, evaluated model.
+DEFAULT_PIPELINES = ("ingest", "weights", "train", "evaluate")
+
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register the project's pipelines; the default runs them all, in dependency order."""
+    """Register every pipeline under its folder's name; the default chains ingest → weights → train → evaluate."""
     pipelines = find_pipelines(raise_errors=True)
-    pipelines["__default__"] = sum(pipelines.values(), Pipeline([]))
+    pipelines["__default__"] = sum((pipelines[name] for name in DEFAULT_PIPELINES), Pipeline([]))
     return pipelines
