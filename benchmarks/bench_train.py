@@ -1,0 +1,132 @@
+"""Training speed: our Faster R-CNN (R-50-FPN, detectron2 config) against torchvision's stock model.
+
+Both train from random weights with the same recipe pieces (frozen BN, stem + res2 frozen, SGD momentum 0.9),
+on the same random images and boxes, same batch, at a moderate size (shorter side --size), on this machine.
+A step is forward + backward + optimizer step, as in the engine's loop. The sides take turns step by step, so
+load from other processes on a shared machine slows both alike. Ours is also timed with the engine's options
+(runtime.channels_last, runtime.amp bf16 on CPU) to show whether each pays for itself.
+
+    python benchmarks/bench_train.py [--size 256] [--batch 2] [--steps 3] [--variants fp32 channels_last bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.ops import FrozenBatchNorm2d
+
+from frcnn_pipeline.engine.amp import MixedPrecision
+from frcnn_pipeline.modeling import build_model, default_model_config
+
+NUM_CLASSES = 80
+VARIANTS = {
+    "fp32": {"channels_last": False, "amp": {"enabled": False}},
+    "channels_last": {"channels_last": True, "amp": {"enabled": False}},
+    "bf16": {"channels_last": False, "amp": {"enabled": True, "dtype": "bfloat16"}},
+}
+
+
+class Side:
+    """One model, its optimizer and precision, and the inputs in the form it expects."""
+
+    def __init__(self, model, images, targets, channels_last: bool, amp: dict):
+        self.model = model.train()
+        self.precision = MixedPrecision(amp, torch.device("cpu"))
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+        self.images, self.targets = images, targets
+
+    def step(self) -> float:
+        start = time.perf_counter()
+        with self.precision.autocast():
+            losses = self.model(self.images, self.targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(sum(losses.values()), self.optimizer)
+        self.precision.step(self.optimizer)
+        return time.perf_counter() - start
+
+
+def make_batch(batch: int, size: int, seed: int):
+    generator = torch.Generator().manual_seed(seed)
+    images = [torch.randint(0, 256, (3, size, size * 4 // 3), dtype=torch.uint8, generator=generator)]
+    images *= batch
+    targets = []
+    for _ in range(batch):
+        xy = torch.rand(3, 2, generator=generator) * size * 0.6
+        wh = 20 + torch.rand(3, 2, generator=generator) * size * 0.3
+        targets.append(
+            {"boxes": torch.cat([xy, xy + wh], 1), "labels": torch.randint(1, NUM_CLASSES + 1, (3,))}
+        )
+    return images, targets
+
+
+def build_sides(args) -> dict[str, Side]:
+    images, targets = make_batch(args.batch, args.size, seed=0)
+    max_size = args.size * 5 // 3
+    ours_cfg = default_model_config()  # detectron2 R-50-FPN: frozen BN, freeze_at 2, BGR, pixel std 1
+    ours_cfg["input"].update(min_size_train=[args.size], min_size_test=args.size, max_size=max_size)
+    sides = {}
+    for variant in args.variants:
+        torch.manual_seed(0)
+        sides[f"ours[{variant}]"] = Side(
+            build_model(ours_cfg, NUM_CLASSES), images, targets, **VARIANTS[variant]
+        )
+    torch.manual_seed(0)
+    sides["torchvision"] = Side(
+        stock_fasterrcnn_resnet50_fpn(args.size, max_size), [i.float() / 255 for i in images], targets,
+        channels_last=False, amp={"enabled": False},
+    )  # fmt: skip
+    return sides
+
+
+def stock_fasterrcnn_resnet50_fpn(size: int, max_size: int) -> FasterRCNN:
+    """torchvision's fasterrcnn_resnet50_fpn as it is trained in practice (from ImageNet weights): frozen BN,
+    stem + layer1 frozen (trainable_backbone_layers=3), i.e. the same work as ours. With weights=None the
+    builder would silently switch to trainable BN and all layers, a heavier model; its body is copied here
+    so that only the weights differ (random, as ours)."""
+    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)
+    return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=size, max_size=max_size)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--size", type=int, default=256, help="shorter image side (both models resize to it)")
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per side")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "channels_last"], choices=VARIANTS)
+    args = parser.parse_args()
+
+    sides = build_sides(args)
+    for side in sides.values():
+        side.step()  # warm-up: oneDNN kernels, allocator
+    seconds = dict.fromkeys(sides, 0.0)
+    for step in range(args.steps):
+        for name, side in sides.items():
+            seconds[name] += side.step()
+        print(
+            f"step {step + 1}/{args.steps}: " + ", ".join(f"{n} {s:.1f}s" for n, s in seconds.items()),
+            flush=True,
+        )
+    rate = {name: args.steps * args.batch / total for name, total in seconds.items()}
+
+    print(f"training images/s, CPU ({torch.get_num_threads()} threads), batch {args.batch}, "
+          f"shorter side {args.size}, {args.steps} steps per side, R-50-FPN from random weights")  # fmt: skip
+    reference = rate["torchvision"]
+    print(f"  torchvision fasterrcnn_resnet50_fpn: {reference:7.3f} images/s")
+    for name, value in rate.items():
+        if name != "torchvision":
+            print(f"  {name:<35} {value:7.3f} images/s   ratio {value / reference:.3f}")
+    print(f"ratio ours[fp32] / torchvision = {rate['ours[fp32]'] / reference:.3f} (target >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

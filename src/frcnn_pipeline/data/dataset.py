@@ -1,0 +1,153 @@
+"""The torch side of the tables: a detection Dataset, aspect-ratio grouped batches, collate, worker seeding.
+
+Keys of `DetectionDataset` are an image's row position, or `(position, flip)` when the sampler decides the
+flip: the sampler draws flips from a generator seeded by (seed, epoch), so a resumed or distributed run sees
+exactly the same images, flipped the same way, whatever the number of loader workers.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+Target = dict[str, torch.Tensor]
+Key = int | tuple[int, bool]
+
+
+class DetectionDataset(Dataset):
+    """Yields `(image uint8 RGB [3,H,W], target)`; target: boxes xyxy float32, labels 1..K int64, image_id.
+
+    `train=True` leaves crowd annotations out of the targets (the model has no use for them in training).
+    """
+
+    def __init__(self, images: pd.DataFrame, annotations: pd.DataFrame, train: bool):
+        self.images = images.reset_index(drop=True)
+        self.train = train
+        kept = annotations[~annotations["iscrowd"].astype(bool)] if train else annotations
+        by_image = dict(tuple(kept.groupby("image_id", sort=False)))
+        empty = kept.iloc[:0]
+        self._boxes: list[torch.Tensor] = []
+        self._labels: list[torch.Tensor] = []
+        for image_id in self.images["image_id"]:
+            rows = by_image.get(image_id, empty)
+            self._boxes.append(
+                torch.as_tensor(rows[["x1", "y1", "x2", "y2"]].to_numpy(np.float32, copy=True)).reshape(-1, 4)
+            )
+            # Table labels are 0..K-1; the model reserves 0 for background.
+            self._labels.append(torch.as_tensor(rows["label"].to_numpy(np.int64, copy=True) + 1))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def aspect_ratios(self) -> np.ndarray:
+        """width / height per image, from the table (no decoding)."""
+        return (self.images["width"] / self.images["height"]).to_numpy()
+
+    def __getitem__(self, key: Key) -> tuple[torch.Tensor, Target]:
+        position, flip = key if isinstance(key, tuple) else (key, False)
+        row = self.images.iloc[position]
+        try:
+            with Image.open(row["path"]) as file:
+                image = torch.from_numpy(np.asarray(file.convert("RGB")).copy()).permute(2, 0, 1)
+        except OSError as error:
+            raise RuntimeError(
+                f"Cannot read image {row['path']} (image_id {row['image_id']}): {error}. "
+                "Re-run the ingest pipeline or fix the file."
+            ) from error
+        if image.shape[1:] != (row["height"], row["width"]):
+            raise RuntimeError(
+                f"Image {row['path']} (image_id {row['image_id']}) is {image.shape[2]}x{image.shape[1]} "
+                f"but the images table says {row['width']}x{row['height']}. Re-run the ingest pipeline."
+            )
+        boxes = self._boxes[position].clone()
+        if flip:
+            image = image.flip(-1)
+            boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
+        target = {
+            "boxes": boxes,
+            "labels": self._labels[position].clone(),
+            "image_id": torch.tensor(int(row["image_id"])),
+        }
+        return image, target
+
+
+class GroupedBatchSampler:
+    """Infinite stream of this rank's training batches, each of one aspect-ratio group (landscape/portrait).
+
+    Every epoch shuffles all images with a generator seeded by (seed, epoch), the same on every rank, and
+    gives rank r every world_size-th image, so ranks see disjoint shares. Batches are filled per group in
+    that order; an epoch's leftovers are batched together (mixed groups), a last incomplete batch dropped.
+    `start_batch` skips batches already trained on, which makes resume exact.
+    """
+
+    def __init__(
+        self,
+        aspect_ratios: Sequence[float],
+        batch_size: int,
+        *,
+        seed: int,
+        rank: int = 0,
+        world_size: int = 1,
+        flip_prob: float = 0.5,
+        start_batch: int = 0,
+    ):
+        if len(aspect_ratios) < batch_size * world_size:
+            raise ValueError(
+                f"{len(aspect_ratios)} training image(s) cannot fill one batch of {batch_size} per device on "
+                f"{world_size} device(s); lower train.images_per_device or add images"
+            )
+        self.landscape = np.asarray(aspect_ratios) >= 1.0
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.flip_prob = flip_prob
+        self.start_batch = start_batch
+
+    def epoch_batches(self, epoch: int) -> Iterator[list[tuple[int, bool]]]:
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        order = torch.randperm(len(self.landscape), generator=generator).tolist()
+        flips = (torch.rand(len(self.landscape), generator=generator) < self.flip_prob).tolist()
+        groups: dict[bool, list[tuple[int, bool]]] = {True: [], False: []}
+        for position in order[self.rank :: self.world_size]:
+            group = groups[bool(self.landscape[position])]
+            group.append((position, flips[position]))
+            if len(group) == self.batch_size:
+                yield list(group)
+                group.clear()
+        leftovers = groups[True] + groups[False]
+        for start in range(0, len(leftovers) - self.batch_size + 1, self.batch_size):
+            yield leftovers[start : start + self.batch_size]
+
+    def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
+        every_epoch = itertools.chain.from_iterable(self.epoch_batches(epoch) for epoch in itertools.count())
+        return itertools.islice(every_epoch, self.start_batch, None)
+
+
+def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:
+    """Images differ in size: keep lists (the model pads them into one tensor)."""
+    images, targets = zip(*batch, strict=True)
+    return list(images), list(targets)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker_init_fn: seed Python and NumPy from torch's per-worker seed.
+
+    torch's own seed in a worker is derived from the loader's generator (seeded per rank by the trainer)
+    and the worker id, so every (rank, worker) pair gets its own reproducible stream.
+    """
+    seed = torch.initial_seed() % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+
+
+def loader_generator(seed: int, rank: int) -> torch.Generator:
+    """The DataLoader's generator: distinct and reproducible per rank."""
+    return torch.Generator().manual_seed(seed + 7919 * rank)

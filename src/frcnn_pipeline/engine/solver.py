@@ -1,0 +1,101 @@
+"""Optimizer and learning-rate schedule (detectron2's solver: linear scaling, warm-up, steps)."""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+log = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+
+
+def scaled_lr(base_lr: float, total_batch: int, reference_batch: int | None) -> float:
+    """Linear scaling rule: `base_lr` was tuned for `reference_batch` images per step; None: as given."""
+    if reference_batch is None:
+        return base_lr
+    return base_lr * total_batch / reference_batch
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # detectron2/torchvision FrozenBatchNorm2d has no trainable parameters, so it never reaches here.
+    return isinstance(module, _NORM_TYPES)
+
+
+def parameter_groups(
+    model: nn.Module, weight_decay: float, weight_decay_norm: float, weight_decay_bias: float | None
+) -> list[dict[str, Any]]:
+    """Trainable parameters grouped by weight decay: none on norm layers; biases optionally apart."""
+    decay: dict[float, list[nn.Parameter]] = {}
+    seen: set[int] = set()
+    for module in model.modules():
+        for name, parameter in module.named_parameters(recurse=False):
+            if not parameter.requires_grad or id(parameter) in seen:
+                continue
+            seen.add(id(parameter))
+            if _is_norm(module):
+                value = weight_decay_norm
+            elif name == "bias" and weight_decay_bias is not None:
+                value = weight_decay_bias
+            else:
+                value = weight_decay
+            decay.setdefault(value, []).append(parameter)
+    return [{"params": params, "weight_decay": value} for value, params in decay.items()]
+
+
+def build_optimizer(model: nn.Module, solver: dict[str, Any], lr: float) -> torch.optim.Optimizer:
+    """`train.solver.optimizer`: "sgd" (the card's recipe) or "adamw" (learns much faster on the CPU demo)."""
+    name = solver["optimizer"].lower()
+    groups = parameter_groups(
+        model, solver["weight_decay"], solver["weight_decay_norm"], solver.get("weight_decay_bias")
+    )
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=lr, momentum=solver["momentum"], nesterov=solver.get("nesterov", False)
+        )
+    if name == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=tuple(solver.get("betas", (0.9, 0.999))))
+    raise ValueError(f"train.solver.optimizer must be one of {OPTIMIZERS}, got {solver['optimizer']!r}")
+
+
+def lr_milestones(solver: dict[str, Any], iters_per_epoch: int) -> list[int]:
+    """LR step iterations: `steps` (iterations) or `step_epochs` (epochs, converted with the epoch length)."""
+    if solver.get("step_epochs") is not None:
+        return [epoch * iters_per_epoch for epoch in solver["step_epochs"]]
+    return list(solver.get("steps") or [])
+
+
+def lr_factor(
+    iteration: int, milestones: list[int], gamma: float, warmup_iters: int, warmup_factor: float
+) -> float:
+    """The scaled LR's factor at `iteration`: linear warm-up from `warmup_factor`, ×gamma per milestone."""
+    factor = gamma ** sum(iteration >= milestone for milestone in milestones)
+    if iteration < warmup_iters:
+        alpha = iteration / warmup_iters
+        factor *= warmup_factor * (1 - alpha) + alpha
+    return factor
+
+
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer, solver: dict[str, Any], iters_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Stepped once per iteration."""
+    milestones = lr_milestones(solver, iters_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda iteration: lr_factor(
+            iteration, milestones, solver["gamma"], solver["warmup_iters"], solver["warmup_factor"]
+        ),
+    )
+
+
+def max_iterations(solver: dict[str, Any], iters_per_epoch: int) -> int:
+    """`max_iter` (iterations) or `epochs` × the epoch length."""
+    if solver.get("epochs") is not None:
+        return math.ceil(solver["epochs"] * iters_per_epoch)
+    return int(solver["max_iter"])

@@ -1,0 +1,111 @@
+"""The training Dataset and its sampler: targets, flips, crowd, aspect groups, sharding, resume."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from frcnn_pipeline.data.dataset import (
+    DetectionDataset,
+    GroupedBatchSampler,
+    collate,
+    loader_generator,
+    seed_worker,
+)
+
+
+@pytest.fixture
+def tables(tmp_path):
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:, :5] = (255, 0, 0)  # a red band on the left edge
+    Image.fromarray(pixels).save(tmp_path / "a.png")
+    Image.fromarray(pixels[:, :20]).save(tmp_path / "b.png")
+    images = pd.DataFrame(
+        {"image_id": [7, 9], "file_name": ["a.png", "b.png"],
+         "path": [str(tmp_path / "a.png"), str(tmp_path / "b.png")], "width": [30, 20], "height": [20, 20]}
+    )  # fmt: skip
+    annotations = pd.DataFrame(
+        {"annotation_id": [1, 2, 3], "image_id": [7, 7, 7], "category_id": [3, 5, 5], "label": [0, 1, 1],
+         "x1": [0.0, 10.0, 1.0], "y1": [0.0, 2.0, 1.0], "x2": [5.0, 20.0, 29.0], "y2": [20.0, 8.0, 19.0],
+         "area": [100.0, 60.0, 500.0], "iscrowd": [False, False, True]}
+    )  # fmt: skip
+    return images, annotations
+
+
+def test_targets_rgb_labels_plus_one_and_no_crowd(tables):
+    image, target = DetectionDataset(*tables, train=True)[0]
+    assert image.dtype == torch.uint8 and image.shape == (3, 20, 30)
+    assert image[:, 0, 0].tolist() == [255, 0, 0]
+    assert target["labels"].tolist() == [1, 2]
+    assert target["boxes"].tolist() == [[0, 0, 5, 20], [10, 2, 20, 8]]
+    assert int(target["image_id"]) == 7
+
+
+def test_evaluation_keeps_crowd_and_images_without_boxes(tables):
+    dataset = DetectionDataset(*tables, train=False)
+    assert len(dataset[0][1]["boxes"]) == 3
+    assert dataset[1][1]["boxes"].shape == (0, 4) and dataset[1][1]["labels"].dtype == torch.int64
+
+
+def test_flip_mirrors_image_and_boxes(tables):
+    dataset = DetectionDataset(*tables, train=True)
+    image, target = dataset[(0, True)]
+    assert image[:, 0, -1].tolist() == [255, 0, 0] and image[:, 0, 0].tolist() == [0, 0, 0]
+    assert target["boxes"].tolist() == [[25, 0, 30, 20], [10, 2, 20, 8]]
+    assert dataset[0][1]["boxes"].tolist()[0] == [0, 0, 5, 20], "flipping must not alter the stored boxes"
+
+
+def test_missing_or_wrong_size_image_names_file_and_id(tables, tmp_path):
+    images, annotations = tables
+    (tmp_path / "b.png").unlink()
+    with pytest.raises(RuntimeError, match=r"Cannot read image .*b\.png \(image_id 9\).*ingest"):
+        DetectionDataset(images, annotations, train=True)[1]
+    wrong = images.assign(width=[31, 20])
+    with pytest.raises(RuntimeError, match=r"image_id 7\) is 30x20 but the images table says 31x20"):
+        DetectionDataset(wrong, annotations, train=True)[0]
+
+
+def _take(sampler, count):
+    iterator = iter(sampler)
+    return [next(iterator) for _ in range(count)]
+
+
+def test_batches_group_aspect_ratios_and_are_reproducible():
+    ratios = [1.5, 0.5] * 10
+    sampler = GroupedBatchSampler(ratios, 2, seed=1)
+    batches = _take(sampler, 9)
+    for batch in batches:
+        assert len({ratios[i] >= 1 for i, _ in batch}) == 1
+    assert batches == _take(GroupedBatchSampler(ratios, 2, seed=1), 9)
+    assert batches != _take(GroupedBatchSampler(ratios, 2, seed=2), 9)
+    flips = [flip for batch in _take(sampler, 50) for _, flip in batch]
+    assert 0.3 < np.mean(flips) < 0.7
+
+
+def test_ranks_get_disjoint_shares_covering_the_epoch():
+    ratios = [1.0] * 12
+    shares = [
+        list(GroupedBatchSampler(ratios, 2, seed=0, rank=r, world_size=2).epoch_batches(0)) for r in (0, 1)
+    ]
+    seen = [index for share in shares for batch in share for index, _ in batch]
+    assert sorted(seen) == list(range(12))
+
+
+def test_start_batch_continues_the_same_stream_across_epochs():
+    ratios = [1.2, 0.8, 1.0, 0.7, 1.4]
+    full = _take(GroupedBatchSampler(ratios, 2, seed=3), 12)
+    assert _take(GroupedBatchSampler(ratios, 2, seed=3, start_batch=5), 7) == full[5:]
+
+
+def test_too_few_images_for_one_batch_is_a_clear_error():
+    with pytest.raises(ValueError, match="cannot fill one batch of 2 per device on 2 device"):
+        GroupedBatchSampler([1.0, 1.0, 1.0], 2, seed=0, world_size=2)
+
+
+def test_collate_keeps_lists_and_worker_seeding_is_per_rank(tables):
+    dataset = DetectionDataset(*tables, train=True)
+    images, targets = collate([dataset[0], dataset[1]])
+    assert [i.shape for i in images] == [(3, 20, 30), (3, 20, 20)] and len(targets) == 2
+    assert loader_generator(5, 0).initial_seed() != loader_generator(5, 1).initial_seed()
+    seed_worker(0)  # seeds Python and NumPy from torch's per-worker seed without error

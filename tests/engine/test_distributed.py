@@ -1,0 +1,47 @@
+"""Spawned workers on gloo: collectives, sharding, errors with their own type."""
+
+import pytest
+import torch
+
+from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine.distributed import WorldConfig
+
+
+def _collectives(context, offset):
+    gathered = distributed.all_gather_object(context.rank + offset)
+    mean = distributed.reduce_mean({"value": torch.tensor(float(context.rank))})
+    return {"gathered": gathered, "mean": mean["value"], "world": distributed.get_world_size()}
+
+
+def _fail_on_rank_one(context):
+    if context.rank == 1:
+        raise KeyError("rank 1 is broken")
+    distributed.barrier()
+
+
+def test_two_gloo_workers_gather_reduce_and_return_rank0_result():
+    result = distributed.launch(_collectives, WorldConfig(nproc_per_node=2, master_port=0), 10)
+    assert result == {"gathered": [10, 11], "mean": 0.5, "world": 2}
+
+
+def test_single_worker_runs_in_process_without_spawning():
+    result = distributed.launch(_collectives, WorldConfig(nproc_per_node=1), 3)
+    assert result == {"gathered": [3], "mean": 0.0, "world": 1}
+
+
+def test_worker_exception_keeps_its_type_and_message():
+    with pytest.raises(KeyError, match="rank 1 is broken"):
+        distributed.launch(_fail_on_rank_one, WorldConfig(nproc_per_node=2, master_port=0))
+
+
+def test_shards_cover_every_item_once():
+    shards = [distributed.shard_indices(10, rank, 3) for rank in range(3)]
+    assert [list(s) for s in shards] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    assert distributed.shard_indices(5) == range(5)
+
+
+def test_multi_node_needs_a_fixed_port_and_a_valid_rank():
+    with pytest.raises(ValueError, match="node_rank must be in"):
+        distributed.launch(_collectives, WorldConfig(nproc_per_node=2, num_nodes=2, node_rank=2), 0)
+    with pytest.raises(ValueError, match="master_port must be set"):
+        distributed.launch(_collectives, WorldConfig(nproc_per_node=2, num_nodes=2, master_port=0), 0)

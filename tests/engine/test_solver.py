@@ -1,0 +1,62 @@
+"""Solver: linear scaling, warm-up and steps, weight decay groups."""
+
+import pytest
+import torch
+from torch import nn
+
+from frcnn_pipeline.engine import solver
+
+
+def test_linear_scaling_rule():
+    assert solver.scaled_lr(0.02, 16, 16) == pytest.approx(0.02)
+    assert solver.scaled_lr(0.02, 2, 16) == pytest.approx(0.0025)  # npu1p: 1 device × 2 images
+    assert solver.scaled_lr(1e-3, 4, None) == 1e-3
+
+
+def test_warmup_then_steps():
+    factor = solver.lr_factor
+    assert factor(0, [8, 11], 0.1, 1000, 0.001) == pytest.approx(0.001)
+    assert factor(500, [], 0.1, 1000, 0.001) == pytest.approx(0.001 * 0.5 + 0.5)
+    assert factor(1000, [2000, 3000], 0.1, 1000, 0.001) == 1.0
+    assert factor(2000, [2000, 3000], 0.1, 1000, 0.001) == pytest.approx(0.1)
+    assert factor(3500, [2000, 3000], 0.1, 1000, 0.001) == pytest.approx(0.01)
+
+
+def test_epoch_milestones_and_length():
+    cfg = {"step_epochs": [8, 11], "steps": [5], "epochs": 12, "max_iter": 99}
+    assert solver.lr_milestones(cfg, 100) == [800, 1100]
+    assert solver.max_iterations(cfg, 100) == 1200
+    assert solver.max_iterations({"epochs": None, "max_iter": 99}, 100) == 99
+
+
+def test_scheduler_follows_the_factor():
+    model = nn.Linear(2, 2)
+    cfg = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0,
+           "gamma": 0.1, "warmup_iters": 2, "warmup_factor": 0.5, "steps": [3]}  # fmt: skip
+    optimizer = solver.build_optimizer(model, cfg, lr=0.2)
+    scheduler = solver.build_lr_scheduler(optimizer, cfg, iters_per_epoch=10)
+    seen = []
+    for _ in range(4):
+        seen.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert seen == pytest.approx([0.1, 0.15, 0.2, 0.02])
+
+
+def test_no_weight_decay_on_norm_layers_and_optional_bias():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.GroupNorm(2, 4))
+    groups = solver.parameter_groups(model, 1e-4, 0.0, weight_decay_bias=None)
+    decay = {group["weight_decay"]: {id(p) for p in group["params"]} for group in groups}
+    assert decay[1e-4] == {id(model[0].weight), id(model[0].bias)}
+    assert decay[0.0] == {id(p) for p in [*model[1].parameters(), *model[2].parameters()]}
+    no_bias = solver.parameter_groups(model, 1e-4, 0.0, weight_decay_bias=0.0)
+    assert {id(model[0].bias)} <= {id(p) for g in no_bias if g["weight_decay"] == 0.0 for p in g["params"]}
+
+
+def test_optimizer_choice():
+    model = nn.Linear(2, 2)
+    base = {"weight_decay": 1e-4, "weight_decay_norm": 0.0, "momentum": 0.9}
+    assert isinstance(solver.build_optimizer(model, {**base, "optimizer": "SGD"}, 0.1), torch.optim.SGD)
+    assert isinstance(solver.build_optimizer(model, {**base, "optimizer": "adamw"}, 0.1), torch.optim.AdamW)
+    with pytest.raises(ValueError, match="must be one of"):
+        solver.build_optimizer(model, {**base, "optimizer": "lamb"}, 0.1)

@@ -1,0 +1,107 @@
+"""Tiny detection data and configurations for engine tests (64 px images, R-18 with few channels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+TINY_MODEL: dict[str, Any] = {
+    "backbone": {"depth": 18, "norm": "frozen_bn", "freeze_at": 0, "fpn_channels": 16},
+    "input": {
+        "format": "RGB",
+        "pixel_mean": [123.675, 116.28, 103.53],
+        "pixel_std": [58.395, 57.12, 57.375],
+        "min_size_train": [64],
+        "min_size_test": 64,
+        "max_size": 64,
+    },
+    "anchors": {"sizes": [16, 32, 64, 128, 256]},
+    "rpn": {"batch_size_per_image": 64, "pre_nms_topk_train": 200, "post_nms_topk_train": 50},
+    "roi_heads": {"batch_size_per_image": 32, "fc_dim": 32},
+}
+
+
+def write_tiny_dataset(folder: Path, count: int, boxes_per_image: int = 2, seed: int = 0):
+    """`count` 64×64 PNGs with `boxes_per_image` bright rectangles each; the images and annotations tables."""
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for image_id in range(1, count + 1):
+        pixels = rng.integers(0, 60, (3, 64, 64), dtype=np.uint8)
+        for box_index in range(boxes_per_image):
+            x1, y1 = rng.integers(0, 32, 2)
+            w, h = rng.integers(14, 30, 2)
+            x2, y2 = min(x1 + w, 64), min(y1 + h, 64)
+            label = int(rng.integers(0, 2))
+            pixels[:, y1:y2, x1:x2] = np.array((200, 60, 60) if label == 0 else (60, 200, 60), np.uint8)[
+                :, None, None
+            ]
+            annotations.append(
+                {
+                    "annotation_id": image_id * 10 + box_index,
+                    "image_id": image_id,
+                    "category_id": label + 1,
+                    "label": label,
+                    "x1": float(x1),
+                    "y1": float(y1),
+                    "x2": float(x2),
+                    "y2": float(y2),
+                    "area": float((x2 - x1) * (y2 - y1)),
+                    "iscrowd": False,
+                }
+            )
+        path = folder / f"{image_id:04d}.png"
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(path)
+        images.append(
+            {"image_id": image_id, "file_name": path.name, "path": str(path), "width": 64, "height": 64}
+        )
+    return pd.DataFrame(images), pd.DataFrame(annotations)
+
+
+def train_config(tmp_path: Path, **solver: Any) -> dict[str, Any]:
+    return {
+        "run_name": "test",
+        "images_per_device": 2,
+        "flip_prob": 0.5,
+        "solver": {
+            "optimizer": "adamw",
+            "base_lr": 1e-3,
+            "reference_batch_size": None,
+            "momentum": 0.9,
+            "betas": [0.9, 0.999],
+            "weight_decay": 1e-4,
+            "weight_decay_norm": 0.0,
+            "weight_decay_bias": None,
+            "clip_grad_norm": None,
+            "max_iter": 4,
+            "epochs": None,
+            "warmup_iters": 2,
+            "warmup_factor": 0.1,
+            "gamma": 0.1,
+            "steps": [3],
+            "step_epochs": None,
+            **solver,
+        },
+        "checkpoint": {"dir": str(tmp_path / "checkpoints"), "period": 100, "keep_last": 2, "resume": True},
+        "log_period": 1,
+        "metrics_dir": str(tmp_path / "reporting"),
+    }
+
+
+def runtime_config(**overrides: Any) -> dict[str, Any]:
+    return {
+        "device": "cpu",
+        "nproc_per_node": 1,
+        "num_nodes": 1,
+        "node_rank": 0,
+        "master_addr": "127.0.0.1",
+        "master_port": 0,
+        "seed": 7,
+        "num_workers": 0,
+        "amp": {"enabled": False},
+        **overrides,
+    }

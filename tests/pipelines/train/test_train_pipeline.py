@@ -1,0 +1,82 @@
+"""The train pipeline: wiring, the per-env parameters, the npu env's clear error on a machine without NPUs."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from kedro.config import OmegaConfigLoader
+from matplotlib.figure import Figure
+
+from frcnn_pipeline.engine.devices import DeviceUnavailableError
+from frcnn_pipeline.engine.solver import scaled_lr
+from frcnn_pipeline.pipelines.train import create_pipeline
+from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
+
+PROJECT = Path(__file__).resolve().parents[3]
+
+
+def env_parameters(env: str) -> dict:
+    loader = OmegaConfigLoader(
+        conf_source=str(PROJECT / "conf"),
+        base_env="base",
+        default_run_env=env,
+        merge_strategy={"parameters": "soft"},
+    )
+    return loader["parameters"]
+
+
+def test_pipeline_wiring():
+    pipeline = create_pipeline()
+    train = next(node for node in pipeline.nodes if node.name.endswith("train_detector"))
+    assert train.inputs == ["train_images", "train_annotations", "categories", "initial_weights",
+                            "params:model", "params:train", "params:runtime"]  # fmt: skip
+    assert train.outputs == ["trained_model", "training_metrics", "training_run"]
+    assert pipeline.all_outputs() == {"trained_model", "training_metrics", "training_run", "training_curves"}
+    assert all("train" in node.tags for node in pipeline.nodes)
+
+
+@pytest.mark.parametrize(
+    ("env", "device", "world", "optimizer", "lr"),
+    [("base", "cpu", 1, "adamw", 1e-3), ("cpu2p", "cpu", 2, "adamw", 1e-3),
+     ("npu1p", "npu", 1, "sgd", 0.0025), ("npu8p", "npu", 8, "sgd", 0.02), ("gpu8p", "cuda", 8, "sgd", 0.02)],
+)  # fmt: skip
+def test_env_recipes(env, device, world, optimizer, lr):
+    parameters = env_parameters(env)
+    runtime, train = parameters["runtime"], parameters["train"]
+    solver = train["solver"]
+    assert (runtime["device"], runtime["nproc_per_node"], solver["optimizer"]) == (device, world, optimizer)
+    total = train["images_per_device"] * world
+    assert scaled_lr(solver["base_lr"], total, solver["reference_batch_size"]) == pytest.approx(lr)
+    if device != "cpu":
+        assert (
+            train["images_per_device"] == 2 and solver["momentum"] == 0.9 and solver["weight_decay"] == 1e-4
+        )
+        assert (solver["warmup_iters"], solver["warmup_factor"], solver["epochs"]) == (1000, 0.001, 12)
+        assert solver["step_epochs"] == [8, 11] and runtime["amp"]["enabled"]
+
+
+def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "torch_npu", None)  # as on this machine: torch_npu not installed
+    parameters = env_parameters("npu8p")
+    train = {**parameters["train"], "metrics_dir": str(tmp_path)}
+    images = pd.DataFrame(
+        {"image_id": [1], "file_name": ["x.jpg"], "path": ["x.jpg"], "width": [8], "height": [8]}
+    )
+    annotations = pd.DataFrame(columns=["image_id", "label", "x1", "y1", "x2", "y2", "iscrowd"])
+    categories = pd.DataFrame({"label": [0], "category_id": [1], "name": ["a"], "supercategory": ["a"]})
+    with pytest.raises(
+        DeviceUnavailableError, match=r"runtime.device is 'npu' but torch_npu cannot be imported"
+    ):
+        train_model(images, annotations, categories, {}, parameters["model"], train, parameters["runtime"])
+    assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
+
+
+def test_training_curves_plot():
+    metrics = pd.DataFrame(
+        {"iteration": [20, 40], "loss_classifier": [1.0, 0.5], "loss_box_reg": [0.4, 0.3],
+         "total_loss": [1.4, 0.8], "lr": [1e-4, 1e-3], "images_per_s": [5.0, 6.0]}
+    )  # fmt: skip
+    figure = plot_training_curves(metrics)
+    assert isinstance(figure, Figure) and len(figure.axes) == 3
+    assert len(figure.axes[0].lines) == 3
