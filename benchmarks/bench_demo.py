@@ -1,7 +1,7 @@
 """The README's first command, end to end: `kedro run` on the demo from nothing, timed, and its box AP.
 
-Copies the project (code and conf, no data) to a temporary folder so the run starts fresh, runs the default pipeline
-there, and prints the wall time and the COCO metrics next to the targets (<= 10 minutes, AP >= 0.5). A second
+Copies the project (code and conf, no data) to a temporary folder so the run starts fresh, runs the default
+pipeline there, and prints the wall time and the COCO metrics next to the targets (<= 10 minutes, AP >= 0.5). A second
 `kedro run --only-missing-outputs` shows what a repeat costs.
 
     python benchmarks/bench_demo.py [--keep DIR] [--params "train.solver.max_iter=600"]
@@ -42,7 +42,9 @@ def kedro_run(project: Path, *args: str) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--keep", type=Path, help="run in this folder (created) and keep it")
     parser.add_argument("--params", help="extra --params for the first run, e.g. train.solver.max_iter=600")
     args = parser.parse_args()

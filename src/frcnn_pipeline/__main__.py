@@ -1,4 +1,4 @@
-"""frcnn_pipeline file for ensuring the package is executable as `frcnn-pipeline` and `python -m frcnn_pipeline`."""
+"""Makes the package executable as `frcnn-pipeline` and `python -m frcnn_pipeline`."""
 
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ DEFAULT_PIPELINES = ("ingest", "weights", "train", "evaluate")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
-    """Register every pipeline under its folder's name; the default chains ingest → weights → train → evaluate.
+    """Every pipeline under its folder's name; the default chains ingest → weights → train → evaluate.
 
     ``evaluate_initial_weights`` evaluates the weights pipeline's output instead of the trained model, e.g. a
     detectron2 model-zoo checkpoint.
