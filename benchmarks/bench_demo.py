@@ -1,8 +1,8 @@
 """The README's first command, end to end: `kedro run` on the demo from nothing, timed, and its box AP.
 
 Copies the project (code and conf, no data) to a temporary folder so the run starts fresh, runs the default
-pipeline there, and prints the wall time and the COCO metrics next to the targets (<= 10 minutes, AP >= 0.5). A second
-`kedro run --only-missing-outputs` shows what a repeat costs.
+pipeline there, and prints the wall time and the COCO metrics next to the targets (<= 10 minutes,
+AP >= 0.5). A second `kedro run --only-missing-outputs` shows what a repeat costs.
 
     python benchmarks/bench_demo.py [--keep DIR] [--params "train.solver.max_iter=600"]
 """
