@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +39,7 @@ class InferenceOptions:
     amp: bool = True  # fp16 autocast on NPU/GPU
     cpu_bf16: bool = False  # bf16 autocast on CPU (fast only where the CPU has bf16 instructions)
     channels_last: bool = False
+    fold_batch_norm: bool = True  # fold the backbone's norms into its convs (float rounding only)
     num_workers: int = 0  # image decoding processes per rank
 
     @classmethod
@@ -105,8 +107,10 @@ class _AutocastBackbone(nn.Module):
 
 
 def prepare_for_inference(model: nn.Module, device: torch.device, options: InferenceOptions) -> nn.Module:
-    """Eval mode on ``device``; channels_last and reduced-precision backbone as the options say."""
+    """Eval mode on ``device``, with folded norms, channels_last and a bf16/fp16 backbone per ``options``."""
     model = model.eval().to(device)
+    if options.fold_batch_norm:
+        fold_norms_into_convs(model.backbone.body)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
     reduced = torch.bfloat16 if device.type == "cpu" else torch.float16

@@ -1,10 +1,12 @@
 """ResNet + FPN (P2-P6) backbone from torchvision parts, with detectron2's stride placement and freezing."""
 
+import itertools
 from collections.abc import Callable
 from functools import partial
 from typing import Any
 
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 from torchvision.models import resnet
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
@@ -66,6 +68,33 @@ def _freeze_stages(body: resnet.ResNet, freeze_at: int) -> None:
             body.bn1 = _to_frozen_batchnorm(body.bn1)
         else:
             setattr(body, stage, _to_frozen_batchnorm(getattr(body, stage)))
+
+
+def fold_norms_into_convs(module: nn.Module) -> nn.Module:
+    """Inference only: fold each BatchNorm2d / FrozenBatchNorm2d into the conv it follows, in place.
+
+    torchvision's ResNet registers every norm right after the conv it normalises (``conv1, bn1``,
+    ``downsample.0, downsample.1``), so adjacent (conv, norm) children are exactly those pairs. Saves one
+    elementwise pass over every feature map; the outputs change only by float rounding.
+    """
+    for parent in list(module.modules()):
+        children = list(parent.named_children())
+        for (_, conv), (norm_name, norm) in itertools.pairwise(children):
+            if isinstance(conv, nn.Conv2d) and isinstance(norm, (nn.BatchNorm2d, FrozenBatchNorm2d)):
+                if isinstance(norm, nn.BatchNorm2d) and norm.training:
+                    raise ValueError(f"{norm_name} is in training mode; fold norms only for inference")
+                weight, bias = fuse_conv_bn_weights(
+                    conv.weight,
+                    conv.bias,
+                    norm.running_mean,
+                    norm.running_var,
+                    norm.eps,
+                    norm.weight,
+                    norm.bias,
+                )
+                conv.weight, conv.bias = nn.Parameter(weight.detach()), nn.Parameter(bias.detach())
+                setattr(parent, norm_name, nn.Identity())
+    return module
 
 
 def build_resnet_fpn_backbone(backbone_cfg: dict[str, Any]) -> BackboneWithFPN:
