@@ -104,6 +104,21 @@ def test_resume_disabled_refuses_to_mix_with_an_earlier_runs_checkpoints(tmp_pat
     )
 
 
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=1)
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"]["max_iter"] = 2
+    other_anchors = _merged(TINY_MODEL, anchors={"round": True})
+    with pytest.raises(
+        ValueError, match=r"model_0000001\.pth was trained with another model \(changed: anchors\)"
+    ):
+        train_detector(images, annotations, 2, other_anchors, train, runtime_config())
+    with pytest.raises(ValueError, match=r"changed: num_classes 2 -> 3"):
+        train_detector(images, annotations, 3, TINY_MODEL, train, runtime_config())
+    assert CheckpointManager(tmp_path / "checkpoints" / "test", 2).latest().name == "model_0000001.pth"
+
+
 class _LossTurnsNaN(nn.Module):
     """A real model whose classifier loss becomes NaN from its third training step."""
 

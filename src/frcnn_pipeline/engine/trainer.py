@@ -188,6 +188,22 @@ def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | 
     return None
 
 
+def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) -> None:
+    """Resuming must not silently continue another model's run under the same run_name."""
+    saved_cfg, saved_classes = state["model_config"], state["num_classes"]
+    if (saved_cfg, saved_classes) == (job.model_cfg, job.num_classes):
+        return
+    changed = sorted(
+        key for key in {*saved_cfg, *job.model_cfg} if saved_cfg.get(key) != job.model_cfg.get(key)
+    )
+    if saved_classes != job.num_classes:
+        changed.append(f"num_classes {saved_classes} -> {job.num_classes}")
+    raise ValueError(
+        f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run cannot "
+        "resume it. Choose a new train.run_name to train this model, or delete that checkpoint folder."
+    )
+
+
 def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | None:
     train, runtime, solver_cfg = job.train_cfg, job.runtime_cfg, job.train_cfg["solver"]
     device = context.device
@@ -241,6 +257,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         )
     if latest is not None:
         state = load_checkpoint(latest)
+        _check_same_model(state, job, latest)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -350,6 +367,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
                             "world_size": context.world_size,
                             "rng": rng,
                             "metrics": metrics.rows,
+                            "model_config": job.model_cfg,
+                            "num_classes": job.num_classes,
                         },
                     )
     finally:
