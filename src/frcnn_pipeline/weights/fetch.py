@@ -13,6 +13,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -175,28 +176,14 @@ def fetch_url(
     return target
 
 
-def fetch_weights(
-    source: str,
-    cache_dir: str | Path,
-    *,
-    sha256: str | None = None,
-    retries: int = 3,
-    backoff_s: float = 2.0,
-    timeout_s: float = 60.0,
-    progress: bool = True,
-) -> Path:
-    """Resolve `source` (detectron2://, http(s) URL or local path) to a local, verified file."""
+def fetch_weights(source: str, cache_dir: str | Path, *, sha256: str | None = None, **download: Any) -> Path:
+    """Resolve `source` (detectron2://, http(s) URL or local path) to a local, verified file.
+
+    `download` takes `fetch_url`'s options (retries, backoff_s, timeout_s, progress) for URLs.
+    """
     url = resolve_source(source)
     if is_url(url):
-        return fetch_url(
-            url,
-            cache_dir,
-            sha256=sha256,
-            retries=retries,
-            backoff_s=backoff_s,
-            timeout_s=timeout_s,
-            progress=progress,
-        )
+        return fetch_url(url, cache_dir, sha256=sha256, **download)
     path = Path(source).expanduser()
     if not path.is_file():
         raise WeightsFetchError(
