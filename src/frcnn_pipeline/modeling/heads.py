@@ -9,8 +9,9 @@ from torch import Tensor, nn
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
-from torchvision.ops import roi_align
 from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
+
+from frcnn_pipeline.layers import roi_align
 
 
 def fast_rcnn_losses(
