@@ -9,7 +9,11 @@ from torchvision.ops import boxes as box_ops
 
 
 def nms_keep_mask(
-    boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None = None, valid: Tensor | None = None
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    idxs: Tensor | None = None,
+    valid: Tensor | None = None,
 ) -> Tensor:
     """Greedy NMS as a boolean mask over the input boxes; every tensor keeps its input's shape.
 

@@ -6,7 +6,7 @@ from torch import Tensor
 from torchvision.ops import roi_align as tv_roi_align
 
 
-def roi_align(
+def roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
     features: Tensor,
     rois: Tensor,
     output_size: int | tuple[int, int],
