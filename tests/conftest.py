@@ -1,6 +1,32 @@
 """Shared test set-up: no telemetry, no network, small CPU work."""
 
 import os
+import shutil
+from pathlib import Path
+
+import pytest
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+PROJECT = Path(__file__).resolve().parents[1]
+DUPLICATE_IMAGE_IDS = (
+    '{"images": [{"id": 1, "file_name": "a.jpg", "width": 8, "height": 8},'
+    ' {"id": 1, "file_name": "b.jpg", "width": 8, "height": 8}],'
+    ' "annotations": [], "categories": [{"id": 1, "name": "x"}]}'
+)
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project copy (conf only; the package is the installed one) and a COCO root with duplicate ids."""
+    root = tmp_path / "project"
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "src").mkdir()
+    shutil.copy(PROJECT / "pyproject.toml", root)
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    for split in ("train", "val"):
+        (coco / "annotations" / f"instances_{split}2017.json").write_text(DUPLICATE_IMAGE_IDS)
+    return root, coco

@@ -1,8 +1,14 @@
 """Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
 
+import logging
+import os
 import warnings
 
 from kedro.config import OmegaConfigLoader
+
+from frcnn_pipeline.hooks import MissingInputsHook
+
+HOOKS = (MissingInputsHook(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -15,3 +21,17 @@ CONFIG_LOADER_ARGS = {
 # Kedro 1.7's config loader calls OmegaConf's deprecated register_new_resolver on every run; the warning is
 # not actionable for users and buries the pipeline's own log.
 warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
+
+
+def _widen_logs_off_terminal(width: int = 160) -> None:
+    """rich wraps log lines at 80 columns when stdout is not a terminal (CI, `| tee`, a batch job's log),
+    which breaks tables over several lines; Kedro's logging YAML cannot set the console's width."""
+    if "COLUMNS" in os.environ:
+        return
+    for handler in logging.getLogger().handlers:
+        console = getattr(handler, "console", None)
+        if console is not None and not console.is_terminal:
+            console.width = width
+
+
+_widen_logs_off_terminal()

@@ -28,6 +28,8 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.errors import UserFacingError
+
 logger = logging.getLogger(__name__)
 
 # Default severity of every check. Structural problems are always fatal; the others may be escalated to fatal.
@@ -62,7 +64,7 @@ _PROGRESS_MIN_IMAGES = 2000  # below this, image checks finish too fast for a pr
 _MAX_LISTED = 5  # findings quoted in an error message
 
 
-class CocoFormatError(ValueError):
+class CocoFormatError(UserFacingError, ValueError):
     """A fatal problem in a COCO split: the message names the file, the record and the fix."""
 
 

@@ -14,10 +14,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from frcnn_pipeline.errors import UserFacingError
+
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-class AmpUnavailableError(RuntimeError):
+class AmpUnavailableError(UserFacingError, RuntimeError):
     """Mixed precision was asked for in a form this machine cannot provide."""
 
 

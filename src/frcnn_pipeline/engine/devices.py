@@ -11,6 +11,8 @@ import os
 
 import torch
 
+from frcnn_pipeline.errors import UserFacingError
+
 DEVICE_KINDS = ("auto", "cpu", "cuda", "npu")
 DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
@@ -23,7 +25,7 @@ NPU_INSTALL_HINT = (
 )
 
 
-class DeviceUnavailableError(RuntimeError):
+class DeviceUnavailableError(UserFacingError, RuntimeError):
     """The configured device kind (or the number of devices asked for) is not available on this machine."""
 
 

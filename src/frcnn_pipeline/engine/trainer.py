@@ -34,6 +34,7 @@ from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
+from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 ModelBuilder = Callable[[dict[str, Any], int], nn.Module]
 
 
-class NonFiniteLossError(FloatingPointError):
+class NonFiniteLossError(UserFacingError, FloatingPointError):
     """A loss became NaN or infinite; training stops before the bad step touches the weights."""
 
     def __init__(self, iteration: int, losses: dict[str, float], checkpoint: Path | None):

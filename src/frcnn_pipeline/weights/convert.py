@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.weights.safe_pickle import load_weights_pickle
 
 logger = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ REPORT_COLUMNS = ["status", "source_key", "target_key", "source_shape", "target_
 FROZEN_BN_EPS = 1e-5
 
 
-class WeightsConversionError(ValueError):
+class WeightsConversionError(UserFacingError, ValueError):
     """A checkpoint that cannot become this model's weights (unreadable, or backbone left unloaded)."""
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.errors import UserFacingError
+
 logger = logging.getLogger(__name__)
 
 DETECTRON2_PREFIX = "detectron2://"
@@ -26,7 +28,7 @@ _CHUNK = 1 << 20
 _RETRYABLE_CLIENT_ERRORS = {408, 429}
 
 
-class WeightsFetchError(RuntimeError):
+class WeightsFetchError(UserFacingError, RuntimeError):
     """A weights file could not be fetched or verified."""
 
 

@@ -4,6 +4,8 @@ import pickle
 from pathlib import Path
 from typing import Any
 
+from frcnn_pipeline.errors import UserFacingError
+
 # Everything a Detectron/detectron2 weights pickle needs. Plain dicts, lists, tuples and strings are
 # rebuilt by pickle opcodes and never reach find_class; any other global could run code.
 _ALLOWED_GLOBALS = {
@@ -18,7 +20,7 @@ _ALLOWED_GLOBALS = {
 _RENAMED_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray"}
 
 
-class UnsafePickleError(pickle.UnpicklingError):
+class UnsafePickleError(UserFacingError, pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list."""
 
 

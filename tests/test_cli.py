@@ -1,0 +1,80 @@
+"""The project's `kedro run`: user-facing errors in a few lines, the traceback in a log file, bad names."""
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from frcnn_pipeline import settings
+from frcnn_pipeline.cli import user_facing_cause, write_traceback
+from frcnn_pipeline.data.coco import CocoFormatError
+
+
+def kedro_run(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    env.pop("COLUMNS", None)
+    return subprocess.run(
+        [sys.executable, "-m", "kedro", "run", *args],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+
+
+def test_user_facing_error_fits_on_a_screen_and_the_traceback_goes_to_a_log(project):
+    root, coco = project
+    result = kedro_run(root, "--pipeline", "ingest", "--params", f"ingest.data_root={coco}")
+    assert result.returncode == 1
+    lines = (result.stdout + result.stderr).rstrip().splitlines()
+    failure = next(i for i, line in enumerate(lines) if "ERROR" in line)
+    assert len(lines) - failure <= 15, "\n".join(lines[failure:])
+    assert "Traceback" not in result.stdout + result.stderr
+    assert lines[-2].startswith("Error: ") and "duplicate image ids [1]" in lines[-2] and "Fix:" in lines[-2]
+    log_name = lines[-1].removeprefix("Full traceback: ").split()[0]
+    logged = (root / log_name).read_text()
+    assert "Traceback (most recent call last)" in logged and "CocoFormatError" in logged
+    # Off a terminal, log lines are not wrapped at 80 columns.
+    node_line = "Running node: validate_train_split: ingest_train_split([ingest_sources;params:ingest])"
+    assert any(node_line in line for line in lines)
+
+    verbose = kedro_run(root, "--pipeline", "ingest", "--params", f"ingest.data_root={coco}", "--verbose")
+    assert verbose.returncode == 1 and "Traceback" in verbose.stdout + verbose.stderr
+    assert len(list((root / "logs").glob("error_*.log"))) == 1, "--verbose shows the traceback, writes no log"
+
+
+def test_misspelt_pipeline_lists_the_valid_names(project):
+    root, _ = project
+    result = kedro_run(root, "--pipeline", "ingset")
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    assert "No pipeline named 'ingset'. Did you mean 'ingest'?" in output
+    assert "evaluate, evaluate_initial_weights, ingest, predict, train, weights" in output
+    assert len(output.splitlines()) <= 10 and "ImportError" not in output
+
+
+def test_user_facing_cause_is_found_through_wrapping():
+    try:
+        try:
+            raise CocoFormatError("f.json: bad. Fix: x")
+        except CocoFormatError as inner:
+            raise RuntimeError("wrapped by a dataset") from inner
+    except RuntimeError as outer:
+        assert isinstance(user_facing_cause(outer), CocoFormatError)
+    assert user_facing_cause(KeyError("x")) is None
+
+
+def test_traceback_logs_are_kept(tmp_path):
+    first = write_traceback(ValueError("one"), tmp_path)
+    second = write_traceback(ValueError("two"), tmp_path)
+    assert first != second and "one" in first.read_text() and "two" in second.read_text()
+
+
+def test_logs_widen_off_a_terminal(monkeypatch):
+    handler = logging.StreamHandler()
+    handler.console = Console(file=open(os.devnull, "w"), force_terminal=False)  # noqa: SIM115
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    settings._widen_logs_off_terminal(160)
+    assert handler.console.width == 160
+    handler.console.file.close()
