@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines as registry
 from kedro.io import DataCatalog, MemoryDataset
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.errors import UserFacingError
+
+log = logging.getLogger(__name__)
 
 
 class MissingInputError(UserFacingError, FileNotFoundError):
@@ -53,3 +56,19 @@ class MissingInputsHook:
         raise MissingInputError(
             f"This pipeline's inputs do not exist yet. Run first: {'; then '.join(steps)}."
         )
+
+
+class ReportOnFailureHook:
+    """A node that fails with a report attached to its error still saves that report.
+
+    The weights conversion report lists the keys a checkpoint left unloaded: the very file the error tells
+    the user to read.
+    """
+
+    @hook_impl
+    def on_node_error(self, error: Exception, node: Node, catalog: DataCatalog) -> None:
+        report = getattr(error, "report", None)
+        targets = [name for name in node.outputs if name.endswith("_report")]
+        if report is not None and len(targets) == 1:
+            catalog.save(targets[0], report)
+            log.info("Saved %s despite the failure of node %s", targets[0], node.name)

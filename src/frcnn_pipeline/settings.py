@@ -6,9 +6,9 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import MissingInputsHook
+from frcnn_pipeline.hooks import MissingInputsHook, ReportOnFailureHook
 
-HOOKS = (MissingInputsHook(),)
+HOOKS = (MissingInputsHook(), ReportOnFailureHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

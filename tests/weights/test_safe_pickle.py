@@ -13,6 +13,7 @@ from frcnn_pipeline.weights import (
     load_checkpoint,
     load_weights_pickle,
 )
+from frcnn_pipeline.weights.safe_pickle import CorruptPickleError, WeightsUnpickler
 
 
 class _RunsACommand:
@@ -89,3 +90,29 @@ def test_torch_checkpoints_load_with_weights_only(tmp_path):
     ):
         load_checkpoint(tmp_path / "evil.pth")
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 0.5])
+def test_a_truncated_pickle_names_the_file_and_the_fix(tmp_path, keep):
+    data = pickle.dumps({"conv1_w": np.zeros((64, 3, 7, 7), np.float32)}, protocol=2)
+    path = tmp_path / "R-50.pkl"
+    path.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(
+        CorruptPickleError, match=rf"{path}: truncated or corrupt weights pickle .* download it"
+    ):
+        load_checkpoint(path)
+
+
+def test_an_upper_case_suffix_is_still_a_pickle(tmp_path):
+    path = tmp_path / "R-50.PKL"
+    path.write_bytes(pickle.dumps({"conv1_w": np.ones(3, np.float32)}, protocol=2))
+    assert load_checkpoint(path)["conv1_w"].tolist() == [1.0, 1.0, 1.0]
+
+
+@pytest.mark.parametrize("module", ["numpy.core.multiarray", "numpy._core.multiarray"])
+def test_both_names_of_numpy_core_load(module):
+    array = np.arange(3.0)
+    data = pickle.dumps(array, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    data = data.replace(b"numpy.core.multiarray", module.encode())
+    assert module.encode() in data
+    assert WeightsUnpickler(io.BytesIO(data), "x.pkl").load().tolist() == [0.0, 1.0, 2.0]

@@ -29,7 +29,14 @@ FROZEN_BN_EPS = 1e-5
 
 
 class WeightsConversionError(UserFacingError, ValueError):
-    """A checkpoint that cannot become this model's weights (unreadable, or backbone left unloaded)."""
+    """A checkpoint that cannot become this model's weights (unreadable, or backbone left unloaded).
+
+    `report`, when the conversion got that far, is the per-key report, so that it can be saved anyway.
+    """
+
+    def __init__(self, message: str, report: pd.DataFrame | None = None) -> None:
+        super().__init__(message)
+        self.report = report
 
 
 @dataclass(frozen=True)
@@ -48,11 +55,12 @@ def load_checkpoint(path: str | Path) -> Any:
     """Read a weights file safely: `.pkl` with the restricted unpickler, `.safetensors` with safetensors,
     anything else (torch.save) with `torch.load(weights_only=True)`."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    suffix = path.suffix.lower()  # R-50.PKL is still a pickle
+    if suffix == ".safetensors":
         from safetensors.numpy import load_file
 
         return load_file(str(path))
-    if path.suffix == ".pkl" and not zipfile.is_zipfile(path):
+    if suffix == ".pkl" and not zipfile.is_zipfile(path):
         return load_weights_pickle(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
@@ -403,7 +411,8 @@ def _raise_on_backbone_gaps(report: pd.DataFrame, source_name: str, source_forma
         f"{source_name} ({source_format}) leaves {len(problems)} backbone weight(s) unloaded:\n  "
         + "\n  ".join(listed)
         + more
-        + "\nWhole blocks missing or unused: does model.backbone.depth match the checkpoint (R-50 vs R-101)?"
+        + "\nWhole blocks missing or unused: does model.backbone.depth match the checkpoint (R-50 vs R-101)?",
+        report=report,
     )
 
 

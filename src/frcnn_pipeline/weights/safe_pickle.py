@@ -1,5 +1,6 @@
 """Unpickling weights without running code: a .pkl may only rebuild numpy arrays and plain containers."""
 
+import importlib.util
 import pickle
 from pathlib import Path
 from typing import Any
@@ -8,20 +9,26 @@ from frcnn_pipeline.errors import UserFacingError
 
 # Everything a Detectron/detectron2 weights pickle needs. Plain dicts, lists, tuples and strings are
 # rebuilt by pickle opcodes and never reach find_class; any other global could run code.
+# numpy 2 (and 1.26.1+) names its private core module `numpy._core`; older numpy and the pickles it wrote
+# (and Python 2's) say `numpy.core`. Either name resolves to the module this numpy has.
+_MULTIARRAY = f"{'numpy._core' if importlib.util.find_spec('numpy._core') else 'numpy.core'}.multiarray"
+_RENAMED_MODULES = {"numpy.core.multiarray": _MULTIARRAY, "numpy._core.multiarray": _MULTIARRAY}
 _ALLOWED_GLOBALS = {
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "scalar"),
+    (_MULTIARRAY, "_reconstruct"),
+    (_MULTIARRAY, "scalar"),
     ("numpy", "ndarray"),
     ("numpy", "dtype"),
     ("collections", "OrderedDict"),
     ("_codecs", "encode"),  # Python 3's protocol-2 encoding of bytes
 }
-# Pickles written with numpy < 2 (and by Python 2) name numpy's private core module `numpy.core`.
-_RENAMED_MODULES = {"numpy.core.multiarray": "numpy._core.multiarray"}
 
 
 class UnsafePickleError(UserFacingError, pickle.UnpicklingError):
     """A pickle asked for a global outside the allow-list."""
+
+
+class CorruptPickleError(UserFacingError, ValueError):
+    """A weights pickle that ends early or is not a pickle at all."""
 
 
 class WeightsUnpickler(pickle.Unpickler):
@@ -51,4 +58,12 @@ class WeightsUnpickler(pickle.Unpickler):
 def load_weights_pickle(path: str | Path) -> Any:
     """Load a Detectron/detectron2 `.pkl` with `WeightsUnpickler`."""
     with open(path, "rb") as stream:
-        return WeightsUnpickler(stream, str(path)).load()
+        try:
+            return WeightsUnpickler(stream, str(path)).load()
+        except UnsafePickleError:
+            raise
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+            raise CorruptPickleError(
+                f"{path}: truncated or corrupt weights pickle ({type(error).__name__}: {error}). "
+                "Delete the file and download it again."
+            ) from error

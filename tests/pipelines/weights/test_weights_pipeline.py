@@ -12,13 +12,16 @@ import pytest
 import torch
 import torchvision
 import yaml
+from kedro.framework.hooks import _create_hook_manager
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from frcnn_pipeline.hooks import ReportOnFailureHook
 from frcnn_pipeline.modeling import build_model, read_model_config
 from frcnn_pipeline.pipelines.weights import create_pipeline
 from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
 from frcnn_pipeline.weights import WeightsFetchError
+from frcnn_pipeline.weights.convert import WeightsConversionError
 
 CONF = Path(__file__).parents[3] / "conf" / "base"
 CATEGORIES = pd.DataFrame(
@@ -150,3 +153,20 @@ def test_mismatched_conventions_are_warned_about(tmp_path, caplog):
             {"source": str(path), "path": str(path)}, CATEGORIES, model, _parameters("weights")
         )
     assert "torchvision weights expect RGB input but model.input.format is BGR" in caplog.text
+
+
+def test_a_failed_conversion_still_writes_its_report(tmp_path):
+    """The error says to read weights_conversion_report.csv: the report is saved although the node fails."""
+    _torchvision_resnet18_as_detectron2(tmp_path / "r18.pkl")
+    weights_params = {**_parameters("weights"), "source": str(tmp_path / "r18.pkl"), "retries": 0}
+    catalog = _catalog(tmp_path, weights_params)
+    model_params = _parameters("model")
+    catalog["params:model"] = MemoryDataset(
+        {**model_params, "backbone": {**model_params["backbone"], "depth": 34}}
+    )
+    hooks = _create_hook_manager()
+    hooks.register(ReportOnFailureHook())
+    with pytest.raises(WeightsConversionError, match="backbone weight"):
+        SequentialRunner().run(create_pipeline(), catalog, hooks)
+    report = pd.read_csv(tmp_path / "weights_conversion_report.csv")
+    assert (report["status"] == "missing").sum() > 0 and report["target_key"].str.contains("layer").any()
