@@ -197,6 +197,32 @@ def test_bad_ground_truth_is_an_error_naming_the_annotation():
         evaluate_boxes(ground_truth, detections, backend="torch")
 
 
+@pytest.mark.parametrize("key", ["id", "image_id", "category_id"])
+def test_a_ground_truth_record_without_an_id_is_an_error_naming_it(key):
+    ground_truth, detections = make_synthetic_coco(5, 5, seed=12)
+    del ground_truth["annotations"][3][key]
+    with pytest.raises(ValueError, match=rf"Ground-truth annotations at positions \[3\] have no '{key}'"):
+        evaluate_boxes(ground_truth, detections)
+
+
+def test_non_integer_ids_are_an_error_not_merged():
+    ground_truth, detections = make_synthetic_coco(5, 5, seed=12)
+    ground_truth["images"][1]["id"] = 1.5
+    with pytest.raises(ValueError, match=r"Ground-truth images: 'id' must be an integer; position 1: 1.5"):
+        evaluate_boxes(ground_truth, detections)
+    ground_truth, detections = make_synthetic_coco(5, 5, seed=12)
+    detections[2]["image_id"] = "7"
+    with pytest.raises(ValueError, match=r"Detections: 'image_id' must be an integer; position 2: '7'"):
+        evaluate_boxes(ground_truth, detections)
+    ground_truth, detections = make_synthetic_coco(5, 5, seed=12)
+    for record in ground_truth["images"]:
+        record["id"] = float(record["id"])  # 3.0 is the integer 3, as in pycocotools' dict lookups
+    assert (
+        evaluate_boxes(ground_truth, detections).metrics()
+        == evaluate_boxes(*make_synthetic_coco(5, 5, seed=12)).metrics()
+    )
+
+
 def test_metrics_and_per_category_table():
     ground_truth, detections = make_synthetic_coco(40, 30, seed=13)
     evaluation = evaluate_boxes(ground_truth, detections)

@@ -10,8 +10,9 @@ Tests compare every statistic and every precision with ``==`` against pycocotool
 Where pycocotools is wrong or fragile, we differ on purpose (documented and tested):
 - an empty detection list gives the scores pycocotools gives for an empty results set (0 or -1), no error;
 - a ground-truth annotation id 0 is matched like any other id (pycocotools takes a match to id 0 for none);
-- duplicate ground-truth annotation ids, detections on unknown images, or boxes with missing fields raise a
-  ``ValueError`` naming the ids (pycocotools silently mis-evaluates or fails with a bare ``KeyError``).
+- duplicate ground-truth annotation ids, detections on unknown images, records without an id, non-integer ids
+  (1.5 would silently merge with 1) or boxes with missing fields raise a ``ValueError`` naming the records
+  (pycocotools silently mis-evaluates or fails with a bare ``KeyError``).
 """
 
 from __future__ import annotations
@@ -118,6 +119,29 @@ def _show_ids(ids: np.ndarray) -> str:
     return shown + (f" (and {len(ids) - MAX_SHOWN_IDS} more)" if len(ids) > MAX_SHOWN_IDS else "")
 
 
+def _is_integer(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int | np.integer) or (
+        isinstance(value, float | np.floating) and value.is_integer()
+    )
+
+
+def _integer_ids(records: list[dict[str, Any]], key: str, what: str) -> np.ndarray:
+    """`key` of every record as int64; a missing or non-integer id (1.5 would merge with 1) is an error."""
+    missing = [i for i, r in enumerate(records) if key not in r]
+    if missing:
+        raise ValueError(
+            f"{what} at positions {missing[:MAX_SHOWN_IDS]} have no {key!r} (e.g. {records[missing[0]]}); "
+            "every record needs one."
+        )
+    bad = [(i, r[key]) for i, r in enumerate(records) if not _is_integer(r[key])]
+    if bad:
+        listed = ", ".join(f"position {i}: {value!r}" for i, value in bad[:MAX_SHOWN_IDS])
+        raise ValueError(f"{what}: {key!r} must be an integer; {listed}. Fix those records.")
+    return np.array([r[key] for r in records], dtype=np.int64)
+
+
 def _boxes(records: list[dict[str, Any]], what: str) -> np.ndarray:
     try:
         boxes = np.array([r["bbox"] for r in records], dtype=np.float64).reshape(-1, 4)
@@ -146,11 +170,12 @@ class _GroundTruthArrays:
         missing = {"images", "annotations", "categories"} - set(coco)
         if missing:
             raise ValueError(f"Ground truth is not a COCO dict: missing keys {sorted(missing)}.")
-        image_ids = np.unique(np.array([im["id"] for im in coco["images"]], dtype=np.int64))
-        names = {int(c["id"]): str(c.get("name", c["id"])) for c in coco["categories"]}
+        image_ids = np.unique(_integer_ids(coco["images"], "id", "Ground-truth images"))
+        declared = _integer_ids(coco["categories"], "id", "Ground-truth categories")
+        names = {int(i): str(c.get("name", i)) for i, c in zip(declared, coco["categories"], strict=True)}
         category_ids = np.array(sorted(names), dtype=np.int64)
         anns = coco["annotations"]
-        ann_ids = np.array([a["id"] for a in anns], dtype=np.int64)
+        ann_ids = _integer_ids(anns, "id", "Ground-truth annotations")
         unique_ids, counts = np.unique(ann_ids, return_counts=True)
         if (counts > 1).any():
             raise ValueError(
@@ -163,8 +188,8 @@ class _GroundTruthArrays:
                 f"Ground-truth annotations {_show_ids(np.array(no_area))} have no 'area' (COCO needs it "
                 "for the small/medium/large ranges); add it (the box's width*height when there is no mask)."
             )
-        ann_images = np.array([a["image_id"] for a in anns], dtype=np.int64)
-        ann_categories = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        ann_images = _integer_ids(anns, "image_id", "Ground-truth annotations")
+        ann_categories = _integer_ids(anns, "category_id", "Ground-truth annotations")
         known = np.isin(ann_images, image_ids) & np.isin(ann_categories, category_ids)
         if not known.all():
             # COCOeval only looks at listed images and categories.
@@ -194,15 +219,14 @@ class _DetectionArrays:
 
     @classmethod
     def from_results(cls, detections: list[dict[str, Any]], gt: _GroundTruthArrays) -> _DetectionArrays:
-        for key in ("image_id", "category_id", "score"):
-            lacking = [i for i, d in enumerate(detections) if key not in d]
-            if lacking:
-                raise ValueError(
-                    f"Detections at positions {lacking[:MAX_SHOWN_IDS]} have no {key!r}; COCO results need "
-                    "image_id, category_id, bbox [x, y, width, height] and score."
-                )
-        image_ids = np.array([d["image_id"] for d in detections], dtype=np.int64)
-        category_ids = np.array([d["category_id"] for d in detections], dtype=np.int64)
+        lacking = [i for i, d in enumerate(detections) if "score" not in d]
+        if lacking:
+            raise ValueError(
+                f"Detections at positions {lacking[:MAX_SHOWN_IDS]} have no 'score'; COCO results need "
+                "image_id, category_id, bbox [x, y, width, height] and score."
+            )
+        image_ids = _integer_ids(detections, "image_id", "Detections")
+        category_ids = _integer_ids(detections, "category_id", "Detections")
         score = np.array([d["score"] for d in detections], dtype=np.float64)
         box = _boxes(detections, "Detections")
         unknown_images = np.setdiff1d(image_ids, gt.image_ids)
