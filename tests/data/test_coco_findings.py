@@ -54,13 +54,50 @@ def test_annotation_with_undeclared_category(read, baseline, coco_doc):
     assert_untouched(split, baseline)
 
 
-@pytest.mark.parametrize("bbox", [[1.0, 2.0, 3.0], [1.0, None, 3.0, 4.0], [], [1, 2, 3, 4, 5]])
-def test_bbox_not_four_finite_numbers(read, baseline, coco_doc, bbox):
+@pytest.mark.parametrize(
+    ("bbox", "written"),
+    [
+        ([1.0, 2.0, 3.0], "[1, 2, 3]"),
+        ([1.0, None, 3.0, 4.0], "[1, null, 3, 4]"),
+        ([], "[]"),
+        ([1, 2, 3, 4, 5], "[1, 2, 3, 4, 5]"),
+        # json.dump writes these literals and pycocotools reads them: one box, not the whole file, is bad.
+        ([1.0, float("nan"), 3.0, 4.0], "[1, NaN, 3, 4]"),
+        ([float("inf"), 2.0, float("-inf"), 4.0], "[Infinity, 2, -Infinity, 4]"),
+    ],
+)
+def test_bbox_not_four_finite_numbers(read, baseline, coco_doc, bbox, written):
     coco_doc["annotations"].append(annotation(20, bbox=bbox))
     row = only_row(split := read(coco_doc), "invalid_bbox")
     assert (row["severity"], row["annotation_id"]) == ("dropped", 20)
-    assert "bbox is not 4 finite numbers" in row["message"]
+    assert row["message"] == f"bbox is not 4 finite numbers: {written}"
     assert_untouched(split, baseline)
+
+
+def test_non_finite_area_drops_the_box(read, baseline, coco_doc):
+    coco_doc["annotations"].append(annotation(20, area=float("nan")))
+    row = only_row(split := read(coco_doc), "invalid_bbox")
+    assert (row["annotation_id"], row["message"]) == (
+        20,
+        "area is nan, not a finite number (bbox [2, 2, 5, 5])",
+    )
+    assert_untouched(split, baseline)
+
+
+def test_non_finite_image_size_drops_the_image(read, baseline, coco_doc):
+    coco_doc["images"].append({"id": 9, "file_name": "img9.jpg", "width": float("inf"), "height": 30})
+    coco_doc["annotations"].append(annotation(20, image_id=9))
+    row = only_row(split := read(coco_doc), "image_size_mismatch")
+    assert row["image_id"] == 9 and "width/height infx30 must be positive finite numbers" in row["message"]
+    assert_untouched(split, baseline)
+
+
+def test_nan_inside_a_string_is_left_alone(read, coco_doc):
+    coco_doc["categories"][0]["name"] = 'NaN "Infinity"'
+    coco_doc["annotations"].append(annotation(20, bbox=[1.0, float("nan"), 3.0, 4.0]))
+    split = read(coco_doc)
+    assert split.categories["name"].tolist()[0] == 'NaN "Infinity"'
+    assert only_row(split, "invalid_bbox")["annotation_id"] == 20
 
 
 @pytest.mark.parametrize(

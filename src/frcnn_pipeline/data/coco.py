@@ -20,7 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import attrgetter
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 import numpy as np
@@ -68,13 +68,19 @@ class CocoFormatError(UserFacingError, ValueError):
     """A fatal problem in a COCO split: the message names the file, the record and the fix."""
 
 
+# Python's json.dump writes these non-standard literals and pycocotools (json.load) reads them. msgspec does
+# not: `_decode` quotes them, and the fields that may hold one accept the quoted form.
+NonFinite = Literal["NaN", "Infinity", "-Infinity"]
+_NON_FINITE_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
+
+
 # Only the fields we use are declared: msgspec skips the rest (segmentation, licenses...) without building it.
 # gc=False: these records hold no reference cycles, and ~1M GC-tracked objects would slow decoding twofold.
 class _Image(msgspec.Struct, gc=False):
     id: int
     file_name: str
-    width: int
-    height: int
+    width: int | NonFinite
+    height: int | NonFinite
 
 
 class _Box(msgspec.Struct, array_like=True, forbid_unknown_fields=True, gc=False):
@@ -91,14 +97,14 @@ class _Annotation(msgspec.Struct, gc=False):
     image_id: int
     category_id: int
     bbox: _Box
-    area: float = math.nan
+    area: float | NonFinite = math.nan  # NaN when absent: the box's w*h is used
     iscrowd: int | bool = 0
 
 
 class _LooseAnnotation(_Annotation, gc=False):
     """Accepts any bbox list, so that a box that is not 4 numbers is dropped and reported, not fatal."""
 
-    bbox: list[float | None]
+    bbox: list[float | NonFinite | None]
 
 
 class _Category(msgspec.Struct, gc=False):
@@ -250,14 +256,39 @@ def _decode(path: Path) -> _CocoFile:
         ) from error
     try:
         return msgspec.json.decode(raw, type=_CocoFile)
-    except msgspec.ValidationError as error:
-        raise _fatal(path, _describe_type_error(raw, str(error)), _FIX_RECORD) from error
     except msgspec.DecodeError as error:
-        raise _fatal(
-            path,
-            f"unreadable or truncated JSON ({error})",
-            "re-download or re-export the file; `python -m json.tool FILE` shows where it breaks",
-        ) from error
+        if isinstance(error, msgspec.ValidationError) or not _NON_FINITE_TOKEN.search(raw):
+            raise _decode_error(path, raw, error) from error
+    raw, count = _quote_non_finite(raw)
+    logger.warning("%s: %d NaN/Infinity literal(s); their boxes and images are checked as such", path, count)
+    try:
+        return msgspec.json.decode(raw, type=_CocoFile)
+    except msgspec.DecodeError as error:
+        raise _decode_error(path, raw, error) from error
+
+
+def _quote_non_finite(raw: bytes) -> tuple[bytes, int]:
+    """NaN/Infinity/-Infinity outside strings become the strings "NaN"/"Infinity"/"-Infinity"."""
+    count = 0
+
+    def quote(match: re.Match) -> bytes:
+        nonlocal count
+        if match.group(1) is None:
+            return match.group(0)
+        count += 1
+        return b'"' + match.group(1) + b'"'
+
+    return _NON_FINITE_TOKEN.sub(quote, raw), count
+
+
+def _decode_error(path: Path, raw: bytes, error: msgspec.DecodeError) -> CocoFormatError:
+    if isinstance(error, msgspec.ValidationError):
+        return _fatal(path, _describe_type_error(raw, str(error)), _FIX_RECORD)
+    return _fatal(
+        path,
+        f"unreadable or truncated JSON ({error})",
+        "re-download or re-export the file; `python -m json.tool FILE` shows where it breaks",
+    )
 
 
 def _describe_type_error(raw: bytes, message: str) -> str:
@@ -278,6 +309,15 @@ def _column(records: list, name: str, dtype) -> np.ndarray:
     return np.fromiter(map(attrgetter(name), records), dtype=dtype, count=len(records))
 
 
+def _float_column(records: list, name: str) -> np.ndarray:
+    """float64; the quoted NaN/Infinity literals become the non-finite numbers they spell."""
+    return np.fromiter(map(float, map(attrgetter(name), records)), dtype=np.float64, count=len(records))
+
+
+def _number(value: float | str | None) -> float:
+    return math.nan if value is None else float(value)
+
+
 def _loose_boxes(annotations: list[_LooseAnnotation]) -> np.ndarray:
     """(N, 4) float64 xywh; rows that are not 4 numbers (or hold nulls) become NaN."""
     bboxes = list(map(attrgetter("bbox"), annotations))
@@ -285,16 +325,25 @@ def _loose_boxes(annotations: list[_LooseAnnotation]) -> np.ndarray:
     boxes = np.full((len(bboxes), 4), np.nan)
     good = np.flatnonzero(lengths == 4)
     if len(good):
-        boxes[good] = np.array([bboxes[i] for i in good], dtype=np.float64)
+        boxes[good] = np.array([[_number(v) for v in bboxes[i]] for i in good], dtype=np.float64)
     return boxes
 
 
-def _annotation_columns(path: Path, raws: list[msgspec.Raw]) -> dict[str, np.ndarray]:
-    """Decodes the annotations chunk by chunk into numpy columns (ids, xywh boxes, area, crowd flag)."""
+def _bbox_as_written(record: _LooseAnnotation) -> str:
+    """The bbox as the file writes it (a wrong length, nulls and NaN included), for the report."""
+    shown = ["null" if v is None else v if isinstance(v, str) else f"{v:g}" for v in record.bbox]
+    return "[" + ", ".join(shown) + "]"
+
+
+def _annotation_columns(path: Path, raws: list[msgspec.Raw]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """Decodes the annotations chunk by chunk into numpy columns (ids, xywh boxes, area, crowd flag), and
+    the bbox as written of each row whose bbox is not 4 finite numbers."""
     chunks = []
+    bbox_written: dict[int, str] = {}
     for start in range(0, len(raws), _ANNOTATION_CHUNK):
         part = raws[start : start + _ANNOTATION_CHUNK]
         text = b"[" + b",".join(part) + b"]"
+        written: dict[int, str] = {}  # row -> its bbox as written, for rows that are not 4 finite numbers
         try:
             records = _ANNOTATIONS.decode(text)
             boxes = np.stack([_column(records, f"bbox.{axis}", np.float64) for axis in "xywh"], axis=1)
@@ -306,21 +355,29 @@ def _annotation_columns(path: Path, raws: list[msgspec.Raw]) -> dict[str, np.nda
                     path, _describe_annotation_error(str(error), part, start), _FIX_RECORD
                 ) from error
             boxes = _loose_boxes(records)
+            bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
+            written = {start + int(i): _bbox_as_written(records[i]) for i in bad}
+        areas = list(map(attrgetter("area"), records))
         chunks.append(
             {
                 "id": _column(records, "id", np.int64),
                 "image_id": _column(records, "image_id", np.int64),
                 "category_id": _column(records, "category_id", np.int64),
                 "xywh": boxes,
-                "area": _column(records, "area", np.float64),
+                "area": np.fromiter(map(float, areas), dtype=np.float64, count=len(areas)),
+                # An area the file writes as NaN/Infinity, as opposed to one it leaves out.
+                "bad_area": np.fromiter((isinstance(a, str) for a in areas), dtype=bool, count=len(areas)),
                 "iscrowd": _column(records, "iscrowd", np.int64) != 0,
             }
         )
+        bbox_written.update(written)
     if not chunks:
         empty_int = np.empty(0, np.int64)
-        return {"id": empty_int, "image_id": empty_int, "category_id": empty_int, "xywh": np.empty((0, 4)),
-                "area": np.empty(0), "iscrowd": np.empty(0, bool)}  # fmt: skip
-    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}
+        empty = {"id": empty_int, "image_id": empty_int, "category_id": empty_int, "xywh": np.empty((0, 4)),
+                 "area": np.empty(0), "bad_area": np.empty(0, bool),
+                 "iscrowd": np.empty(0, bool)}  # fmt: skip
+        return empty, {}
+    return {key: np.concatenate([chunk[key] for chunk in chunks]) for key in chunks[0]}, bbox_written
 
 
 def _describe_annotation_error(message: str, part: list[msgspec.Raw], start: int) -> str:
@@ -457,15 +514,15 @@ def read_coco_split(
     # --- images
     image_ids = _column(doc.images, "id", np.int64)
     file_names = pd.Series([r.file_name for r in doc.images], dtype="str")
-    widths = _column(doc.images, "width", np.int64)
-    heights = _column(doc.images, "height", np.int64)
+    size_written = _float_column(doc.images, "width"), _float_column(doc.images, "height")
+    bad_size = ~np.isfinite(size_written).all(axis=0) | (np.stack(size_written) <= 0).any(axis=0)
+    widths, heights = (np.where(bad_size, 0, values).astype(np.int64) for values in size_written)
     _raise_duplicates(path, "image", image_ids, file_names.tolist())
     image_dir = str(Path(source.image_dir).resolve())
     image_paths = (image_dir + "/" + file_names).astype("str")
     image_alive = np.ones(len(image_ids), dtype=bool)
     image_drop_reason: dict[int, tuple[str, str]] = {}
 
-    bad_size = (widths <= 0) | (heights <= 0)
     unsafe = _unsafe_file_names(file_names)
     for position in np.flatnonzero(unsafe):
         image_drop_reason[position] = (
@@ -476,7 +533,8 @@ def read_coco_split(
     for position in np.flatnonzero(bad_size & ~unsafe):
         image_drop_reason[position] = (
             "image_size_mismatch",
-            f"width/height {widths[position]}x{heights[position]} must be positive",
+            f"width/height {size_written[0][position]:g}x{size_written[1][position]:g} must be positive "
+            "finite numbers",
         )
     if policy.image_checks != "none":
         to_probe = np.flatnonzero(~unsafe & ~bad_size)
@@ -495,7 +553,7 @@ def read_coco_split(
         image_alive[list(image_drop_reason)] = False
 
     # --- annotations
-    columns = _annotation_columns(path, doc.annotations)
+    columns, bbox_written = _annotation_columns(path, doc.annotations)
     del doc  # the file's bytes go with it
     ann_ids, ann_image_ids, ann_category_ids = columns["id"], columns["image_id"], columns["category_id"]
     _raise_duplicates(path, "annotation", ann_ids)
@@ -525,7 +583,12 @@ def read_coco_split(
     flag(
         "invalid_bbox",
         ~np.isfinite(xywh).all(axis=1),
-        lambda i: f"bbox is not 4 finite numbers: {_box(xywh[i])}",
+        lambda i: f"bbox is not 4 finite numbers: {bbox_written[i]}",
+    )
+    flag(
+        "invalid_bbox",
+        columns["bad_area"],
+        lambda i: f"area is {area[i]:g}, not a finite number (bbox {_box(xywh[i])})",
     )
     w, h = xywh[:, 2], xywh[:, 3]
     too_small = (w <= 0) | (h <= 0) | (w < policy.min_box_size) | (h < policy.min_box_size)
