@@ -1,11 +1,13 @@
 """Dropped, fixed and reported records: each shows its report row, and the good records survive untouched."""
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-from frcnn_pipeline.data.coco import ValidationPolicy, build_ground_truth, read_coco_split
+from frcnn_pipeline.data.coco import CocoFormatError, ValidationPolicy, build_ground_truth, read_coco_split
 
 
 def only_row(split, check):
@@ -234,16 +236,63 @@ def test_crowd_annotation_kept_with_flag(read, baseline, coco_doc):
     assert_untouched(split, baseline, extra_annotation_ids=[20])
 
 
-def test_unused_category_is_reported_and_kept(read, coco_doc):
+def test_unused_category_is_kept_as_a_class_when_asked(read, coco_doc):
     coco_doc["categories"].append({"id": 9, "name": "fish"})
-    split = read(coco_doc)
+    split = read(coco_doc, drop_unused_categories=False)
     row = only_row(split, "unused_category")
-    assert (
-        row["severity"] == "reported"
-        and "category 9 (fish) is declared but has no annotation" in row["message"]
-    )
+    assert row["severity"] == "reported"
+    assert row["message"] == "category 9 (fish) is declared but has no annotation; kept as a class"
     assert split.categories["category_id"].tolist() == [1, 3, 7, 9]
     assert split.categories["supercategory"].tolist()[-1] == ""
+
+
+def roboflow_like(doc: dict) -> dict:
+    """Roboflow declares the dataset's own name as category 0 (supercategory "none") and annotates 1..K."""
+    doc = copy.deepcopy(doc)
+    ids = {1: 1, 3: 2, 7: 3}
+    doc["categories"] = [{"id": 0, "name": "shapes-dataset", "supercategory": "none"}] + [
+        {**c, "id": ids[c["id"]]} for c in doc["categories"]
+    ]
+    for record in doc["annotations"]:
+        record["category_id"] = ids[record["category_id"]]
+    return doc
+
+
+def test_unused_category_is_dropped_from_the_classes(read, baseline, coco_doc):
+    split = read(roboflow_like(coco_doc))
+    row = only_row(split, "unused_category")
+    assert (row["severity"], row["message"]) == (
+        "dropped",
+        "category 0 (shapes-dataset) is declared but has no annotation; not a class "
+        "(ingest.validation.drop_unused_categories)",
+    )
+    assert split.categories["category_id"].tolist() == [1, 2, 3]
+    assert split.categories["label"].tolist() == [0, 1, 2]
+    assert split.annotations["label"].tolist() == baseline.annotations["label"].tolist()
+    assert "noncontiguous_category_ids" not in split.findings["check"].tolist()  # 1..K after the drop
+
+    val = read(roboflow_like(coco_doc), name="val", categories=split.categories)
+    assert val.findings["check"].tolist() == ["unused_category"]
+    assert val.annotations["label"].tolist() == baseline.annotations["label"].tolist()
+    coco_doc = roboflow_like(coco_doc)
+    coco_doc["annotations"][0]["category_id"] = 0
+    with pytest.raises(
+        CocoFormatError, match=r"annotates 1 box\(es\) with categories \[0\] that are not classes"
+    ):
+        read(coco_doc, name="val", categories=split.categories)
+
+
+def test_zero_based_contiguous_ids_are_reported_as_they_are(read, coco_doc):
+    coco_doc["categories"].append({"id": 0, "name": "fish"})
+    coco_doc["annotations"].append(annotation(20, category_id=0))
+    for record in coco_doc["categories"]:
+        record["id"] = {0: 0, 1: 1, 3: 2, 7: 3}[record["id"]]
+    for record in coco_doc["annotations"]:
+        record["category_id"] = {0: 0, 1: 1, 3: 2, 7: 3}[record["category_id"]]
+    row = only_row(read(coco_doc), "noncontiguous_category_ids")
+    assert row["message"] == (
+        "category ids are 0..3 (contiguous): label = category_id - 0 (see the categories table)"
+    )
 
 
 def test_annotation_id_zero_is_renumbered_in_the_ground_truth(read, baseline, coco_doc):

@@ -150,6 +150,9 @@ class ValidationPolicy:
     min_box_size: float = 0.0
     image_checks: str = "header"
     drop_images_without_annotations: bool = False
+    # A declared category without a single annotation (Roboflow declares the dataset's name as category 0)
+    # is not a class: the model would have to learn it, and the AP table list it.
+    drop_unused_categories: bool = True
     severity: Mapping[str, str] = field(default_factory=dict)
     workers: int = 8
 
@@ -426,14 +429,18 @@ def _build_categories(path: Path, records: list[_Category]) -> pd.DataFrame:
     return table
 
 
-def _check_categories_agree(path: Path, declared: pd.DataFrame, project: pd.DataFrame) -> None:
+def _check_categories_agree(
+    path: Path, declared: pd.DataFrame, project: pd.DataFrame, allow_extra: bool
+) -> pd.DataFrame:
+    """Fatal unless the split declares the project's categories; returns the declared ones that are not
+    classes (allowed when the train split dropped them as unused; they must stay unused here too)."""
     ours = dict(zip(declared["category_id"].tolist(), declared["name"].tolist(), strict=True))
     theirs = dict(zip(project["category_id"].tolist(), project["name"].tolist(), strict=True))
-    if ours == theirs:
-        return
     missing = sorted(set(theirs) - set(ours))
     extra = sorted(set(ours) - set(theirs))
     renamed = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+    if not missing and not renamed and (allow_extra or not extra):
+        return declared[declared["category_id"].isin(extra)]
     raise _fatal(
         path,
         "declares categories that differ from the project's (taken from the train split): "
@@ -495,21 +502,13 @@ def read_coco_split(
 
     # --- categories
     declared = _build_categories(path, doc.categories)
-    if categories is None:
+    defines_classes = categories is None
+    if defines_classes:
         categories = declared
+        not_classes = declared.iloc[:0]
     else:
-        _check_categories_agree(path, declared, categories)
+        not_classes = _check_categories_agree(path, declared, categories, policy.drop_unused_categories)
     category_ids = categories["category_id"].to_numpy(np.int64)
-    if not np.array_equal(category_ids, np.arange(1, len(category_ids) + 1)):
-        findings.add(
-            "noncontiguous_category_ids",
-            [None],
-            [None],
-            [
-                f"category ids {_preview(category_ids)} are not 1..{len(category_ids)}; mapped to labels "
-                f"0..{len(category_ids) - 1} (see the categories table)"
-            ],
-        )
 
     # --- images
     image_ids = _column(doc.images, "id", np.int64)
@@ -556,6 +555,15 @@ def read_coco_split(
     columns, bbox_written = _annotation_columns(path, doc.annotations)
     del doc  # the file's bytes go with it
     ann_ids, ann_image_ids, ann_category_ids = columns["id"], columns["image_id"], columns["category_id"]
+    annotated_non_class = np.isin(ann_category_ids, not_classes["category_id"].to_numpy())
+    if annotated_non_class.any():
+        raise _fatal(
+            path,
+            f"annotates {int(annotated_non_class.sum())} box(es) with categories "
+            f"{sorted(set(ann_category_ids[annotated_non_class].tolist()))[:_MAX_LISTED]} that are not "
+            "classes of the project (the train split has no annotation of them)",
+            "annotate them in train as well, or remove them from this split",
+        )
     _raise_duplicates(path, "annotation", ann_ids)
     xywh, area, iscrowd = columns["xywh"], columns["area"], columns["iscrowd"]
 
@@ -680,16 +688,25 @@ def read_coco_split(
 
     used = np.zeros(len(category_ids), dtype=bool)
     used[label[alive]] = True
-    unused = np.flatnonzero(~used)
-    findings.add(
-        "unused_category",
-        [None] * len(unused),
-        [None] * len(unused),
-        [
-            f"category {category_ids[c]} ({categories['name'].iloc[c]}) is declared but has no annotation"
-            for c in unused
-        ],
-    )
+    dropping = defines_classes and policy.drop_unused_categories
+    for table, dropped in ((categories[~used], dropping), (not_classes, True)):
+        findings.add(
+            "unused_category",
+            [None] * len(table),
+            [None] * len(table),
+            [
+                f"category {row.category_id} ({row.name}) is declared but has no annotation; "
+                + ("not a class (ingest.validation.drop_unused_categories)" if dropped else "kept as a class")
+                for row in table.itertuples()
+            ],
+            severity="dropped" if dropped else "reported",
+        )
+    if dropping and not used.all():
+        categories = categories[used].reset_index(drop=True)
+        categories["label"] = np.arange(len(categories), dtype=np.int64)
+        label = np.cumsum(used)[np.maximum(label, 0)] - 1  # old label -> its rank among the kept
+        category_ids = category_ids[used]
+    _report_category_ids(findings, category_ids)
 
     report = findings.frame()
     _raise_escalated(path, report)
@@ -739,6 +756,22 @@ def read_coco_split(
         len(report),
     )
     return CocoSplit(source.name, path, images, annotations, categories.copy(), report, used_xywh)
+
+
+def _report_category_ids(findings: _Findings, category_ids: np.ndarray) -> None:
+    """Says how category ids become labels 0..K-1 when that is not simply `id - 1`."""
+    count = len(category_ids)
+    if np.array_equal(category_ids, np.arange(1, count + 1)):
+        return
+    if np.array_equal(category_ids, np.arange(category_ids[0], category_ids[0] + count)):
+        how = (
+            f"are {category_ids[0]}..{category_ids[-1]} (contiguous): label = category_id - {category_ids[0]}"
+        )
+    else:
+        how = f"{_preview(category_ids)} have gaps: labels 0..{count - 1} in id order"
+    findings.add(
+        "noncontiguous_category_ids", [None], [None], [f"category ids {how} (see the categories table)"]
+    )
 
 
 def _raise_escalated(path: Path, report: pd.DataFrame) -> None:

@@ -57,6 +57,7 @@ def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFram
         min_box_size=float(validation["min_box_size"]),
         image_checks=validation["image_checks"],
         drop_images_without_annotations=bool(params["splits"][split]["drop_images_without_annotations"]),
+        drop_unused_categories=bool(validation["drop_unused_categories"]),
         severity=validation.get("severity") or {},
         workers=int(validation["workers"]),
     )
