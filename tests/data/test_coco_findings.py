@@ -165,7 +165,7 @@ def test_image_size_differs_from_json(write_split, baseline, coco_doc):
     coco_doc["annotations"].append(annotation(20, image_id=5))
     row = only_row(split := read_coco_split(write_split(coco_doc)), "image_size_mismatch")
     assert (row["severity"], row["image_id"]) == ("dropped", 5)
-    assert "is 40x30 but the JSON says 50x30" in row["message"]
+    assert "is 40x30 (EXIF orientation applied) but the JSON says 50x30" in row["message"]
     assert_untouched(split, baseline)
 
 

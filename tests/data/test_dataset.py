@@ -6,13 +6,17 @@ import pytest
 import torch
 from PIL import Image
 
+from frcnn_pipeline.data.coco import _probe_image
 from frcnn_pipeline.data.dataset import (
+    BadImageBudget,
+    BadImagesError,
     DetectionDataset,
     GroupedBatchSampler,
     collate,
     loader_generator,
     seed_worker,
 )
+from frcnn_pipeline.data.images import oriented_size, read_rgb
 
 
 @pytest.fixture
@@ -60,10 +64,41 @@ def test_missing_or_wrong_size_image_names_file_and_id(tables, tmp_path):
     images, annotations = tables
     (tmp_path / "b.png").unlink()
     with pytest.raises(RuntimeError, match=r"Cannot read image .*b\.png \(image_id 9\).*ingest"):
-        DetectionDataset(images, annotations, train=True)[1]
+        DetectionDataset(images, annotations, train=False)[1]
     wrong = images.assign(width=[31, 20])
     with pytest.raises(RuntimeError, match=r"image_id 7\) is 30x20 but the images table says 31x20"):
-        DetectionDataset(wrong, annotations, train=True)[0]
+        DetectionDataset(wrong, annotations, train=False)[0]
+
+
+def test_training_replaces_a_truncated_image_and_counts_it(tables, tmp_path):
+    images, annotations = tables
+    path = tmp_path / "b.png"
+    path.write_bytes(path.read_bytes()[:60])  # a truncated PNG: its header still reads
+    dataset = DetectionDataset(images, annotations, train=True)
+    image, target = dataset[1]
+    assert image.shape == (3, 20, 30) and int(target["image_id"]) == 7, "the next readable image stands in"
+    assert "b.png (image_id 9)" in target["unreadable"]
+
+    budget = BadImageBudget(limit=1)
+    budget.check([target, dataset[0][1]])
+    assert "unreadable" not in target and len(budget.problems) == 1
+    with pytest.raises(
+        BadImagesError, match=r"2 training images could not be read \(train.max_bad_images is 1\)"
+    ):
+        budget.check([dataset[1][1]])
+
+
+def test_exif_orientation_is_applied_and_ingest_agrees(tmp_path):
+    pixels = np.zeros((20, 30, 3), np.uint8)
+    pixels[:, :5] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored unrotated; shown rotated 90° clockwise
+    Image.fromarray(pixels).save(tmp_path / "phone.jpg", exif=exif)
+    with Image.open(tmp_path / "phone.jpg") as image:
+        assert oriented_size(image) == (20, 30)
+    rotated = read_rgb(tmp_path / "phone.jpg")
+    assert rotated.shape == (3, 30, 20) and rotated[:, :5, :].float().mean() > 200  # the band is now on top
+    assert _probe_image(str(tmp_path / "phone.jpg"), 20, 30, decode=True) is None
 
 
 def _take(sampler, count):

@@ -156,19 +156,23 @@ def test_non_finite_loss_stops_naming_iteration_and_losses_keeping_last_checkpoi
     assert all(torch.isfinite(value).all() for value in state["model"].values() if value.is_floating_point())
 
 
-def test_demo_loss_goes_down(tmp_path):
+def test_loss_falls_when_fitting_one_batch(tmp_path):
+    """Two demo images, no flips: every step sees the same batch, so the losses must fall far.
+
+    (A dataset-wide 60-step trend is too noisy to assert across CPUs; on one batch the last ten steps'
+    mean is 0.34-0.52 of the first ten's over seeds 7-9 here.)
+    """
     root = tmp_path / "demo"
-    demo.generate_demo_dataset(root, demo.DemoConfig(image_size=64, num_train_images=48, num_val_images=1))
+    demo.generate_demo_dataset(root, demo.DemoConfig(image_size=64, num_train_images=2, num_val_images=1))
     source = SplitSource("train", demo.annotation_file(root, "train"), demo.image_dir(root, "train"))
     split = read_coco_split(source)
-    train = train_config(tmp_path, max_iter=60, base_lr=1e-3, warmup_iters=5, steps=[])
+    train = {**train_config(tmp_path, max_iter=60, base_lr=1e-3, warmup_iters=5, steps=[]), "flip_prob": 0.0}
     result = train_detector(
         split.images, split.annotations, len(split.categories), TINY_MODEL, train, runtime_config()
     )
     losses = [row["total_loss"] for row in result["metrics"]]
     assert len(losses) == 60
-    # Seeded: on this machine the mean falls from 2.09 to 1.46 (Faster R-CNN losses are noisy batch to batch).
-    assert sum(losses[-10:]) / 10 < 0.8 * sum(losses[:10]) / 10
+    assert sum(losses[-10:]) / 10 < 0.7 * sum(losses[:10]) / 10
 
 
 def test_initial_weights_missing_keys_reported_unknown_keys_refused(caplog):

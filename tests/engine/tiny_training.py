@@ -67,6 +67,7 @@ def train_config(tmp_path: Path, **solver: Any) -> dict[str, Any]:
         "run_name": "test",
         "images_per_device": 2,
         "flip_prob": 0.5,
+        "max_bad_images": 0,
         "solver": {
             "optimizer": "adamw",
             "base_lr": 1e-3,

@@ -28,6 +28,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.data.images import oriented_size
 from frcnn_pipeline.errors import UserFacingError
 
 logger = logging.getLogger(__name__)
@@ -460,7 +461,7 @@ def _probe_image(path: str, width: int, height: int, decode: bool) -> tuple[str,
     """None when the image is usable, else (check, reason)."""
     try:
         with Image.open(path) as image:
-            size = image.size
+            size = oriented_size(image)
             if decode:
                 image.load()
     except FileNotFoundError:
@@ -468,7 +469,10 @@ def _probe_image(path: str, width: int, height: int, decode: bool) -> tuple[str,
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return "unreadable_image", f"cannot decode {path}: {error}"
     if size != (width, height):
-        return "image_size_mismatch", f"{path} is {size[0]}x{size[1]} but the JSON says {width}x{height}"
+        return (
+            "image_size_mismatch",
+            f"{path} is {size[0]}x{size[1]} (EXIF orientation applied) but the JSON says {width}x{height}",
+        )
     return None
 
 

@@ -8,14 +8,25 @@ exactly the same images, flipped the same way, whatever the number of loader wor
 from __future__ import annotations
 
 import itertools
+import logging
 import random
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
+
+from frcnn_pipeline.data.images import read_rgb
+from frcnn_pipeline.errors import UserFacingError
+
+logger = logging.getLogger(__name__)
+_MAX_REPLACEMENT_TRIES = 16
+
+
+class BadImagesError(UserFacingError, RuntimeError):
+    """More training images than allowed could not be read."""
+
 
 Target = dict[str, torch.Tensor]
 Key = int | tuple[int, bool]
@@ -52,30 +63,77 @@ class DetectionDataset(Dataset):
 
     def __getitem__(self, key: Key) -> tuple[torch.Tensor, Target]:
         position, flip = key if isinstance(key, tuple) else (key, False)
+        image, problem = self._read(position)
+        if problem and self.train:
+            # A long run should not end on one bad file: train on the next readable image instead, and say
+            # so in the target, where the trainer counts it (BadImageBudget).
+            for offset in range(1, min(len(self), _MAX_REPLACEMENT_TRIES + 1)):
+                replacement = (position + offset) % len(self)
+                image, next_problem = self._read(replacement)
+                if not next_problem:
+                    break
+            else:
+                raise RuntimeError(f"{problem}; and the next images cannot be read either")
+            target = self._target(replacement, image, flip)
+            target["unreadable"] = problem
+            return image, target
+        if problem:
+            raise RuntimeError(problem)
+        return image, self._target(position, image, flip)
+
+    def _read(self, position: int) -> tuple[torch.Tensor | None, str]:
+        """The image, or None and what is wrong with it (truncated, corrupt, or not the table's size)."""
         row = self.images.iloc[position]
         try:
-            with Image.open(row["path"]) as file:
-                image = torch.from_numpy(np.asarray(file.convert("RGB")).copy()).permute(2, 0, 1)
-        except OSError as error:
-            raise RuntimeError(
+            image = read_rgb(row["path"])
+        except (OSError, ValueError, SyntaxError) as error:
+            return None, (
                 f"Cannot read image {row['path']} (image_id {row['image_id']}): {error}. "
-                "Re-run the ingest pipeline or fix the file."
-            ) from error
-        if image.shape[1:] != (row["height"], row["width"]):
-            raise RuntimeError(
-                f"Image {row['path']} (image_id {row['image_id']}) is {image.shape[2]}x{image.shape[1]} "
-                f"but the images table says {row['width']}x{row['height']}. Re-run the ingest pipeline."
+                "Fix or remove the file and re-run the ingest pipeline (image_checks: decode finds them)"
             )
+        if image.shape[1:] != (row["height"], row["width"]):
+            return None, (
+                f"Image {row['path']} (image_id {row['image_id']}) is {image.shape[2]}x{image.shape[1]} "
+                f"but the images table says {row['width']}x{row['height']}. Re-run the ingest pipeline"
+            )
+        return image, ""
+
+    def _target(self, position: int, image: torch.Tensor, flip: bool) -> Target:
         boxes = self._boxes[position].clone()
         if flip:
-            image = image.flip(-1)
+            image.copy_(image.flip(-1))
             boxes[:, [0, 2]] = image.shape[-1] - boxes[:, [2, 0]]
-        target = {
+        return {
             "boxes": boxes,
             "labels": self._labels[position].clone(),
-            "image_id": torch.tensor(int(row["image_id"])),
+            "image_id": torch.tensor(int(self.images["image_id"].iloc[position])),
         }
-        return image, target
+
+
+class BadImageBudget:
+    """Counts the training images that could not be read (replaced in their batch) and stops past `limit`.
+
+    detectron2 likewise retries another image; the cap keeps a broken dataset from training on.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.problems: list[str] = []
+
+    def check(self, targets: list[Target]) -> None:
+        """Takes the markers out of the targets (they are not tensors), logs each one, enforces the cap."""
+        for target in targets:
+            problem = target.pop("unreadable", None)
+            if problem is None:
+                continue
+            self.problems.append(problem)
+            logger.warning("Skipped a training image (%d so far): %s", len(self.problems), problem)
+            if len(self.problems) > self.limit:
+                raise BadImagesError(
+                    f"{len(self.problems)} training images could not be read (train.max_bad_images is "
+                    f"{self.limit}), e.g. {self.problems[0]}. Re-run the ingest pipeline with "
+                    "ingest.validation.image_checks: decode to drop them, or raise train.max_bad_images."
+                )
 
 
 class GroupedBatchSampler:

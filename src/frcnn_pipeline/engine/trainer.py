@@ -23,6 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from frcnn_pipeline.data.dataset import (
+    BadImageBudget,
     DetectionDataset,
     GroupedBatchSampler,
     collate,
@@ -327,10 +328,12 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     last_checkpoint = latest
     losses: dict[str, float] = {}
     batches = iter(loader)
+    bad_images = BadImageBudget(int(train["max_bad_images"]))
     try:
         for iteration in range(start_iter, max_iter):
             data_start = time.perf_counter()
             images, targets = next(batches)
+            bad_images.check(targets)
             images, targets = _to_device(images, targets, device, channels_last)
             data_time = time.perf_counter() - data_start
 
@@ -393,6 +396,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         "iters_per_epoch": iters_per_epoch,
         "train_images": len(dataset),
         "final_losses": losses,
+        "unreadable_images_replaced": bad_images.problems,
         "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
         "torch": str(torch.__version__),
         "config": {"model": job.model_cfg, "train": train, "runtime": runtime},

@@ -16,9 +16,9 @@ import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from torchvision.io import ImageReadMode, decode_image, read_file
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.modeling import build_model
@@ -78,7 +78,7 @@ class ImageFiles(Dataset):
     def __getitem__(self, position: int) -> tuple[int, torch.Tensor | None, str]:
         path = self.paths[position]
         try:
-            return position, decode_image(read_file(str(path)), mode=ImageReadMode.RGB), ""
+            return position, read_rgb(str(path)), ""
         except (RuntimeError, OSError, ValueError) as error:
             return position, None, f"{type(error).__name__}: {error}"
 

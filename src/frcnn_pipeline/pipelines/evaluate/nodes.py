@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import plots
 from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
@@ -136,7 +136,7 @@ def draw_detection_samples(
     paths = val_images.set_index(val_images["image_id"].astype(int))["path"]
     for _, image_id, missed, false in sorted(tallies)[:count]:
         gt, dt = ground_truth.get(image_id, []), detections.get(image_id, [])
-        image = decode_image(read_file(str(paths[image_id])), mode=ImageReadMode.RGB)
+        image = read_rgb(str(paths[image_id]))
         samples.append(
             Sample(
                 title=f"image {image_id}: {missed} missed, {false} false (score >= {min_score:g})",

@@ -10,8 +10,8 @@ from typing import Any
 import pandas as pd
 import torch
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_image, read_file
 
+from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
 from frcnn_pipeline.evaluation.inference import InferenceOptions, run_inference
 
@@ -130,7 +130,7 @@ def draw_prediction_images(
 
     def drawer(record: dict[str, Any]) -> Callable[[], Image.Image]:
         def draw() -> Image.Image:
-            image = decode_image(read_file(image_paths[record["position"]]), mode=ImageReadMode.RGB)
+            image = read_rgb(image_paths[record["position"]])
             keep = record["scores"] >= min_score
             labels = [
                 f"{names[label]} {score:.2f}"
