@@ -1,6 +1,6 @@
-"""The project's `kedro run`: Kedro's own run command, with errors a user can fix shown in a few lines.
+"""The project's commands: Kedro's `run` with readable errors, and `viz-site`, an offline kedro-viz build.
 
-Kedro picks up this module's `cli` group and its `run` overrides the built-in one. Everything else (options,
+Kedro picks up this module's `cli` group, and its `run` overrides the built-in one. Everything else (options,
 session, runner) is Kedro's. A `UserFacingError` anywhere in the exception chain ends the run with its
 message and the path of a log file holding the full traceback; `--verbose` shows the traceback instead.
 Any other exception keeps its full traceback.
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import re
 import traceback
 from pathlib import Path
 from typing import Any
@@ -94,3 +95,29 @@ run = click.Command(
     short_help=kedro_run.short_help,
 )
 cli.add_command(run)
+
+
+# kedro-viz's index.html links Google Fonts ("Inter") and no setting removes the links; without them the page
+# uses its CSS fallback font, and no request leaves the machine.
+_REMOTE_FONT_LINK = re.compile(r"<link\b[^>]*https://fonts\.(?:googleapis|gstatic)\.com[^>]*>", re.DOTALL)
+
+
+def strip_remote_fonts(index_html: Path) -> int:
+    """Removes the page's links to Google Fonts; returns how many there were."""
+    page, count = _REMOTE_FONT_LINK.subn("", index_html.read_text(encoding="utf-8"))
+    index_html.write_text(page, encoding="utf-8")
+    return count
+
+
+@cli.command(name="viz-site")
+@click.option("--include-previews", is_flag=True, help="Include dataset previews (as kedro viz build).")
+@click.pass_context
+def viz_site(ctx: click.Context, include_previews: bool) -> None:
+    """`kedro viz build` into build/, then made fully offline (no Google Fonts links)."""
+    from kedro_viz.launchers.cli.build import build
+
+    ctx.invoke(build, include_hooks=False, include_previews=include_previews)
+    index = Path("build") / "index.html"
+    if not index.is_file():
+        raise click.ClickException("kedro viz build wrote no build/index.html; see its output above")
+    click.echo(f"Offline site in build/ ({strip_remote_fonts(index)} remote font link(s) removed)")
