@@ -8,7 +8,13 @@ import torch
 from PIL import Image
 
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
-from frcnn_pipeline.evaluation.drawing import Sample, count_errors, draw_predictions, samples_figure
+from frcnn_pipeline.evaluation.drawing import (
+    Sample,
+    count_errors,
+    draw_predictions,
+    label_font_size,
+    samples_figure,
+)
 from frcnn_pipeline.evaluation.plots import (
     ap_per_category_figure,
     per_category_precision_recall_figure,
@@ -85,3 +91,19 @@ def test_samples_figure_and_drawn_predictions():
     )
     assert drawn.size == (60, 40)
     assert not np.array_equal(np.asarray(drawn), image)
+
+
+def test_labels_grow_with_the_image():
+    """The label's ink spans several times more rows on a 2048-pixel photo than on a small image."""
+
+    def label_rows(side: int) -> int:
+        image = torch.zeros(3, side, side, dtype=torch.uint8)
+        box = torch.tensor([[side / 4, side / 4, side / 2, side / 2]])
+        ink = np.asarray(draw_predictions(image, box, ["cat"])) != np.asarray(
+            draw_predictions(image, box, [""])
+        )
+        rows = np.flatnonzero(ink.any(axis=(1, 2)))
+        return int(rows.max() - rows.min() + 1)
+
+    assert label_font_size(2048) == 41 and label_font_size(128) == 10
+    assert label_rows(2048) > 3 * label_rows(200)

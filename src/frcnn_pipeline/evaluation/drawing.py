@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
 from PIL import Image
@@ -19,6 +20,11 @@ from torchvision.utils import draw_bounding_boxes
 
 GROUND_TRUTH_COLOUR = "#00c853"
 PREDICTION_COLOUR = "#ff1744"
+
+
+def label_font_size(longest_side: int) -> int:
+    """About 1/50 of the image's longest side, never below 10 px: 41 px on a 2048-pixel photo."""
+    return max(10, round(longest_side / 50))
 
 
 @dataclass(frozen=True)
@@ -90,7 +96,19 @@ def samples_figure(samples: list[Sample], columns: int = 3) -> Figure:
 
 
 def draw_predictions(image: torch.Tensor, boxes: torch.Tensor, labels: list[str]) -> Image.Image:
-    """An RGB uint8 [3, H, W] image with its predicted boxes and labels drawn (torchvision's drawing)."""
-    width = max(2, round(max(image.shape[1:]) / 300))
-    drawn = draw_bounding_boxes(image, boxes, labels=labels, colors=PREDICTION_COLOUR, width=width)
+    """An RGB uint8 [3, H, W] image with its predicted boxes and labels drawn (torchvision's drawing).
+
+    Lines and labels grow with the image, so they read on a 2048-pixel photo as on a 128-pixel one; the
+    font is matplotlib's bundled DejaVu Sans (PIL's default bitmap font has one tiny size).
+    """
+    longest = max(image.shape[1:])
+    drawn = draw_bounding_boxes(
+        image,
+        boxes,
+        labels=labels,
+        colors=PREDICTION_COLOUR,
+        width=max(2, round(longest / 300)),
+        font=font_manager.findfont("DejaVu Sans"),
+        font_size=label_font_size(longest),
+    )
     return Image.fromarray(drawn.permute(1, 2, 0).numpy())
