@@ -5,8 +5,7 @@ import re
 
 import pytest
 
-from frcnn_pipeline.data import coco
-from frcnn_pipeline.data.coco import CocoFormatError, read_coco_split
+from frcnn_pipeline.data.coco import CocoFormatError, json_file, read_coco_split
 
 
 def test_truncated_json(read, coco_doc):
@@ -122,7 +121,7 @@ def test_escalated_check_is_fatal(read, coco_doc):
 
 
 def test_error_path_is_file_wide_when_annotations_are_decoded_in_chunks(read, coco_doc, monkeypatch):
-    monkeypatch.setattr(coco, "_ANNOTATION_CHUNK", 2)
+    monkeypatch.setattr(json_file, "_ANNOTATION_CHUNK", 2)
     coco_doc["annotations"][3]["image_id"] = "3"
     with pytest.raises(CocoFormatError) as error:
         read(coco_doc)

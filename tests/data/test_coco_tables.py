@@ -6,12 +6,12 @@ import pytest
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from frcnn_pipeline.data import coco
 from frcnn_pipeline.data.coco import (
     DEFAULT_SEVERITY,
     REPORT_COLUMNS,
     ValidationPolicy,
     build_ground_truth,
+    json_file,
     resolve_severity,
     summarise_findings,
 )
@@ -112,7 +112,7 @@ def test_severity_policy_only_escalates():
 
 
 def test_chunked_decoding_gives_the_same_tables(read, baseline, coco_doc, monkeypatch):
-    monkeypatch.setattr(coco, "_ANNOTATION_CHUNK", 2)
+    monkeypatch.setattr(json_file, "_ANNOTATION_CHUNK", 2)
     coco_doc["annotations"].insert(3, {"id": 20, "image_id": 1, "category_id": 1, "bbox": [1, 2, 3]})
     split = read(coco_doc)
     pd.testing.assert_frame_equal(split.annotations, baseline.annotations)

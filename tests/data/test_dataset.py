@@ -6,7 +6,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_pipeline.data.coco import _probe_image
+from frcnn_pipeline.data.coco.image_checks import _probe_image
 from frcnn_pipeline.data.dataset import (
     BadImageBudget,
     BadImagesError,

@@ -1,0 +1,36 @@
+"""COCO-format reading, validation, tables and clean ground truth (Kedro-free).
+
+- ``json_file``: reading and typing the JSON (msgspec), with errors that name the file and the record;
+- ``findings``: the checks' severities, the validation policy and the report;
+- ``image_checks``: the image files a split names;
+- ``split``: ``read_coco_split``, the checks and the tables;
+- ``ground_truth``: the clean COCO dict of a split as used.
+"""
+
+from frcnn_pipeline.data.coco.findings import (
+    DEFAULT_SEVERITY,
+    IMAGE_CHECK_MODES,
+    REPORT_COLUMNS,
+    ValidationPolicy,
+    empty_findings,
+    resolve_severity,
+    summarise_findings,
+)
+from frcnn_pipeline.data.coco.ground_truth import build_ground_truth
+from frcnn_pipeline.data.coco.json_file import CocoFormatError
+from frcnn_pipeline.data.coco.split import CocoSplit, SplitSource, read_coco_split
+
+__all__ = [
+    "DEFAULT_SEVERITY",
+    "IMAGE_CHECK_MODES",
+    "REPORT_COLUMNS",
+    "CocoFormatError",
+    "CocoSplit",
+    "SplitSource",
+    "ValidationPolicy",
+    "build_ground_truth",
+    "empty_findings",
+    "read_coco_split",
+    "resolve_severity",
+    "summarise_findings",
+]
