@@ -12,9 +12,11 @@ from frcnn_pipeline.data.coco import (
     ValidationPolicy,
     build_ground_truth,
     json_file,
+    published_ground_truth,
     resolve_severity,
     summarise_findings,
 )
+from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 
 
 def test_images_table_schema(baseline, write_split, coco_doc):
@@ -117,3 +119,42 @@ def test_chunked_decoding_gives_the_same_tables(read, baseline, coco_doc, monkey
     split = read(coco_doc)
     pd.testing.assert_frame_equal(split.annotations, baseline.annotations)
     assert split.findings["check"].tolist() == ["invalid_bbox", "noncontiguous_category_ids"]
+
+
+def test_published_ground_truth_scores_as_pycocotools_on_the_original_file(read, write_split, coco_doc):
+    """A box past the border and one without area: the cleaned ground truth clips (and so scores a clipped
+    detection higher); the published one scores exactly as pycocotools on the file itself."""
+    past_border = [30.0, 20.0, 20.0, 15.0]  # the image is 40x30
+    coco_doc["annotations"].append(
+        {"id": 20, "image_id": 4, "category_id": 3, "bbox": past_border, "area": 300.0, "iscrowd": 0}
+    )
+    del coco_doc["annotations"][0]["area"]
+    source = write_split(coco_doc, "val")
+    published, filled = published_ground_truth(source.annotation_file)
+    assert filled == 2 and published["annotations"][-1]["bbox"] == past_border  # 13 has no area either
+
+    def clipped(x, y, w, h):
+        return [x, y, min(w, 40 - x), min(h, 30 - y)]
+
+    detections = [  # every box found as the image shows it: clipped to the border
+        {
+            "image_id": a["image_id"],
+            "category_id": a["category_id"],
+            "score": 0.9,
+            "bbox": clipped(*a["bbox"]),
+        }
+        for a in coco_doc["annotations"]
+    ]
+
+    reference_file = COCO(str(source.annotation_file))
+    for record in reference_file.dataset["annotations"]:  # pycocotools needs the area that we fill in
+        record.setdefault("area", record["bbox"][2] * record["bbox"][3])
+    reference_file.createIndex()
+    reference = COCOeval(reference_file, reference_file.loadRes(detections), "bbox")
+    reference.evaluate()
+    reference.accumulate()
+    reference.summarize()
+    ours = evaluate_boxes(published, detections).metrics()
+    assert list(ours.values()) == reference.stats.tolist()
+    cleaned = evaluate_boxes(build_ground_truth(read(coco_doc, name="val")), detections).metrics()
+    assert cleaned["AP"] > ours["AP"], "clipping the ground truth flatters the clipped detection"

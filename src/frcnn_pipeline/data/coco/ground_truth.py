@@ -1,7 +1,9 @@
-"""The clean COCO ground truth of a split as used, for pycocotools / faster-coco-eval and our evaluator."""
+"""A split's ground truth for evaluation: as published (the official protocol) or as cleaned by ingest."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -55,3 +57,38 @@ def build_ground_truth(split: CocoSplit) -> dict[str, Any]:
             )
         ],
     }
+
+
+_GROUND_TRUTH_FIELDS = ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+
+
+def published_ground_truth(annotation_file: str | Path) -> tuple[dict[str, Any], int]:
+    """The annotation file as pycocotools reads it, segmentations left out: every declared image, every box
+    as written (past the border, degenerate, NaN), the declared categories. Official numbers need this.
+
+    Returns the COCO dict and how many annotations had no `area` (pycocotools would fail on them; here they
+    take their box's w*h, a deviation the caller records).
+    """
+    # Python's json, as pycocotools: it reads the NaN/Infinity literals that json.dump writes.
+    with open(annotation_file, encoding="utf-8") as stream:
+        document = json.load(stream)
+    annotations, filled_areas = [], 0
+    for record in document["annotations"]:
+        kept = {key: record[key] for key in _GROUND_TRUTH_FIELDS if key in record}
+        kept.setdefault("iscrowd", 0)
+        if "area" not in kept:
+            width, height = kept["bbox"][2:4]
+            kept["area"] = width * height
+            filled_areas += 1
+        annotations.append(kept)
+    images = [
+        {key: image[key] for key in ("id", "file_name", "width", "height") if key in image}
+        for image in document["images"]
+    ]
+    info = {"description": "as published", "source": str(annotation_file)}
+    return {
+        "info": info,
+        "images": images,
+        "annotations": annotations,
+        "categories": document["categories"],
+    }, (filled_areas)
