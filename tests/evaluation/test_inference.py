@@ -10,6 +10,7 @@ from PIL import Image
 
 from frcnn_pipeline.evaluation.inference import (
     InferenceOptions,
+    aspect_grouped_order,
     category_ids_by_label,
     coco_results,
     prepare_for_inference,
@@ -124,3 +125,8 @@ def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
     assert all(f.dtype == torch.float32 for f in features.values())
     records = run_inference(weights, model_cfg, 3, image_paths, options=options)
     assert all(r["boxes"].dtype == torch.float32 for r in records if not r["error"])
+
+
+def test_batches_group_landscape_and_portrait_images(image_paths):
+    # 56x40 landscape, 48x64 portrait, unreadable (reported later; grouped as landscape), 50x50 square.
+    assert aspect_grouped_order(image_paths) == [0, 2, 3, 1]

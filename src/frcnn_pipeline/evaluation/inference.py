@@ -14,11 +14,12 @@ from typing import Any
 
 import pandas as pd
 import torch
+from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from frcnn_pipeline.data.images import read_rgb
+from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.modeling import build_model
@@ -40,6 +41,7 @@ class InferenceOptions:
     cpu_bf16: bool = False  # bf16 autocast on CPU (fast only where the CPU has bf16 instructions)
     channels_last: bool = False
     fold_batch_norm: bool = True  # fold the backbone's norms into its convs (float rounding only)
+    group_by_aspect: bool = True  # batch landscape and portrait images apart (less padding)
     num_workers: int = 0  # image decoding processes per rank
 
     @classmethod
@@ -119,6 +121,25 @@ def prepare_for_inference(model: nn.Module, device: torch.device, options: Infer
     return model
 
 
+def aspect_grouped_order(paths: list[str]) -> list[int]:
+    """Positions with the landscape images first, then the portrait ones (each in path order).
+
+    A batch is padded to its largest height and width: a landscape and a portrait 640x480 image together
+    pad to 640x640. Batches of one orientation, as training groups them, skip that work. Headers only.
+    """
+
+    def is_portrait(path: str) -> bool:
+        try:
+            with Image.open(path) as image:
+                width, height = oriented_size(image)
+        except (OSError, ValueError, SyntaxError):
+            return False  # reported when the image itself is read
+        return height > width
+
+    portrait = [is_portrait(path) for path in paths]
+    return sorted(range(len(paths)), key=portrait.__getitem__)
+
+
 def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     context: WorkerContext,
     state_dict: dict[str, torch.Tensor],
@@ -126,13 +147,14 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     num_classes: int,
     paths: list[str],
     options: dict[str, Any],
+    order: list[int],
 ) -> list[dict[str, Any]]:
     opts = InferenceOptions(**options)
     device = context.device
     model = build_model(opts.model_config(model_cfg), num_classes)
     model.load_state_dict(state_dict)
     model = prepare_for_inference(model, device, opts)
-    share = list(distributed.shard_indices(len(paths), context.rank, context.world_size))
+    share = [order[i] for i in distributed.shard_indices(len(paths), context.rank, context.world_size)]
     loader = DataLoader(
         torch.utils.data.Subset(ImageFiles(paths), share),
         batch_size=opts.batch_size,
@@ -193,8 +215,16 @@ def run_inference(
         world.device,
         options.batch_size,
     )
+    paths = list(map(str, paths))
     records = distributed.launch(
-        _inference_worker, world, state_dict, model_cfg, num_classes, list(map(str, paths)), asdict(options)
+        _inference_worker,
+        world,
+        state_dict,
+        model_cfg,
+        num_classes,
+        paths,
+        asdict(options),
+        aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths))),
     )
     if records is None:  # a node other than 0 of a multi-node run
         return None
