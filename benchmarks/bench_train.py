@@ -1,6 +1,7 @@
 """Training speed: our Faster R-CNN (R-50-FPN, detectron2 config) against torchvision's stock model.
 
-Both train from random weights with the same recipe pieces (frozen BN, stem + res2 frozen, SGD momentum 0.9),
+Both train from random weights with the same recipe pieces (frozen BN, stem + res2 frozen, SGD momentum 0.9,
+the same proposal counts: see references.py),
 on the same random images and boxes, same batch, at a moderate size (shorter side --size), on this machine.
 A step is forward + backward + optimizer step, as in the engine's loop. The sides take turns step by step, so
 load from other processes on a shared machine slows both alike. Ours is also timed with the engine's options
@@ -15,10 +16,7 @@ import argparse
 import time
 
 import torch
-from torchvision.models import resnet50
-from torchvision.models.detection import FasterRCNN
-from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
-from torchvision.ops import FrozenBatchNorm2d
+from references import stock_fasterrcnn_resnet50_fpn
 
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.modeling import build_model, default_model_config
@@ -79,20 +77,11 @@ def build_sides(args) -> dict[str, Side]:
             build_model(ours_cfg, NUM_CLASSES), images, targets, **VARIANTS[variant]
         )
     torch.manual_seed(0)
+    reference = stock_fasterrcnn_resnet50_fpn(NUM_CLASSES, args.size, max_size)
     sides["torchvision"] = Side(
-        stock_fasterrcnn_resnet50_fpn(args.size, max_size), [i.float() / 255 for i in images], targets,
-        channels_last=False, amp={"enabled": False},
-    )  # fmt: skip
+        reference, [i.float() / 255 for i in images], targets, channels_last=False, amp={"enabled": False}
+    )
     return sides
-
-
-def stock_fasterrcnn_resnet50_fpn(size: int, max_size: int) -> FasterRCNN:
-    """torchvision's fasterrcnn_resnet50_fpn as it is trained in practice (from ImageNet weights): frozen BN,
-    stem + layer1 frozen (trainable_backbone_layers=3), i.e. the same work as ours. With weights=None the
-    builder would silently switch to trainable BN and all layers, a heavier model; its body is copied here
-    so that only the weights differ (random, as ours)."""
-    backbone = _resnet_fpn_extractor(resnet50(norm_layer=FrozenBatchNorm2d), trainable_layers=3)
-    return FasterRCNN(backbone, num_classes=NUM_CLASSES + 1, min_size=size, max_size=max_size)
 
 
 def main() -> None:
