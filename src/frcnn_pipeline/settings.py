@@ -4,6 +4,11 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from frcnn_pipeline.hooks import ParameterValidationHooks
+
+# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs.
+HOOKS = (ParameterValidationHooks(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
