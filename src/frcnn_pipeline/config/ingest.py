@@ -38,21 +38,41 @@ class SeverityParams(Section):
     fatal (stop with an error); structural problems (unreadable JSON, missing fields, duplicate ids...) always
     are."""
 
-    unknown_image: Literal["dropped", "fatal"] = "dropped"
-    unknown_category: Literal["dropped", "fatal"] = "dropped"
-    invalid_bbox: Literal["dropped", "fatal"] = "dropped"
-    degenerate_bbox: Literal["dropped", "fatal"] = "dropped"
-    bbox_outside_image: Literal["dropped", "fatal"] = "dropped"
-    unsafe_file_name: Literal["dropped", "fatal"] = "dropped"
-    missing_image_file: Literal["dropped", "fatal"] = "dropped"
-    unreadable_image: Literal["dropped", "fatal"] = "dropped"
-    image_size_mismatch: Literal["dropped", "fatal"] = "dropped"
-    clipped_bbox: Literal["fixed", "fatal"] = "fixed"
-    image_without_annotations: Literal["reported", "fatal"] = "reported"
-    crowd_annotation: Literal["reported", "fatal"] = "reported"
-    unused_category: Literal["reported", "fatal"] = "reported"
-    annotation_id_zero: Literal["reported", "fatal"] = "reported"
-    noncontiguous_category_ids: Literal["reported", "fatal"] = "reported"
+    unknown_image: Literal["dropped", "fatal"] = Field(
+        "dropped", description="annotation of an unknown image id"
+    )
+    unknown_category: Literal["dropped", "fatal"] = Field(
+        "dropped", description="annotation of an unknown category id"
+    )
+    invalid_bbox: Literal["dropped", "fatal"] = Field("dropped", description="bbox not 4 finite numbers")
+    degenerate_bbox: Literal["dropped", "fatal"] = Field(
+        "dropped", description="bbox width or height <= 0, or below min_box_size"
+    )
+    bbox_outside_image: Literal["dropped", "fatal"] = Field("dropped", description="bbox outside its image")
+    unsafe_file_name: Literal["dropped", "fatal"] = Field(
+        "dropped", description="absolute file_name or one with '..' (the image and its annotations)"
+    )
+    missing_image_file: Literal["dropped", "fatal"] = Field("dropped", description="no such image file")
+    unreadable_image: Literal["dropped", "fatal"] = Field("dropped", description="image file not readable")
+    image_size_mismatch: Literal["dropped", "fatal"] = Field(
+        "dropped", description="image size differs from the JSON's width and height"
+    )
+    clipped_bbox: Literal["fixed", "fatal"] = Field("fixed", description="bbox past the border: clipped")
+    image_without_annotations: Literal["reported", "fatal"] = Field(
+        "reported", description="image with no annotation (see drop_images_without_annotations)"
+    )
+    crowd_annotation: Literal["reported", "fatal"] = Field(
+        "reported", description="iscrowd: kept, left out of training targets"
+    )
+    unused_category: Literal["reported", "fatal"] = Field(
+        "reported", description="category no annotation uses"
+    )
+    annotation_id_zero: Literal["reported", "fatal"] = Field(
+        "reported", description="annotation id < 1 (renumbered in val_ground_truth)"
+    )
+    noncontiguous_category_ids: Literal["reported", "fatal"] = Field(
+        "reported", description="category ids not 1..K (mapped to labels 0..K-1)"
+    )
 
 
 class ValidationParams(Section):

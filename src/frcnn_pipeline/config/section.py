@@ -81,7 +81,9 @@ def describe_type(annotation: Any) -> str:  # noqa: PLR0911 (one return per kind
     if origin is typing.Annotated:
         return describe_type(typing.get_args(annotation)[0])
     if origin is list:
-        return "a list"
+        (item,) = typing.get_args(annotation) or (Any,)
+        plural = {int: "integers", float: "numbers", str: "strings"}.get(item)
+        return f"a list of {plural}" if plural else "a list"
     if annotation is type(None):
         return "null"
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
