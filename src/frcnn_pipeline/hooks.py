@@ -22,7 +22,7 @@ _CONFIG_SUFFIXES = {".yml", ".yaml", ".json"}
 class ParameterValidationHooks:
     """Stops a run whose parameters have an unknown key or a wrong type, naming each key and its file."""
 
-    @hook_impl
+    @hook_impl(tryfirst=True)  # before any plugin's hook does work with the parameters
     def after_context_created(self, context: KedroContext) -> None:
         loader = context.config_loader
         try:
@@ -43,22 +43,33 @@ class ParameterValidationHooks:
 
 
 def _with_sources(problem: str, folders: list[Path], runtime_params: Mapping[str, Any], root: Path) -> str:
+    """The problem with where its key is set: --params, else the env's file, else base's (what won)."""
     key = problem.split(":", 1)[0]
     parts = re.sub(r"\[\d+\]", "", key).split(".")
-    sources = ["--params"] if _holds(runtime_params, parts) else []
-    for folder in folders:
-        for path in sorted(folder.rglob("*")):
-            relative = path.relative_to(folder)
-            if path.suffix not in _CONFIG_SUFFIXES or not any(
-                p.startswith("parameters") for p in relative.parts
-            ):
-                continue
-            content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            recipes = content.get("_recipes") if isinstance(content, dict) else None
-            blocks = [content, *(recipes.values() if isinstance(recipes, dict) else [])]
-            if any(_holds(block, parts) for block in blocks):
-                sources.append(str(path.relative_to(root)) if path.is_relative_to(root) else str(path))
-    return f"{problem} [{', '.join(sources)}]" if sources else problem
+    source = "--params" if _holds(runtime_params, parts) else None
+    for folder in reversed(folders):  # the run env's folder before base
+        source = source or next((path for path in _parameter_files(folder) if _sets(path, parts)), None)
+    if isinstance(source, Path) and source.is_relative_to(root):
+        source = source.relative_to(root)
+    return f"{problem} [{source}]" if source is not None else problem
+
+
+def _parameter_files(folder: Path) -> list[Path]:
+    """The files Kedro reads parameters from (parameters*, parameters*/**, **/parameters*)."""
+    return [
+        path
+        for path in sorted(folder.rglob("*"))
+        if path.suffix in _CONFIG_SUFFIXES
+        and any(part.startswith("parameters") for part in path.relative_to(folder).parts)
+    ]
+
+
+def _sets(path: Path, parts: list[str]) -> bool:
+    content = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    recipes = content.get("_recipes") if isinstance(content, dict) else None
+    return any(
+        _holds(block, parts) for block in [content, *(recipes.values() if isinstance(recipes, dict) else [])]
+    )
 
 
 def _holds(mapping: Any, parts: list[str]) -> bool:
