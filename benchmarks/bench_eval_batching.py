@@ -18,10 +18,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frcnn_pipeline.evaluation.inference import InferenceOptions, run_inference
-from frcnn_pipeline.modeling import build_model, read_model_config
-
-PROJECT = Path(__file__).resolve().parents[1]
+from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.evaluation.inference import run_inference
+from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.parameters import load_parameters
 
 
 def main() -> None:
@@ -32,8 +32,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = read_model_config(PROJECT / "conf/base/parameters_model.yml")
-    cfg["input"].update(min_size_test=800, max_size=1333)
+    cfg = load_parameters("base")["model"]
+    cfg["input"] = {**cfg["input"], "min_size_test": 800, "max_size": 1333}
     torch.manual_seed(0)
     weights = build_model(cfg, 4).state_dict()
     rng = np.random.default_rng(0)
@@ -46,7 +46,7 @@ def main() -> None:
             paths.append(str(path))
         results = {}
         for grouped in (False, True, False, True):  # interleaved: machine noise hits both alike
-            options = InferenceOptions(batch_size=args.batch_size, group_by_aspect=grouped)
+            options = InferenceParams(batch_size=args.batch_size, group_by_aspect=grouped)
             start = time.perf_counter()
             run_inference(weights, cfg, 4, paths, options=options)
             results.setdefault(grouped, []).append(time.perf_counter() - start)

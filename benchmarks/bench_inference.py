@@ -23,13 +23,14 @@ from pathlib import Path
 import torch
 from references import stock_fasterrcnn_resnet50_fpn
 
-from frcnn_pipeline.evaluation.inference import InferenceOptions, prepare_for_inference
+from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.evaluation.inference import prepare_for_inference
 from frcnn_pipeline.modeling import build_model, default_model_config
 
 VARIANTS = {
-    "fp32": InferenceOptions(fold_batch_norm=False),
-    "folded+channels_last": InferenceOptions(channels_last=True),
-    "folded+channels_last+bf16": InferenceOptions(channels_last=True, cpu_bf16=True),
+    "fp32": InferenceParams(fold_batch_norm=False, channels_last=False),
+    "folded+channels_last": InferenceParams(channels_last=True),
+    "folded+channels_last+bf16": InferenceParams(channels_last=True, cpu_bf16=True),
 }
 REFERENCE_FOR = {  # torchvision's counterpart of each variant: what applies to it of the same options
     "fp32": "torchvision fp32",
@@ -61,7 +62,7 @@ def demo_ap(weights_path: Path, demo_root: Path) -> None:
     from frcnn_pipeline.data.demo import annotation_file, image_dir
     from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
     from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
-    from frcnn_pipeline.modeling import read_model_config
+    from frcnn_pipeline.parameters import load_parameters
 
     if weights_path.suffix == ".safetensors":
         from safetensors.torch import load_file
@@ -69,7 +70,7 @@ def demo_ap(weights_path: Path, demo_root: Path) -> None:
         state_dict = load_file(weights_path)
     else:
         state_dict = torch.load(weights_path, weights_only=True)
-    model_cfg = read_model_config(Path(__file__).resolve().parents[1] / "conf/base/parameters_model.yml")
+    model_cfg = load_parameters("base")["model"]  # the demo's
     train = read_coco_split(
         SplitSource("train", annotation_file(demo_root, "train"), image_dir(demo_root, "train"))
     )

@@ -10,7 +10,6 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 from torchvision.models import resnet
@@ -20,9 +19,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
-from frcnn_pipeline.modeling import build_model, read_model_config
-
-CONFIG = Path(__file__).parents[1] / "conf" / "base" / "parameters_model.yml"
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.parameters import load_parameters
 
 
 def torchvision_reference(cfg: dict, num_classes: int) -> FasterRCNN:
@@ -81,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = read_model_config(CONFIG)
+    cfg = resolve_model_config(load_parameters("base")["model"])  # the demo's
     images = [torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8) for _ in range(args.batch)]
     boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 110.0, 90.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 2])} for _ in images]

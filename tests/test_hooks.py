@@ -1,6 +1,91 @@
-"""Project hooks: a pipeline run alone on a fresh clone names the pipeline that writes its missing inputs."""
+"""The parameter check through real Kedro sessions, in a copy of the project: a typo or a wrong type stops the
+run before any work, naming the key, the nearest valid one and where it is set; valid parameters run."""
 
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
 from test_cli import kedro_run
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}
+# One interpreter runs every case (Kedro's import is the slow part): a session per case, ingest only.
+SESSIONS_SCRIPT = """
+import json, sys
+from pathlib import Path
+from kedro.framework.startup import bootstrap_project
+bootstrap_project(Path.cwd())
+from kedro.framework.session import KedroSession
+for env, params in json.loads(sys.argv[1]):
+    result = {"env": env, "error": None, "message": ""}
+    try:
+        with KedroSession.create(Path.cwd(), env=env, runtime_params=params) as session:
+            session.run(pipeline_name="ingest")
+    except Exception as error:
+        result.update(error=type(error).__name__, message=str(error))
+    result["files_written"] = sorted(str(p) for p in Path("data").rglob("*") if p.is_file())
+    print("RESULT", json.dumps(result), flush=True)
+"""
+
+
+@pytest.fixture(scope="module")
+def sessions(tmp_path_factory) -> dict:
+    project = tmp_path_factory.mktemp("project")
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project)
+    typo = project / "conf" / "typo"
+    typo.mkdir()
+    (typo / "parameters_runtime.yml").write_text("runtime:\n  nproc_per_nod: 8\n")
+    small_demo = {"ingest": {"demo": SMALL_DEMO}}
+    cases = [
+        ["typo", small_demo],
+        ["base", {**small_demo, "train": {"solver": {"max_iter": "abc"}}}],
+        ["base", small_demo],
+    ]
+    env = {
+        **os.environ,
+        "KEDRO_DISABLE_TELEMETRY": "1",
+        "PYTHONPATH": os.pathsep.join([str(project / "src"), os.environ.get("PYTHONPATH", "")]),
+    }
+    completed = subprocess.run(
+        [sys.executable, "-c", SESSIONS_SCRIPT, json.dumps(cases)],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    results = [json.loads(line[7:]) for line in completed.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(results) == len(cases), completed.stdout[-3000:] + completed.stderr[-3000:]
+    return {"typo": results[0], "wrong_type": results[1], "valid": results[2]}
+
+
+def test_a_typo_in_an_env_file_stops_the_run_naming_key_suggestion_and_file(sessions):
+    result = sessions["typo"]
+    assert result["error"] == "ParameterError" and result["files_written"] == []
+    assert result["message"].splitlines() == [
+        "Invalid parameters (env 'typo'); fix them where named:",
+        "  runtime.nproc_per_nod: unknown parameter; did you mean runtime.nproc_per_node? "
+        "[conf/typo/parameters_runtime.yml]",
+        "Every parameter, what it accepts and its default: docs/parameters.md",
+    ]
+
+
+def test_a_wrong_type_from_params_names_key_value_and_type(sessions):
+    result = sessions["wrong_type"]
+    assert result["error"] == "ParameterError" and result["files_written"] == []
+    assert "  train.solver.max_iter: 'abc' is not an integer [--params]" in result["message"].splitlines()
+
+
+def test_valid_parameters_run(sessions):
+    result = sessions["valid"]
+    assert result["error"] is None, result["message"]
+    assert {"data/03_primary/train_images.parquet", "data/01_raw/demo/manifest.json"} <= set(
+        result["files_written"]
+    )
 
 
 def test_pipeline_before_its_inputs_exist_names_the_pipeline_to_run(project):

@@ -6,9 +6,11 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import MissingInputsHook, ReportOnFailureHook
+from frcnn_pipeline.hooks import MissingInputsHook, ParameterValidationHooks, ReportOnFailureHook
 
-HOOKS = (MissingInputsHook(), ReportOnFailureHook())
+# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; then the
+# pipeline's stored inputs must exist.
+HOOKS = (ParameterValidationHooks(), MissingInputsHook(), ReportOnFailureHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -191,3 +191,20 @@ def test_initial_weights_missing_keys_reported_unknown_keys_refused(caplog):
     wrong_shape = {key: torch.zeros(3, 3)}
     with pytest.raises(ValueError, match="shape mismatch"):
         load_initial_weights(model, wrong_shape)
+
+
+@pytest.mark.parametrize(
+    ("section", "value", "message"),
+    [
+        ("runtime", {"nproc_per_nod": 2}, r"runtime.nproc_per_nod: unknown parameter; did you mean"),
+        ("train", {"solver": {"max_iter": "abc"}}, r"train.solver.max_iter: 'abc' is not an integer"),
+        ("model", {"backbone": {"depth": 152}}, r"model.backbone.depth: 152 is not one of"),
+    ],
+)
+def test_bad_sections_stop_before_any_work(tmp_path, tiny_tables, section, value, message):
+    images, annotations = tiny_tables
+    sections = {"model": TINY_MODEL, "train": train_config(tmp_path), "runtime": runtime_config()}
+    sections[section] = value
+    with pytest.raises(ValueError, match=message):
+        train_detector(images, annotations, 2, sections["model"], sections["train"], sections["runtime"])
+    assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reporting").exists()

@@ -1,29 +1,26 @@
 """Inference: records, COCO results mapping, options, precision options and the two-worker gather."""
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 from PIL import Image
 
+from frcnn_pipeline.config import InferenceParams
 from frcnn_pipeline.evaluation.inference import (
-    InferenceOptions,
     aspect_grouped_order,
     category_ids_by_label,
     coco_results,
     prepare_for_inference,
     run_inference,
 )
-from frcnn_pipeline.modeling import build_model, read_model_config
-
-PROJECT = Path(__file__).resolve().parents[2]
+from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.parameters import load_parameters
 
 
 @pytest.fixture(scope="module")
 def model_cfg() -> dict:
-    cfg = read_model_config(PROJECT / "conf/base/parameters_model.yml")
+    cfg = load_parameters("base")["model"]  # the demo's
     return {**cfg, "input": {**cfg["input"], "min_size_test": 64, "max_size": 96}}
 
 
@@ -72,16 +69,16 @@ def test_category_ids_follow_the_label_column_and_gaps_are_errors():
 
 
 def test_options_are_validated():
-    with pytest.raises(ValueError, match="Unknown inference option"):
-        InferenceOptions.from_params({"batchsize": 2})
-    with pytest.raises(ValueError, match="batch_size"):
-        InferenceOptions.from_params({"batch_size": 0})
-    cfg = InferenceOptions(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).model_config({})
+    with pytest.raises(ValueError, match=r"evaluate\.inference\.batchsize: unknown parameter; did you mean"):
+        InferenceParams.parse({"batchsize": 2}, "evaluate.inference")
+    with pytest.raises(ValueError, match=r"evaluate.inference.batch_size: 0 must be >= 1"):
+        InferenceParams.parse({"batch_size": 0}, "evaluate.inference")
+    cfg = InferenceParams(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).applied_to({})
     assert cfg["roi_heads"] == {"score_thresh_test": 0.3, "nms_thresh_test": 0.6, "detections_per_image": 7}
 
 
 def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, image_paths):
-    records = run_inference(weights, model_cfg, 3, image_paths, options=InferenceOptions(batch_size=3))
+    records = run_inference(weights, model_cfg, 3, image_paths, options=InferenceParams(batch_size=3))
     assert [r["position"] for r in records] == [0, 1, 2, 3]
     assert [bool(r["error"]) for r in records] == [False, False, True, False]
     assert (records[0]["height"], records[0]["width"]) == (40, 56)
@@ -96,14 +93,14 @@ def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, im
 
 
 def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, image_paths):
-    one = run_inference(weights, model_cfg, 3, image_paths, options=InferenceOptions(batch_size=2))
+    one = run_inference(weights, model_cfg, 3, image_paths, options=InferenceParams(batch_size=2))
     two = run_inference(
         weights,
         model_cfg,
         3,
         image_paths,
         runtime={"device": "cpu", "nproc_per_node": 2, "master_port": 0},
-        options=InferenceOptions(batch_size=2),
+        options=InferenceParams(batch_size=2),
     )
     assert [r["position"] for r in two] == [0, 1, 2, 3]
     for a, b in zip(one, two, strict=True):
@@ -117,7 +114,7 @@ def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, imag
 def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
     weights, model_cfg, image_paths
 ):
-    options = InferenceOptions(cpu_bf16=True, channels_last=True)
+    options = InferenceParams(cpu_bf16=True, channels_last=True)
     model = build_model(model_cfg, 3)
     model.load_state_dict(weights)
     model = prepare_for_inference(model, torch.device("cpu"), options)

@@ -1,14 +1,11 @@
-from pathlib import Path
-
 import pytest
 import torch
 from torchvision.models import resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn_pipeline.modeling import FasterRCNN, build_model, default_model_config, read_model_config
+from frcnn_pipeline.modeling import FasterRCNN, build_model, default_model_config, resolve_model_config
 from frcnn_pipeline.modeling.backbone import build_resnet_fpn_backbone
 
-PARAMETERS = Path(__file__).parents[2] / "conf" / "base" / "parameters_model.yml"
 TINY = {
     "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 16},
     "input": {"min_size_train": [64, 80], "min_size_test": 64, "max_size": 100},
@@ -34,19 +31,27 @@ def test_defaults_are_detectron2_r50_fpn():
     assert config["roi_heads"]["pooler_aligned"] is True and config["roi_heads"]["smooth_l1_beta"] == 0.0
 
 
-def test_project_demo_config_is_small():
-    config = read_model_config(PARAMETERS)
-    assert config["backbone"]["depth"] == 18
-    assert config["input"]["max_size"] <= 256
+def test_partial_config_takes_the_defaults():
+    config = resolve_model_config({"backbone": {"depth": 18}, "input": {"min_size_train": 800}})
+    assert config["backbone"] == {**default_model_config()["backbone"], "depth": 18}
+    assert config["input"]["min_size_train"] == [800]  # one size in YAML means a list of one
+    assert config["roi_heads"] == default_model_config()["roi_heads"]
 
 
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"backbone": {"detph": 50}}, r"model.backbone: unknown key\(s\) \['detph'\]"),
-        ({"heads": {}}, "model: unknown section 'heads'"),
-        ({"backbone": {"depth": 152}}, r"model.backbone.depth = 152; choose one of \(18, 34, 50, 101\)"),
-        ({"anchors": {"sizes": [32, 64]}}, "one size per level P2..P6"),
+        (
+            {"backbone": {"detph": 50}},
+            r"model.backbone.detph: unknown parameter; did you mean model.backbone.depth\?",
+        ),
+        ({"heads": {}}, r"model.heads: unknown parameter; did you mean model.roi_heads\?"),
+        ({"zzz": {}}, r"model.zzz: unknown parameter; valid keys here: backbone, input, anchors"),
+        ({"backbone": {"depth": 152}}, r"model.backbone.depth: 152 is not one of 18, 34, 50 or 101"),
+        (
+            {"anchors": {"sizes": [32, 64]}},
+            r"model.anchors.sizes: \[32, 64\] has 2 item\(s\), needs 5 \(one per level P2..P6\)",
+        ),
     ],
 )
 def test_bad_config_is_a_clear_error(overrides, message):

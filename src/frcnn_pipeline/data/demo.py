@@ -14,12 +14,13 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from frcnn_pipeline.config.ingest import DemoDatasetParams
 
 logger = logging.getLogger(__name__)
 
@@ -32,32 +33,8 @@ CATEGORIES = ({"id": 1, "name": "circle"}, {"id": 2, "name": "square"}, {"id": 3
 SPLITS = ("train", "val")
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    """Generation parameters (``ingest.demo`` in parameters_ingest.yml)."""
-
-    seed: int = 2024
-    image_size: int = 128
-    num_train_images: int = 400
-    num_val_images: int = 100
-    min_objects: int = 1
-    max_objects: int = 4
-    min_object_fraction: float = 0.15
-    max_object_fraction: float = 0.6
-    max_overlap: float = 0.25
-    noise_std: float = 6.0
-    min_colour_contrast: float = 90.0
-    jpeg_quality: int = 90
-
-    def __post_init__(self) -> None:
-        if not 1 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"need 1 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
-            )
-        if not 0 < self.min_object_fraction <= self.max_object_fraction <= 1:
-            raise ValueError("need 0 < min_object_fraction <= max_object_fraction <= 1")
-        if self.image_size < 16:
-            raise ValueError(f"image_size must be >= 16, got {self.image_size}")
+# The generator's settings: ``ingest.demo`` less its output_dir (defaults and checks in the schema).
+DemoConfig = DemoDatasetParams
 
 
 def annotation_file(root: Path, split: str) -> Path:
@@ -69,7 +46,7 @@ def image_dir(root: Path, split: str) -> Path:
 
 
 def _manifest(config: DemoConfig) -> dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "config": asdict(config)}
+    return {"generator_version": GENERATOR_VERSION, "config": config.model_dump()}
 
 
 def ensure_demo_dataset(root: str | os.PathLike, config: DemoConfig) -> bool:

@@ -21,28 +21,33 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessException
 
+from frcnn_pipeline.config import RuntimeParams
 from frcnn_pipeline.engine import devices
 
 log = logging.getLogger(__name__)
+
+
+_RUNTIME_DEFAULTS = RuntimeParams()
 
 
 @dataclass(frozen=True)
 class WorldConfig:
     """Where this run's workers live: `runtime.{device,nproc_per_node,num_nodes,node_rank,master_*}`."""
 
-    device: str = "cpu"
-    nproc_per_node: int = 1
-    num_nodes: int = 1
-    node_rank: int = 0
-    master_addr: str = "127.0.0.1"
+    device: str = _RUNTIME_DEFAULTS.device
+    nproc_per_node: int = _RUNTIME_DEFAULTS.nproc_per_node
+    num_nodes: int = _RUNTIME_DEFAULTS.num_nodes
+    node_rank: int = _RUNTIME_DEFAULTS.node_rank
+    master_addr: str = _RUNTIME_DEFAULTS.master_addr
     # 0 (single node only): a free port is picked.
-    master_port: int = 29500
-    timeout_minutes: float = 30.0
+    master_port: int = _RUNTIME_DEFAULTS.master_port
+    timeout_minutes: float = _RUNTIME_DEFAULTS.timeout_minutes
 
     @classmethod
-    def from_runtime(cls, runtime: dict[str, Any]) -> WorldConfig:
-        fields = cls.__dataclass_fields__
-        return cls(**{key: runtime[key] for key in fields if key in runtime})
+    def from_runtime(cls, runtime: dict[str, Any] | None) -> WorldConfig:
+        """From the `runtime:` section, validated: an unknown key (a typo) is an error, not dropped."""
+        params = RuntimeParams.parse(runtime, "runtime")
+        return cls(**{key: getattr(params, key) for key in cls.__dataclass_fields__})
 
     @property
     def world_size(self) -> int:

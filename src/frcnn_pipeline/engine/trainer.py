@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.data.dataset import (
     BadImageBudget,
     DetectionDataset,
@@ -36,7 +37,7 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import build_model, resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -93,9 +94,15 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
 ) -> dict[str, Any]:
     """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result.
 
+    The three sections may be partial: they are validated (frcnn_pipeline.config) and every key left out
+    takes its default.
+
     Returns (None on nodes other than node 0):
         {"state_dict": final weights (CPU, contiguous), "metrics": metric rows, "record": the run record}.
     """
+    model_cfg = resolve_model_config(model_cfg)
+    train_cfg = TrainParams.parse(train_cfg, "train").model_dump()
+    runtime_cfg = RuntimeParams.parse(runtime_cfg, "runtime").model_dump()
     job = TrainJob(
         images, annotations, num_classes, model_cfg, train_cfg, runtime_cfg, initial_weights or {}, build
     )

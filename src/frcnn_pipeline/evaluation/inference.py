@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import pandas as pd
@@ -19,6 +18,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.config import InferenceParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
@@ -26,46 +26,6 @@ from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InferenceOptions:
-    """How to run the model. ``score_threshold``/``nms_threshold``/``detections_per_image`` override the
-    model config's ``roi_heads`` test settings (COCO evaluation: 0.05, 0.5, 100)."""
-
-    batch_size: int = 2
-    score_threshold: float = 0.05
-    nms_threshold: float = 0.5
-    detections_per_image: int = 100
-    amp: bool = True  # fp16 autocast on NPU/GPU
-    cpu_bf16: bool = False  # bf16 autocast on CPU (fast only where the CPU has bf16 instructions)
-    channels_last: bool = False
-    fold_batch_norm: bool = True  # fold the backbone's norms into its convs (float rounding only)
-    group_by_aspect: bool = True  # batch landscape and portrait images apart (less padding)
-    num_workers: int = 0  # image decoding processes per rank
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any] | None) -> InferenceOptions:
-        params = params or {}
-        unknown = sorted(set(params) - set(cls.__dataclass_fields__))
-        if unknown:
-            expected = sorted(cls.__dataclass_fields__)
-            raise ValueError(f"Unknown inference option(s) {unknown}; expected some of {expected}")
-        options = cls(**params)
-        if options.batch_size < 1:
-            raise ValueError(f"inference batch_size must be >= 1, got {options.batch_size}")
-        return options
-
-    def model_config(self, model_cfg: dict[str, Any] | None) -> dict[str, Any]:
-        """The ``model:`` section with the test-time settings of these options."""
-        model_cfg = dict(model_cfg or {})
-        model_cfg["roi_heads"] = {
-            **model_cfg.get("roi_heads", {}),
-            "score_thresh_test": self.score_threshold,
-            "nms_thresh_test": self.nms_threshold,
-            "detections_per_image": self.detections_per_image,
-        }
-        return model_cfg
 
 
 class ImageFiles(Dataset):
@@ -108,7 +68,7 @@ class _AutocastBackbone(nn.Module):
         return OrderedDict((name, feature.float()) for name, feature in features.items())
 
 
-def prepare_for_inference(model: nn.Module, device: torch.device, options: InferenceOptions) -> nn.Module:
+def prepare_for_inference(model: nn.Module, device: torch.device, options: InferenceParams) -> nn.Module:
     """Eval mode on ``device``, with folded norms, channels_last and a bf16/fp16 backbone per ``options``."""
     model = model.eval().to(device)
     if options.fold_batch_norm:
@@ -149,9 +109,9 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     options: dict[str, Any],
     order: list[int],
 ) -> list[dict[str, Any]]:
-    opts = InferenceOptions(**options)
+    opts = InferenceParams.model_validate(options)
     device = context.device
-    model = build_model(opts.model_config(model_cfg), num_classes)
+    model = build_model(opts.applied_to(model_cfg), num_classes)
     model.load_state_dict(state_dict)
     model = prepare_for_inference(model, device, opts)
     share = [order[i] for i in distributed.shard_indices(len(paths), context.rank, context.world_size)]
@@ -198,7 +158,7 @@ def run_inference(
     paths: list[str],
     *,
     runtime: dict[str, Any] | None = None,
-    options: InferenceOptions | None = None,
+    options: InferenceParams | None = None,
 ) -> list[dict[str, Any]] | None:
     """Predict every image in ``paths``; one record per path, in order, on node 0 (None on other nodes).
 
@@ -206,8 +166,8 @@ def run_inference(
     ``boxes`` (xyxy, input pixels), ``scores`` and ``labels`` (1..K).
     ``runtime`` is the ``runtime:`` parameter section (device, nproc_per_node, ...), as for training.
     """
-    options = options or InferenceOptions()
-    world = WorldConfig.from_runtime(runtime or {})
+    options = options or InferenceParams()
+    world = WorldConfig.from_runtime(runtime)
     logger.info(
         "Inference of %d image(s) on %d %s worker(s), batch %d per worker",
         len(paths),
@@ -223,7 +183,7 @@ def run_inference(
         model_cfg,
         num_classes,
         paths,
-        asdict(options),
+        options.model_dump(),
         aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths))),
     )
     if records is None:  # a node other than 0 of a multi-node run

@@ -10,6 +10,7 @@ from frcnn_pipeline.data.coco import SplitSource, build_ground_truth, read_coco_
 from frcnn_pipeline.data.dataset import DetectionDataset
 from frcnn_pipeline.data.demo import DemoConfig, annotation_file, generate_demo_dataset, image_dir
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
 PROJECT = Path(__file__).resolve().parents[3]
 # Small images keep a training step well under a second on two shared cores.
@@ -18,13 +19,7 @@ SMALL_INPUT = {"min_size_train": [64], "min_size_test": 64, "max_size": 96}
 
 def project_config(kind: str) -> dict:
     """The project's conf/base `parameters` or `catalog` (as `kedro run` merges them)."""
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT / "conf"),
-        base_env="base",
-        default_run_env="local",
-        merge_strategy={"parameters": "soft"},
-    )
-    return loader[kind]
+    return OmegaConfigLoader(conf_source=str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)[kind]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from frcnn_pipeline.config import EvaluateParams
 from frcnn_pipeline.evaluation import STAT_NAMES
 from frcnn_pipeline.pipelines.evaluate import create_pipeline
 
@@ -77,7 +78,10 @@ def test_evaluate_writes_metrics_tables_and_plots(tmp_path, inputs, demo_split, 
     assert {d["category_id"] for d in detections} <= set(val.categories["category_id"])
     assert all(len(d["bbox"]) == 4 and d["bbox"][2] >= 0 and d["bbox"][3] >= 0 for d in detections)
     per_image = pd.Series([d["image_id"] for d in detections]).value_counts()
-    assert per_image.max() <= parameters["evaluate"]["inference"]["detections_per_image"]
+    assert (
+        per_image.max()
+        <= EvaluateParams.parse(parameters["evaluate"], "evaluate").inference.detections_per_image
+    )
 
     metrics = json.loads((tmp_path / "coco_metrics.json").read_text())
     assert list(metrics) == list(STAT_NAMES)

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
 
+from frcnn_pipeline.config import IngestParams
 from frcnn_pipeline.data import demo
+from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.ingest import create_pipeline
 from frcnn_pipeline.pipelines.ingest.nodes import locate_dataset
 
@@ -34,11 +35,7 @@ def ingest_params(tmp_path: Path, **dotted) -> dict:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT / "conf"), base_env="base", default_run_env="local",
-        merge_strategy={"parameters": "soft"}, runtime_params=runtime,
-    )  # fmt: skip
-    return loader["parameters"]["ingest"]
+    return load_parameters("base", runtime_params=runtime)["ingest"]
 
 
 def run_in_memory(params: dict, tmp_path: Path) -> DataCatalog:
@@ -110,9 +107,9 @@ def test_data_root_from_parameters(tmp_path, layout):
     demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))
     root = tmp_path / "dataset"
     params = ingest_params(tmp_path, **{"ingest.data_root": str(root), **layout})
-    for split in ("train", "val"):
-        split_params = params["splits"][split]
-        write_coco_tree(root, split_params["annotation_file"], split_params["image_dir"], split, source)
+    splits = IngestParams.parse(params, "ingest").splits  # with the defaults the layout leaves out
+    for split, paths in (("train", splits.train), ("val", splits.val)):
+        write_coco_tree(root, paths.annotation_file, paths.image_dir, split, source)
 
     catalog = run_in_memory(params, tmp_path)
 

@@ -15,6 +15,7 @@ from PIL import Image
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.pipelines.predict import create_pipeline
 from frcnn_pipeline.pipelines.predict.nodes import list_prediction_images
+from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
 PROJECT = Path(__file__).resolve().parents[3]
 CATEGORIES = pd.DataFrame(
@@ -24,12 +25,7 @@ CATEGORIES = pd.DataFrame(
 
 @pytest.fixture(scope="module")
 def config() -> dict:
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT / "conf"),
-        base_env="base",
-        default_run_env="local",
-        merge_strategy={"parameters": "soft"},
-    )
+    loader = OmegaConfigLoader(conf_source=str(PROJECT / "conf"), env="base", **CONFIG_LOADER_ARGS)
     return {"parameters": loader["parameters"], "catalog": loader["catalog"]}
 
 

@@ -1,29 +1,16 @@
 """The train pipeline: wiring, the per-env parameters, the npu env's clear error on a machine without NPUs."""
 
 import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.config import OmegaConfigLoader
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
+from frcnn_pipeline.parameters import load_parameters, resolved_sections
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
-
-PROJECT = Path(__file__).resolve().parents[3]
-
-
-def env_parameters(env: str) -> dict:
-    loader = OmegaConfigLoader(
-        conf_source=str(PROJECT / "conf"),
-        base_env="base",
-        default_run_env=env,
-        merge_strategy={"parameters": "soft"},
-    )
-    return loader["parameters"]
 
 
 def test_pipeline_wiring():
@@ -42,7 +29,7 @@ def test_pipeline_wiring():
      ("npu1p", "npu", 1, "sgd", 0.0025), ("npu8p", "npu", 8, "sgd", 0.02), ("gpu8p", "cuda", 8, "sgd", 0.02)],
 )  # fmt: skip
 def test_env_recipes(env, device, world, optimizer, lr):
-    parameters = env_parameters(env)
+    parameters = resolved_sections(env)
     runtime, train = parameters["runtime"], parameters["train"]
     solver = train["solver"]
     assert (runtime["device"], runtime["nproc_per_node"], solver["optimizer"]) == (device, world, optimizer)
@@ -58,7 +45,7 @@ def test_env_recipes(env, device, world, optimizer, lr):
 
 def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # as on this machine: torch_npu not installed
-    parameters = env_parameters("npu8p")
+    parameters = load_parameters("npu8p")
     train = {**parameters["train"], "metrics_dir": str(tmp_path)}
     images = pd.DataFrame(
         {"image_id": [1], "file_name": ["x.jpg"], "path": ["x.jpg"], "width": [8], "height": [8]}

@@ -17,7 +17,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
 from frcnn_pipeline.hooks import ReportOnFailureHook
-from frcnn_pipeline.modeling import build_model, read_model_config
+from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.weights import create_pipeline
 from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
 from frcnn_pipeline.weights import WeightsFetchError
@@ -35,7 +36,7 @@ CATEGORIES = pd.DataFrame(
 
 
 def _parameters(name: str) -> dict:
-    return yaml.safe_load((CONF / f"parameters_{name}.yml").read_text())[name]
+    return load_parameters("base")[name]
 
 
 def _catalog(tmp_path: Path, weights_params: dict) -> DataCatalog:
@@ -95,7 +96,7 @@ def http_root(tmp_path):
 
 
 def _demo_model():
-    return build_model(read_model_config(CONF / "parameters_model.yml"), num_classes=len(CATEGORIES))
+    return build_model(_parameters("model"), num_classes=len(CATEGORIES))
 
 
 def test_source_none_is_a_seeded_random_initialisation(tmp_path):

@@ -9,32 +9,16 @@ from typing import Any
 
 import pandas as pd
 
+from frcnn_pipeline.config.ingest import SeverityParams
 from frcnn_pipeline.data.coco.json_file import _MAX_LISTED, _fatal
 
-# Default severity of every check. Structural problems are always fatal; the others may be escalated to fatal.
+# Default severity of every check. Structural problems are always fatal; the others may be escalated to fatal
+# (their defaults: ingest.validation.severity in the parameter schema).
+STRUCTURAL_CHECKS = ("unreadable_json", "schema", "duplicate_image_id", "duplicate_annotation_id",
+                     "duplicate_category_id", "category_mismatch", "empty_split")  # fmt: skip
 DEFAULT_SEVERITY: dict[str, str] = {
-    "unreadable_json": "fatal",
-    "schema": "fatal",
-    "duplicate_image_id": "fatal",
-    "duplicate_annotation_id": "fatal",
-    "duplicate_category_id": "fatal",
-    "category_mismatch": "fatal",
-    "empty_split": "fatal",
-    "unknown_image": "dropped",
-    "unknown_category": "dropped",
-    "invalid_bbox": "dropped",
-    "degenerate_bbox": "dropped",
-    "bbox_outside_image": "dropped",
-    "unsafe_file_name": "dropped",
-    "missing_image_file": "dropped",
-    "unreadable_image": "dropped",
-    "image_size_mismatch": "dropped",
-    "clipped_bbox": "fixed",
-    "image_without_annotations": "reported",
-    "crowd_annotation": "reported",
-    "unused_category": "reported",
-    "annotation_id_zero": "reported",
-    "noncontiguous_category_ids": "reported",
+    **dict.fromkeys(STRUCTURAL_CHECKS, "fatal"),
+    **SeverityParams().model_dump(),
 }
 
 IMAGE_CHECK_MODES = ("none", "header", "decode")

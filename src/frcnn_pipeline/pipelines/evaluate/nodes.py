@@ -10,16 +10,12 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from frcnn_pipeline.config import EvaluateParams, RuntimeParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import plots
 from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
-from frcnn_pipeline.evaluation.inference import (
-    InferenceOptions,
-    category_ids_by_label,
-    coco_results,
-    run_inference,
-)
+from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +40,11 @@ def predict_val_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         len(categories),
         val_images["path"].tolist(),
         runtime=runtime,
-        options=InferenceOptions.from_params(evaluate.get("inference")),
+        options=EvaluateParams.parse(evaluate, "evaluate").inference,
     )
     if records is None:
-        log.info("Node %d: inference done; node 0 gathers and evaluates", runtime.get("node_rank", 0))
+        node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
+        log.info("Node %d: inference done; node 0 gathers and evaluates", node_rank)
         return []
     unreadable = [val_images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
@@ -66,7 +63,7 @@ def compute_coco_metrics(
 ) -> CocoBoxEvaluation:
     """COCO box evaluation, identical to pycocotools' COCOeval; the table goes to the log."""
     evaluation = evaluate_boxes(
-        val_ground_truth, val_detections, backend=evaluate.get("metric_backend", "numpy")
+        val_ground_truth, val_detections, backend=EvaluateParams.parse(evaluate, "evaluate").metric_backend
     )
     metrics = evaluation.metrics()
     header = " | ".join(f"{name:>6s}" for name in metrics)
@@ -117,8 +114,8 @@ def draw_detection_samples(
     evaluate: dict[str, Any],
 ) -> Figure:
     """The val images where the model errs most (missed + false boxes at IoU 0.5), boxes drawn on them."""
-    settings = evaluate.get("samples", {})
-    count, min_score = int(settings.get("count", 6)), float(settings.get("score_threshold", 0.5))
+    settings = EvaluateParams.parse(evaluate, "evaluate").samples
+    count, min_score = settings.count, settings.score_threshold
     names = {c["id"]: c["name"] for c in val_ground_truth["categories"]}
     ground_truth = _boxes_by_image([a for a in val_ground_truth["annotations"] if not a.get("iscrowd", 0)])
     detections = _boxes_by_image([d for d in val_detections if d["score"] >= min_score])
@@ -148,4 +145,4 @@ def draw_detection_samples(
                 pred_scores=np.array([d["score"] for d in dt]),
             )
         )
-    return samples_figure(samples, columns=int(settings.get("columns", 3)))
+    return samples_figure(samples, columns=settings.columns)

@@ -8,6 +8,7 @@ from typing import Any
 
 import pandas as pd
 
+from frcnn_pipeline.config import IngestParams
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import (
     SplitSource,
@@ -22,12 +23,10 @@ logger = logging.getLogger(__name__)
 
 def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Each split's annotation file and image folder; generates the demo when ``data_root`` is null."""
-    data_root = params.get("data_root")
-    if data_root is None:
-        root = Path(params["demo"]["output_dir"])
-        demo.ensure_demo_dataset(
-            root, demo.DemoConfig(**{k: v for k, v in params["demo"].items() if k != "output_dir"})
-        )
+    ingest = IngestParams.parse(params, "ingest")
+    if ingest.data_root is None:
+        root = Path(ingest.demo.output_dir)
+        demo.ensure_demo_dataset(root, demo.DemoConfig(**ingest.demo.model_dump(exclude={"output_dir"})))
         return {
             split: {
                 "annotation_file": str(demo.annotation_file(root, split)),
@@ -35,7 +34,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
             }
             for split in demo.SPLITS
         }
-    root = Path(data_root).expanduser()
+    root = Path(ingest.data_root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(
             f"ingest.data_root {str(root)!r} is not a folder. Fix: point data_root "
@@ -44,22 +43,23 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
         )
     return {
         split: {
-            "annotation_file": str(root / params["splits"][split]["annotation_file"]),
-            "image_dir": str(root / params["splits"][split]["image_dir"]),
+            "annotation_file": str(root / paths.annotation_file),
+            "image_dir": str(root / paths.image_dir),
         }
-        for split in ("train", "val")
+        for split, paths in (("train", ingest.splits.train), ("val", ingest.splits.val))
     }
 
 
 def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFrame | None = None):
-    validation = params["validation"]
+    ingest = IngestParams.parse(params, "ingest")
+    validation = ingest.validation
     policy = ValidationPolicy(
-        min_box_size=float(validation["min_box_size"]),
-        image_checks=validation["image_checks"],
-        drop_images_without_annotations=bool(params["splits"][split]["drop_images_without_annotations"]),
-        drop_unused_categories=bool(validation["drop_unused_categories"]),
-        severity=validation.get("severity") or {},
-        workers=int(validation["workers"]),
+        min_box_size=validation.min_box_size,
+        image_checks=validation.image_checks,
+        drop_images_without_annotations=getattr(ingest.splits, split).drop_images_without_annotations,
+        drop_unused_categories=validation.drop_unused_categories,
+        severity=validation.severity.model_dump(),
+        workers=validation.workers,
     )
     source = SplitSource(split, Path(sources[split]["annotation_file"]), Path(sources[split]["image_dir"]))
     return read_coco_split(source, policy, categories)

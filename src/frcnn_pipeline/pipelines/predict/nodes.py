@@ -11,9 +11,10 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from frcnn_pipeline.config import PredictParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
-from frcnn_pipeline.evaluation.inference import InferenceOptions, run_inference
+from frcnn_pipeline.evaluation.inference import run_inference
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 
 def list_prediction_images(predict: dict[str, Any]) -> list[str]:
     """``predict.images``: a folder (searched recursively for image files) or a list of image paths."""
-    source = predict.get("images")
+    source = PredictParams.parse(predict, "predict").images
     if not source:
         raise ValueError(
             "predict.images is not set: give a folder or a list of image paths, e.g. "
@@ -62,7 +63,7 @@ def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
         len(categories),
         image_paths,
         runtime=runtime,
-        options=InferenceOptions.from_params(predict.get("inference")),
+        options=PredictParams.parse(predict, "predict").inference,
     )
     return records or []
 
@@ -77,7 +78,7 @@ def build_prediction_results(
 ) -> dict[str, Any]:
     """The results JSON: per image its boxes (xyxy and COCO xywh), category ids and names, scores;
     the images that could not be read, with the reason."""
-    min_score = float(predict.get("score_threshold", 0.5))
+    min_score = PredictParams.parse(predict, "predict").score_threshold
     names = _names_by_label(categories)
     category_ids = [-1, *categories.sort_values("label")["category_id"].astype(int)]
     images, unreadable = [], []
@@ -124,7 +125,7 @@ def draw_prediction_images(
     records: list[dict[str, Any]], image_paths: list[str], categories: pd.DataFrame, predict: dict[str, Any]
 ) -> dict[str, Callable[[], Image.Image]]:
     """The readable images with their boxes (score >= predict.score_threshold) drawn, saved lazily."""
-    min_score = float(predict.get("score_threshold", 0.5))
+    min_score = PredictParams.parse(predict, "predict").score_threshold
     names = _names_by_label(categories)
     output_names = _output_names(image_paths)
 

@@ -10,6 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
+from frcnn_pipeline.config import RuntimeParams
 from frcnn_pipeline.engine.trainer import train_detector
 
 log = logging.getLogger(__name__)
@@ -30,8 +31,9 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     )
     if result is None:
         # Another node of a multi-node run: node 0 writes the real outputs.
-        log.info("Node %d done; node 0 saves the trained model and reports", runtime["node_rank"])
-        return {}, pd.DataFrame(), {"node_rank": runtime["node_rank"], "outputs_on": "node 0"}
+        node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
+        log.info("Node %d done; node 0 saves the trained model and reports", node_rank)
+        return {}, pd.DataFrame(), {"node_rank": node_rank, "outputs_on": "node 0"}
     return result["state_dict"], pd.DataFrame(result["metrics"]), result["record"]
 
 

@@ -6,6 +6,7 @@ from typing import Any
 import pandas as pd
 import torch
 
+from frcnn_pipeline.config import WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
 from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
@@ -20,16 +21,17 @@ def fetch_pretrained_weights(weights: dict[str, Any]) -> dict[str, str | None]:
 
     Returns `{"source": ..., "path": None}` for random initialisation (`source: none`).
     """
-    source = str(weights.get("source") or "none").strip()
+    params = WeightsParams.parse(weights, "weights")
+    source = params.source.strip()
     if source.lower() in RANDOM_SOURCES:
         return {"source": "none", "path": None}
     path = fetch_weights(
         source,
-        weights["cache_dir"],
-        sha256=weights.get("sha256"),
-        retries=weights["retries"],
-        backoff_s=weights["backoff_s"],
-        timeout_s=weights["timeout_s"],
+        params.cache_dir,
+        sha256=params.sha256,
+        retries=params.retries,
+        backoff_s=params.backoff_s,
+        timeout_s=params.timeout_s,
     )
     return {"source": source, "path": str(path)}
 
@@ -46,19 +48,20 @@ def convert_pretrained_weights(
     box predictor) and `source: none` are initialised deterministically.
     """
     num_classes = len(categories)
-    torch.manual_seed(weights["seed"])
+    params = WeightsParams.parse(weights, "weights")
+    torch.manual_seed(params.seed)
     model_state = build_model(model, num_classes).state_dict()
     if pretrained["path"] is None:
-        note = f"weights.source none, seed {weights['seed']}"
+        note = f"weights.source none, seed {params.seed}"
         rows = [
             ("random_init", "", key, "", str(tuple(value.shape)), note) for key, value in model_state.items()
         ]
         report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-        logger.info("Random initialisation (seed %d): %d tensors", weights["seed"], len(model_state))
+        logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
         return dict(model_state), report
     checkpoint = load_checkpoint(pretrained["path"])
     state, report = convert_state_dict(
-        checkpoint, model_state, source_name=pretrained["path"], bn_fold=weights["bn_fold"]
+        checkpoint, model_state, source_name=pretrained["path"], bn_fold=params.bn_fold
     )
     _, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
     for warning in convention_warnings(source_format, resolve_model_config(model)):

@@ -1,0 +1,63 @@
+"""``evaluate:`` and ``predict:``, how the detector runs on images (frcnn_pipeline.evaluation).
+
+Defaults: the COCO evaluation protocol (score 0.05, NMS 0.5, 100 detections per image). Devices and workers
+come from ``runtime:``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from frcnn_pipeline.config.section import Section
+
+
+class InferenceParams(Section):
+    batch_size: int = Field(4, ge=1, description="images per worker and forward pass")
+    score_threshold: float = Field(
+        0.05, ge=0, le=1, description="overrides model.roi_heads.score_thresh_test"
+    )
+    nms_threshold: float = Field(0.5, gt=0, le=1, description="overrides model.roi_heads.nms_thresh_test")
+    detections_per_image: int = Field(100, ge=1, description="overrides model.roi_heads.detections_per_image")
+    amp: bool = Field(True, description="fp16 backbone on NPU/GPU (the heads stay fp32)")
+    cpu_bf16: bool = Field(False, description="bf16 backbone on CPU (pays off only with bf16 instructions)")
+    channels_last: bool = Field(True, description="NHWC: faster on CPU (benchmarks/bench_inference.py)")
+    fold_batch_norm: bool = Field(True, description="fold the backbone's norms into its convs")
+    group_by_aspect: bool = Field(True, description="batch landscape and portrait images apart: less padding")
+    num_workers: int = Field(0, ge=0, description="image decoding processes per worker")
+
+    def applied_to(self, model_cfg: dict[str, Any] | None) -> dict[str, Any]:
+        """The ``model:`` section with these test-time settings."""
+        model_cfg = dict(model_cfg or {})
+        model_cfg["roi_heads"] = {
+            **model_cfg.get("roi_heads", {}),
+            "score_thresh_test": self.score_threshold,
+            "nms_thresh_test": self.nms_threshold,
+            "detections_per_image": self.detections_per_image,
+        }
+        return model_cfg
+
+
+class SamplesParams(Section):
+    count: int = Field(6, ge=1, description="val images with the most errors drawn in detection_samples")
+    columns: int = Field(3, ge=1, description="of the figure")
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="predictions drawn and counted from this score"
+    )
+
+
+class EvaluateParams(Section):
+    metric_backend: Literal["numpy", "pycocotools"] = Field(
+        "numpy", description="numpy (pycocotools-identical, faster) or pycocotools' COCOeval itself"
+    )
+    inference: InferenceParams = InferenceParams()
+    samples: SamplesParams = SamplesParams()
+
+
+class PredictParams(Section):
+    images: str | list[str] | None = Field(
+        "data/01_raw/demo/val2017", description="a folder (searched recursively) or a list of image paths"
+    )
+    score_threshold: float = Field(0.5, ge=0, le=1, description="boxes kept in the results and drawn")
+    inference: InferenceParams = InferenceParams()

@@ -1,0 +1,110 @@
+"""``model:``, read by frcnn_pipeline.modeling.build_model.
+
+Defaults: detectron2's COCO Faster R-CNN R-50-FPN, the model of the Ascend model-zoo card.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BeforeValidator, Field
+
+from frcnn_pipeline.config.section import Section
+
+
+def _one_size_as_list(value):
+    # `min_size_train: 800` in YAML means one size.
+    return [value] if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+class BackboneParams(Section):
+    depth: Literal[18, 34, 50, 101] = Field(50, description="ResNet depth")
+    norm: Literal["frozen_bn", "bn", "gn"] = Field(
+        "frozen_bn", description="frozen_bn (detectron2, for pretrained weights), bn, or gn (32 groups)"
+    )
+    freeze_at: int = Field(2, ge=0, le=5, description="stages frozen: 0 none, 1 stem, 2 stem+res2 ... 5 all")
+    stride_in_1x1: bool = Field(
+        True, description="MSRA weights stride on the 1×1 conv; false for torchvision weights (R-50/101)"
+    )
+    fpn_channels: int = Field(256, ge=1, description="FPN, RPN and pooler width")
+
+
+class InputParams(Section):
+    format: Literal["BGR", "RGB"] = Field(
+        "BGR", description="channel order the first conv expects (images always arrive RGB 0-255)"
+    )
+    pixel_mean: list[float] = Field(
+        [103.53, 116.28, 123.675], min_length=3, max_length=3, description="in `format` order, 0-255 scale"
+    )
+    pixel_std: list[float] = Field([1.0, 1.0, 1.0], min_length=3, max_length=3, description="as pixel_mean")
+    min_size_train: Annotated[list[int], BeforeValidator(_one_size_as_list)] = Field(
+        [640, 672, 704, 736, 768, 800], min_length=1, description="shorter side, one drawn per image"
+    )
+    min_size_test: int = Field(800, ge=1, description="shorter side at test time")
+    max_size: int = Field(1333, ge=1, description="long-side cap")
+    resize_rounding: Literal["detectron2", "torchvision"] = Field(
+        "detectron2", description="detectron2 rounds sizes to nearest, torchvision floors"
+    )
+    size_divisibility: int = Field(32, ge=1, description="batch padding multiple")
+    fixed_size: list[int] | None = Field(
+        None, min_length=2, max_length=2, description="[H, W]: pad every batch to this (static shapes)"
+    )
+
+
+class AnchorParams(Section):
+    sizes: list[int] = Field(
+        [32, 64, 128, 256, 512], min_length=5, max_length=5, description="one per level P2..P6"
+    )
+    aspect_ratios: list[float] = Field([0.5, 1.0, 2.0], min_length=1, description="height / width")
+    round: bool = Field(False, description="torchvision rounds cell anchors, detectron2 does not")
+
+
+class RpnParams(Section):
+    iou_thresholds: list[float] = Field(
+        [0.3, 0.7], min_length=2, max_length=2, description="below: background, above: foreground"
+    )
+    batch_size_per_image: int = Field(256, ge=1, description="anchors sampled per image")
+    positive_fraction: float = Field(0.5, gt=0, le=1, description="of the sampled anchors")
+    pre_nms_topk_train: int = Field(2000, ge=1, description="proposals per level before NMS (train)")
+    post_nms_topk_train: int = Field(1000, ge=1, description="proposals per image after NMS (train)")
+    pre_nms_topk_test: int = Field(1000, ge=1, description="as pre_nms_topk_train, at test time")
+    post_nms_topk_test: int = Field(1000, ge=1, description="as post_nms_topk_train, at test time")
+    nms_thresh: float = Field(0.7, gt=0, le=1, description="proposal NMS IoU")
+    smooth_l1_beta: float = Field(0.0, ge=0, description="0 = L1 (detectron2); torchvision 1/9")
+
+
+class RoiHeadsParams(Section):
+    batch_size_per_image: int = Field(512, ge=1, description="RoIs sampled per image")
+    positive_fraction: float = Field(0.25, gt=0, le=1, description="of the sampled RoIs")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="RoI foreground IoU")
+    pooler_resolution: int = Field(7, ge=1, description="RoIAlign output size")
+    pooler_sampling_ratio: int = Field(0, ge=0, description="RoIAlign samples per bin; 0 adaptive")
+    pooler_aligned: bool = Field(True, description="ROIAlignV2 (detectron2); false = torchvision's RoIAlign")
+    fc_dim: int = Field(1024, ge=1, description="box head width")
+    bbox_reg_weights: list[float] = Field(
+        [10.0, 10.0, 5.0, 5.0], min_length=4, max_length=4, description="box coder weights (x, y, w, h)"
+    )
+    smooth_l1_beta: float = Field(0.0, ge=0, description="box regression loss; 0 = L1")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="box classifier; the card lists 0.1, which its reference code does not apply",
+    )
+    score_thresh_test: float = Field(0.05, ge=0, le=1, description="test-time score cut")
+    nms_thresh_test: float = Field(0.5, gt=0, le=1, description="test-time NMS IoU")
+    detections_per_image: int = Field(100, ge=1, description="test-time detections kept")
+
+
+class StaticShapeParams(Section):
+    enabled: bool = Field(False, description="fixed proposal and RoI counts, padded and masked (NPU)")
+    max_gt_boxes: int = Field(100, ge=1, description="ground-truth boxes per image padded to this")
+
+
+class ModelParams(Section):
+    backbone: BackboneParams = BackboneParams()
+    input: InputParams = InputParams()
+    anchors: AnchorParams = AnchorParams()
+    rpn: RpnParams = RpnParams()
+    roi_heads: RoiHeadsParams = RoiHeadsParams()
+    static_shapes: StaticShapeParams = StaticShapeParams()

@@ -1,0 +1,50 @@
+"""``runtime:``, where and how training and inference run (frcnn_pipeline.engine).
+
+Defaults: one CPU process, fp32.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from frcnn_pipeline.config.section import Section
+
+
+class AmpParams(Section):
+    enabled: bool = Field(False, description="mixed precision")
+    backend: Literal["torch", "apex"] = Field(
+        "torch", description="torch (autocast + GradScaler) or apex (built from source, never PyPI's `apex`)"
+    )
+    dtype: Literal["float16", "bfloat16"] = Field(
+        "bfloat16", description="float16 on NPU/CUDA; bfloat16 (or off) on CPU"
+    )
+    opt_level: Literal["O1", "O2"] = Field("O1", description="apex only")
+    loss_scale: Literal["dynamic"] | Annotated[float, Field(gt=0)] = Field(
+        "dynamic", description="dynamic, or a number: the initial (torch) or static (apex) scale"
+    )
+
+
+class RuntimeParams(Section):
+    device: Literal["cpu", "cuda", "npu", "auto"] = Field("cpu", description="auto: npu, then cuda, then cpu")
+    nproc_per_node: int = Field(1, ge=1, description="workers (one per device) on each node")
+    num_nodes: int = Field(1, ge=1, description="machines; the same env on each, with its node_rank")
+    node_rank: int = Field(0, ge=0, description="this machine, 0..num_nodes-1")
+    master_addr: str = Field("127.0.0.1", description="node 0's address, reachable from every node")
+    master_port: int = Field(29500, ge=0, le=65535, description="0: a free port (single node only)")
+    timeout_minutes: float = Field(30.0, gt=0, description="collective timeout")
+    seed: int = Field(42, description="per rank: seed + rank; loader workers derive theirs from it")
+    deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (warn only)")
+    num_threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch threads per worker; null: torch's default (CPU workers split the cores)",
+    )
+    num_workers: int = Field(1, ge=0, description="DataLoader processes per training worker")
+    pin_memory: bool = Field(True, description="pinned host memory (accelerators only)")
+    channels_last: bool = Field(False, description="NHWC weights and inputs in training")
+    detection_ops: Literal["auto", "portable"] = Field(
+        "auto", description="NMS/RoIAlign kernels: auto (the device's own) or portable (pure PyTorch)"
+    )
+    amp: AmpParams = AmpParams()

@@ -1,0 +1,190 @@
+"""The project's parameters as Kedro resolves them per environment, and their generated reference.
+
+``python -m frcnn_pipeline.parameters`` rewrites docs/parameters.md and the README's generated tables from the
+schema (frcnn_pipeline.config) and the environments in conf/; ``--check`` only says whether they are current.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from kedro.config import OmegaConfigLoader
+from pydantic.fields import FieldInfo
+
+from frcnn_pipeline.config import SECTIONS, schema_keys, validate_parameters
+from frcnn_pipeline.config.section import describe_type
+from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+CONF = PROJECT_ROOT / "conf"
+REFERENCE = PROJECT_ROOT / "docs" / "parameters.md"
+README = PROJECT_ROOT / "README.md"
+GENERATOR = "python -m frcnn_pipeline.parameters"
+_BOUND_NAMES = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+_INTRO = """Every parameter, its default, what it accepts and what it does, from the schema in
+`src/frcnn_pipeline/config/`. The defaults are the Ascend model-zoo card's recipe (detectron2's R-50-FPN,
+SGD 0.02 at batch 16, 12 epochs, MSRA R-50 weights) on one CPU process. A run takes, each over the one before:
+these defaults; the recipe that `recipe:` in `conf/<env>/globals.yml` names (the blocks of
+`conf/base/parameters_recipes.yml`: `demo` unless the env says `card`, as the npu/gpu envs do); the rest of
+`conf/base/parameters_*.yml`; `conf/<env>/parameters_*.yml`; `--params`. A key not listed here, or a value
+of the wrong type, stops the run before any work, naming the key and the file that sets it."""
+
+
+def load_parameters(
+    env: str = "base", runtime_params: Mapping[str, Any] | None = None, conf_source: str | Path = CONF
+) -> dict[str, Any]:
+    """The ``parameters`` of ``env`` as ``kedro run --env ENV --params ...`` resolves them (unvalidated)."""
+    loader = OmegaConfigLoader(
+        conf_source=str(conf_source), env=env, runtime_params=dict(runtime_params or {}), **CONFIG_LOADER_ARGS
+    )
+    return loader["parameters"]
+
+
+def resolved_sections(env: str = "base", conf_source: str | Path = CONF) -> dict[str, dict[str, Any]]:
+    """Every section of ``env`` validated, with each key left out at its default."""
+    validated = validate_parameters(load_parameters(env, conf_source=conf_source))
+    return {name: section.model_dump() for name, section in validated.items()}
+
+
+def environments(conf_source: str | Path = CONF) -> list[str]:
+    """The project's run environments: base first, then every env folder but a developer's `local`."""
+    folders = sorted(p.name for p in Path(conf_source).iterdir() if p.is_dir())
+    return ["base", *(name for name in folders if name not in {"base", "local"})]
+
+
+def flatten(section: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """``{"train.solver.base_lr": 0.02, ...}``: lists are values, mappings are walked."""
+    flat: dict[str, Any] = {}
+    for key, value in section.items():
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}.{key}"))
+        else:
+            flat[f"{prefix}.{key}"] = value
+    return flat
+
+
+def defaults() -> dict[str, Any]:
+    return {
+        key: value
+        for name, model in SECTIONS.items()
+        for key, value in flatten(model().model_dump(), name).items()
+    }
+
+
+# ------------------------------------------------------------------------------------------------ rendering
+
+
+def _value(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("<", "&lt;")
+
+
+def _allowed(field: FieldInfo) -> str:
+    bounds = [
+        f"{_BOUND_NAMES[name]} {getattr(item, name)}"
+        for item in field.metadata
+        for name in _BOUND_NAMES
+        if hasattr(item, name)
+    ]
+    lengths = {name: getattr(item, name) for item in field.metadata for name in ("min_length", "max_length")
+               if hasattr(item, name)}  # fmt: skip
+    if lengths.get("min_length") == lengths.get("max_length") is not None:
+        bounds.append(f"{lengths['min_length']} items")
+    elif lengths.get("min_length"):
+        bounds.append(f"at least {lengths['min_length']} item(s)")
+    return ", ".join([describe_type(field.annotation), *bounds])
+
+
+def reference_table(section: str) -> list[str]:
+    rows = ["| key | default | allowed | meaning |", "|---|---|---|---|"]
+    for key, field in schema_keys(SECTIONS[section], section):
+        default = _value(field.get_default(call_default_factory=True))
+        rows.append(
+            f"| `{key}` | `{_cell(default)}` | {_cell(_allowed(field))} | {_cell(field.description or '')} |"
+        )
+    return rows
+
+
+def reference_document() -> str:
+    lines = ["# Parameters", "", f"<!-- generated by `{GENERATOR}`: do not edit by hand -->", "", _INTRO]
+    for section, model in SECTIONS.items():
+        about = " ".join((sys.modules[model.__module__].__doc__ or "").split())
+        lines += ["", f"## `{section}`", "", about, "", *reference_table(section)]
+    return "\n".join(lines) + "\n"
+
+
+def environment_table(conf_source: str | Path = CONF) -> list[str]:
+    """Every key some environment sets away from its default, with each environment's value where it does."""
+    names = environments(conf_source)
+    values = {env: {} for env in names}
+    for env in names:
+        for section, dumped in resolved_sections(env, conf_source).items():
+            values[env].update(flatten(dumped, section))
+    default = defaults()
+    keys = [
+        key for key in default if any(values[env].get(key, default[key]) != default[key] for env in names)
+    ]
+    header = [
+        "key",
+        "default (blank cells)",
+        *(f"`{env}`" if env != "base" else "base (demo)" for env in names),
+    ]
+    rows = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for key in keys:
+        cells = [
+            ""
+            if values[env].get(key, default[key]) == default[key]
+            else f"`{_cell(_value(values[env][key]))}`"
+            for env in names
+        ]
+        rows.append(f"| `{key}` | `{_cell(_value(default[key]))}` | " + " | ".join(cells) + " |")
+    return rows
+
+
+def _replace_block(text: str, name: str, rows: list[str]) -> str:
+    start, end = f"<!-- {name}: generated by `{GENERATOR}` -->", f"<!-- {name}: end -->"
+    if start not in text or end not in text:
+        raise ValueError(f"README.md lacks the markers {start!r} ... {end!r}")
+    before, rest = text.split(start, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{start}\n" + "\n".join(rows) + f"\n{end}{after}"
+
+
+def generated_files(conf_source: str | Path = CONF) -> dict[Path, str]:
+    """The content every generated file should have."""
+    readme = README.read_text(encoding="utf-8")
+    readme = _replace_block(readme, "parameters-per-environment", environment_table(conf_source))
+    readme = _replace_block(readme, "model-parameters", reference_table("model"))
+    return {REFERENCE: reference_document(), README: readme}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--check", action="store_true", help="exit 1 if a generated file is out of date")
+    args = parser.parse_args(argv)
+    stale = {
+        path: content
+        for path, content in generated_files().items()
+        if not path.is_file() or path.read_text(encoding="utf-8") != content
+    }
+    for path, content in stale.items():
+        if args.check:
+            print(f"{path.relative_to(PROJECT_ROOT)} is out of date: run `{GENERATOR}`")
+        else:
+            staging = path.with_name(f".{path.name}.tmp")
+            staging.write_text(content, encoding="utf-8")
+            staging.replace(path)  # atomic: a failed write leaves the old file
+            print(f"wrote {path.relative_to(PROJECT_ROOT)}")
+    return 1 if args.check and stale else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
