@@ -50,7 +50,7 @@ def tables_fingerprint(images: pd.DataFrame, annotations: pd.DataFrame) -> str:
 
 
 def ground_truth_fingerprint(ground_truth: dict[str, Any]) -> dict[str, Any]:
-    """sha256 of a COCO ground truth's images, annotations and categories (canonical JSON), and their counts."""
+    """sha256 of a COCO ground truth's images, annotations and categories (canonical JSON), and counts."""
     content = {key: ground_truth.get(key, []) for key in ("images", "annotations", "categories")}
     canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return {
