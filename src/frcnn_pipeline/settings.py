@@ -4,6 +4,11 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
+from frcnn_pipeline.hooks import SplitsHook
+
+# The evaluation splits of `ingest.splits` decide which per-split pipelines exist.
+HOOKS = (SplitsHook(),)
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",

@@ -16,14 +16,22 @@ from frcnn_pipeline.data.coco import (
     read_coco_split,
     summarise_findings,
 )
+from frcnn_pipeline.pipelines.splits import TRAIN_SPLIT, evaluation_splits_of
 
 logger = logging.getLogger(__name__)
 
 
 def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Each split's annotation file and image folder; generates the demo when ``data_root`` is null."""
+    splits = [TRAIN_SPLIT, *evaluation_splits_of(params["splits"])]
     data_root = params.get("data_root")
     if data_root is None:
+        not_in_demo = [split for split in splits if split not in demo.SPLITS]
+        if not_in_demo:
+            raise ValueError(
+                f"ingest.splits declares {not_in_demo}, but the demo (ingest.data_root: null) has only "
+                f"{list(demo.SPLITS)}. Set ingest.data_root to your dataset, or set those splits to null."
+            )
         root = Path(params["demo"]["output_dir"])
         demo.ensure_demo_dataset(
             root, demo.DemoConfig(**{k: v for k, v in params["demo"].items() if k != "output_dir"})
@@ -33,7 +41,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
                 "annotation_file": str(demo.annotation_file(root, split)),
                 "image_dir": str(demo.image_dir(root, split)),
             }
-            for split in demo.SPLITS
+            for split in splits
         }
     root = Path(data_root).expanduser()
     if not root.is_dir():
@@ -42,21 +50,28 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
             "(conf/<env>/globals.yml or --params ingest.data_root=...) at the dataset, "
             "or set it to null for the demo"
         )
-    return {
-        split: {
-            "annotation_file": str(root / params["splits"][split]["annotation_file"]),
-            "image_dir": str(root / params["splits"][split]["image_dir"]),
+    sources = {}
+    for split in splits:
+        missing = [key for key in ("annotation_file", "image_dir") if not params["splits"][split].get(key)]
+        if missing:
+            raise ValueError(
+                f"ingest.splits.{split}: {' and '.join(missing)} not set (paths relative to data_root), e.g. "
+                f"ingest.splits.{split}.annotation_file=annotations/instances_{split}.json"
+            )
+        sources[split] = {
+            key: str(root / params["splits"][split][key]) for key in ("annotation_file", "image_dir")
         }
-        for split in ("train", "val")
-    }
+    return sources
 
 
 def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFrame | None = None):
     validation = params["validation"]
+    # Training drops images without boxes (as detectron2 does); evaluation keeps every image.
+    drop_empty = params["splits"][split].get("drop_images_without_annotations", split == TRAIN_SPLIT)
     policy = ValidationPolicy(
         min_box_size=float(validation["min_box_size"]),
         image_checks=validation["image_checks"],
-        drop_images_without_annotations=bool(params["splits"][split]["drop_images_without_annotations"]),
+        drop_images_without_annotations=bool(drop_empty),
         severity=validation.get("severity") or {},
         workers=int(validation["workers"]),
     )
@@ -68,23 +83,21 @@ def ingest_train_split(
     sources: dict[str, dict[str, str]], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train tables, the project's categories table, and the train findings."""
-    split = _read_split("train", sources, params)
+    split = _read_split(TRAIN_SPLIT, sources, params)
     return split.images, split.annotations, split.categories, split.findings
 
 
-def ingest_val_split(
-    sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any]
+def ingest_evaluation_split(
+    sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Val tables (categories must agree with train's), the val findings and the clean ground truth."""
-    split = _read_split("val", sources, params, categories)
-    return split.images, split.annotations, split.findings, build_ground_truth(split)
+    """An evaluation split's tables (categories must agree with train's), findings and clean ground truth."""
+    tables = _read_split(split, sources, params, categories)
+    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables)
 
 
-def report_validation(
-    train_findings: pd.DataFrame, val_findings: pd.DataFrame
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def report_validation(*findings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One report table for all splits, and its counts per check (also logged)."""
-    report = pd.concat([train_findings, val_findings], ignore_index=True)
+    report = pd.concat(findings, ignore_index=True)
     summary = summarise_findings(report)
     for split, counts in summary["splits"].items():
         for check, entry in counts["by_check"].items():
