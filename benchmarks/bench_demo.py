@@ -41,6 +41,14 @@ def kedro_run(project: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
+def latest_coco_metrics(project: Path) -> dict[str, float]:
+    """The 12 metrics of the newest evaluation of the val split (reports are versioned by run)."""
+    runs = sorted((project / "data/08_reporting/evaluate/val/coco_metrics.json").glob("*/coco_metrics.json"))
+    if not runs:
+        raise FileNotFoundError(f"no evaluate.val.coco_metrics under {project}: did evaluate run?")
+    return json.loads(runs[-1].read_text())["metrics"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -55,7 +63,7 @@ def main() -> None:
     try:
         first = kedro_run(workdir, *(["--params", args.params] if args.params else []))
         repeat = kedro_run(workdir, "--only-missing-outputs")
-        metrics = json.loads((workdir / "data/08_reporting/coco_metrics.json").read_text())
+        metrics = latest_coco_metrics(workdir)
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)
