@@ -54,9 +54,12 @@ def kedro_run(project: Path, *args: str) -> float:
     return time.perf_counter() - started
 
 
-def box_ap(project: Path) -> float:
-    metrics = json.loads((project / "data/08_reporting/coco_metrics.json").read_text())
-    return float(metrics["metrics"]["AP"] if "metrics" in metrics else metrics["AP"])
+def latest_coco_metrics(project: Path) -> dict[str, float]:
+    """The 12 metrics of the newest evaluation of the val split (reports are versioned by run)."""
+    runs = sorted((project / "data/08_reporting/evaluate/val/coco_metrics.json").glob("*/coco_metrics.json"))
+    if not runs:
+        raise FileNotFoundError(f"no evaluate.val.coco_metrics under {project}: did evaluate run?")
+    return json.loads(runs[-1].read_text())["metrics"]
 
 
 def main() -> None:
@@ -78,7 +81,8 @@ def main() -> None:
         baseline_time = kedro_run(baseline)
         our_time = kedro_run(ours, *(["--params", args.params] if args.params else []))
         repeat = kedro_run(ours, "--only-missing-outputs")
-        baseline_ap, our_ap = box_ap(baseline), box_ap(ours)
+        baseline_ap = json.loads((baseline / "data/08_reporting/coco_metrics.json").read_text())["AP"]
+        our_ap = latest_coco_metrics(ours)["AP"]
     finally:
         if args.keep is None:
             shutil.rmtree(workdir, ignore_errors=True)

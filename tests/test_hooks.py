@@ -1,5 +1,7 @@
-"""The parameter check through real Kedro sessions, in a copy of the project: a typo or a wrong type stops the
-run before any work, naming the key, the nearest valid one and where it is set; valid parameters run."""
+"""Project hooks. The parameter check through real Kedro sessions, in a copy of the project: a typo or a wrong
+type stops the run before any work, naming the key, the nearest valid one and where it is set; valid
+parameters run. The evaluation splits of this run's config decide the per-split pipelines. Missing inputs
+name the pipeline that writes them."""
 
 import json
 import os
@@ -7,9 +9,17 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from test_cli import kedro_run
+
+from frcnn_pipeline import hooks
+from frcnn_pipeline.pipelines.splits import (
+    DEFAULT_EVALUATION_SPLITS,
+    evaluation_splits,
+    use_evaluation_splits,
+)
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}
@@ -101,3 +111,36 @@ def test_pipeline_before_its_inputs_exist_names_the_pipeline_to_run(project):
     assert not (root / "data" / "08_reporting").exists() or not any(
         (root / "data" / "08_reporting").iterdir()
     )
+
+
+def context_with(parameters: dict) -> SimpleNamespace:
+    return SimpleNamespace(config_loader={"parameters": parameters})
+
+
+@pytest.fixture
+def reconfigured(monkeypatch):
+    calls = []
+    monkeypatch.setattr(hooks.project.pipelines, "configure", calls.append)
+    yield calls
+    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+
+
+def test_the_hook_uses_the_configured_splits_and_rebuilds_pipelines_when_they_change(reconfigured):
+    splits = {"train": {}, "val": {}, "test": {"annotation_file": "t.json", "image_dir": "t"}}
+    hooks.SplitsHook().after_context_created(context_with({"ingest": {"splits": splits}}))
+    assert evaluation_splits() == ("val", "test")
+    assert reconfigured == [f"{hooks.project.PACKAGE_NAME}.pipeline_registry"]
+    hooks.SplitsHook().after_context_created(context_with({"ingest": {"splits": splits}}))
+    assert len(reconfigured) == 1, "the same splits keep the pipelines already built"
+
+
+def test_a_config_without_ingest_keeps_the_defaults(reconfigured):
+    hooks.SplitsHook().after_context_created(context_with({"train": {}}))
+    assert evaluation_splits() == DEFAULT_EVALUATION_SPLITS and reconfigured == []
+
+
+def test_a_bad_split_name_stops_the_run_before_anything_is_built(reconfigured):
+    with pytest.raises(ValueError, match="must start with a letter"):
+        hooks.SplitsHook().after_context_created(
+            context_with({"ingest": {"splits": {"train": {}, "1st": {}}}})
+        )

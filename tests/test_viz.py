@@ -33,10 +33,11 @@ needs_chromium = pytest.mark.skipif(
 # The layers of the issue, in the order COCO flows through them.
 KNOWN_LAYERS = ("raw", "intermediate", "primary", "model input", "models", "model output", "reporting")
 VALIDATION_REPORT_COLUMNS = ["split", "severity", "check", "image_id", "annotation_id", "message"]
-TABLE_PREVIEWS = ("validation_report", "per_category_ap")
-METRIC_PREVIEWS = ("coco_metrics", "training_metrics")
-PLOT_PREVIEWS = ("training_curves", "detection_samples")
-NOT_PREVIEWED = ("val_ground_truth", "val_detections")  # whole COCO JSONs: megabytes in every page load
+TABLE_PREVIEWS = ("validation_report", "evaluate.val.per_category_ap")
+METRIC_PREVIEWS = ("evaluate.val.coco_metrics", "training_metrics")
+PLOT_PREVIEWS = ("training_curves", "evaluate.val.detection_samples")
+# Whole COCO JSONs: megabytes in every page load.
+NOT_PREVIEWED = ("val_ground_truth", "evaluate.val.detections")
 MAX_PREVIEW_BYTES = 1_000_000
 RUN_TIMEOUT_S = 300
 BROWSER_TIMEOUT_S = 60

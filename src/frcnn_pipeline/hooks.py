@@ -1,5 +1,6 @@
-"""Project hooks (registered in settings.py): before any node runs, the parameters are validated and the
-pipeline's stored inputs must exist; a failing node still saves the report its error carries."""
+"""Project hooks (registered in settings.py): before any node runs, the parameters are validated, the
+pipelines are built for the run's evaluation splits, and the pipeline's stored inputs must exist; a failing
+node still saves the report its error carries."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
+from kedro.framework import project
 from kedro.framework.hooks import hook_impl
 from kedro.framework.project import pipelines as registry
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.config import ParameterError, validate_parameters
+from frcnn_pipeline.config import IngestParams, ParameterError, validate_parameters
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.pipelines.splits import evaluation_splits_of, use_evaluation_splits
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
@@ -145,3 +148,17 @@ class ReportOnFailureHook:
         if report is not None and len(targets) == 1:
             catalog.save(targets[0], report)
             log.info("Saved %s despite the failure of node %s", targets[0], node.name)
+
+
+class SplitsHook:
+    """Builds the pipelines for the evaluation splits that `ingest.splits` declares in this run's config."""
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        # The config with env and --params (`context.params` would build the pipelines to validate them),
+        # over the schema's default train/val splits.
+        ingest = context.config_loader["parameters"].get("ingest")
+        splits = IngestParams.parse(ingest, "ingest").splits
+        if use_evaluation_splits(evaluation_splits_of(splits)):
+            # Pipelines built earlier in this process had other splits: rebuild them on next access.
+            project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")

@@ -6,11 +6,12 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import MissingInputsHook, ParameterValidationHooks, ReportOnFailureHook
+from frcnn_pipeline.hooks import MissingInputsHook, ParameterValidationHooks, ReportOnFailureHook, SplitsHook
 
-# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; then the
-# pipeline's stored inputs must exist.
-HOOKS = (ParameterValidationHooks(), MissingInputsHook(), ReportOnFailureHook())
+# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
+# splits of `ingest.splits` decide which per-split pipelines exist; then the pipeline's stored inputs must
+# exist.
+HOOKS = (ParameterValidationHooks(), SplitsHook(), MissingInputsHook(), ReportOnFailureHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -80,6 +80,8 @@ def test_resume_equals_straight_run(tmp_path, tiny_tables):
     resumed = train_detector(images, annotations, 2, TINY_MODEL, resumed_cfg, runtime)
 
     assert resumed["record"]["resumed_from_iteration"] == 2
+    # Raising max_iter extends the run: allowed, and recorded.
+    assert resumed["record"]["resume_changes"] == [{"iteration": 2, "change": "solver.max_iter 2 -> 4"}]
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
     loss_columns = [c for c in straight["metrics"][0] if c.startswith("loss") or c in ("total_loss", "lr")]
@@ -117,6 +119,49 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
     with pytest.raises(ValueError, match=r"changed: num_classes 2 -> 3"):
         train_detector(images, annotations, 3, TINY_MODEL, train, runtime_config())
     assert CheckpointManager(tmp_path / "checkpoints" / "test", 2).latest().name == "model_0000001.pth"
+
+
+def test_resume_refuses_other_train_data_unless_allowed(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=1)
+    first = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"]["max_iter"] = 2
+    moved = annotations.assign(x2=annotations["x2"] - 1.0)  # re-ingested: one pixel off
+    with pytest.raises(
+        ValueError,
+        match=r"model_0000001\.pth was trained on other data \(train data sha256 .* -> .*\).*new "
+        r"train\.run_name.*delete .*allow_data_change=true",
+    ):
+        train_detector(images, moved, 2, TINY_MODEL, train, runtime_config())
+
+    train["checkpoint"]["allow_data_change"] = True
+    resumed = train_detector(images, moved, 2, TINY_MODEL, train, runtime_config())
+    changes = [entry["change"] for entry in resumed["record"]["resume_changes"]]
+    assert changes[0].startswith("train data sha256") and changes[1] == "solver.max_iter 1 -> 2"
+    assert resumed["record"]["train_data_sha256"] != first["record"]["train_data_sha256"]
+
+
+def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=2)
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=2e-3, max_iter=3)
+    with pytest.raises(
+        ValueError,
+        match=r"model_0000002\.pth was trained with another solver \(solver\.base_lr 0\.001 -> 0\.002\); "
+        r"only raising max_iter or epochs extends a run.*allow_solver_change=true",
+    ):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=1e-3, max_iter=1)
+    with pytest.raises(ValueError, match=r"solver\.max_iter 2 -> 1"):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=2e-3, max_iter=3)
+    train["checkpoint"]["allow_solver_change"] = True
+    resumed = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    assert [c["change"] for c in resumed["record"]["resume_changes"]] == [
+        "solver.max_iter 2 -> 3",
+        "solver.base_lr 0.001 -> 0.002",
+    ]
 
 
 class _LossTurnsNaN(nn.Module):

@@ -5,32 +5,27 @@ Defaults: the COCO 2017 layout, header-only image checks.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from frcnn_pipeline.config.section import Section
 
 
-class TrainSplitParams(Section):
-    annotation_file: str = Field(
-        "annotations/instances_train2017.json", description="relative to data_root (or absolute)"
+class SplitParams(Section):
+    annotation_file: str | None = Field(None, description="relative to data_root (or absolute)")
+    image_dir: str | None = Field(None, description="relative to data_root (or absolute)")
+    drop_images_without_annotations: bool | None = Field(
+        None, description="default: true for train (as detectron2 does), false for evaluation splits"
     )
-    image_dir: str = Field("train2017", description="relative to data_root (or absolute)")
-    drop_images_without_annotations: bool = Field(True, description="as detectron2 does for training")
 
 
-class ValSplitParams(Section):
-    annotation_file: str = Field(
-        "annotations/instances_val2017.json", description="relative to data_root (or absolute)"
-    )
-    image_dir: str = Field("val2017", description="relative to data_root (or absolute)")
-    drop_images_without_annotations: bool = Field(False, description="evaluation keeps every image")
-
-
-class SplitsParams(Section):
-    train: TrainSplitParams = TrainSplitParams()
-    val: ValSplitParams = ValSplitParams()
+# `train` trains; every other split is an evaluation split. Parameters merge softly, so an env switches a
+# split off by setting it to null. Outside the demo every split needs both paths.
+DEFAULT_SPLITS: dict[str, dict[str, Any]] = {
+    "train": {"annotation_file": "annotations/instances_train2017.json", "image_dir": "train2017"},
+    "val": {"annotation_file": "annotations/instances_val2017.json", "image_dir": "val2017"},
+}
 
 
 class SeverityParams(Section):
@@ -122,9 +117,24 @@ class DemoParams(DemoDatasetParams):
 
 
 class IngestParams(Section):
+    @field_validator("splits", mode="before")
+    @classmethod
+    def _over_the_defaults(cls, value: Any) -> Any:
+        """Given splits change single keys of the default train/val ones; other names are new splits."""
+        if not isinstance(value, dict):
+            return value
+        merged: dict[str, Any] = {name: dict(paths) for name, paths in DEFAULT_SPLITS.items()}
+        for name, split in value.items():
+            merged[name] = None if split is None else {**merged.get(name, {}), **split}
+        return merged
+
     data_root: str | None = Field(
         None, description="a dataset root (the card's --data_path); null: the synthetic demo (globals.yml)"
     )
-    splits: SplitsParams = SplitsParams()
+    splits: dict[str, SplitParams | None] = Field(
+        default_factory=lambda: {name: SplitParams(**paths) for name, paths in DEFAULT_SPLITS.items()},
+        description="train, plus any evaluation splits by name (val, test, ...): {annotation_file, "
+        "image_dir, drop_images_without_annotations}; COCO 2017's train and val by default",
+    )
     validation: ValidationParams = ValidationParams()
     demo: DemoParams = DemoParams()

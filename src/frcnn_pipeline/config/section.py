@@ -117,15 +117,24 @@ def _walk(model: type[BaseModel], loc: tuple) -> tuple[list[str], type[BaseModel
     parts: list[str] = []
     current: type[BaseModel] | None = model
     field = None
+    dict_values: type[BaseModel] | None = None  # after a dict field: the section its values are
     for item in loc:
         if isinstance(item, int):
             if parts:
                 parts[-1] += f"[{item}]"
             continue
+        if dict_values is not None:  # a name of the dict's own choosing (e.g. a split), then its section
+            parts.append(str(item))
+            current, dict_values = dict_values, None
+            continue
         if current is not None:  # inside a section, a name is a key (known or not)
             parts.append(str(item))
             field = current.model_fields.get(item)
-            current = submodel(field.annotation) if field is not None else None
+            annotation = field.annotation if field is not None else None
+            if typing.get_origin(annotation) is dict:
+                current, dict_values = None, submodel(typing.get_args(annotation)[1])
+            else:
+                current = submodel(annotation) if annotation is not None else None
     return parts, current, field
 
 

@@ -48,6 +48,11 @@ class CheckpointParams(Section):
     )
     keep_last: int = Field(3, ge=1, description="checkpoints kept")
     resume: bool = Field(True, description="continue from run_name's newest checkpoint; false: start afresh")
+    # A resume checks that the train data (sha256 of the train tables) and train.solver are those the run
+    # started with; raising solver.max_iter / epochs extends a run. These accept a change instead (logged,
+    # and recorded in training_run's resume_changes).
+    allow_data_change: bool = Field(False, description="resume on re-ingested / different train data")
+    allow_solver_change: bool = Field(False, description="resume with another solver (LR, schedule, ...)")
 
 
 class TrainParams(Section):

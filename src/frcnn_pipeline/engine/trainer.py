@@ -31,6 +31,7 @@ from frcnn_pipeline.data.dataset import (
     loader_generator,
     seed_worker,
 )
+from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.engine import devices, distributed, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
@@ -213,6 +214,53 @@ def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) ->
     )
 
 
+# A longer schedule continues a run; any other solver change would make it a different run.
+_EXTENDABLE_SOLVER_KEYS = ("max_iter", "epochs")
+
+
+def _check_same_data_and_solver(
+    state: dict[str, Any], job: TrainJob, data_fingerprint: str, checkpoint: Path
+) -> list[str]:
+    """Resuming must continue on the same data and solver; returns the accepted changes (to log and record).
+
+    Raising `max_iter`/`epochs` extends a run. A different train split or another solver change is an
+    error unless `train.checkpoint.allow_data_change` / `allow_solver_change` accepts it.
+    """
+    allow = job.train_cfg["checkpoint"]
+
+    def fix(key: str) -> str:
+        return (
+            f"Choose a new train.run_name, or delete {checkpoint.parent} to retrain, or set "
+            f"train.checkpoint.{key}=true to continue this run anyway (recorded in training_run)."
+        )
+
+    saved_fingerprint, saved_solver = state.get("data_fingerprint"), state.get("solver")
+    if saved_fingerprint is None or saved_solver is None:
+        return ["not checked: the checkpoint predates data and solver records"]
+    changes = []
+    if saved_fingerprint != data_fingerprint:
+        change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
+        if not allow.get("allow_data_change", False):
+            raise ValueError(
+                f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
+                f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
+            )
+        changes.append(change)
+    solver_cfg = job.train_cfg["solver"]
+    extended, changed = [], []
+    for key in sorted({*saved_solver, *solver_cfg}):
+        old, new = saved_solver.get(key), solver_cfg.get(key)
+        if old != new:
+            longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
+            (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
+    if changed and not allow.get("allow_solver_change", False):
+        raise ValueError(
+            f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
+            f"epochs extends a run. {fix('allow_solver_change')}"
+        )
+    return changes + extended + changed
+
+
 def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | None:
     train, runtime, solver_cfg = job.train_cfg, job.runtime_cfg, job.train_cfg["solver"]
     device = context.device
@@ -249,13 +297,14 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     model, optimizer = precision.initialize(model, optimizer)
 
     dataset = DetectionDataset(job.images, job.annotations, train=True)
+    data_fingerprint = tables_fingerprint(job.images, job.annotations)
     iters_per_epoch = max(1, len(dataset) // total_batch)
     scheduler = solver.build_lr_scheduler(optimizer, solver_cfg, iters_per_epoch)
     max_iter = solver.max_iterations(solver_cfg, iters_per_epoch)
 
     checkpoint_cfg = train["checkpoint"]
     manager = CheckpointManager(Path(checkpoint_cfg["dir"]) / train["run_name"], checkpoint_cfg["keep_last"])
-    start_iter, history = 0, []
+    start_iter, history, resume_changes = 0, [], []
     latest = manager.latest() if checkpoint_cfg.get("resume", True) else None
     if latest is None and manager.checkpoints():
         # A fresh run would interleave its checkpoints with the old ones (keep_last prunes by number).
@@ -267,6 +316,14 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     if latest is not None:
         state = load_checkpoint(latest)
         _check_same_model(state, job, latest)
+        changes = _check_same_data_and_solver(state, job, data_fingerprint, latest)
+        if context.is_main:
+            for change in changes:
+                log.warning("Resuming %s with a change: %s", latest, change)
+        resume_changes = [
+            *state.get("resume_changes", []),
+            *({"iteration": state["iteration"], "change": c} for c in changes),
+        ]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -380,6 +437,9 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
                             "metrics": metrics.rows,
                             "model_config": job.model_cfg,
                             "num_classes": job.num_classes,
+                            "data_fingerprint": data_fingerprint,
+                            "solver": solver_cfg,
+                            "resume_changes": resume_changes,
                         },
                     )
     finally:
@@ -402,6 +462,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         "resumed_from_iteration": start_iter,
         "iters_per_epoch": iters_per_epoch,
         "train_images": len(dataset),
+        "train_data_sha256": data_fingerprint,
+        "resume_changes": resume_changes,
         "final_losses": losses,
         "unreadable_images_replaced": bad_images.problems,
         "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,

@@ -24,6 +24,7 @@ from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
+from frcnn_pipeline.modeling.saved import category_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -224,10 +225,4 @@ def coco_results(
 
 def category_ids_by_label(categories: pd.DataFrame) -> list[int]:
     """Original category ids ordered by the contiguous ``label`` 0..K-1 of the categories table."""
-    table = categories.sort_values("label")
-    if table["label"].tolist() != list(range(len(table))):
-        raise ValueError(
-            f"categories.label must be 0..{len(table) - 1} without gaps, got {table['label'].tolist()[:10]}; "
-            "re-run the ingest pipeline."
-        )
-    return table["category_id"].astype(int).tolist()
+    return [entry["category_id"] for entry in category_mapping(categories)]

@@ -9,7 +9,8 @@ from kedro.config import OmegaConfigLoader
 from frcnn_pipeline.data.coco import SplitSource, build_ground_truth, read_coco_split
 from frcnn_pipeline.data.dataset import DetectionDataset
 from frcnn_pipeline.data.demo import DemoConfig, annotation_file, generate_demo_dataset, image_dir
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -50,8 +51,8 @@ def model_params(parameters) -> dict:
 
 
 @pytest.fixture(scope="module")
-def trained_weights(demo_split, model_params) -> dict[str, torch.Tensor]:
-    """Weights after a few AdamW steps on the demo train split."""
+def trained_model(demo_split, model_params) -> SavedDetector:
+    """A model after a few AdamW steps on the demo train split, with its config and classes."""
     torch.manual_seed(0)
     train = demo_split["train"]
     model = build_model(model_params, len(train.categories)).train()
@@ -63,4 +64,10 @@ def trained_weights(demo_split, model_params) -> dict[str, torch.Tensor]:
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    return model.state_dict()
+    return SavedDetector(
+        model.state_dict(),
+        TRAINED_MODEL,
+        model_config=resolve_model_config(model_params),
+        categories=category_mapping(train.categories),
+        provenance={"run_name": "conftest", "iterations": 4},
+    )

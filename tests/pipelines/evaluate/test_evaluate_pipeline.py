@@ -1,37 +1,60 @@
 """The evaluate pipeline end to end on a briefly trained demo model, with the project's catalog entries."""
 
 import contextlib
+import hashlib
 import io
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
-from kedro.io import DataCatalog, MemoryDataset
+from kedro.io import DataCatalog, MemoryDataset, Version
 from kedro.runner import SequentialRunner
 from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from frcnn_pipeline.config import EvaluateParams
+from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.evaluation import STAT_NAMES
+from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
 from frcnn_pipeline.pipelines.evaluate import create_pipeline
+from frcnn_pipeline.pipelines.evaluate_initial_weights import (
+    create_pipeline as create_initial_weights_pipeline,
+)
+from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evaluation_splits
 
-PLOTS = ("precision_recall_curves", "per_category_precision_recall_curves", "ap_per_category_plot")
+PLOTS = (
+    "precision_recall_curves",
+    "per_category_precision_recall_curves",
+    "ap_per_category_plot",
+    "detection_samples",
+)
+REPORTS = ("coco_metrics", "per_category_ap", "detections", *PLOTS)
+MODEL_VERSION = "2025-01-01T00.00.00.000Z"
 
 
-def catalog_in(tmp_path: Path, catalog_config: dict, inputs: dict) -> DataCatalog:
-    """conf/base/catalog_evaluate.yml with every file moved under tmp_path, plus in-memory inputs."""
+def catalog_in(
+    tmp_path: Path, catalog_config: dict, inputs: dict, save_version: str | None = None
+) -> DataCatalog:
+    """The project's catalog (entries and dataset factories) with every file under tmp_path, plus inputs."""
     config = {}
     for name, entry in catalog_config.items():
-        if name.startswith("_") or name not in create_pipeline().datasets():
+        if name.startswith("_"):
             continue
-        moved = {"filepath": str(tmp_path / Path(entry["filepath"]).name)} if "filepath" in entry else {}
-        config[name] = {**entry, **moved}
-    catalog = DataCatalog.from_config(config)
+        config[name] = (
+            {**entry, "filepath": str(tmp_path / entry["filepath"])} if "filepath" in entry else entry
+        )
+    catalog = DataCatalog.from_config(config, save_version=save_version)
     for name, data in inputs.items():
         catalog[name] = MemoryDataset(data, copy_mode="assign")
     return catalog
+
+
+def save_model(tmp_path: Path, catalog_config: dict, name: str, model: SavedDetector) -> None:
+    """Writes the model through its real catalog entry, as the train (or weights) pipeline would."""
+    catalog = catalog_in(tmp_path, catalog_config, {}, save_version=MODEL_VERSION)
+    catalog.save(name, model)
 
 
 def pycocotools_stats(ground_truth: dict, detections: list[dict]) -> list[float]:
@@ -54,10 +77,23 @@ def assert_png(path: Path) -> None:
         assert min(image.size) >= 200
 
 
-@pytest.fixture
-def inputs(demo_split, trained_weights, model_params, parameters) -> dict:
+def versions(tmp_path: Path, evaluation: str, split: str, report: str) -> list[Path]:
+    """The files a versioned report of `<evaluation>.<split>` holds, oldest first."""
+    return sorted(tmp_path.glob(f"data/*/{evaluation}/{split}/{report_file(report)}/*/{report_file(report)}"))
+
+
+def report_file(report: str) -> str:
     return {
-        "trained_model": trained_weights,
+        "coco_metrics": "coco_metrics.json",
+        "per_category_ap": "per_category_ap.csv",
+        "detections": "detections.json",
+        "ap_per_category_plot": "ap_per_category.png",
+    }.get(report, f"{report}.png")
+
+
+@pytest.fixture
+def inputs(demo_split, model_params, parameters) -> dict:
+    return {
         "val_images": demo_split["val"].images,
         "categories": demo_split["train"].categories,
         "val_ground_truth": demo_split["ground_truth"],
@@ -67,12 +103,27 @@ def inputs(demo_split, trained_weights, model_params, parameters) -> dict:
     }
 
 
-def test_evaluate_writes_metrics_tables_and_plots(tmp_path, inputs, demo_split, parameters, catalog_config):
-    val = demo_split["val"]
-    catalog = catalog_in(tmp_path, catalog_config, inputs)
-    SequentialRunner().run(create_pipeline(), catalog)
+@pytest.fixture
+def project(tmp_path, catalog_config, trained_model) -> Path:
+    save_model(tmp_path, catalog_config, "trained_model", trained_model)
+    return tmp_path
 
-    detections = json.loads((tmp_path / "val_detections.json").read_text())
+
+@pytest.fixture
+def splits():
+    """Evaluation splits for one test; the default again afterwards."""
+    yield use_evaluation_splits
+    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+
+
+def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
+    project, inputs, demo_split, parameters, catalog_config
+):
+    val = demo_split["val"]
+    SequentialRunner().run(create_pipeline(), catalog_in(project, catalog_config, inputs))
+
+    [detections_file] = versions(project, "evaluate", "val", "detections")
+    detections = json.loads(detections_file.read_text())
     assert detections, "a briefly trained model still proposes boxes above 0.05"
     assert {d["image_id"] for d in detections} <= set(val.images["image_id"])
     assert {d["category_id"] for d in detections} <= set(val.categories["category_id"])
@@ -83,36 +134,136 @@ def test_evaluate_writes_metrics_tables_and_plots(tmp_path, inputs, demo_split, 
         <= EvaluateParams.parse(parameters["evaluate"], "evaluate").inference.detections_per_image
     )
 
-    metrics = json.loads((tmp_path / "coco_metrics.json").read_text())
-    assert list(metrics) == list(STAT_NAMES)
+    [metrics_file] = versions(project, "evaluate", "val", "coco_metrics")
+    record = json.loads(metrics_file.read_text())
+    assert list(record["metrics"]) == list(STAT_NAMES)
     # The written numbers are pycocotools' own, on the written detections.
-    assert list(metrics.values()) == pycocotools_stats(demo_split["ground_truth"], detections)
+    assert list(record["metrics"].values()) == pycocotools_stats(demo_split["ground_truth"], detections)
+    model_file = (
+        project / "data/06_models/trained_model.safetensors" / MODEL_VERSION / "trained_model.safetensors"
+    )
+    assert record["model"] | {"provenance": None} == {
+        "kind": "trained_model",
+        "version": MODEL_VERSION,
+        "sha256": hashlib.sha256(model_file.read_bytes()).hexdigest(),
+        "path": str(model_file),
+        "model_config_from": "saved",
+        "provenance": None,
+    }
+    assert record["model"]["provenance"] == {"run_name": "conftest", "iterations": 4}
+    assert record["ground_truth"] == {"split": "val", **ground_truth_fingerprint(demo_split["ground_truth"])}
+    assert record["inference"]["score_threshold"] == parameters["evaluate"]["inference"]["score_threshold"]
+    assert record["inference"]["metric_backend"] == parameters["evaluate"]["metric_backend"]
 
-    table = pd.read_csv(tmp_path / "per_category_ap.csv")
+    [table_file] = versions(project, "evaluate", "val", "per_category_ap")
+    table = pd.read_csv(table_file)
     assert table["category_id"].tolist() == sorted(val.categories["category_id"])
     assert set(table["name"]) == set(val.categories["name"])
-    for name in (*PLOTS, "detection_samples"):
-        assert_png(tmp_path / Path(catalog_config[name]["filepath"]).name)
+    for name in PLOTS:
+        [plot] = versions(project, "evaluate", "val", name)
+        assert_png(plot)
 
 
-def test_unreadable_val_image_is_an_error_naming_it(tmp_path, inputs, catalog_config):
+def test_a_rerun_keeps_the_first_runs_reports_reachable(project, inputs, catalog_config):
+    first, second = "2025-02-01T00.00.00.000Z", "2025-02-02T00.00.00.000Z"
+    for version in (first, second):
+        SequentialRunner().run(create_pipeline(), catalog_in(project, catalog_config, inputs, version))
+    for report in REPORTS:
+        found = versions(project, "evaluate", "val", report)
+        assert [path.parent.name for path in found] == [first, second], report
+    # The earlier record loads by version, through the catalog as a user would.
+    catalog = catalog_in(project, catalog_config, {})
+    earlier = catalog.get("evaluate.val.coco_metrics", version=Version(first, None)).load()
+    assert earlier["model"]["version"] == MODEL_VERSION and list(earlier["metrics"]) == list(STAT_NAMES)
+
+
+def test_unreadable_val_image_is_an_error_naming_it(project, inputs, catalog_config):
     val_images = inputs["val_images"].copy()
-    broken = tmp_path / "broken.jpg"
+    broken = project / "broken.jpg"
     broken.write_bytes(b"not a jpeg")
     val_images.loc[0, "path"] = str(broken)
     inputs = {**inputs, "val_images": val_images}
     with pytest.raises(RuntimeError, match=r"broken\.jpg"):
-        SequentialRunner().run(create_pipeline(), catalog_in(tmp_path, catalog_config, inputs))
-    assert not (tmp_path / "coco_metrics.json").exists()
+        SequentialRunner().run(create_pipeline(), catalog_in(project, catalog_config, inputs))
+    assert not versions(project, "evaluate", "val", "coco_metrics")
+
+
+def test_a_model_parameter_that_contradicts_the_trained_model_is_an_error(project, inputs, catalog_config):
+    model = inputs["params:model"]
+    contradicting = {**model, "input": {**model["input"], "format": "BGR"}}
+    with pytest.raises(
+        ValueError, match=r"model\.input\.format is 'BGR' in parameters but trained_model .*'RGB'"
+    ):
+        SequentialRunner().run(
+            create_pipeline(), catalog_in(project, catalog_config, {**inputs, "params:model": contradicting})
+        )
+    assert not versions(project, "evaluate", "val", "detections")
+
+
+def test_initial_weights_are_evaluated_in_their_own_namespace_and_files(
+    project, inputs, catalog_config, trained_model
+):
+    initial = SavedDetector(
+        trained_model.state_dict,
+        INITIAL_WEIGHTS,
+        categories=trained_model.categories,
+        provenance={"source": "x"},
+    )
+    save_model(project, catalog_config, "initial_weights", initial)
+    pipeline = create_initial_weights_pipeline()
+    assert pipeline.inputs() >= {"initial_weights", "val_images", "val_ground_truth"}
+    assert not pipeline.all_outputs() & create_pipeline().all_outputs()
+    SequentialRunner().run(pipeline, catalog_in(project, catalog_config, inputs))
+    SequentialRunner().run(create_pipeline(), catalog_in(project, catalog_config, inputs))
+
+    [initial_record] = versions(project, "evaluate_initial_weights", "val", "coco_metrics")
+    [trained_record] = versions(project, "evaluate", "val", "coco_metrics")
+    initial_model = json.loads(initial_record.read_text())["model"]
+    assert initial_model["kind"] == "initial_weights" and initial_model["model_config_from"] == "parameters"
+    assert json.loads(trained_record.read_text())["model"]["kind"] == "trained_model"
+    # The same weights give the same numbers, whichever way they were built.
+    assert (
+        json.loads(initial_record.read_text())["metrics"] == json.loads(trained_record.read_text())["metrics"]
+    )
+
+
+def test_each_evaluation_split_has_its_own_outputs_and_runs_alone(
+    project, inputs, demo_split, catalog_config, splits
+):
+    splits(("val", "test"))
+    pipeline = create_pipeline()
+    assert {"evaluate.val.coco_metrics", "evaluate.test.coco_metrics"} <= pipeline.all_outputs()
+    assert pipeline.inputs() >= {"test_images", "test_ground_truth", "val_images", "val_ground_truth"}
+    # The test split: the first three val images and their boxes.
+    test_images = demo_split["val"].images.iloc[:3]
+    kept = set(test_images["image_id"])
+    truth = demo_split["ground_truth"]
+    test_truth = {
+        **truth,
+        "images": [i for i in truth["images"] if i["id"] in kept],
+        "annotations": [a for a in truth["annotations"] if a["image_id"] in kept],
+    }
+    inputs = {**inputs, "test_images": test_images, "test_ground_truth": test_truth}
+
+    SequentialRunner().run(
+        pipeline.filter(node_namespaces=["evaluate.test"]), catalog_in(project, catalog_config, inputs)
+    )
+    assert not versions(project, "evaluate", "val", "coco_metrics"), "only the test split ran"
+    [test_record] = versions(project, "evaluate", "test", "coco_metrics")
+    record = json.loads(test_record.read_text())
+    assert record["ground_truth"] == {"split": "test", **ground_truth_fingerprint(test_truth)}
+    assert record["ground_truth"]["images"] == 3
+    [test_detections] = versions(project, "evaluate", "test", "detections")
+    assert {d["image_id"] for d in json.loads(test_detections.read_text())} <= kept
 
 
 def test_pipeline_is_tagged_and_named_for_viz():
     pipeline = create_pipeline()
     assert all("evaluate" in node.tags for node in pipeline.nodes)
     assert {node.name for node in pipeline.nodes} >= {
-        "evaluate.predict_val_split",
-        "evaluate.compute_coco_metrics",
-        "evaluate.draw_detection_samples",
+        "evaluate.val.predict_split",
+        "evaluate.val.compute_coco_metrics",
+        "evaluate.val.draw_detection_samples",
     }
     assert pipeline.inputs() >= {"trained_model", "val_images", "val_ground_truth", "categories"}
-    assert "initial_weights" in create_pipeline(weights="initial_weights").inputs()
+    assert all(node.namespace == "evaluate.val" for node in pipeline.nodes)

@@ -18,6 +18,11 @@ from frcnn_pipeline.data import demo
 from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.ingest import create_pipeline
 from frcnn_pipeline.pipelines.ingest.nodes import locate_dataset
+from frcnn_pipeline.pipelines.splits import (
+    DEFAULT_EVALUATION_SPLITS,
+    evaluation_splits_of,
+    use_evaluation_splits,
+)
 
 PROJECT = Path(__file__).resolve().parents[3]
 SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}
@@ -46,6 +51,13 @@ def run_in_memory(params: dict, tmp_path: Path) -> DataCatalog:
     catalog["categories"] = ParquetDataset(filepath=str(tmp_path / "categories.parquet"))
     SequentialRunner().run(pipeline, catalog)
     return catalog
+
+
+@pytest.fixture
+def splits():
+    """Evaluation splits for one test; the default again afterwards."""
+    yield use_evaluation_splits
+    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
 
 
 def test_pipeline_shape():
@@ -122,6 +134,42 @@ def test_data_root_from_parameters(tmp_path, layout):
     assert 999_999 not in catalog.load("val_annotations")["annotation_id"].tolist()
 
 
+def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path, splits):
+    source = tmp_path / "source"
+    demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))
+    root = tmp_path / "dataset"
+    layout = {
+        "ingest.data_root": str(root),
+        "ingest.splits.test.annotation_file": "test/_annotations.coco.json",
+        "ingest.splits.test.image_dir": "test",
+    }
+    params = ingest_params(tmp_path, **layout)
+    for split, copied_from in (("train", "train"), ("val", "val"), ("test", "val")):
+        split_params = params["splits"][split]
+        write_coco_tree(root, split_params["annotation_file"], split_params["image_dir"], copied_from, source)
+    splits(evaluation_splits_of(params["splits"]))
+    assert {"test_images", "test_ground_truth", "val_images"} <= create_pipeline().all_outputs()
+
+    catalog = run_in_memory(params, tmp_path)
+
+    test_images = catalog.load("test_images")
+    assert len(test_images) == 4 and test_images["path"].str.contains("/test/").all()
+    assert catalog.load("test_ground_truth")["images"] == catalog.load("val_ground_truth")["images"]
+    report = catalog.load("validation_report")
+    assert report.loc[report["check"] == "unknown_image", "split"].tolist() == ["train", "val", "test"]
+
+
+def test_split_sources_are_checked(tmp_path):
+    params = ingest_params(tmp_path, **{"ingest.splits.test.annotation_file": "t.json"})
+    with pytest.raises(ValueError, match=r"declares \['test'\], but the demo .* has only \['train', 'val'\]"):
+        locate_dataset(params)
+    params = ingest_params(
+        tmp_path, **{"ingest.data_root": str(tmp_path), "ingest.splits.test.image_dir": "t"}
+    )
+    with pytest.raises(ValueError, match=r"ingest\.splits\.test: annotation_file not set"):
+        locate_dataset(params)
+
+
 def test_missing_data_root_names_the_fix(tmp_path):
     params = ingest_params(tmp_path, **{"ingest.data_root": str(tmp_path / "nowhere")})
     with pytest.raises(FileNotFoundError, match=r"nowhere' is not a folder\. Fix: point data_root"):
@@ -154,3 +202,35 @@ def test_kedro_run_in_a_project_copy(tmp_path):
     summary = json.loads((data / "08_reporting" / "validation_summary.json").read_text())
     assert summary["total_findings"] == len(report) and set(report["severity"]) == {"reported"}
     assert (data / "01_raw" / "demo" / "train2017").is_dir()
+
+
+def test_kedro_run_builds_the_splits_declared_in_parameters(tmp_path):
+    """`--params` declaring a `test` split: the session's hook builds the ingest pipeline with it."""
+    project = tmp_path / "project"
+    (project / "conf" / "local").mkdir(parents=True)
+    (project / "conf" / "base").mkdir()
+    (project / "src").mkdir()
+    shutil.copy(PROJECT / "pyproject.toml", project)
+    for name in ("globals.yml", "parameters_ingest.yml", "catalog_ingest.yml"):
+        shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
+    source, root = tmp_path / "source", tmp_path / "dataset"
+    demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))
+    for split, copied_from in (("train2017", "train"), ("val2017", "val"), ("test", "val")):
+        annotation_file = (
+            f"annotations/instances_{split}.json" if split != "test" else "test/_annotations.json"
+        )
+        write_coco_tree(root, annotation_file, split, copied_from, source)
+    overrides = (
+        f"ingest.data_root={root},ingest.splits.test.annotation_file=test/_annotations.json,"
+        "ingest.splits.test.image_dir=test"
+    )
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "kedro", "run", "--pipeline", "ingest", "--params", overrides],
+        cwd=project, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    primary = project / "data" / "03_primary"
+    assert pd.read_parquet(primary / "test_images.parquet").shape == (4, 5)
+    assert len(json.loads((primary / "test_ground_truth.json").read_text())["images"]) == 4
+    assert (primary / "val_ground_truth.json").is_file()

@@ -12,7 +12,8 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from PIL import Image
 
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.pipelines.predict import create_pipeline
 from frcnn_pipeline.pipelines.predict.nodes import list_prediction_images
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
@@ -36,9 +37,15 @@ def model_params(config) -> dict:
 
 
 @pytest.fixture(scope="module")
-def weights(model_params) -> dict[str, torch.Tensor]:
+def model(model_params) -> SavedDetector:
     torch.manual_seed(0)
-    return build_model(model_params, len(CATEGORIES)).state_dict()
+    return SavedDetector(
+        build_model(model_params, len(CATEGORIES)).state_dict(),
+        TRAINED_MODEL,
+        model_config=resolve_model_config(model_params),
+        categories=category_mapping(CATEGORIES),
+        provenance={"run_name": "test"},
+    )
 
 
 @pytest.fixture
@@ -53,26 +60,36 @@ def image_folder(tmp_path) -> Path:
     return folder
 
 
-def catalog_in(tmp_path: Path, catalog_config: dict, inputs: dict) -> DataCatalog:
+def catalog_in(
+    tmp_path: Path, catalog_config: dict, inputs: dict, save_version: str | None = None
+) -> DataCatalog:
+    """conf/base/catalog_predict.yml with every file under tmp_path, plus in-memory inputs."""
     config = {}
     for name, entry in catalog_config.items():
         if name.startswith("_") or name not in create_pipeline().datasets():
             continue
-        moved = {
-            key: str(tmp_path / "out" / Path(entry[key]).name) for key in ("filepath", "path") if key in entry
-        }
-        config[name] = {**entry, **moved}
-    catalog = DataCatalog.from_config(config)
+        config[name] = (
+            {**entry, "filepath": str(tmp_path / entry["filepath"])} if "filepath" in entry else entry
+        )
+    catalog = DataCatalog.from_config(config, save_version=save_version)
     for name, data in inputs.items():
         catalog[name] = MemoryDataset(data, copy_mode="assign")
     return catalog
 
 
+def outputs(tmp_path: Path) -> tuple[list[Path], list[Path]]:
+    """Each run's results JSON and drawn-images folder, oldest first."""
+    folder = tmp_path / "data/07_model_output/predict"
+    return (
+        sorted(folder.glob("prediction_results.json/*/prediction_results.json")),
+        sorted(folder.glob("prediction_images/*/prediction_images")),
+    )
+
+
 @pytest.fixture
-def inputs(weights, model_params, config) -> dict:
+def inputs(model, model_params, config) -> dict:
     return {
-        "trained_model": weights,
-        "categories": CATEGORIES,
+        "trained_model": model,
         "params:model": model_params,
         "params:runtime": config["parameters"]["runtime"],
     }
@@ -84,10 +101,15 @@ def test_predict_writes_results_and_drawn_images_and_reports_broken_ones(
     # Score 0: the untrained model's boxes all count, so drawing and naming are exercised.
     predict = {**config["parameters"]["predict"], "images": str(image_folder), "score_threshold": 0.0}
     inputs = {**inputs, "params:predict": predict}
+    catalog = catalog_in(tmp_path, config["catalog"], inputs, save_version="2025-03-01T00.00.00.000Z")
     with caplog.at_level("WARNING"):
-        SequentialRunner().run(create_pipeline(), catalog_in(tmp_path, config["catalog"], inputs))
+        SequentialRunner().run(create_pipeline(), catalog)
 
-    results = json.loads((tmp_path / "out" / "prediction_results.json").read_text())
+    [results_file], [drawn_folder] = outputs(tmp_path)
+    assert results_file.parent.name == drawn_folder.parent.name == "2025-03-01T00.00.00.000Z"
+    results = json.loads(results_file.read_text())
+    assert results["model"]["kind"] == "trained_model" and results["model"]["model_config_from"] == "saved"
+    assert results["model"]["categories"] == category_mapping(CATEGORIES)
     assert [Path(r["path"]).relative_to(image_folder).as_posix() for r in results["images"]] == [
         "a.jpg",
         "nested/a.png",
@@ -105,9 +127,9 @@ def test_predict_writes_results_and_drawn_images_and_reports_broken_ones(
             assert 0 <= x1 <= x2 <= image["width"] and 0 <= y1 <= y2 <= image["height"]
             assert d["bbox"] == pytest.approx([x1, y1, x2 - x1, y2 - y1])
 
-    drawn = sorted(p.name for p in (tmp_path / "out" / "predictions").iterdir())
+    drawn = sorted(p.name for p in drawn_folder.iterdir())
     assert drawn == ["a_0.png", "a_2.png", "b.png"]  # stems made unique; the broken image is skipped
-    with Image.open(tmp_path / "out" / "predictions" / "b.png") as image:
+    with Image.open(drawn_folder / "b.png") as image:
         assert image.size == (64, 48)
         original = np.asarray(Image.open(image_folder / "nested" / "b.png"))
         assert not np.array_equal(np.asarray(image.convert("RGB")), original)  # boxes were drawn
@@ -117,9 +139,29 @@ def test_listed_paths_that_do_not_exist_are_reported_not_fatal(tmp_path, image_f
     listed = [str(image_folder / "a.jpg"), str(tmp_path / "gone.jpg")]
     inputs = {**inputs, "params:predict": {**config["parameters"]["predict"], "images": listed}}
     SequentialRunner().run(create_pipeline(), catalog_in(tmp_path, config["catalog"], inputs))
-    results = json.loads((tmp_path / "out" / "prediction_results.json").read_text())
+    [results_file], _ = outputs(tmp_path)
+    results = json.loads(results_file.read_text())
     assert [Path(r["path"]).name for r in results["images"]] == ["a.jpg"]
     assert [Path(u["path"]).name for u in results["unreadable"]] == ["gone.jpg"]
+
+
+def test_a_rerun_keeps_the_first_runs_results_and_images(tmp_path, image_folder, inputs, config):
+    inputs = {**inputs, "params:predict": {**config["parameters"]["predict"], "images": str(image_folder)}}
+    for version in ("2025-03-01T00.00.00.000Z", "2025-03-02T00.00.00.000Z"):
+        SequentialRunner().run(create_pipeline(), catalog_in(tmp_path, config["catalog"], inputs, version))
+    results, drawn = outputs(tmp_path)
+    assert [path.parent.name for path in results] == ["2025-03-01T00.00.00.000Z", "2025-03-02T00.00.00.000Z"]
+    assert [path.parent.name for path in drawn] == [path.parent.name for path in results]
+    assert all(len(list(folder.iterdir())) == 3 for folder in drawn)
+
+
+def test_a_model_without_class_names_is_refused(tmp_path, image_folder, inputs, config, model):
+    bare = SavedDetector(model.state_dict, "unknown")
+    inputs = {**inputs, "trained_model": bare, "params:predict": {**config["parameters"]["predict"],
+              "images": str(image_folder)}}  # fmt: skip
+    with pytest.raises(ValueError, match="carries no class mapping"):
+        SequentialRunner().run(create_pipeline(), catalog_in(tmp_path, config["catalog"], inputs))
+    assert outputs(tmp_path) == ([], [])
 
 
 def test_bad_image_sources_are_clear_errors(tmp_path):
@@ -137,3 +179,4 @@ def test_pipeline_is_tagged_and_named_for_viz():
     assert all("predict" in node.tags for node in pipeline.nodes)
     assert "predict.predict_images" in {node.name for node in pipeline.nodes}
     assert pipeline.outputs() >= {"prediction_results", "prediction_images"}
+    assert pipeline.inputs() == {"trained_model", "params:model", "params:predict", "params:runtime"}

@@ -4,12 +4,16 @@ import sys
 
 import pandas as pd
 import pytest
+import torch
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
+from frcnn_pipeline.modeling import resolve_model_config
+from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
 from frcnn_pipeline.parameters import load_parameters, resolved_sections
 from frcnn_pipeline.pipelines.train import create_pipeline
+from frcnn_pipeline.pipelines.train import nodes as train_nodes
 from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
 
 
@@ -55,8 +59,42 @@ def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_pat
     with pytest.raises(
         DeviceUnavailableError, match=r"runtime.device is 'npu' but torch_npu cannot be imported"
     ):
-        train_model(images, annotations, categories, {}, parameters["model"], train, parameters["runtime"])
+        train_model(
+            images, annotations, categories, SavedDetector({}, INITIAL_WEIGHTS), parameters["model"], train,
+            parameters["runtime"],
+        )  # fmt: skip
     assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
+
+
+def test_the_trained_model_carries_its_config_classes_and_provenance(monkeypatch):
+    record = {
+        "run_name": "demo", "iterations": 4, "resumed_from_iteration": 0, "train_images": 2,
+        "train_data_sha256": "f" * 64, "resume_changes": [], "last_checkpoint": "ckpt/model_0000004.pth",
+        "world_size": 1,
+    }  # fmt: skip
+    weights = {"w": torch.ones(2)}
+    monkeypatch.setattr(
+        train_nodes, "train_detector", lambda *args: {"state_dict": weights, "metrics": [], "record": record}
+    )
+    parameters = load_parameters("base")
+    categories = pd.DataFrame(
+        {"label": [1, 0], "category_id": [7, 3], "name": ["b", "a"], "supercategory": "s"}
+    )
+    initial = SavedDetector({}, INITIAL_WEIGHTS, provenance={"source": "none"}, origin={"sha256": "e" * 64})
+
+    trained, _, returned = train_model(
+        pd.DataFrame(), pd.DataFrame(), categories, initial, parameters["model"], parameters["train"],
+        parameters["runtime"],
+    )  # fmt: skip
+
+    assert returned is record and trained.kind == "trained_model" and trained.state_dict is weights
+    assert trained.model_config == resolve_model_config(parameters["model"])
+    assert trained.categories == [
+        {"label": 0, "category_id": 3, "name": "a"}, {"label": 1, "category_id": 7, "name": "b"}
+    ]  # fmt: skip
+    assert trained.provenance["train_data_sha256"] == "f" * 64 and trained.provenance["run_name"] == "demo"
+    assert trained.provenance["initial_weights"] == {"sha256": "e" * 64, "source": "none"}
+    assert "world_size" not in trained.provenance  # the full record is training_run
 
 
 def test_training_curves_plot():

@@ -79,7 +79,7 @@ def _run(tmp_path: Path, source: str) -> tuple[dict[str, torch.Tensor], pd.DataF
     }
     catalog = _catalog(tmp_path, weights_params)
     SequentialRunner().run(create_pipeline(), catalog)
-    return catalog.load("initial_weights"), catalog.load("weights_conversion_report")
+    return catalog.load("initial_weights").state_dict, catalog.load("weights_conversion_report")
 
 
 @pytest.fixture
@@ -107,6 +107,17 @@ def test_source_none_is_a_seeded_random_initialisation(tmp_path):
     assert set(report.status) == {"random_init"} and len(report) == len(state)
     assert (tmp_path / "weights_conversion_report.csv").exists()
     assert (tmp_path / "initial_weights.safetensors").exists()
+
+
+def test_initial_weights_carry_their_classes_and_source_but_no_model_config(tmp_path):
+    _run(tmp_path, "none")
+    saved = _catalog(tmp_path, _parameters("weights")).load("initial_weights")
+    assert saved.kind == "initial_weights" and saved.model_config is None
+    assert [(c["label"], c["category_id"], c["name"]) for c in saved.categories] == [
+        (0, 1, "circle"), (1, 2, "square"), (2, 5, "triangle")
+    ]  # fmt: skip
+    assert saved.provenance["source"] == "none"
+    assert len(saved.origin["sha256"]) == 64 and saved.origin["version"] is None
 
 
 def test_a_local_pickle_and_the_same_file_over_http_give_the_same_weights(tmp_path, http_root, caplog):

@@ -11,59 +11,69 @@ import torch
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import EvaluateParams, RuntimeParams
+from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import plots
 from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
-from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
+from frcnn_pipeline.evaluation.inference import (
+    category_ids_by_label,
+    coco_results,
+    run_inference,
+)
+from frcnn_pipeline.modeling.saved import SavedDetector, check_same_categories, inference_model_config
 
 log = logging.getLogger(__name__)
 
 
-def predict_val_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
-    weights: dict[str, torch.Tensor],
-    val_images: pd.DataFrame,
+def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
+    model: SavedDetector,
+    images: pd.DataFrame,
     categories: pd.DataFrame,
-    model: dict[str, Any],
+    model_params: dict[str, Any],
     evaluate: dict[str, Any],
     runtime: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Detections on every val image in COCO results format (original image and category ids, xywh)."""
-    if not weights:
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Detections on every image of the split in COCO results format (original image and category ids,
+    xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from."""
+    if not model.state_dict:
         raise ValueError(
-            "The model weights are empty (a trained_model written by a node other than node 0 of a "
-            "multi-node run?). Evaluate the trained_model saved on node 0."
+            f"{model.name} holds no weights (a placeholder written by a node other than node 0 of a "
+            "multi-node run?). Evaluate the model saved on node 0."
         )
+    config, config_from = inference_model_config(model, model_params)
+    check_same_categories(model, categories)
     records = run_inference(
-        weights,
-        model,
+        model.state_dict,
+        config,
         len(categories),
-        val_images["path"].tolist(),
+        images["path"].tolist(),
         runtime=runtime,
         options=EvaluateParams.parse(evaluate, "evaluate").inference,
     )
+    evaluated = model.describe(config_from)
     if records is None:
         node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
         log.info("Node %d: inference done; node 0 gathers and evaluates", node_rank)
-        return []
-    unreadable = [val_images["path"].iloc[r["position"]] for r in records if r["error"]]
+        return [], evaluated
+    unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(
-            f"{len(unreadable)} val image(s) could not be read, e.g. {unreadable[:3]}: evaluating without "
-            "them would bias the metrics. Fix the files or re-run the ingest pipeline "
+            f"{len(unreadable)} evaluation image(s) could not be read, e.g. {unreadable[:3]}: evaluating "
+            "without them would bias the metrics. Fix the files or re-run the ingest pipeline "
             "(ingest.validation.image_checks: decode finds them)."
         )
-    detections = coco_results(records, val_images["image_id"].tolist(), category_ids_by_label(categories))
-    log.info("%d detections on %d val images", len(detections), len(val_images))
-    return detections
+    detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(categories))
+    log.info("%d detections on %d images", len(detections), len(images))
+    return detections, evaluated
 
 
 def compute_coco_metrics(
-    val_ground_truth: dict[str, Any], val_detections: list[dict[str, Any]], evaluate: dict[str, Any]
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
 ) -> CocoBoxEvaluation:
     """COCO box evaluation, identical to pycocotools' COCOeval; the table goes to the log."""
     evaluation = evaluate_boxes(
-        val_ground_truth, val_detections, backend=EvaluateParams.parse(evaluate, "evaluate").metric_backend
+        ground_truth, detections, backend=EvaluateParams.parse(evaluate, "evaluate").metric_backend
     )
     metrics = evaluation.metrics()
     header = " | ".join(f"{name:>6s}" for name in metrics)
@@ -72,14 +82,33 @@ def compute_coco_metrics(
     return evaluation
 
 
-def report_coco_metrics(evaluation: CocoBoxEvaluation) -> tuple[dict[str, float], pd.DataFrame]:
-    """The 12 metrics as a flat ``{name: value}`` and the per-category AP table (both logged)."""
+def report_coco_metrics(
+    evaluation: CocoBoxEvaluation,
+    evaluated_model: dict[str, Any],
+    ground_truth: dict[str, Any],
+    evaluate: dict[str, Any],
+    *,
+    split: str,
+) -> tuple[dict[str, Any], pd.DataFrame]:
+    """The metrics record and the per-category AP table (logged).
+
+    The record holds the 12 COCO metrics under ``metrics`` and names what they measured: the ``model``
+    (kind, version, sha256, provenance), the ``ground_truth`` (split, sha256, counts) and the ``inference``
+    settings.
+    """
     table = evaluation.per_category_ap()
     shown = table.copy()
     for column in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         shown[column] = (shown[column] * 100).round(1)
     log.info("AP per category (%%):\n%s", shown.to_string(index=False))
-    return evaluation.metrics(), table
+    settings = EvaluateParams.parse(evaluate, "evaluate")
+    record = {
+        "metrics": evaluation.metrics(),
+        "model": evaluated_model,
+        "ground_truth": {"split": split, **ground_truth_fingerprint(ground_truth)},
+        "inference": {**settings.inference.model_dump(), "metric_backend": settings.metric_backend},
+    }
+    return record, table
 
 
 def plot_precision_recall(evaluation: CocoBoxEvaluation) -> Figure:
@@ -108,20 +137,20 @@ def _xyxy(records: list[dict[str, Any]]) -> torch.Tensor:
 
 
 def draw_detection_samples(
-    val_images: pd.DataFrame,
-    val_ground_truth: dict[str, Any],
-    val_detections: list[dict[str, Any]],
+    images: pd.DataFrame,
+    ground_truth: dict[str, Any],
+    detections: list[dict[str, Any]],
     evaluate: dict[str, Any],
 ) -> Figure:
-    """The val images where the model errs most (missed + false boxes at IoU 0.5), boxes drawn on them."""
+    """The images where the model errs most (missed + false boxes at IoU 0.5), boxes drawn on them."""
     settings = EvaluateParams.parse(evaluate, "evaluate").samples
     count, min_score = settings.count, settings.score_threshold
-    names = {c["id"]: c["name"] for c in val_ground_truth["categories"]}
-    ground_truth = _boxes_by_image([a for a in val_ground_truth["annotations"] if not a.get("iscrowd", 0)])
-    detections = _boxes_by_image([d for d in val_detections if d["score"] >= min_score])
+    names = {c["id"]: c["name"] for c in ground_truth["categories"]}
+    truth_by_image = _boxes_by_image([a for a in ground_truth["annotations"] if not a.get("iscrowd", 0)])
+    detections_by_image = _boxes_by_image([d for d in detections if d["score"] >= min_score])
     tallies = []
-    for image_id in val_images["image_id"].astype(int):
-        gt, dt = ground_truth.get(image_id, []), detections.get(image_id, [])
+    for image_id in images["image_id"].astype(int):
+        gt, dt = truth_by_image.get(image_id, []), detections_by_image.get(image_id, [])
         missed, false = count_errors(
             _xyxy(gt),
             torch.tensor([g["category_id"] for g in gt]),
@@ -130,9 +159,9 @@ def draw_detection_samples(
         )
         tallies.append((-(missed + false), image_id, missed, false))
     samples = []
-    paths = val_images.set_index(val_images["image_id"].astype(int))["path"]
+    paths = images.set_index(images["image_id"].astype(int))["path"]
     for _, image_id, missed, false in sorted(tallies)[:count]:
-        gt, dt = ground_truth.get(image_id, []), detections.get(image_id, [])
+        gt, dt = truth_by_image.get(image_id, []), detections_by_image.get(image_id, [])
         image = read_rgb(str(paths[image_id]))
         samples.append(
             Sample(

@@ -1,6 +1,13 @@
-"""The evaluate pipeline: inference on the val split, COCO metrics, tables, plots and annotated samples."""
+"""The evaluate pipeline: for each evaluation split, inference, COCO metrics, tables, plots and samples.
+
+Each split's nodes and outputs live in the namespace ``<evaluation>.<split>`` (``evaluate.val``,
+``evaluate.test``, ``evaluate_initial_weights.val``...), and the catalog's dataset factories give each its
+own versioned files: ``data/08_reporting/<evaluation>/<split>/coco_metrics.json/<version>/...``.
+"""
 
 from kedro.pipeline import Node, Pipeline
+
+from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
 
 from .nodes import (
     compute_coco_metrics,
@@ -8,58 +15,69 @@ from .nodes import (
     plot_ap_per_category,
     plot_per_category_precision_recall,
     plot_precision_recall,
-    predict_val_split,
+    predict_split,
     report_coco_metrics,
 )
 
+SHARED_PARAMETERS = {"params:model", "params:evaluate", "params:runtime"}
+
+
+def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
+    """``model`` (a catalog entry holding a SavedDetector) evaluated on ``split``, in namespace
+    ``<evaluation>.<split>``."""
+    nodes = [
+        Node(
+            predict_split,
+            ["model", "images", "categories", "params:model", "params:evaluate", "params:runtime"],
+            ["detections", "evaluated_model"],
+            name="predict_split",
+        ),
+        Node(
+            compute_coco_metrics,
+            ["ground_truth", "detections", "params:evaluate"],
+            "coco_evaluation",
+            name="compute_coco_metrics",
+        ),
+        Node(
+            for_split(report_coco_metrics, split),
+            ["coco_evaluation", "evaluated_model", "ground_truth", "params:evaluate"],
+            ["coco_metrics", "per_category_ap"],
+            name="report_coco_metrics",
+        ),
+        Node(
+            plot_precision_recall, "coco_evaluation", "precision_recall_curves", name="plot_precision_recall"
+        ),
+        Node(
+            plot_per_category_precision_recall,
+            "coco_evaluation",
+            "per_category_precision_recall_curves",
+            name="plot_per_category_precision_recall",
+        ),
+        Node(plot_ap_per_category, "per_category_ap", "ap_per_category_plot", name="plot_ap_per_category"),
+        Node(
+            draw_detection_samples,
+            ["images", "ground_truth", "detections", "params:evaluate"],
+            "detection_samples",
+            name="draw_detection_samples",
+        ),
+    ]
+    return Pipeline(
+        nodes,
+        inputs={
+            "model": model,
+            "images": f"{split}_images",
+            "ground_truth": f"{split}_ground_truth",
+            "categories": "categories",
+        },
+        parameters=SHARED_PARAMETERS,
+        namespace=f"{evaluation}.{split}",
+        tags=evaluation,
+    )
+
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``weights`` (keyword): the catalog entry of the state dict to evaluate, ``trained_model`` by default
-    (e.g. ``initial_weights`` for a converted model-zoo checkpoint)."""
-    weights = kwargs.get("weights", "trained_model")
-    return Pipeline(
-        [
-            Node(
-                predict_val_split,
-                [weights, "val_images", "categories", "params:model", "params:evaluate", "params:runtime"],
-                "val_detections",
-                name="predict_val_split",
-            ),
-            Node(
-                compute_coco_metrics,
-                ["val_ground_truth", "val_detections", "params:evaluate"],
-                "coco_evaluation",
-                name="compute_coco_metrics",
-            ),
-            Node(
-                report_coco_metrics,
-                "coco_evaluation",
-                ["coco_metrics", "per_category_ap"],
-                name="report_coco_metrics",
-            ),
-            Node(
-                plot_precision_recall,
-                "coco_evaluation",
-                "precision_recall_curves",
-                name="plot_precision_recall",
-            ),
-            Node(
-                plot_per_category_precision_recall,
-                "coco_evaluation",
-                "per_category_precision_recall_curves",
-                name="plot_per_category_precision_recall",
-            ),
-            Node(
-                plot_ap_per_category, "per_category_ap", "ap_per_category_plot", name="plot_ap_per_category"
-            ),
-            Node(
-                draw_detection_samples,
-                ["val_images", "val_ground_truth", "val_detections", "params:evaluate"],
-                "detection_samples",
-                name="draw_detection_samples",
-            ),
-        ],
-        tags="evaluate",
-        namespace="evaluate",
-        prefix_datasets_with_namespace=False,
-    )
+    """Every evaluation split of ``ingest.splits``. ``model`` (keyword): the catalog entry to evaluate,
+    ``trained_model`` by default; ``evaluation``: the namespace (and folder) of its outputs."""
+    model = kwargs.get("model", "trained_model")
+    evaluation = kwargs.get("evaluation", "evaluate")
+    return sum((split_pipeline(model, evaluation, split) for split in evaluation_splits()), Pipeline([]))

@@ -1,4 +1,5 @@
-"""The evaluate pipeline on `initial_weights`, in a folder of its own: Kedro loads pipelines by folder."""
+"""The evaluate pipeline on `initial_weights`, in its own namespace and output folders (Kedro loads
+pipelines by folder, hence this one)."""
 
 from kedro.pipeline import Pipeline
 
@@ -6,4 +7,5 @@ from frcnn_pipeline.pipelines.evaluate.pipeline import create_pipeline as create
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return create_evaluate_pipeline(weights="initial_weights")
+    """`initial_weights` on every evaluation split: outputs `evaluate_initial_weights.<split>.*`."""
+    return create_evaluate_pipeline(model="initial_weights", evaluation="evaluate_initial_weights")

@@ -17,6 +17,7 @@ from frcnn_pipeline.data.coco import (
     read_coco_split,
     summarise_findings,
 )
+from frcnn_pipeline.pipelines.splits import TRAIN_SPLIT, evaluation_splits_of
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +25,14 @@ logger = logging.getLogger(__name__)
 def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
     """Each split's annotation file and image folder; generates the demo when ``data_root`` is null."""
     ingest = IngestParams.parse(params, "ingest")
+    splits = [TRAIN_SPLIT, *evaluation_splits_of(ingest.splits)]
     if ingest.data_root is None:
+        not_in_demo = [split for split in splits if split not in demo.SPLITS]
+        if not_in_demo:
+            raise ValueError(
+                f"ingest.splits declares {not_in_demo}, but the demo (ingest.data_root: null) has only "
+                f"{list(demo.SPLITS)}. Set ingest.data_root to your dataset, or set those splits to null."
+            )
         root = Path(ingest.demo.output_dir)
         demo.ensure_demo_dataset(root, demo.DemoConfig(**ingest.demo.model_dump(exclude={"output_dir"})))
         return {
@@ -32,7 +40,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
                 "annotation_file": str(demo.annotation_file(root, split)),
                 "image_dir": str(demo.image_dir(root, split)),
             }
-            for split in demo.SPLITS
+            for split in splits
         }
     root = Path(ingest.data_root).expanduser()
     if not root.is_dir():
@@ -41,22 +49,31 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
             "(conf/<env>/globals.yml or --params ingest.data_root=...) at the dataset, "
             "or set it to null for the demo"
         )
-    return {
-        split: {
+    sources = {}
+    for split in splits:
+        paths = ingest.splits[split]
+        missing = [key for key in ("annotation_file", "image_dir") if not getattr(paths, key)]
+        if missing:
+            raise ValueError(
+                f"ingest.splits.{split}: {' and '.join(missing)} not set (paths relative to data_root), e.g. "
+                f"ingest.splits.{split}.annotation_file=annotations/instances_{split}.json"
+            )
+        sources[split] = {
             "annotation_file": str(root / paths.annotation_file),
             "image_dir": str(root / paths.image_dir),
         }
-        for split, paths in (("train", ingest.splits.train), ("val", ingest.splits.val))
-    }
+    return sources
 
 
 def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFrame | None = None):
     ingest = IngestParams.parse(params, "ingest")
     validation = ingest.validation
+    drop_empty = ingest.splits[split].drop_images_without_annotations
     policy = ValidationPolicy(
         min_box_size=validation.min_box_size,
         image_checks=validation.image_checks,
-        drop_images_without_annotations=getattr(ingest.splits, split).drop_images_without_annotations,
+        # Training drops images without boxes (as detectron2 does); evaluation keeps every image.
+        drop_images_without_annotations=split == TRAIN_SPLIT if drop_empty is None else drop_empty,
         drop_unused_categories=validation.drop_unused_categories,
         severity=validation.severity.model_dump(),
         workers=validation.workers,
@@ -69,23 +86,21 @@ def ingest_train_split(
     sources: dict[str, dict[str, str]], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Train tables, the project's categories table, and the train findings."""
-    split = _read_split("train", sources, params)
+    split = _read_split(TRAIN_SPLIT, sources, params)
     return split.images, split.annotations, split.categories, split.findings
 
 
-def ingest_val_split(
-    sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any]
+def ingest_evaluation_split(
+    sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Val tables (categories must agree with train's), the val findings and the clean ground truth."""
-    split = _read_split("val", sources, params, categories)
-    return split.images, split.annotations, split.findings, build_ground_truth(split)
+    """An evaluation split's tables (categories must agree with train's), findings and clean ground truth."""
+    tables = _read_split(split, sources, params, categories)
+    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables)
 
 
-def report_validation(
-    train_findings: pd.DataFrame, val_findings: pd.DataFrame
-) -> tuple[pd.DataFrame, dict[str, Any]]:
+def report_validation(*findings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """One report table for all splits, and its counts per check (also logged)."""
-    report = pd.concat([train_findings, val_findings], ignore_index=True)
+    report = pd.concat(findings, ignore_index=True)
     summary = summarise_findings(report)
     for split, counts in summary["splits"].items():
         for check, entry in counts["by_check"].items():

@@ -7,14 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import torch
 from PIL import Image
 
 from frcnn_pipeline.config import PredictParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
 from frcnn_pipeline.evaluation.inference import run_inference
+from frcnn_pipeline.modeling.saved import SavedDetector, inference_model_config, require_categories
 
 log = logging.getLogger(__name__)
 
@@ -48,39 +47,46 @@ def list_prediction_images(predict: dict[str, Any]) -> list[str]:
     return paths
 
 
-def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
-    weights: dict[str, torch.Tensor],
-    categories: pd.DataFrame,
+def predict_images(
+    model: SavedDetector,
     image_paths: list[str],
-    model: dict[str, Any],
+    model_params: dict[str, Any],
     predict: dict[str, Any],
     runtime: dict[str, Any],
-) -> list[dict[str, Any]]:
-    """Inference records, one per path (``error`` set for images that could not be read)."""
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Inference records, one per path (``error`` set for images that could not be read), and the model
+    used: its description (kind, version, sha256, provenance) and class mapping."""
+    if not model.state_dict:
+        raise ValueError(f"{model.name} holds no weights (a placeholder of a multi-node run's node > 0?)")
+    config, config_from = inference_model_config(model, model_params)
+    categories = require_categories(model)
     records = run_inference(
-        weights,
-        model,
+        model.state_dict,
+        config,
         len(categories),
         image_paths,
         runtime=runtime,
         options=PredictParams.parse(predict, "predict").inference,
     )
-    return records or []
+    return records or [], {**model.describe(config_from), "categories": categories}
 
 
-def _names_by_label(categories: pd.DataFrame) -> list[str]:
-    """Category names indexed by model label 1..K (index 0: background)."""
-    return ["__background__", *categories.sort_values("label")["name"].astype(str)]
+def _by_label(prediction_model: dict[str, Any], key: str, background: Any) -> list[Any]:
+    """``key`` of each class indexed by model label 1..K (index 0: background)."""
+    return [background, *(entry[key] for entry in prediction_model["categories"])]
 
 
 def build_prediction_results(
-    records: list[dict[str, Any]], image_paths: list[str], categories: pd.DataFrame, predict: dict[str, Any]
+    records: list[dict[str, Any]],
+    image_paths: list[str],
+    prediction_model: dict[str, Any],
+    predict: dict[str, Any],
 ) -> dict[str, Any]:
     """The results JSON: per image its boxes (xyxy and COCO xywh), category ids and names, scores;
-    the images that could not be read, with the reason."""
+    the images that could not be read, with the reason; the model that predicted them."""
     min_score = PredictParams.parse(predict, "predict").score_threshold
-    names = _names_by_label(categories)
-    category_ids = [-1, *categories.sort_values("label")["category_id"].astype(int)]
+    names = _by_label(prediction_model, "name", "__background__")
+    category_ids = _by_label(prediction_model, "category_id", -1)
     images, unreadable = [], []
     for record in records:
         path = image_paths[record["position"]]
@@ -112,7 +118,12 @@ def build_prediction_results(
             len(unreadable),
             "; ".join(f"{u['path']}: {u['error']}" for u in unreadable[:5]),
         )
-    return {"score_threshold": min_score, "images": images, "unreadable": unreadable}
+    return {
+        "score_threshold": min_score,
+        "model": prediction_model,
+        "images": images,
+        "unreadable": unreadable,
+    }
 
 
 def _output_names(paths: list[str]) -> list[str]:
@@ -122,11 +133,14 @@ def _output_names(paths: list[str]) -> list[str]:
 
 
 def draw_prediction_images(
-    records: list[dict[str, Any]], image_paths: list[str], categories: pd.DataFrame, predict: dict[str, Any]
+    records: list[dict[str, Any]],
+    image_paths: list[str],
+    prediction_model: dict[str, Any],
+    predict: dict[str, Any],
 ) -> dict[str, Callable[[], Image.Image]]:
     """The readable images with their boxes (score >= predict.score_threshold) drawn, saved lazily."""
     min_score = PredictParams.parse(predict, "predict").score_threshold
-    names = _names_by_label(categories)
+    names = _by_label(prediction_model, "name", "__background__")
     output_names = _output_names(image_paths)
 
     def drawer(record: dict[str, Any]) -> Callable[[], Image.Image]:

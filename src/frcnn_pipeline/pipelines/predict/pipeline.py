@@ -6,8 +6,8 @@ from .nodes import build_prediction_results, draw_prediction_images, list_predic
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``weights`` (keyword): the catalog entry of the state dict to use, ``trained_model`` by default."""
-    weights = kwargs.get("weights", "trained_model")
+    """``model`` (keyword): the catalog entry of the model to use, ``trained_model`` by default."""
+    model = kwargs.get("model", "trained_model")
     return Pipeline(
         [
             Node(
@@ -18,26 +18,19 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 predict_images,
-                [
-                    weights,
-                    "categories",
-                    "prediction_image_paths",
-                    "params:model",
-                    "params:predict",
-                    "params:runtime",
-                ],
-                "prediction_records",
+                [model, "prediction_image_paths", "params:model", "params:predict", "params:runtime"],
+                ["prediction_records", "prediction_model"],
                 name="predict_images",
             ),
             Node(
                 build_prediction_results,
-                ["prediction_records", "prediction_image_paths", "categories", "params:predict"],
+                ["prediction_records", "prediction_image_paths", "prediction_model", "params:predict"],
                 "prediction_results",
                 name="build_prediction_results",
             ),
             Node(
                 draw_prediction_images,
-                ["prediction_records", "prediction_image_paths", "categories", "params:predict"],
+                ["prediction_records", "prediction_image_paths", "prediction_model", "params:predict"],
                 "prediction_images",
                 name="draw_prediction_images",
             ),

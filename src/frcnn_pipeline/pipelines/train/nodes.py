@@ -7,11 +7,12 @@ from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
-import torch
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import RuntimeParams
 from frcnn_pipeline.engine.trainer import train_detector
+from frcnn_pipeline.modeling import resolve_model_config
+from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 
 log = logging.getLogger(__name__)
 
@@ -20,21 +21,49 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     train_images: pd.DataFrame,
     train_annotations: pd.DataFrame,
     categories: pd.DataFrame,
-    initial_weights: dict[str, torch.Tensor],
+    initial_weights: SavedDetector,
     model: dict[str, Any],
     train: dict[str, Any],
     runtime: dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], pd.DataFrame, dict[str, Any]]:
-    """Train the detector; return the final weights, the metric rows and the run record."""
+) -> tuple[SavedDetector, pd.DataFrame, dict[str, Any]]:
+    """Train the detector; return the trained model (with its config, classes and provenance), the metric
+    rows and the run record."""
     result = train_detector(
-        train_images, train_annotations, len(categories), model, train, runtime, initial_weights
+        train_images, train_annotations, len(categories), model, train, runtime, initial_weights.state_dict
     )
     if result is None:
         # Another node of a multi-node run: node 0 writes the real outputs.
         node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
         log.info("Node %d done; node 0 saves the trained model and reports", node_rank)
-        return {}, pd.DataFrame(), {"node_rank": node_rank, "outputs_on": "node 0"}
-    return result["state_dict"], pd.DataFrame(result["metrics"]), result["record"]
+        placeholder = SavedDetector({}, TRAINED_MODEL, provenance={"node_rank": node_rank})
+        return placeholder, pd.DataFrame(), {"node_rank": node_rank, "outputs_on": "node 0"}
+    record = result["record"]
+    trained = SavedDetector(
+        result["state_dict"],
+        TRAINED_MODEL,
+        model_config=resolve_model_config(model),
+        categories=category_mapping(categories),
+        provenance={
+            **{key: record[key] for key in _PROVENANCE_KEYS},
+            "initial_weights": {
+                "sha256": initial_weights.origin.get("sha256"),
+                "source": initial_weights.provenance.get("source"),
+            },
+        },
+    )
+    return trained, pd.DataFrame(result["metrics"]), record
+
+
+# What the trained model's metadata says about the run that made it (the full record is training_run).
+_PROVENANCE_KEYS = (
+    "run_name",
+    "iterations",
+    "resumed_from_iteration",
+    "train_images",
+    "train_data_sha256",
+    "resume_changes",
+    "last_checkpoint",
+)
 
 
 def plot_training_curves(training_metrics: pd.DataFrame) -> Figure:

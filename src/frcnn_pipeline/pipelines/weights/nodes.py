@@ -8,6 +8,7 @@ import torch
 
 from frcnn_pipeline.config import WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
 from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
 
@@ -41,8 +42,9 @@ def convert_pretrained_weights(
     categories: pd.DataFrame,
     model: dict[str, Any],
     weights: dict[str, Any],
-) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
-    """The model's complete initial state dict, and a report with one row per key.
+) -> tuple[SavedDetector, pd.DataFrame]:
+    """The model's complete initial state dict (with the class mapping and its source), and a report with
+    one row per key.
 
     The model is built with `weights.seed`, so the parts a checkpoint does not cover (e.g. a new
     box predictor) and `source: none` are initialised deterministically.
@@ -58,7 +60,7 @@ def convert_pretrained_weights(
         ]
         report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
         logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
-        return dict(model_state), report
+        return _initial_weights(dict(model_state), categories, pretrained, params.seed), report
     checkpoint = load_checkpoint(pretrained["path"])
     state, report = convert_state_dict(
         checkpoint, model_state, source_name=pretrained["path"], bn_fold=params.bn_fold
@@ -66,4 +68,19 @@ def convert_pretrained_weights(
     _, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
     for warning in convention_warnings(source_format, resolve_model_config(model)):
         logger.warning("%s: %s", pretrained["source"], warning)
-    return state, report
+    return _initial_weights(state, categories, pretrained, params.seed), report
+
+
+def _initial_weights(
+    state: dict[str, torch.Tensor],
+    categories: pd.DataFrame,
+    pretrained: dict[str, str | None],
+    seed: int,
+) -> SavedDetector:
+    # No model config: the weights were never trained with one (evaluate builds them from params:model).
+    return SavedDetector(
+        state,
+        INITIAL_WEIGHTS,
+        categories=category_mapping(categories),
+        provenance={"source": pretrained["source"], "file": pretrained["path"], "seed": seed},
+    )

@@ -1,0 +1,6 @@
+"""Kedro datasets of this project (the catalog's `type: frcnn_pipeline.datasets.…`)."""
+
+from frcnn_pipeline.datasets.detector_dataset import DetectorDataset
+from frcnn_pipeline.datasets.image_folder_dataset import ImageFolderDataset
+
+__all__ = ["DetectorDataset", "ImageFolderDataset"]
