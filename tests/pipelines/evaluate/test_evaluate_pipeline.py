@@ -152,8 +152,9 @@ def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
     }
     assert record["model"]["provenance"] == {"run_name": "conftest", "iterations": 4}
     assert record["ground_truth"] == {"split": "val", **ground_truth_fingerprint(demo_split["ground_truth"])}
-    assert record["inference"]["score_threshold"] == parameters["evaluate"]["inference"]["score_threshold"]
-    assert record["inference"]["metric_backend"] == parameters["evaluate"]["metric_backend"]
+    settings = EvaluateParams.parse(parameters["evaluate"], "evaluate")
+    assert record["inference"]["score_threshold"] == settings.inference.score_threshold
+    assert record["inference"]["metric_backend"] == settings.metric_backend
 
     [table_file] = versions(project, "evaluate", "val", "per_category_ap")
     table = pd.read_csv(table_file)

@@ -120,7 +120,7 @@ def test_data_root_from_parameters(tmp_path, layout):
     root = tmp_path / "dataset"
     params = ingest_params(tmp_path, **{"ingest.data_root": str(root), **layout})
     splits = IngestParams.parse(params, "ingest").splits  # with the defaults the layout leaves out
-    for split, paths in (("train", splits.train), ("val", splits.val)):
+    for split, paths in (("train", splits["train"]), ("val", splits["val"])):
         write_coco_tree(root, paths.annotation_file, paths.image_dir, split, source)
 
     catalog = run_in_memory(params, tmp_path)
@@ -144,10 +144,10 @@ def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path, s
         "ingest.splits.test.image_dir": "test",
     }
     params = ingest_params(tmp_path, **layout)
+    declared = IngestParams.parse(params, "ingest").splits  # with the default train and val
     for split, copied_from in (("train", "train"), ("val", "val"), ("test", "val")):
-        split_params = params["splits"][split]
-        write_coco_tree(root, split_params["annotation_file"], split_params["image_dir"], copied_from, source)
-    splits(evaluation_splits_of(params["splits"]))
+        write_coco_tree(root, declared[split].annotation_file, declared[split].image_dir, copied_from, source)
+    splits(evaluation_splits_of(declared))
     assert {"test_images", "test_ground_truth", "val_images"} <= create_pipeline().all_outputs()
 
     catalog = run_in_memory(params, tmp_path)
