@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 
@@ -126,7 +127,9 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     num_classes: int,
     paths: list[str],
     options: dict[str, Any],
+    detection_ops_setting: str,
 ) -> list[dict[str, Any]]:
+    detection_ops.configure(detection_ops_setting)
     opts = InferenceOptions(**options)
     device = context.device
     model = build_model(opts.model_config(model_cfg), num_classes)
@@ -194,7 +197,14 @@ def run_inference(
         options.batch_size,
     )
     records = distributed.launch(
-        _inference_worker, world, state_dict, model_cfg, num_classes, list(map(str, paths)), asdict(options)
+        _inference_worker,
+        world,
+        state_dict,
+        model_cfg,
+        num_classes,
+        list(map(str, paths)),
+        asdict(options),
+        (runtime or {}).get("detection_ops", "auto"),
     )
     if records is None:  # a node other than 0 of a multi-node run
         return None
