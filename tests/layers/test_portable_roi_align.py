@@ -139,6 +139,16 @@ def test_half_precision_features_are_pooled_in_float32(dtype):
     torch.testing.assert_close(grad, grad_float32.to(dtype), rtol=0, atol=0)
 
 
+def test_autocast_does_not_lower_the_precision():
+    generator = torch.Generator().manual_seed(6)
+    features, rois = _features(8, generator), _rois(8, generator)
+    grad_output = torch.randn(len(rois), CHANNELS, 7, 7, generator=generator)
+    expected = _forward_backward(portable_roi_align, features, rois, 7, 8, 0, True, grad_output)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        pooled = _forward_backward(portable_roi_align, features, rois, 7, 8, 0, True, grad_output)
+    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
+
+
 def test_gradient_is_the_adjoint_of_the_forward():
     generator = torch.Generator().manual_seed(4)
     features = torch.randn(2, 2, 6, 7, generator=generator, dtype=torch.float64, requires_grad=True)

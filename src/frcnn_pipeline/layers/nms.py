@@ -81,7 +81,8 @@ def _greedy_nms(
         if classes is not None:
             overlaps &= classes[start:stop, None] == classes[None, start:]
         size = stop - start
-        block_kept = _resolve_block(torch.triu(overlaps[:, :size], diagonal=1), kept[start:stop])
+        rank = torch.arange(size, device=boxes.device)
+        block_kept = _resolve_block(overlaps[:, :size] & (rank[:, None] < rank[None, :]), kept[start:stop])
         kept[start:stop] = block_kept
         kept[stop:] &= ~(overlaps[:, size:] & block_kept[:, None]).any(dim=0)
     return order, kept

@@ -111,12 +111,13 @@ class _Sampling:
         grid_x = torch.ceil(_divide(size_x, self.pooled[1])).clamp(min=0).long()
         if len(grid_y) == 0:
             return
-        stride = int(grid_x.max()) + 1
-        key = grid_y * stride + grid_x
-        order = torch.argsort(key, stable=True)
-        keys, counts = torch.unique_consecutive(key[order], return_counts=True)
-        for value, positions in zip(keys.tolist(), order.split(counts.tolist()), strict=True):
-            yield value // stride, value % stride, positions
+        # Grouped on the host: the grids decide the shapes of what follows anyway.
+        grids = torch.stack([grid_y, grid_x], dim=1).cpu()
+        unique_grids, group = torch.unique(grids, dim=0, return_inverse=True)
+        order = torch.argsort(group, stable=True)
+        counts = torch.bincount(group, minlength=len(unique_grids)).tolist()
+        for (rows, cols), positions in zip(unique_grids.tolist(), order.split(counts), strict=True):
+            yield rows, cols, positions.to(size_y.device)
 
 
 def _divide(values: Tensor, divisor: int) -> Tensor:
@@ -147,10 +148,25 @@ def _bilinear_taps(coordinates: Tensor, size: int) -> tuple[Tensor, Tensor]:
 
 
 class _RoIAlign(torch.autograd.Function):
-    """Forward gathers the taps; backward scatters the gradient into one buffer, chunk by chunk."""
+    """Forward gathers the taps; backward scatters the gradient into one buffer, chunk by chunk.
+
+    Both run with autocast off: it would turn the float32 matrix products into float16/bfloat16 ones.
+    """
 
     @staticmethod
     def forward(ctx, features: Tensor, rois: Tensor, sampling: _Sampling) -> Tensor:
+        with torch.autocast(features.device.type, enabled=False):
+            return _RoIAlign._forward(ctx, features, rois, sampling)
+
+    @staticmethod
+    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
+        if not ctx.needs_input_grad[0]:
+            return None, None, None
+        with torch.autocast(grad_output.device.type, enabled=False):
+            return _RoIAlign._backward(ctx, grad_output), None, None
+
+    @staticmethod
+    def _forward(ctx, features: Tensor, rois: Tensor, sampling: _Sampling) -> Tensor:
         ctx.save_for_backward(rois)
         ctx.sampling, ctx.feature_dtype = sampling, features.dtype
         channels = features.shape[1]
@@ -168,9 +184,7 @@ class _RoIAlign(torch.autograd.Function):
         return output.permute(0, 3, 1, 2).to(features.dtype, memory_format=torch.contiguous_format)
 
     @staticmethod
-    def backward(ctx, grad_output: Tensor) -> tuple[Tensor | None, None, None]:
-        if not ctx.needs_input_grad[0]:
-            return None, None, None
+    def _backward(ctx, grad_output: Tensor) -> Tensor:
         (rois,) = ctx.saved_tensors
         sampling: _Sampling = ctx.sampling
         batch, channels, height, width = sampling.feature_shape
@@ -185,4 +199,4 @@ class _RoIAlign(torch.autograd.Function):
             )
             grad_flat.index_add_(0, chunk.index.flatten(), spread.view(-1, channels))
         grad_features = grad_flat.view(batch, height, width, channels).permute(0, 3, 1, 2)
-        return grad_features.to(ctx.feature_dtype), None, None
+        return grad_features.to(ctx.feature_dtype)

@@ -37,7 +37,7 @@ class _AscendRoIAlign(torch.autograd.Function):
     adaptive, ceil(roi size / pooled size). The gradient op does not document its modes and Ascend's own
     adapters disagree on aligned=True (torchvision_npu passes 2 forward and 1 backward,
     torch_npu.contrib.module.ROIAlign 3 and 3), so aligned=True goes to the portable implementation.
-    Float32, as torch_npu.contrib.module.ROIAlign feeds it. Schemas (op-plugin):
+    Float32 with autocast off, as torch_npu.contrib.module.ROIAlign feeds it. Schemas (op-plugin):
     npu_roi_align(features, rois, spatial_scale, pooled_height, pooled_width, sample_num, roi_end_mode);
     npu_roi_alignbk(grad, rois, xdiff_shape, pooled_width, pooled_height, spatial_scale, sample_num,
     roi_end_mode): width before height.
@@ -50,9 +50,10 @@ class _AscendRoIAlign(torch.autograd.Function):
         (pooled_h, pooled_w), scale, ratio = config
         ctx.save_for_backward(rois)
         ctx.config, ctx.shape, ctx.dtype = config, list(features.shape), features.dtype
-        output = torch_npu.npu_roi_align(
-            features.float(), rois.float(), scale, pooled_h, pooled_w, max(ratio, 0), 0
-        )
+        with torch.autocast(features.device.type, enabled=False):
+            output = torch_npu.npu_roi_align(
+                features.float(), rois.float(), scale, pooled_h, pooled_w, max(ratio, 0), 0
+            )
         return output.to(features.dtype)
 
     @staticmethod
@@ -61,7 +62,8 @@ class _AscendRoIAlign(torch.autograd.Function):
 
         (rois,) = ctx.saved_tensors
         (pooled_h, pooled_w), scale, ratio = ctx.config
-        grad = torch_npu.npu_roi_alignbk(
-            grad_output.float(), rois.float(), ctx.shape, pooled_w, pooled_h, scale, max(ratio, 0), 0
-        )
+        with torch.autocast(grad_output.device.type, enabled=False):
+            grad = torch_npu.npu_roi_alignbk(
+                grad_output.float(), rois.float(), ctx.shape, pooled_w, pooled_h, scale, max(ratio, 0), 0
+            )
         return grad.to(ctx.dtype), None, None
