@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from detection_ops_probe import probe_detection_ops
 from tiny_training import TINY_MODEL, runtime_config, train_config, write_tiny_dataset
 from torch import nn
 
@@ -253,3 +254,31 @@ def test_bad_sections_stop_before_any_work(tmp_path, tiny_tables, section, value
     with pytest.raises(ValueError, match=message):
         train_detector(images, annotations, 2, sections["model"], sections["train"], sections["runtime"])
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reporting").exists()
+
+
+def test_a_training_step_with_the_portable_detection_ops_equals_torchvisions(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, optimizer="sgd", base_lr=0.02, max_iter=1, warmup_iters=0, steps=[])
+    results, probes = {}, {}
+    for setting in ("auto", "portable"):
+        train["run_name"] = setting
+        with probe_detection_ops(route_torchvision_nms=setting == "portable") as probes[setting]:
+            runtime = runtime_config(detection_ops=setting)
+            results[setting] = train_detector(images, annotations, 2, TINY_MODEL, train, runtime)
+
+    assert "torchvision" in probes["auto"].namespaces and probes["auto"].portable_roi_align_calls == 0
+    portable = probes["portable"]
+    assert "torchvision" not in portable.namespaces  # no torchvision kernel ran
+    assert portable.portable_roi_align_calls == 4  # one per FPN level of the box pooler
+    assert portable.portable_nms_calls >= 2  # the RPN's, at least once per image
+    expected, losses = (
+        results["auto"]["record"]["final_losses"],
+        results["portable"]["record"]["final_losses"],
+    )
+    assert losses.keys() == expected.keys()
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value, rel=1e-5, abs=1e-7), name
+    for key, value in results["auto"]["state_dict"].items():
+        torch.testing.assert_close(
+            results["portable"]["state_dict"][key], value, rtol=1e-5, atol=1e-7, msg=key
+        )

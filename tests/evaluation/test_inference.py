@@ -4,6 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from detection_ops_probe import probe_detection_ops
 from PIL import Image
 
 from frcnn_pipeline.config import InferenceParams
@@ -127,3 +128,26 @@ def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
 def test_batches_group_landscape_and_portrait_images(image_paths):
     # 56x40 landscape, 48x64 portrait, unreadable (reported later; grouped as landscape), 50x50 square.
     assert aspect_grouped_order(image_paths) == [0, 2, 3, 1]
+
+
+def test_an_evaluation_with_the_portable_detection_ops_equals_torchvisions(weights, model_cfg, image_paths):
+    records, probes = {}, {}
+    for setting in ("auto", "portable"):
+        with probe_detection_ops(route_torchvision_nms=setting == "portable") as probes[setting]:
+            runtime = {"device": "cpu", "detection_ops": setting}
+            records[setting] = run_inference(
+                weights, model_cfg, 3, image_paths, runtime=runtime, options=InferenceParams(batch_size=2)
+            )
+
+    assert "torchvision" in probes["auto"].namespaces and probes["auto"].portable_nms_calls == 0
+    portable = probes["portable"]
+    assert "torchvision" not in portable.namespaces  # no torchvision kernel ran
+    assert portable.portable_roi_align_calls == 4 * 2  # 4 levels × 2 batches (3 readable images, 2 per batch)
+    assert portable.portable_nms_calls >= 2 * 3  # the RPN's and the box head's, for each image
+    for expected, record in zip(records["auto"], records["portable"], strict=True):
+        assert record["error"] == expected["error"]
+        if not expected["error"]:
+            assert len(expected["boxes"]) > 10 and torch.equal(record["labels"], expected["labels"])
+            # Boxes of ~50 px agree to a float32 ulp or two; scores to ~1e-7.
+            torch.testing.assert_close(record["boxes"], expected["boxes"], rtol=1e-6, atol=1e-5)
+            torch.testing.assert_close(record["scores"], expected["scores"], rtol=1e-5, atol=1e-6)

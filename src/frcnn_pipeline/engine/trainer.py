@@ -38,6 +38,7 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 
 log = logging.getLogger(__name__)
@@ -267,6 +268,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     threads = _threads_per_worker(runtime, device)
     if threads:
         torch.set_num_threads(threads)
+    detection_ops.configure(runtime["detection_ops"])
     seed = int(runtime["seed"])
     if runtime.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)

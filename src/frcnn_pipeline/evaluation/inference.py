@@ -18,10 +18,11 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.config import InferenceParams, RuntimeParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 from frcnn_pipeline.modeling.saved import category_mapping
@@ -109,7 +110,9 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     paths: list[str],
     options: dict[str, Any],
     order: list[int],
+    detection_ops_setting: str,
 ) -> list[dict[str, Any]]:
+    detection_ops.configure(detection_ops_setting)
     opts = InferenceParams.model_validate(options)
     device = context.device
     model = build_model(opts.applied_to(model_cfg), num_classes)
@@ -186,6 +189,7 @@ def run_inference(
         paths,
         options.model_dump(),
         aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths))),
+        RuntimeParams.parse(runtime, "runtime").detection_ops,
     )
     if records is None:  # a node other than 0 of a multi-node run
         return None

@@ -1,11 +1,24 @@
-"""Non-maximum suppression: torchvision's kernel where the device has one, else a fixed-shape portable one."""
+"""Non-maximum suppression: torchvision's kernel where the device has one, else a fixed-shape portable one.
+
+The portable NMS is exactly torchvision's (csrc/ops/cpu/nms_kernel.cpp): boxes ranked by decreasing
+score, ties by index (a stable sort); box j is suppressed when a kept box ranked before it has
+IoU > threshold, the IoU computed with the kernel's float operations in the kernel's order (as
+`torchvision.ops.box_iou` does too); boxes of different classes never suppress each other. `batched_nms`
+uses it where no device kernel exists. On NPU that includes torch_npu's `npu_nms_v4`: it is TensorFlow's
+NonMaxSuppressionV4 (a score threshold, an output cap, an undocumented order among equal scores), so it
+cannot promise torchvision's indices.
+"""
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torchvision.ops import box_iou
 from torchvision.ops import boxes as box_ops
+
+from frcnn_pipeline.layers import backend
+
+# Boxes resolved together: the IoU block is BLOCK × N instead of N × N (the RPN gives up to ~10k boxes).
+BLOCK = 256
 
 
 def nms_keep_mask(
@@ -18,31 +31,96 @@ def nms_keep_mask(
     """Greedy NMS as a boolean mask over the input boxes; every tensor keeps its input's shape.
 
     Boxes of different `idxs` never suppress each other; boxes with `valid` False are neither kept nor
-    suppress. Greedy NMS keeps box i iff no kept box ranked before it overlaps it by more than the
-    threshold; iterating that rule from "all kept" reaches the greedy result after as many rounds as the
-    longest chain of suppressions, with the same shapes in every round.
+    suppress. The ranked boxes are resolved in blocks of BLOCK: within a block, greedy NMS keeps box i iff no
+    kept box ranked before it overlaps it by more than the threshold, and iterating that rule from "all
+    candidates kept" reaches the greedy result after as many rounds as the block's longest chain of
+    suppressions, with the same shapes in every round; the block's kept boxes then suppress the later ones.
     """
-    count = boxes.shape[0]
-    valid = torch.ones(count, dtype=torch.bool, device=boxes.device) if valid is None else valid
-    order = torch.argsort(scores.masked_fill(~valid, float("-inf")), descending=True, stable=True)
-    sorted_boxes, sorted_valid = boxes[order], valid[order]
-    overlaps = box_iou(sorted_boxes, sorted_boxes) > iou_threshold
-    if idxs is not None:
-        sorted_idxs = idxs[order]
-        overlaps &= sorted_idxs[:, None] == sorted_idxs[None, :]
-    # suppresses[j, i]: j ranks before i and overlaps it.
-    suppresses = torch.triu(overlaps, diagonal=1) & sorted_valid[:, None]
-    keep = sorted_valid.clone()
-    for _ in range(count):
-        updated = sorted_valid & ~(suppresses & keep[:, None]).any(dim=0)
-        if torch.equal(updated, keep):
-            break
-        keep = updated
-    mask = torch.zeros_like(keep)
-    mask[order] = keep
+    order, kept = _greedy_nms(boxes, scores, iou_threshold, idxs, valid)
+    mask = torch.zeros_like(kept)
+    mask[order] = kept
     return mask
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: float) -> Tensor:
-    """Indices kept by per-class NMS, by decreasing score (torchvision's `batched_nms` contract)."""
-    return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    """Indices kept by per-class NMS, by decreasing score (torchvision's `batched_nms` contract).
+
+    Ties keep the lower index first, as torchvision's `nms` does; torchvision's `batched_nms` orders equal
+    scores of its per-class path (CPU, > 1000 boxes) with an unstable sort, so the order among exactly equal
+    scores may differ from it there (the kept set never does).
+    """
+    if backend.choose("nms", boxes.device.type) == backend.TORCHVISION:
+        return box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    keep = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device)
+    # Classes never suppress each other: one at a time costs the sum of their squared sizes, not N².
+    for class_id in torch.unique(idxs):
+        members = torch.where(idxs == class_id)[0]
+        keep[members] = nms_keep_mask(boxes[members], scores[members], iou_threshold)
+    kept = torch.where(keep)[0]
+    return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+def _greedy_nms(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None, valid: Tensor | None
+) -> tuple[Tensor, Tensor]:
+    """(ranking of the boxes, kept flag of each ranked box)."""
+    count = boxes.shape[0]
+    valid = torch.ones(count, dtype=torch.bool, device=boxes.device) if valid is None else valid
+    order = torch.argsort(scores.masked_fill(~valid, float("-inf")), descending=True, stable=True)
+    ranked = boxes[order]
+    if not ranked.is_floating_point() or ranked.dtype in (torch.float16, torch.bfloat16):
+        ranked = ranked.float()
+    corners = ranked.t().contiguous()  # x1, y1, x2, y2 rows
+    classes = None if idxs is None else idxs[order]
+    threshold = _fp_threshold(iou_threshold, ranked.dtype)
+    kept = valid[order].clone()
+    for start in range(0, count, BLOCK):
+        stop = min(start + BLOCK, count)
+        # overlaps[j, i]: box start + j overlaps box start + i beyond the threshold, in the same class.
+        overlaps = _pairwise_iou(ranked[start:stop], corners[:, start:]) > threshold
+        if classes is not None:
+            overlaps &= classes[start:stop, None] == classes[None, start:]
+        size = stop - start
+        rank = torch.arange(size, device=boxes.device)
+        block_kept = _resolve_block(overlaps[:, :size] & (rank[:, None] < rank[None, :]), kept[start:stop])
+        kept[start:stop] = block_kept
+        kept[stop:] &= ~(overlaps[:, size:] & block_kept[:, None]).any(dim=0)
+    return order, kept
+
+
+def _pairwise_iou(rows: Tensor, corners: Tensor) -> Tensor:
+    """IoU [len(rows), corners.shape[1]] with the kernel's float operations in its order.
+
+    torchvision's `box_iou` computes the same values bit for bit, through [B, N, 2] intermediates that make
+    it about three times slower on these blocks.
+    """
+    x1, y1, x2, y2 = (coordinate[:, None] for coordinate in rows.unbind(1))
+    other_x1, other_y1, other_x2, other_y2 = corners
+    width = (torch.minimum(x2, other_x2) - torch.maximum(x1, other_x1)).clamp_(min=0)
+    height = (torch.minimum(y2, other_y2) - torch.maximum(y1, other_y1)).clamp_(min=0)
+    inter = width.mul_(height)
+    area, other_area = (x2 - x1) * (y2 - y1), (other_x2 - other_x1) * (other_y2 - other_y1)
+    return inter / (area + other_area - inter)
+
+
+def _resolve_block(suppresses: Tensor, candidates: Tensor) -> Tensor:
+    """Greedy NMS within a block: `suppresses[j, i]`, j ranked before i; fixed-point iteration."""
+    kept = candidates
+    for _ in range(len(candidates)):
+        updated = candidates & ~(suppresses & kept[:, None]).any(dim=0)
+        if torch.equal(updated, kept):
+            break
+        kept = updated
+    return kept
+
+
+def _fp_threshold(iou_threshold: float, dtype: torch.dtype) -> float:
+    """The `dtype` value t with `iou > t` ⟺ `float64(iou) > iou_threshold`, as the kernel compares.
+
+    torch compares a float32 tensor with a Python float in float32, which rounds e.g. 0.3 up; the kernel
+    promotes the IoU to double instead.
+    """
+    rounded = torch.tensor(iou_threshold, dtype=dtype)
+    if rounded.item() > iou_threshold:
+        rounded = torch.nextafter(rounded, torch.tensor(float("-inf"), dtype=dtype))
+    return rounded.item()
