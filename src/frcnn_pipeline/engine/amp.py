@@ -55,9 +55,6 @@ class LossScaler:
         self.grad_scaler.step(optimizer)
         self.grad_scaler.update(new_scale=self.static_scale)
 
-    def current_scale(self) -> float:
-        return float(self.grad_scaler.get_scale())
-
     def state_dict(self) -> dict[str, Any]:
         return self.grad_scaler.state_dict()
 
