@@ -510,8 +510,9 @@ def summary_lines(report: dict[str, Any], args: argparse.Namespace) -> list[str]
     if "precision" in report:
         lines.append(f"precision: {report['precision']['description']} ({report['precision']['source']})")
     model = "R-18 (--tiny)" if args.tiny else f"the {args.env} env's model"
-    lines.append(f"model: {model}, images {args.height}x{args.width}, {NUM_CLASSES} classes, random init")
     train = report.get("train") or {}
+    init = train.get("initialisation", "random")
+    lines.append(f"model: {model}, images {args.height}x{args.width}, {NUM_CLASSES} classes, {init}")
     if train.get("iterations"):
         lines += [
             f"train: {train['iterations']} iterations of {train['images_per_iteration']} images in "
