@@ -19,7 +19,21 @@ def test_npu_without_torch_npu_says_what_is_missing_and_how_to_install(no_torch_
         devices.resolve_device_kind("npu")
     message = str(raised.value)
     assert "torch_npu cannot be imported" in message
-    assert "pip install torch_npu" in message and "CANN" in message and "--env base" in message
+    assert devices.npu_install_hint() in message and "--env base" in message
+
+
+def test_install_hint_names_the_pairing_that_exists():
+    hint = devices.npu_install_hint("2.3.1+cpu")
+    assert "`pip install torch_npu==2.3.1.post6`" in hint and "CANN 8.1.RC1" in hint
+    assert devices.ASCEND_COMPATIBILITY_TABLE in hint
+
+
+def test_install_hint_for_a_torch_without_torch_npu_points_to_the_table_and_a_downgrade():
+    hint = devices.npu_install_hint("2.14.1+cu130")
+    assert "torch_npu==2.14.1" not in hint  # no such release: torch_npu releases lag torch's
+    assert "torch 2.14.1 has no torch_npu pairing known to this project" in hint
+    assert devices.ASCEND_COMPATIBILITY_TABLE in hint and "downgraded" in hint
+    assert "`pip install torch==2.9.0 torch_npu==2.9.0` with CANN 8.5.0" in hint
 
 
 def test_npu_with_torch_npu_but_no_device_is_an_error(monkeypatch):
@@ -32,9 +46,22 @@ def test_npu_with_torch_npu_but_no_device_is_an_error(monkeypatch):
         devices.resolve_device_kind("npu")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
-def test_cuda_without_gpu_is_an_error():
-    with pytest.raises(devices.DeviceUnavailableError, match="sees no CUDA GPU"):
+def test_cuda_build_without_a_visible_gpu_points_to_the_driver_not_the_install(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", "12.4")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(devices.DeviceUnavailableError) as raised:
+        devices.resolve_device_kind("cuda")
+    message = str(raised.value)
+    assert "is a CUDA 12.4 build but sees no GPU (CUDA_VISIBLE_DEVICES=)" in message
+    assert "nvidia-smi" in message and "Install a CUDA build" not in message
+
+
+def test_cpu_only_torch_asked_for_cuda_says_to_install_a_cuda_build(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.version, "cuda", None)
+    monkeypatch.setattr(torch.version, "hip", None)
+    with pytest.raises(devices.DeviceUnavailableError, match=r"is a CPU-only build\. Install a CUDA build"):
         devices.resolve_device_kind("cuda")
 
 

@@ -13,16 +13,26 @@ from frcnn_pipeline.config.section import Section
 
 
 class AmpParams(Section):
+    """float16 is loss-scaled: on NPU by torch_npu's GradScaler (it reads the chip's overflow flag: Ascend 910
+    saturates fp16 overflow instead of making inf), on CUDA by torch.amp's. bfloat16 needs no scaling; on CPU
+    it is the only reduced precision (engine/amp.py)."""
+
     enabled: bool = Field(False, description="mixed precision")
     backend: Literal["torch", "apex"] = Field(
-        "torch", description="torch (autocast + GradScaler) or apex (built from source, never PyPI's `apex`)"
+        "torch",
+        description="torch (autocast + loss scaling) or apex O1 (built from source, never PyPI's `apex`; "
+        "unverified here)",
     )
     dtype: Literal["float16", "bfloat16"] = Field(
-        "bfloat16", description="float16 on NPU/CUDA; bfloat16 (or off) on CPU"
+        "bfloat16", description="float16 on NPU/CUDA; bfloat16 (or off) on CPU, where float16 is refused"
     )
-    opt_level: Literal["O1", "O2"] = Field("O1", description="apex only")
+    opt_level: Literal["O1", "O2"] = Field(
+        "O1", description="apex only; O2 is refused (it casts model, inputs and target boxes to fp16)"
+    )
     loss_scale: Literal["dynamic"] | Annotated[float, Field(gt=0)] = Field(
-        "dynamic", description="dynamic, or a number: the initial (torch) or static (apex) scale"
+        "dynamic",
+        description="dynamic: from 2^16, halved after an overflowing (skipped) step, doubled after 2000 "
+        "clean ones; a number: truly static, never halved or grown (an overflowing step is still skipped)",
     )
 
 

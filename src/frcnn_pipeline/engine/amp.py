@@ -1,7 +1,17 @@
-"""Mixed precision: torch.amp autocast + GradScaler (fp16 on NPU/CUDA, optional bf16 on CPU), or apex O1/O2.
+"""Mixed precision per device: autocast plus loss scaling, or apex O1.
 
-`runtime.amp`: {enabled, backend: torch|apex, dtype: float16|bfloat16, opt_level: O1|O2,
-loss_scale: dynamic|<float>}.
+`runtime.amp`: {enabled, backend: torch|apex, dtype: float16|bfloat16, opt_level: O1,
+loss_scale: dynamic|<number>}.
+
+| device | dtype    | loss scaling                                                         |
+|--------|----------|----------------------------------------------------------------------|
+| npu    | float16  | torch_npu's `torch_npu.npu.amp.GradScaler` (reads the overflow flag) |
+| cuda   | float16  | `torch.amp.GradScaler("cuda")`                                       |
+| any    | bfloat16 | none: bf16 has fp32's range                                          |
+| cpu    | float16  | refused: CPU autocast is bf16 only here                              |
+
+A numeric `loss_scale` is truly static: an overflowing step is still detected and skipped, and the scale is
+put back to that number after every step, never halved or grown. apex keeps its own scaler (see `initialize`).
 """
 
 from __future__ import annotations
@@ -17,10 +27,98 @@ from torch import nn
 from frcnn_pipeline.errors import UserFacingError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+DEFAULT_INITIAL_SCALE = 2.0**16
 
 
 class AmpUnavailableError(UserFacingError, RuntimeError):
     """Mixed precision was asked for in a form this machine cannot provide."""
+
+
+class LossScaler:
+    """fp16 loss scaling around a GradScaler (torch's, or torch_npu's on NPU): dynamic, or truly static.
+
+    Static: both GradScalers refuse growth_factor=1 / backoff_factor=1, and torch_npu's `dynamic=False`
+    neither checks for overflow nor skips the step. So the scaler stays in its checking mode (an overflowing
+    step is skipped) and `update(new_scale=...)` puts the static scale back instead of backing off or growing.
+    """
+
+    def __init__(self, grad_scaler: Any, static_scale: float | None):
+        self.grad_scaler = grad_scaler
+        self.static_scale = static_scale
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.grad_scaler.scale(loss).backward()
+
+    def unscale(self, optimizer: torch.optim.Optimizer) -> None:
+        self.grad_scaler.unscale_(optimizer)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimizer step, skipped when the gradients overflowed; then the scale update."""
+        self.grad_scaler.step(optimizer)
+        self.grad_scaler.update(new_scale=self.static_scale)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.grad_scaler.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # torch_npu's scaler also needs "dynamic" (torch's ignores it): a checkpoint written on another device
+        # kind resumes too. Ours always checks for overflow, so it is True.
+        self.grad_scaler.load_state_dict({**state, "dynamic": True})
+
+
+def build_loss_scaler(device_type: str, loss_scale: str | float) -> LossScaler:
+    """The fp16 loss scaler for `device_type` ("npu", "cuda", ...), dynamic or static (`loss_scale`)."""
+    static = loss_scale != "dynamic"
+    initial = float(loss_scale) if static else DEFAULT_INITIAL_SCALE
+    if device_type == "npu":
+        # Ascend 910 (Atlas training series) saturates fp16 overflow at ±65504 instead of producing inf, so
+        # a scaler that only looks for inf/NaN never sees it. torch_npu's GradScaler (Ascend/pytorch,
+        # torch_npu/npu/amp/grad_scaler.py) clears the device's float-status flag in scale() unless the chip
+        # runs in INF_NAN mode, and its unscale calls torch._amp_foreach_non_finite_check_and_unscale_, whose
+        # NPU kernel (Ascend/op-plugin, op_plugin/ops/aclops/AmpForeachNonFiniteCheckAndUnscaleKernelNpu.cpp)
+        # reads that flag (npu_get_float_status) in saturation mode; overflowing steps are skipped. Its
+        # constructor takes no device and adds `dynamic` (False: no overflow check at all, never used here).
+        grad_scaler = _npu_grad_scaler_class()(init_scale=initial, dynamic=True)
+    else:
+        grad_scaler = torch.amp.GradScaler(device_type, init_scale=initial)
+    return LossScaler(grad_scaler, initial if static else None)
+
+
+def _npu_grad_scaler_class():
+    try:
+        return importlib.import_module("torch_npu.npu.amp").GradScaler
+    except (ImportError, AttributeError) as error:
+        raise AmpUnavailableError(
+            f"runtime.amp with float16 on npu needs torch_npu's loss scaler torch_npu.npu.amp.GradScaler, "
+            f"which cannot be imported ({error}). Install the torch_npu build that matches torch, or set "
+            "runtime.amp.enabled: false."
+        ) from error
+
+
+def _check_config(amp: dict[str, Any], device_type: str) -> None:
+    if amp.get("backend", "torch") not in ("torch", "apex"):
+        raise ValueError(f"runtime.amp.backend must be 'torch' or 'apex', got {amp['backend']!r}")
+    if "dtype" in amp and amp["dtype"] not in _DTYPES:
+        raise ValueError(f"runtime.amp.dtype must be one of {sorted(_DTYPES)}, got {amp['dtype']!r}")
+    opt_level = amp.get("opt_level", "O1")
+    if opt_level == "O2":
+        raise ValueError(
+            "runtime.amp.opt_level O2 is not supported: apex O2 casts the whole model and every floating "
+            "input (the target boxes too) to fp16, while this model normalises images, builds anchors, "
+            "encodes boxes and computes its losses in fp32. Use runtime.amp.opt_level: O1 (apex), or "
+            "runtime.amp.backend: torch (autocast with an fp32 model, the default)."
+        )
+    if opt_level != "O1":
+        raise ValueError(f"runtime.amp.opt_level must be 'O1' (apex), got {opt_level!r}")
+    loss_scale = amp.get("loss_scale", "dynamic")
+    if loss_scale != "dynamic" and (
+        isinstance(loss_scale, bool) or not isinstance(loss_scale, int | float) or loss_scale <= 0
+    ):
+        raise ValueError(f"runtime.amp.loss_scale must be 'dynamic' or a positive number, got {loss_scale!r}")
+    if amp.get("enabled") and device_type == "cpu" and amp.get("dtype") == "float16":
+        raise AmpUnavailableError(
+            "runtime.amp.dtype float16 is not supported on CPU: use bfloat16, or runtime.amp.enabled: false"
+        )
 
 
 class MixedPrecision:
@@ -28,6 +126,7 @@ class MixedPrecision:
 
     def __init__(self, amp: dict[str, Any] | None, device: torch.device):
         amp = amp or {}
+        _check_config(amp, device.type)
         self.enabled = bool(amp.get("enabled", False))
         self.backend = amp.get("backend", "torch")
         self.device = device
@@ -35,29 +134,34 @@ class MixedPrecision:
         self.opt_level = amp.get("opt_level", "O1")
         self.loss_scale = amp.get("loss_scale", "dynamic")
         self._apex = None
+        self.scaler: LossScaler | None = None
         if not self.enabled:
-            self.scaler = None
             return
         if self.backend == "apex":
             self._apex = _import_apex_amp()
-            self.scaler = None
-        elif self.backend == "torch":
-            if device.type == "cpu" and self.dtype == torch.float16:
-                raise AmpUnavailableError("runtime.amp.dtype float16 is not supported on CPU: use bfloat16")
-            # bf16 has fp32's range, so only fp16 needs loss scaling.
-            needs_scaling = self.dtype == torch.float16
-            init_scale = 2.0**16 if self.loss_scale == "dynamic" else float(self.loss_scale)
-            self.scaler = torch.amp.GradScaler(
-                device.type,
-                enabled=needs_scaling,
-                init_scale=init_scale,
-                growth_interval=2000 if self.loss_scale == "dynamic" else 2**62,
-            )
-        else:
-            raise ValueError(f"runtime.amp.backend must be 'torch' or 'apex', got {self.backend!r}")
+        elif self.dtype == torch.float16:
+            self.scaler = build_loss_scaler(device.type, self.loss_scale)
+
+    def describe(self) -> str:
+        """One line for logs and reports: the precision and the loss scaling in use."""
+        if not self.enabled:
+            return "fp32 (runtime.amp.enabled: false)"
+        if self._apex is not None:
+            return f"apex {self.opt_level}, loss scale {self.loss_scale}"
+        dtype = str(self.dtype).removeprefix("torch.")
+        if self.scaler is None:
+            return f"{dtype} autocast on {self.device.type}, no loss scaling"
+        kind = "dynamic" if self.scaler.static_scale is None else f"static {self.scaler.static_scale:g}"
+        scaler = type(self.scaler.grad_scaler)
+        scaler_name = f"{scaler.__module__}.{scaler.__name__}"
+        return f"{dtype} autocast on {self.device.type}, {kind} loss scale ({scaler_name})"
 
     def initialize(self, model: nn.Module, optimizer: torch.optim.Optimizer):
-        """apex patches the model and optimizer (before DDP wrapping); torch.amp needs nothing."""
+        """apex patches the model and optimizer (before DDP wrapping); torch.amp needs nothing.
+
+        With apex a numeric loss_scale is apex's static scale, which (unlike ours) does not skip overflowing
+        steps (apex/amp/scaler.py: only a dynamic scaler checks for overflow).
+        """
         if self._apex is None:
             return model, optimizer
         loss_scale = self.loss_scale if self.loss_scale == "dynamic" else float(self.loss_scale)
@@ -73,19 +177,18 @@ class MixedPrecision:
             with self._apex.scale_loss(loss, optimizer) as scaled:
                 scaled.backward()
         elif self.scaler is not None:
-            self.scaler.scale(loss).backward()
+            self.scaler.backward(loss)
         else:
             loss.backward()
 
     def unscale(self, optimizer: torch.optim.Optimizer) -> None:
-        """Bring gradients back to their true scale (before clipping)."""
+        """Bring gradients back to their true scale (before clipping); apex did it on leaving scale_loss."""
         if self.scaler is not None:
-            self.scaler.unscale_(optimizer)
+            self.scaler.unscale(optimizer)
 
     def step(self, optimizer: torch.optim.Optimizer) -> None:
         if self.scaler is not None:
             self.scaler.step(optimizer)
-            self.scaler.update()
         else:
             optimizer.step()
 

@@ -16,13 +16,48 @@ from frcnn_pipeline.errors import UserFacingError
 DEVICE_KINDS = ("auto", "cpu", "cuda", "npu")
 DIST_BACKENDS = {"npu": "hccl", "cuda": "nccl", "cpu": "gloo"}
 
-NPU_INSTALL_HINT = (
-    "Install Ascend's CANN toolkit and driver, then the torch_npu build that matches torch "
-    f"{torch.__version__.split('+')[0]} (`pip install torch_npu=={torch.__version__.split('+')[0]}` or "
-    "`pip install -e '.[npu]'`), source the CANN environment "
-    "(`source /usr/local/Ascend/ascend-toolkit/set_env.sh`) and check `npu-smi info`. "
-    "To train without an NPU, run with `--env base` (CPU), `--env cpu2p`, or `--env gpu1p`."
+# Ascend's compatibility table (the Ascend/pytorch README, "Ascend Auxiliary Software"; its newest row when
+# read for this project: CANN 8.5.0): the newest row for each torch release this project supports (>= 2.3).
+# Each torch_npu release pins one torch release (PyPI metadata: torch_npu 2.9.0 requires torch==2.9.0+cpu,
+# 2.14.0 requires torch==2.14.0.*), and torch_npu releases follow torch's with a lag.
+ASCEND_COMPATIBILITY_TABLE = "https://github.com/Ascend/pytorch#ascend-auxiliary-software"
+TORCH_NPU_PAIRINGS = {  # torch: (torch_npu, CANN)
+    "2.3.1": ("2.3.1.post6", "8.1.RC1"),
+    "2.4.0": ("2.4.0.post4", "8.1.RC1"),
+    "2.5.1": ("2.5.1.post1", "8.2.RC1"),
+    "2.6.0": ("2.6.0.post5", "8.5.0"),
+    "2.7.1": ("2.7.1.post2", "8.5.0"),
+    "2.8.0": ("2.8.0.post2", "8.5.0"),
+    "2.9.0": ("2.9.0", "8.5.0"),
+}
+
+
+_NPU_ENVIRONMENT_HINT = (
+    "Source the CANN environment (`source /usr/local/Ascend/ascend-toolkit/set_env.sh`) and check that the "
+    "driver sees the NPUs (`npu-smi info`). To train without an NPU, run with `--env base` (CPU), "
+    "`--env cpu2p`, or `--env gpu1p`."
 )
+
+
+def npu_install_hint(torch_version: str = torch.__version__) -> str:
+    """How to get a working torch_npu for this torch: the known pairing, or Ascend's table and a downgrade."""
+    release = torch_version.split("+", maxsplit=1)[0]
+    if release in TORCH_NPU_PAIRINGS:
+        torch_npu, cann = TORCH_NPU_PAIRINGS[release]
+        install = (
+            f"Install Ascend's CANN {cann} toolkit and driver, then `pip install torch_npu=={torch_npu}` "
+            f"(the pairing for torch {release} in Ascend's table {ASCEND_COMPATIBILITY_TABLE})"
+        )
+    else:
+        newest = max(TORCH_NPU_PAIRINGS, key=lambda version: tuple(map(int, version.split("."))))
+        torch_npu, cann = TORCH_NPU_PAIRINGS[newest]
+        install = (
+            f"torch {release} has no torch_npu pairing known to this project: look it up in Ascend's "
+            f"compatibility table {ASCEND_COMPATIBILITY_TABLE}. torch_npu releases lag torch's and each pins "
+            f"one torch release, so torch may have to be downgraded to one torch_npu supports, e.g. "
+            f"`pip install torch=={newest} torch_npu=={torch_npu}` with CANN {cann}"
+        )
+    return f"{install}. {_NPU_ENVIRONMENT_HINT}"
 
 
 class DeviceUnavailableError(UserFacingError, RuntimeError):
@@ -34,7 +69,7 @@ def _import_torch_npu():
         return importlib.import_module("torch_npu")
     except ImportError as error:
         raise DeviceUnavailableError(
-            f"runtime.device is 'npu' but torch_npu cannot be imported ({error}). {NPU_INSTALL_HINT}"
+            f"runtime.device is 'npu' but torch_npu cannot be imported ({error}). {npu_install_hint()}"
         ) from error
 
 
@@ -65,16 +100,31 @@ def resolve_device_kind(kind: str) -> str:
             visible = os.environ.get("ASCEND_RT_VISIBLE_DEVICES", "<unset>")
             raise DeviceUnavailableError(
                 f"runtime.device is 'npu': torch_npu is installed but sees no NPU "
-                f"(ASCEND_RT_VISIBLE_DEVICES={visible}). {NPU_INSTALL_HINT}"
+                f"(ASCEND_RT_VISIBLE_DEVICES={visible}). {_NPU_ENVIRONMENT_HINT}"
             )
     elif kind == "cuda" and not torch.cuda.is_available():
-        raise DeviceUnavailableError(
-            "runtime.device is 'cuda' but torch sees no CUDA GPU "
-            f"(torch {torch.__version__}, built for CUDA {torch.version.cuda}, "
-            f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '<unset>')}). "
-            "Install a CUDA build of torch and an NVIDIA driver, or run with `--env base` (CPU)."
-        )
+        raise DeviceUnavailableError(no_cuda_gpu_message())
     return kind
+
+
+def no_cuda_gpu_message() -> str:
+    """Why torch sees no CUDA GPU: a CPU-only torch build, or a GPU build that finds no visible device."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>")
+    build = ""
+    if torch.version.cuda:
+        build = f"CUDA {torch.version.cuda}"
+    elif torch.version.hip:
+        build = f"ROCm {torch.version.hip}"
+    if build:
+        return (
+            f"runtime.device is 'cuda': torch {torch.__version__} is a {build} build but sees no GPU "
+            f"(CUDA_VISIBLE_DEVICES={visible}). Check that the driver sees the GPUs (`nvidia-smi`) and "
+            f"supports {build}, and that CUDA_VISIBLE_DEVICES does not hide them; or run with `--env base`."
+        )
+    return (
+        f"runtime.device is 'cuda' but torch {torch.__version__} is a CPU-only build. Install a CUDA build "
+        "of torch (https://pytorch.org/get-started/locally/) and an NVIDIA driver, or run with `--env base`."
+    )
 
 
 def device_count(kind: str) -> int:
