@@ -61,6 +61,13 @@ _DETECTRON2_R50_FPN: dict[str, Any] = {
         "nms_thresh_test": 0.5,
         "detections_per_image": 100,
     },
+    # No tensor shape depends on the data (object counts, scores, box sizes): for Ascend, which compiles
+    # every new shape, and torch.compile. Needs input.fixed_size. The npu envs turn it on.
+    "static_shapes": {
+        "enabled": False,
+        "max_gt_boxes": 100,  # ground truth padded to this per image; an image with more is an error
+        "detection_candidates": 2000,  # test: best (box, class) pairs per image entering NMS
+    },
 }
 
 _CHOICES = {
@@ -100,11 +107,33 @@ def resolve_model_config(overrides: dict[str, Any] | None) -> dict[str, Any]:
     for (section, key), choices in _CHOICES.items():
         if config[section][key] not in choices:
             raise ValueError(f"model.{section}.{key} = {config[section][key]!r}; choose one of {choices}")
+    _check_static_shapes(config)
     if len(config["anchors"]["sizes"]) != 5:
         raise ValueError(
             f"model.anchors.sizes needs one size per level P2..P6, got {config['anchors']['sizes']}"
         )
     return config
+
+
+def _check_static_shapes(config: dict[str, Any]) -> None:
+    static = config["static_shapes"]
+    if not static["enabled"]:
+        return
+    if not config["input"]["fixed_size"]:
+        raise ValueError(
+            "model.static_shapes.enabled is true but model.input.fixed_size is null: set "
+            "model.input.fixed_size: [H, W] (at least max_size rounded up to size_divisibility, e.g. "
+            "[1344, 1344] for max_size 1333), or model.static_shapes.enabled: false"
+        )
+    for key in ("max_gt_boxes", "detection_candidates"):
+        if not isinstance(static[key], int) or static[key] < 1:
+            raise ValueError(f"model.static_shapes.{key} must be a positive integer, got {static[key]!r}")
+    if static["detection_candidates"] < config["roi_heads"]["detections_per_image"]:
+        raise ValueError(
+            f"model.static_shapes.detection_candidates = {static['detection_candidates']} is below "
+            f"model.roi_heads.detections_per_image = {config['roi_heads']['detections_per_image']} "
+            "(evaluate/predict's detections_per_image sets it at test time): raise detection_candidates"
+        )
 
 
 def read_model_config(parameters_file: str | Path) -> dict[str, Any]:
