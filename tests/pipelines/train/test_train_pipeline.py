@@ -10,6 +10,7 @@ from matplotlib.figure import Figure
 
 from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
+from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
 
@@ -54,6 +55,17 @@ def test_env_recipes(env, device, world, optimizer, lr):
         )
         assert (solver["warmup_iters"], solver["warmup_factor"], solver["epochs"]) == (1000, 0.001, 12)
         assert solver["step_epochs"] == [8, 11] and runtime["amp"]["enabled"]
+
+
+@pytest.mark.parametrize("env", ["base", "cpu2p", "npu1p", "npu8p", "gpu1p", "gpu8p"])
+def test_static_shapes_are_the_npu_default(env):
+    model = resolve_model_config(env_parameters(env)["model"])
+    on_npu = env.startswith("npu")
+    assert model["static_shapes"]["enabled"] is on_npu
+    if on_npu:  # every resized image fits the fixed size
+        size_divisibility = model["input"]["size_divisibility"]
+        padded_max = -(-model["input"]["max_size"] // size_divisibility) * size_divisibility
+        assert model["input"]["fixed_size"] == [padded_max, padded_max] == [1344, 1344]
 
 
 def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_path):
