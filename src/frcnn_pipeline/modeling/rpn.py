@@ -114,16 +114,25 @@ class StaticRPN(DetectronRPN):
         image_shapes: list[tuple[int, int]],
         num_anchors_per_level: list[int],
     ) -> tuple[PaddedBoxes, Tensor]:
-        boxes, scores, levels = self.top_candidates(proposals, objectness, num_anchors_per_level)
+        boxes, scores, _ = self.top_candidates(proposals, objectness, num_anchors_per_level)
         boxes = clip_to_sizes(boxes, image_shapes)
         valid = box_sizes_at_least(boxes, self.min_size) & (scores >= self.score_thresh)
-        keep = torch.stack(
-            [
-                nms_keep_mask(b, s, self.nms_thresh, idxs=lvl, valid=ok)
-                for b, s, lvl, ok in zip(boxes, scores, levels, valid, strict=True)
-            ]
-        )
-        top, valid = top_valid(scores, keep, self.post_nms_top_n())
+        # NMS per image and level: the candidates come level by level, a fixed count each, and one call per
+        # level costs the sum of the squared counts instead of the square of their sum.
+        per_level = [min(self.pre_nms_top_n(), n) for n in num_anchors_per_level]
+        keep = []
+        for level_boxes, level_scores, level_valid in zip(
+            boxes.split(per_level, 1), scores.split(per_level, 1), valid.split(per_level, 1), strict=True
+        ):
+            keep.append(
+                torch.stack(
+                    [
+                        nms_keep_mask(b, s, self.nms_thresh, valid=ok)
+                        for b, s, ok in zip(level_boxes, level_scores, level_valid, strict=True)
+                    ]
+                )
+            )
+        top, valid = top_valid(scores, torch.cat(keep, dim=1), self.post_nms_top_n())
         return PaddedBoxes(pad_invalid(gather_boxes(boxes, top), valid), valid), scores.gather(1, top)
 
     def assign_targets_to_anchors(
