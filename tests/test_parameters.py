@@ -19,6 +19,8 @@ from frcnn_pipeline.parameters import (
 )
 
 ACCELERATOR_ENVS = {"npu1p": ("npu", 1), "npu8p": ("npu", 8), "gpu1p": ("cuda", 1), "gpu8p": ("cuda", 8)}
+# What Ascend needs of the model, not the recipe: one padded size and fixed counts (each new shape compiles).
+NPU_STATIC_SHAPES = {"model.input.fixed_size": [1344, 1344], "model.static_shapes.enabled": True}
 DEMO_ENVS = ("base", "cpu2p")
 # The model-zoo card's recipe, as its README states it (the test's own copy: the spec, not the code).
 CARD_SOLVER = {
@@ -58,7 +60,10 @@ def test_every_environment_is_valid(env):
 @pytest.mark.parametrize("env", ACCELERATOR_ENVS)
 def test_accelerator_envs_run_the_cards_recipe(env):
     sections = resolved_sections(env)
-    assert sections["model"] == default_model_config()  # detectron2's R-50-FPN, every key
+    card = default_model_config()  # detectron2's R-50-FPN, every key
+    if env.startswith("npu"):
+        card["input"]["fixed_size"], card["static_shapes"]["enabled"] = [1344, 1344], True
+    assert sections["model"] == card
     assert (
         sections["model"]["backbone"]["depth"] == 50
         and sections["model"]["roi_heads"]["label_smoothing"] == 0
@@ -87,7 +92,8 @@ def test_demo_envs_run_the_demo_recipe(env):
 def test_the_cards_recipe_is_written_nowhere_in_the_envs():
     recipe_keys = ("model.", "weights.", "train.solver.", "train.checkpoint.")
     for env in (*ACCELERATOR_ENVS, "cpu2p"):
-        assert not [key for key in stated_leaves(env) if key.startswith(recipe_keys)], env
+        stated = {key: value for key, value in stated_leaves(env).items() if key.startswith(recipe_keys)}
+        assert stated == (NPU_STATIC_SHAPES if env.startswith("npu") else {}), env
 
 
 @pytest.mark.parametrize("env", ["cpu2p", *ACCELERATOR_ENVS])
@@ -130,8 +136,8 @@ def test_every_key_in_the_conf_files_is_known_to_the_schema():
 
 def test_params_override_single_nested_keys_of_a_recipe():
     overrides = {"train": {"solver": {"base_lr": 0.01}}, "model": {"backbone": {"depth": 101}}}
-    card = load_parameters("npu8p", runtime_params=overrides)
-    assert card["train"] == {"run_name": "npu8p", "solver": {"base_lr": 0.01}}
+    card = load_parameters("gpu8p", runtime_params=overrides)
+    assert card["train"] == {"run_name": "gpu8p", "solver": {"base_lr": 0.01}}
     assert card["model"] == {"backbone": {"depth": 101}}
     demo = load_parameters("base", runtime_params=overrides)
     assert demo["train"]["solver"]["base_lr"] == 0.01 and demo["train"]["solver"]["optimizer"] == "adamw"

@@ -46,6 +46,11 @@ def test_targets_rgb_labels_plus_one_and_no_crowd(tables):
     assert int(target["image_id"]) == 7
 
 
+def test_boxes_per_image_counts_the_training_targets(tables):
+    assert DetectionDataset(*tables, train=True).boxes_per_image() == {7: 2, 9: 0}
+    assert DetectionDataset(*tables, train=False).boxes_per_image() == {7: 3, 9: 0}
+
+
 def test_evaluation_keeps_crowd_and_images_without_boxes(tables):
     dataset = DetectionDataset(*tables, train=False)
     assert len(dataset[0][1]["boxes"]) == 3

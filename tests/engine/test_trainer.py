@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -163,6 +164,26 @@ def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_t
         "solver.max_iter 2 -> 3",
         "solver.base_lr 0.001 -> 0.002",
     ]
+
+
+STATIC_MODEL = _merged(
+    TINY_MODEL, input={"fixed_size": [64, 64]}, static_shapes={"enabled": True, "max_gt_boxes": 2}
+)
+
+
+def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes(tmp_path, tiny_tables):
+    images, annotations = tiny_tables  # 2 boxes per image
+    train = train_config(tmp_path, max_iter=2)
+    result = train_detector(images, annotations, 2, STATIC_MODEL, train, runtime_config())
+    assert len(result["metrics"]) == 2
+    assert all(math.isfinite(value) for value in result["record"]["final_losses"].values())
+    too_few = _merged(STATIC_MODEL, static_shapes={"max_gt_boxes": 1})
+    train = train_config(tmp_path, max_iter=2)
+    train["run_name"] = "too_few"
+    message = r"8 training image\(s\) have more ground-truth boxes than model.static_shapes.max_gt_boxes = 1"
+    with pytest.raises(ValueError, match=message):
+        train_detector(images, annotations, 2, too_few, train, runtime_config())
+    assert not (tmp_path / "checkpoints" / "too_few").exists()
 
 
 class _LossTurnsNaN(nn.Module):

@@ -7,7 +7,8 @@ from torchvision.models.detection._utils import BoxCoder
 from torchvision.models.detection.image_list import ImageList
 
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator, unrounded_cell_anchors
-from frcnn_pipeline.modeling.heads import LevelRoIAlign, fast_rcnn_losses
+from frcnn_pipeline.modeling.pooler import LevelRoIAlign
+from frcnn_pipeline.modeling.roi_heads import fast_rcnn_losses
 
 
 def _anchors(sizes, ratios, strides, *, rounded, feature_hw, image_hw=(64, 64)):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import BeforeValidator, Field, model_validator
 
 from frcnn_pipeline.config.section import Section
 
@@ -97,8 +97,16 @@ class RoiHeadsParams(Section):
 
 
 class StaticShapeParams(Section):
+    """No tensor shape depends on the data (object counts, scores, box sizes): for Ascend, which compiles
+    every new shape, and torch.compile. Needs input.fixed_size. The npu envs turn it on."""
+
     enabled: bool = Field(False, description="fixed proposal and RoI counts, padded and masked (NPU)")
-    max_gt_boxes: int = Field(100, ge=1, description="ground-truth boxes per image padded to this")
+    max_gt_boxes: int = Field(
+        100, ge=1, description="ground-truth boxes per image padded to this; an image with more is an error"
+    )
+    detection_candidates: int = Field(
+        2000, ge=1, description="test: best (box, class) pairs per image entering NMS"
+    )
 
 
 class ModelParams(Section):
@@ -108,3 +116,19 @@ class ModelParams(Section):
     rpn: RpnParams = RpnParams()
     roi_heads: RoiHeadsParams = RoiHeadsParams()
     static_shapes: StaticShapeParams = StaticShapeParams()
+
+    @model_validator(mode="after")
+    def _static_shapes_need_a_fixed_size(self) -> ModelParams:
+        static = self.static_shapes
+        if static.enabled and not self.input.fixed_size:
+            raise ValueError(
+                "model.static_shapes.enabled is true but model.input.fixed_size is null: set "
+                "model.input.fixed_size: [H, W] (at least max_size rounded up to size_divisibility, e.g. "
+                "[1344, 1344] for max_size 1333), or model.static_shapes.enabled: false"
+            )
+        if static.enabled and static.detection_candidates < self.roi_heads.detections_per_image:
+            raise ValueError(
+                f"model.static_shapes.detection_candidates = {static.detection_candidates} is below "
+                f"model.roi_heads.detections_per_image = {self.roi_heads.detections_per_image}: raise it"
+            )
+        return self

@@ -57,6 +57,10 @@ class DetectionDataset(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def boxes_per_image(self) -> dict[int, int]:
+        """Number of target boxes of each image, by image_id."""
+        return {int(i): len(b) for i, b in zip(self.images["image_id"], self._boxes, strict=True)}
+
     def aspect_ratios(self) -> np.ndarray:
         """width / height per image, from the table (no decoding)."""
         return (self.images["width"] / self.images["height"]).to_numpy()

@@ -40,6 +40,7 @@ from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.static import check_gt_box_counts
 
 log = logging.getLogger(__name__)
 
@@ -300,6 +301,9 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
 
     dataset = DetectionDataset(job.images, job.annotations, train=True)
     data_fingerprint = tables_fingerprint(job.images, job.annotations)
+    static_shapes = resolve_model_config(job.model_cfg)["static_shapes"]
+    if static_shapes["enabled"]:
+        check_gt_box_counts(dataset.boxes_per_image(), static_shapes["max_gt_boxes"])
     iters_per_epoch = max(1, len(dataset) // total_batch)
     scheduler = solver.build_lr_scheduler(optimizer, solver_cfg, iters_per_epoch)
     max_iter = solver.max_iterations(solver_cfg, iters_per_epoch)

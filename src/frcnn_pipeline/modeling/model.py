@@ -7,13 +7,9 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_NAMES, FEATURE_STRIDES, build_resnet_fpn_backbone
 from frcnn_pipeline.modeling.config import resolve_model_config
-from frcnn_pipeline.modeling.heads import (
-    DetectronRoIHeads,
-    DetectronRPN,
-    Float32RPNHead,
-    LevelRoIAlign,
-    box_head_and_predictor,
-)
+from frcnn_pipeline.modeling.pooler import LevelRoIAlign
+from frcnn_pipeline.modeling.roi_heads import DetectronRoIHeads, StaticRoIHeads, box_head_and_predictor
+from frcnn_pipeline.modeling.rpn import DetectronRPN, Float32RPNHead, StaticRPN
 from frcnn_pipeline.modeling.transform import DetectronTransform
 
 
@@ -39,13 +35,16 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         raise ValueError(f"num_classes must be >= 1 foreground classes, got {num_classes}")
     cfg = resolve_model_config(model_cfg)
     inputs, anchors, rpn_cfg, roi_cfg = cfg["input"], cfg["anchors"], cfg["rpn"], cfg["roi_heads"]
+    static = cfg["static_shapes"]
+    # The static-shape mode swaps in variants of the RPN and box head with the same weights.
+    static_kwargs = {"detection_candidates": static["detection_candidates"]} if static["enabled"] else {}
 
     backbone = build_resnet_fpn_backbone(cfg["backbone"])
     anchor_generator = FixedStrideAnchorGenerator(
         anchors["sizes"], anchors["aspect_ratios"], FEATURE_STRIDES, round_cell_anchors=anchors["round"]
     )
     background_iou, foreground_iou = rpn_cfg["iou_thresholds"]
-    rpn = DetectronRPN(
+    rpn = (StaticRPN if static["enabled"] else DetectronRPN)(
         anchor_generator,
         Float32RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
         fg_iou_thresh=foreground_iou,
@@ -60,13 +59,14 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
     box_head, box_predictor = box_head_and_predictor(
         backbone.out_channels, roi_cfg["pooler_resolution"], roi_cfg["fc_dim"], num_classes
     )
-    roi_heads = DetectronRoIHeads(
+    roi_heads = (StaticRoIHeads if static["enabled"] else DetectronRoIHeads)(
         LevelRoIAlign(
             FEATURE_NAMES[:4],
             FEATURE_STRIDES[:4],
             roi_cfg["pooler_resolution"],
             roi_cfg["pooler_sampling_ratio"],
             aligned=roi_cfg["pooler_aligned"],
+            static_shapes=static["enabled"],
         ),
         box_head,
         box_predictor,
@@ -80,6 +80,7 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         detections_per_img=roi_cfg["detections_per_image"],
         smooth_l1_beta=roi_cfg["smooth_l1_beta"],
         label_smoothing=roi_cfg["label_smoothing"],
+        **static_kwargs,
     )
     transform = DetectronTransform(
         min_size_train=inputs["min_size_train"],
@@ -91,5 +92,6 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         size_divisibility=inputs["size_divisibility"],
         resize_rounding=inputs["resize_rounding"],
         fixed_size=inputs["fixed_size"],
+        max_gt_boxes=static["max_gt_boxes"] if static["enabled"] else None,
     )
     return FasterRCNN(backbone, rpn, roi_heads, transform, config=cfg, num_classes=num_classes)

@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.models.detection.transform import GeneralizedRCNNTransform, resize_boxes
 
+from frcnn_pipeline.modeling.static import pad_targets, strip_padding
+
 
 def resized_shape(
     height: int, width: int, short_side: int, max_size: int, rounding: str = "detectron2"
@@ -29,6 +31,10 @@ class DetectronTransform(GeneralizedRCNNTransform):
     """GeneralizedRCNNTransform taking RGB uint8/float 0-255 images.
 
     Predictions are mapped back by the actual per-axis ratio (torchvision's `postprocess`).
+    With `max_gt_boxes` (the static-shape mode) targets are padded to that many boxes with a `valid`
+    mask, and the padded detections are stripped to the valid ones at the very end of `postprocess`: the
+    one data-dependent step of an inference pass. `padded_detections = True` skips it (detections keep
+    their fixed size and `valid` mask), e.g. to keep a compiled graph whole.
     """
 
     def __init__(
@@ -43,6 +49,7 @@ class DetectronTransform(GeneralizedRCNNTransform):
         size_divisibility: int,
         resize_rounding: str,
         fixed_size: Sequence[int] | None,
+        max_gt_boxes: int | None = None,
     ) -> None:
         super().__init__(
             min_size=tuple(min_size_train),
@@ -55,9 +62,27 @@ class DetectronTransform(GeneralizedRCNNTransform):
         self.min_size_test = min_size_test
         self.input_format = input_format
         self.resize_rounding = resize_rounding
+        self.max_gt_boxes = max_gt_boxes
+        self.padded_detections = False
         # Buffers follow .to(device); not persistent: they are configuration, not weights.
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    def forward(self, images: list[Tensor], targets: list[dict[str, Tensor]] | None = None):
+        if self.max_gt_boxes is not None and targets is not None:
+            targets = pad_targets(targets, self.max_gt_boxes)
+        return super().forward(images, targets)
+
+    def postprocess(
+        self,
+        result: list[dict[str, Tensor]],
+        image_shapes: list[tuple[int, int]],
+        original_image_sizes: list[tuple[int, int]],
+    ) -> list[dict[str, Tensor]]:
+        result = super().postprocess(result, image_shapes, original_image_sizes)
+        if self.training or self.padded_detections:
+            return result
+        return [strip_padding(detections) if "valid" in detections else detections for detections in result]
 
     def normalize(self, image: Tensor) -> Tensor:
         if image.shape[0] != 3:

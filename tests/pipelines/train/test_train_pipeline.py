@@ -47,6 +47,17 @@ def test_env_recipes(env, device, world, optimizer, lr):
         assert solver["step_epochs"] == [8, 11] and runtime["amp"]["enabled"]
 
 
+@pytest.mark.parametrize("env", ["base", "cpu2p", "npu1p", "npu8p", "gpu1p", "gpu8p"])
+def test_static_shapes_are_the_npu_default(env):
+    model = resolve_model_config(load_parameters(env)["model"])
+    on_npu = env.startswith("npu")
+    assert model["static_shapes"]["enabled"] is on_npu
+    if on_npu:  # every resized image fits the fixed size
+        size_divisibility = model["input"]["size_divisibility"]
+        padded_max = -(-model["input"]["max_size"] // size_divisibility) * size_divisibility
+        assert model["input"]["fixed_size"] == [padded_max, padded_max] == [1344, 1344]
+
+
 def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "torch_npu", None)  # as on this machine: torch_npu not installed
     parameters = load_parameters("npu8p")

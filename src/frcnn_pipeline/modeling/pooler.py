@@ -1,0 +1,58 @@
+"""Box pooler: RoIAlign over the FPN level that detectron2 assigns to each box."""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
+
+from frcnn_pipeline.layers import roi_align
+
+
+class LevelRoIAlign(MultiScaleRoIAlign):
+    """MultiScaleRoIAlign with known level strides and detectron2's `aligned` (ROIAlignV2) option.
+
+    torchvision's pooler hard-codes aligned=False and infers the scales from the first batch.
+    With `static_shapes`, every level pools every box (the boxes of other levels shrunk to empty ones,
+    which cost one sample) and a mask keeps each box's own level, instead of selecting each level's boxes.
+    """
+
+    def __init__(
+        self,
+        featmap_names: Sequence[str],
+        strides: Sequence[int],
+        output_size: int,
+        sampling_ratio: int,
+        *,
+        aligned: bool,
+        static_shapes: bool = False,
+    ) -> None:
+        super().__init__(list(featmap_names), output_size, sampling_ratio)
+        self.aligned = aligned
+        self.static_shapes = static_shapes
+        self.scales = [1.0 / stride for stride in strides]
+        levels = [round(math.log2(stride)) for stride in strides]
+        self.map_levels = initLevelMapper(levels[0], levels[-1])
+
+    def forward(
+        self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
+    ) -> Tensor:
+        features = [x[name] for name in self.featmap_names]
+        rois = torch.cat(
+            [torch.cat([box.new_full((len(box), 1), i), box], dim=1) for i, box in enumerate(boxes)]
+        )
+        levels = self.map_levels(boxes)
+        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
+            if self.static_shapes:
+                in_level = (levels == level)[:, None]
+                pooled = self._pool(feature, rois * in_level, scale)
+                result = result + pooled.to(result.dtype) * in_level[..., None, None]
+            else:
+                in_level = torch.where(levels == level)[0]
+                result[in_level] = self._pool(feature, rois[in_level], scale).to(result.dtype)
+        return result
+
+    def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
+        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, aligned=self.aligned)

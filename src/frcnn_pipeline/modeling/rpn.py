@@ -1,0 +1,176 @@
+"""Region proposal network: torchvision's, with detectron2's loss, portable NMS and a static-shape variant."""
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.ops import boxes as box_ops
+
+from frcnn_pipeline.layers import batched_nms, nms_keep_mask
+from frcnn_pipeline.modeling.static import (
+    PaddedBoxes,
+    box_sizes_at_least,
+    clip_to_sizes,
+    gather_boxes,
+    match_padded,
+    pad_invalid,
+    sample_fixed,
+    top_valid,
+)
+
+
+class Float32RPNHead(RPNHead):
+    """RPNHead whose outputs are float32 under autocast, so proposals are decoded in full precision."""
+
+    def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+        logits, deltas = super().forward(x)
+        return [t.float() for t in logits], [t.float() for t in deltas]
+
+
+class DetectronRPN(RegionProposalNetwork):
+    """RegionProposalNetwork whose box loss is smooth-L1 with a configurable beta (0 = L1, detectron2) and
+    whose NMS is `frcnn_pipeline.layers.batched_nms` (a kernel for every device)."""
+
+    def __init__(self, *args, smooth_l1_beta: float, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.smooth_l1_beta = smooth_l1_beta
+
+    def top_candidates(
+        self, proposals: Tensor, objectness: Tensor, num_anchors_per_level: list[int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """The pre_nms_top_n best proposals of each level: boxes [B, K, 4], probabilities, levels [B, K]."""
+        num_images, device = proposals.shape[0], proposals.device
+        objectness = objectness.detach().reshape(num_images, -1)  # no backprop through the selection
+        levels = torch.cat(
+            [
+                torch.full((n,), level, dtype=torch.int64, device=device)
+                for level, n in enumerate(num_anchors_per_level)
+            ]
+        ).expand_as(objectness)
+        top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
+        batch_idx = torch.arange(num_images, device=device)[:, None]
+        return (
+            proposals[batch_idx, top_n_idx],
+            objectness[batch_idx, top_n_idx].sigmoid(),
+            levels[batch_idx, top_n_idx],
+        )
+
+    def filter_proposals(
+        self,
+        proposals: Tensor,
+        objectness: Tensor,
+        image_shapes: list[tuple[int, int]],
+        num_anchors_per_level: list[int],
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        final_boxes, final_scores = [], []
+        candidates = self.top_candidates(proposals, objectness, num_anchors_per_level)
+        for image_boxes, image_scores, image_levels, image_shape in zip(
+            *candidates, image_shapes, strict=True
+        ):
+            boxes = box_ops.clip_boxes_to_image(image_boxes, image_shape)
+            keep = box_ops.remove_small_boxes(boxes, self.min_size)
+            boxes, scores, levels = boxes[keep], image_scores[keep], image_levels[keep]
+            keep = torch.where(scores >= self.score_thresh)[0]
+            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
+            # NMS independently per level, then the best post_nms_top_n
+            keep = batched_nms(boxes, scores, levels, self.nms_thresh)[: self.post_nms_top_n()]
+            final_boxes.append(boxes[keep])
+            final_scores.append(scores[keep])
+        return final_boxes, final_scores
+
+    def compute_loss(
+        self,
+        objectness: Tensor,
+        pred_bbox_deltas: Tensor,
+        labels: list[Tensor],
+        regression_targets: list[Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
+        positive = torch.where(torch.cat(sampled_pos))[0]
+        sampled = torch.cat([positive, torch.where(torch.cat(sampled_neg))[0]])
+        labels_t = torch.cat(labels)
+        box_loss = F.smooth_l1_loss(
+            pred_bbox_deltas[positive],
+            torch.cat(regression_targets)[positive],
+            beta=self.smooth_l1_beta,
+            reduction="sum",
+        ) / max(sampled.numel(), 1)
+        objectness_loss = F.binary_cross_entropy_with_logits(objectness.flatten()[sampled], labels_t[sampled])
+        return objectness_loss, box_loss
+
+
+class StaticRPN(DetectronRPN):
+    """DetectronRPN in which no shape depends on the data (`model.static_shapes`).
+
+    Targets come padded with a `valid` mask (`pad_targets`); proposals leave as `PaddedBoxes` of exactly
+    post_nms_top_n per image. Small and low-scoring boxes and NMS are masks instead of removals, anchor
+    sampling fills exactly batch_size_per_image slots, and the losses are weighted sums over the slots.
+    """
+
+    def filter_proposals(
+        self,
+        proposals: Tensor,
+        objectness: Tensor,
+        image_shapes: list[tuple[int, int]],
+        num_anchors_per_level: list[int],
+    ) -> tuple[PaddedBoxes, Tensor]:
+        boxes, scores, _ = self.top_candidates(proposals, objectness, num_anchors_per_level)
+        boxes = clip_to_sizes(boxes, image_shapes)
+        valid = box_sizes_at_least(boxes, self.min_size) & (scores >= self.score_thresh)
+        # NMS per image and level: the candidates come level by level, a fixed count each, and one call per
+        # level costs the sum of the squared counts instead of the square of their sum.
+        per_level = [min(self.pre_nms_top_n(), n) for n in num_anchors_per_level]
+        keep = []
+        for level_boxes, level_scores, level_valid in zip(
+            boxes.split(per_level, 1), scores.split(per_level, 1), valid.split(per_level, 1), strict=True
+        ):
+            keep.append(
+                torch.stack(
+                    [
+                        nms_keep_mask(b, s, self.nms_thresh, valid=ok)
+                        for b, s, ok in zip(level_boxes, level_scores, level_valid, strict=True)
+                    ]
+                )
+            )
+        top, valid = top_valid(scores, torch.cat(keep, dim=1), self.post_nms_top_n())
+        return PaddedBoxes(pad_invalid(gather_boxes(boxes, top), valid), valid), scores.gather(1, top)
+
+    def assign_targets_to_anchors(
+        self, anchors: list[Tensor], targets: list[dict[str, Tensor]]
+    ) -> tuple[list[Tensor], list[Tensor]]:
+        labels, matched_gt_boxes = [], []
+        for anchors_per_image, target in zip(anchors, targets, strict=True):
+            gt_boxes = target["boxes"]
+            matched_idxs = match_padded(
+                self.proposal_matcher, self.box_similarity(gt_boxes, anchors_per_image), target["valid"]
+            )
+            matched_gt_boxes.append(gt_boxes[matched_idxs.clamp(min=0)])
+            # 1 foreground, 0 background, -1 between the thresholds (ignored)
+            between = matched_idxs == self.proposal_matcher.BETWEEN_THRESHOLDS
+            labels.append((matched_idxs >= 0).float().masked_fill(between, -1.0))
+        return labels, matched_gt_boxes
+
+    def compute_loss(
+        self,
+        objectness: Tensor,
+        pred_bbox_deltas: Tensor,
+        labels: list[Tensor],
+        regression_targets: list[Tensor],
+    ) -> tuple[Tensor, Tensor]:
+        labels_t = torch.stack(labels)  # [B, A]
+        num_images, num_anchors = labels_t.shape
+        sampler = self.fg_bg_sampler
+        slots, sampled = sample_fixed(labels_t, sampler.batch_size_per_image, sampler.positive_fraction)
+        rows = (slots + num_anchors * torch.arange(num_images, device=slots.device)[:, None]).flatten()
+        weights, labels_s = sampled.flatten().float(), labels_t.flatten()[rows]
+        count = weights.sum().clamp(min=1.0)
+        box_loss = F.smooth_l1_loss(
+            pred_bbox_deltas[rows],
+            torch.cat(regression_targets)[rows],
+            beta=self.smooth_l1_beta,
+            reduction="none",
+        ).sum(dim=1)
+        objectness_loss = F.binary_cross_entropy_with_logits(
+            objectness.flatten()[rows], labels_s.clamp(min=0.0), reduction="none"
+        )
+        return (objectness_loss * weights).sum() / count, (box_loss * weights * (labels_s > 0)).sum() / count
