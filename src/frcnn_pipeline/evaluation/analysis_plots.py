@@ -26,6 +26,9 @@ ERROR_COLOURS = {
     "missed": "#1f77b4",
 }
 CORRECT_COLOUR = "#2ca02c"
+EXPLAINED_COLOUR = (
+    "#7f7f7f"  # an object a classification or localisation error points at: neither found nor missed
+)
 MAX_ANNOTATED_CLASSES = 20  # beyond this, cell counts and legends would not be legible
 
 
@@ -104,7 +107,7 @@ def score_threshold_figure(advice: ThresholdAdvice) -> Figure:
     curves_axes.grid(alpha=0.3)
     curves_axes.set_title("F1 against the score threshold (dot: the maximum)")
     if len(advice.curves) <= MAX_ANNOTATED_CLASSES + 1:
-        curves_axes.legend(fontsize="small", loc="lower left")
+        curves_axes.legend(fontsize="small", loc="upper right")
     table = advice.table()
     positions = np.arange(len(table))[::-1]
     bars_axes.barh(positions, table["score_threshold"].fillna(0), color="#3182bd")
@@ -114,7 +117,8 @@ def score_threshold_figure(advice: ThresholdAdvice) -> Figure:
             if pd.isna(row.score_threshold)
             else f"{row.score_threshold:.2f}  P {row.precision:.2f} R {row.recall:.2f} F1 {row.f1:.2f}"
         )
-        bars_axes.text(0.01, position, text, va="center", fontsize=8)
+        end = 0.0 if pd.isna(row.score_threshold) else row.score_threshold
+        bars_axes.text(end + 0.01, position, text, va="center", fontsize=8)
     bars_axes.set_yticks(positions, table["name"])
     bars_axes.set_xlim(0, 1)
     bars_axes.set_xlabel("F1-maximising score threshold")
@@ -126,38 +130,34 @@ def score_threshold_figure(advice: ThresholdAdvice) -> Figure:
 def error_image(
     labels: ErrorLabels, image_index: int, image: np.ndarray, threshold_index: int = 0
 ) -> BoxedImage:
-    """One image with its objects (green when found, the missed colour when missed) and its detections
-    (green when right, else in the colour of their error class), each labelled."""
+    """One image with its objects (solid: green when found, the missed colour when missed, grey when an error
+    below points at it) and its detections (dashed: green when right, else in their error's colour)."""
     matching = labels.matching
     names = matching.category_names
+    found = matching.gt_matched[:, threshold_index]
     boxes = []
     objects = np.flatnonzero((matching.gt_image == image_index) & ~matching.gt_crowd)
     for g in objects:
-        missed = labels.missed[g, threshold_index]
-        text = f"missed: {names[matching.gt_category[g]]}" if missed else names[matching.gt_category[g]]
-        colour = ERROR_COLOURS["missed"] if missed else CORRECT_COLOUR
+        name = names[matching.gt_category[g]]
+        if labels.missed[g, threshold_index]:
+            text, colour = f"missed: {name}", ERROR_COLOURS["missed"]
+        else:
+            text, colour = name, CORRECT_COLOUR if found[g] else EXPLAINED_COLOUR
         boxes.append(LabelledBox(_xyxy(matching.gt_box[g]), text, colour, dashed=False))
     detections = np.flatnonzero(matching.dt_image == image_index)
-    for d in detections[np.argsort(matching.dt_score[detections])]:  # best drawn last, on top
-        error = int(labels.detection_error[d, threshold_index])
+    errors = labels.detection_error[detections, threshold_index]
+    for d, error in zip(detections, errors, strict=True):
         name = f"{names[matching.dt_category[d]]} {matching.dt_score[d]:.2f}"
-        if error == NO_ERROR:
-            if not matching.true_positive[d, threshold_index]:
-                continue  # on a crowd region: neither right nor wrong
-            boxes.append(LabelledBox(_xyxy(matching.dt_box[d]), name, CORRECT_COLOUR, dashed=True))
-        else:
+        if error != NO_ERROR:
             error_name = ERROR_TYPES[error]
             boxes.append(
                 LabelledBox(
                     _xyxy(matching.dt_box[d]), f"{error_name}: {name}", ERROR_COLOURS[error_name], True
                 )
             )
-    counts = np.bincount(
-        labels.detection_error[detections, threshold_index][
-            labels.detection_error[detections, threshold_index] != NO_ERROR
-        ],
-        minlength=len(ERROR_TYPES),
-    )
+        elif matching.true_positive[d, threshold_index]:  # else on a crowd region: neither right nor wrong
+            boxes.append(LabelledBox(_xyxy(matching.dt_box[d]), name, CORRECT_COLOUR, dashed=True))
+    counts = np.bincount(errors[errors != NO_ERROR], minlength=len(ERROR_TYPES))
     counts[MISSED] = labels.missed[objects, threshold_index].sum()
     summary = ", ".join(f"{n} {ERROR_TYPES[e]}" for e, n in enumerate(counts) if n)
     title = f"image {matching.image_ids[image_index]}: {counts.sum()} errors" + (
@@ -167,7 +167,11 @@ def error_image(
 
 
 def worst_images_figure(images: list[BoxedImage], columns: int, score_threshold: float, iou: float) -> Figure:
-    legend = {"right (object found / true detection)": CORRECT_COLOUR, **ERROR_COLOURS}
+    legend = {
+        "right (object found / true detection)": CORRECT_COLOUR,
+        **ERROR_COLOURS,
+        "object an error points at": EXPLAINED_COLOUR,
+    }
     title = (
         f"Val images with the most errors (detections scoring ≥ {score_threshold:g}, IoU {iou:g}): "
         "objects solid, detections dashed"

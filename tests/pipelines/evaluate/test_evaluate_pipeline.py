@@ -14,9 +14,12 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from frcnn_pipeline.evaluation import STAT_NAMES
+from frcnn_pipeline.evaluation.error_analysis import ERROR_TYPES
 from frcnn_pipeline.pipelines.evaluate import create_pipeline
 
 PLOTS = ("precision_recall_curves", "per_category_precision_recall_curves", "ap_per_category_plot")
+ANALYSIS_PLOTS = ("error_breakdown_plot", "confusion_matrix_plot", "score_thresholds_plot", "worst_images")
+ANALYSIS_PARAMETERS = ("error_analysis", "confusion_matrix", "score_thresholds", "worst_images")
 
 
 def catalog_in(tmp_path: Path, catalog_config: dict, inputs: dict) -> DataCatalog:
@@ -63,6 +66,7 @@ def inputs(demo_split, trained_weights, model_params, parameters) -> dict:
         "params:model": model_params,
         "params:evaluate": parameters["evaluate"],
         "params:runtime": parameters["runtime"],
+        **{f"params:evaluate.{key}": parameters["evaluate"][key] for key in ANALYSIS_PARAMETERS},
     }
 
 
@@ -87,8 +91,21 @@ def test_evaluate_writes_metrics_tables_and_plots(tmp_path, inputs, demo_split, 
     table = pd.read_csv(tmp_path / "per_category_ap.csv")
     assert table["category_id"].tolist() == sorted(val.categories["category_id"])
     assert set(table["name"]) == set(val.categories["name"])
-    for name in (*PLOTS, "detection_samples"):
+    for name in (*PLOTS, "detection_samples", *ANALYSIS_PLOTS):
         assert_png(tmp_path / Path(catalog_config[name]["filepath"]).name)
+
+    # The error analysis tables (their numbers are checked on hand-built cases in tests/evaluation).
+    breakdown = pd.read_csv(tmp_path / "error_breakdown.csv")
+    assert breakdown["error"].tolist() == list(ERROR_TYPES) and (breakdown["dAP"] >= 0).all()
+    confusion = pd.read_csv(tmp_path / "confusion_matrix.csv").set_index("ground_truth")
+    assert list(confusion.index) == list(confusion.columns) == [*table["name"], "background"]
+    non_crowd = sum(not a["iscrowd"] for a in demo_split["ground_truth"]["annotations"])
+    assert confusion.drop(index="background").to_numpy().sum() == non_crowd  # every object counted once
+    thresholds = pd.read_csv(tmp_path / "score_thresholds.csv")
+    assert thresholds["name"].tolist() == [*table["name"], "all categories"]
+    per_area = pd.read_csv(tmp_path / "per_area_metrics.csv")
+    assert per_area["area"].tolist() == ["all", "small", "medium", "large"]
+    assert per_area["AP"].iloc[0] == pytest.approx(metrics["AP"])
 
 
 def test_unreadable_val_image_is_an_error_naming_it(tmp_path, inputs, catalog_config):
@@ -109,6 +126,9 @@ def test_pipeline_is_tagged_and_named_for_viz():
         "evaluate.predict_val_split",
         "evaluate.compute_coco_metrics",
         "evaluate.draw_detection_samples",
+        "evaluate.analyse_errors",
+        "evaluate.tabulate_confusion",
+        "evaluate.draw_worst_images",
     }
     assert pipeline.inputs() >= {"trained_model", "val_images", "val_ground_truth", "categories"}
     assert "initial_weights" in create_pipeline(weights="initial_weights").inputs()

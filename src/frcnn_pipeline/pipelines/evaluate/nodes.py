@@ -11,15 +11,19 @@ import torch
 from matplotlib.figure import Figure
 from torchvision.io import ImageReadMode, decode_image, read_file
 
-from frcnn_pipeline.evaluation import plots
+from frcnn_pipeline.evaluation import analysis_plots, plots
 from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
+from frcnn_pipeline.evaluation.confusion import confusion_matrix
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
+from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_breakdown, worst_images
 from frcnn_pipeline.evaluation.inference import (
     InferenceOptions,
     category_ids_by_label,
     coco_results,
     run_inference,
 )
+from frcnn_pipeline.evaluation.matching import match_detections
+from frcnn_pipeline.evaluation.thresholds import score_threshold_advice
 
 log = logging.getLogger(__name__)
 
@@ -149,3 +153,70 @@ def draw_detection_samples(
             )
         )
     return samples_figure(samples, columns=int(settings.get("columns", 3)))
+
+
+def report_per_area_metrics(evaluation: CocoBoxEvaluation) -> pd.DataFrame:
+    """AP and AR per COCO size range (all, small, medium, large) with the ground-truth count of each."""
+    return evaluation.per_area_metrics()
+
+
+def analyse_errors(
+    val_ground_truth: dict[str, Any], val_detections: list[dict[str, Any]], settings: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """TIDE's error breakdown (count, dAP at IoU .50 and over .50:.95 per error class) and its bar chart."""
+    breakdown = error_breakdown(val_ground_truth, val_detections, float(settings["background_iou"]))
+    summary, baseline = breakdown.summary(), breakdown.baseline()
+    shown = summary.copy()
+    for column in ("dAP50", "dAP", "AP50_fixed", "AP_fixed"):
+        shown[column] = (shown[column] * 100).round(2)
+    log.info(
+        "Error breakdown (TIDE; AP50 %.2f, AP %.2f; dAP in AP points):\n%s",
+        baseline["AP50"] * 100, baseline["AP"] * 100, shown.to_string(index=False),
+    )  # fmt: skip
+    return summary, analysis_plots.error_breakdown_figure(summary, baseline)
+
+
+def tabulate_confusion(
+    val_ground_truth: dict[str, Any], val_detections: list[dict[str, Any]], settings: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """The confusion matrix over the classes and background (counts) and its row-normalised heatmap."""
+    matrix = confusion_matrix(
+        val_ground_truth,
+        val_detections,
+        score_threshold=float(settings["score_threshold"]),
+        iou_threshold=float(settings["iou_threshold"]),
+    )
+    table = matrix.table()
+    log.info("Confusion matrix (rows: ground truth, columns: predicted):\n%s", table.to_string())
+    return table.reset_index(), analysis_plots.confusion_matrix_figure(matrix)
+
+
+def advise_score_thresholds(
+    val_ground_truth: dict[str, Any], val_detections: list[dict[str, Any]], settings: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """Per category (and for all together) the F1-maximising score threshold with its precision and recall."""
+    advice = score_threshold_advice(val_ground_truth, val_detections, float(settings["iou_threshold"]))
+    table = advice.table()
+    log.info("F1-maximising score thresholds:\n%s", table.round(3).to_string(index=False))
+    return table, analysis_plots.score_threshold_figure(advice)
+
+
+def draw_worst_images(
+    val_images: pd.DataFrame,
+    val_ground_truth: dict[str, Any],
+    val_detections: list[dict[str, Any]],
+    settings: dict[str, Any],
+    error_analysis: dict[str, Any],
+) -> Figure:
+    """The val images with the most errors at a deployment score threshold, each error's class on its box."""
+    min_score, iou = float(settings["score_threshold"]), float(settings["iou_threshold"])
+    kept = [d for d in val_detections if d["score"] >= min_score]
+    matching = match_detections(val_ground_truth, kept, [iou])
+    labels = classify_errors(matching, float(error_analysis["background_iou"]))
+    paths = val_images.set_index(val_images["image_id"].astype(int))["path"]
+    shown = []
+    for image_index in worst_images(labels, int(settings["count"])):
+        path = str(paths[int(matching.image_ids[image_index])])
+        image = decode_image(read_file(path), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+        shown.append(analysis_plots.error_image(labels, image_index, image))
+    return analysis_plots.worst_images_figure(shown, int(settings["columns"]), min_score, iou)

@@ -3,13 +3,18 @@
 from kedro.pipeline import Node, Pipeline
 
 from .nodes import (
+    advise_score_thresholds,
+    analyse_errors,
     compute_coco_metrics,
     draw_detection_samples,
+    draw_worst_images,
     plot_ap_per_category,
     plot_per_category_precision_recall,
     plot_precision_recall,
     predict_val_split,
     report_coco_metrics,
+    report_per_area_metrics,
+    tabulate_confusion,
 )
 
 
@@ -58,8 +63,42 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "detection_samples",
                 name="draw_detection_samples",
             ),
+            *error_analysis_nodes(),
         ],
         tags="evaluate",
         namespace="evaluate",
         prefix_datasets_with_namespace=False,
     )
+
+
+def error_analysis_nodes() -> list[Node]:
+    """Why AP is not higher: TIDE's error breakdown, the confusion matrix, the worst images, AP and AR per
+    size, and the F1-maximising score threshold per category."""
+    detections = ["val_ground_truth", "val_detections"]
+    return [
+        Node(report_per_area_metrics, "coco_evaluation", "per_area_metrics", name="report_per_area_metrics"),
+        Node(
+            analyse_errors,
+            [*detections, "params:evaluate.error_analysis"],
+            ["error_breakdown", "error_breakdown_plot"],
+            name="analyse_errors",
+        ),
+        Node(
+            tabulate_confusion,
+            [*detections, "params:evaluate.confusion_matrix"],
+            ["confusion_matrix", "confusion_matrix_plot"],
+            name="tabulate_confusion",
+        ),
+        Node(
+            advise_score_thresholds,
+            [*detections, "params:evaluate.score_thresholds"],
+            ["score_thresholds", "score_thresholds_plot"],
+            name="advise_score_thresholds",
+        ),
+        Node(
+            draw_worst_images,
+            ["val_images", *detections, "params:evaluate.worst_images", "params:evaluate.error_analysis"],
+            "worst_images",
+            name="draw_worst_images",
+        ),
+    ]
