@@ -33,9 +33,9 @@ needs_chromium = pytest.mark.skipif(
 # The layers of the issue, in the order COCO flows through them.
 KNOWN_LAYERS = ("raw", "intermediate", "primary", "model input", "models", "model output", "reporting")
 VALIDATION_REPORT_COLUMNS = ["split", "severity", "check", "image_id", "annotation_id", "message"]
-TABLE_PREVIEWS = ("validation_report", "per_category_ap")
+TABLE_PREVIEWS = ("validation_report", "per_category_ap", "dataset_class_statistics", "error_breakdown")
 METRIC_PREVIEWS = ("coco_metrics", "training_metrics")
-PLOT_PREVIEWS = ("training_curves", "detection_samples")
+PLOT_PREVIEWS = ("training_curves", "detection_samples", "dataset_box_sizes", "worst_images")
 NOT_PREVIEWED = ("val_ground_truth", "val_detections")  # whole COCO JSONs: megabytes in every page load
 MAX_PREVIEW_BYTES = 1_000_000
 # kedro-viz 12's index.html links Google Fonts' "Inter" and no setting removes it; blocked, the page falls
