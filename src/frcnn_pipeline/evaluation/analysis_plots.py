@@ -42,7 +42,7 @@ def error_breakdown_figure(summary: pd.DataFrame, baseline: dict[str, float]) ->
         (panels[0], "dAP50", f"IoU .50 (AP50 = {baseline['AP50'] * 100:.1f})"),
         (panels[1], "dAP", f"IoU .50:.95 (AP = {baseline['AP'] * 100:.1f})"),
     ):
-        values = summary[column].to_numpy() * 100
+        values = np.nan_to_num(summary[column].to_numpy() * 100)  # NaN: no ground truth at all
         axes.barh(positions, values, color=colours)
         for position, value in zip(positions, values, strict=True):
             axes.text(value, position, f" {value:.2f}", va="center", fontsize=9)
@@ -106,7 +106,7 @@ def score_threshold_figure(advice: ThresholdAdvice) -> Figure:
     curves_axes.set_ylim(0, 1.02)
     curves_axes.grid(alpha=0.3)
     curves_axes.set_title("F1 against the score threshold (dot: the maximum)")
-    if len(advice.curves) <= MAX_ANNOTATED_CLASSES + 1:
+    if curves_axes.lines and len(advice.curves) <= MAX_ANNOTATED_CLASSES + 1:
         curves_axes.legend(fontsize="small", loc="upper right")
     table = advice.table()
     positions = np.arange(len(table))[::-1]
