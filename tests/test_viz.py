@@ -33,9 +33,19 @@ needs_chromium = pytest.mark.skipif(
 # The layers of the issue, in the order COCO flows through them.
 KNOWN_LAYERS = ("raw", "intermediate", "primary", "model input", "models", "model output", "reporting")
 VALIDATION_REPORT_COLUMNS = ["split", "severity", "check", "image_id", "annotation_id", "message"]
-TABLE_PREVIEWS = ("validation_report", "evaluate.val.per_category_ap")
+TABLE_PREVIEWS = (
+    "validation_report",
+    "evaluate.val.per_category_ap",
+    "dataset_class_statistics",
+    "evaluate.val.error_breakdown",
+)
 METRIC_PREVIEWS = ("evaluate.val.coco_metrics", "training_metrics")
-PLOT_PREVIEWS = ("training_curves", "evaluate.val.detection_samples")
+PLOT_PREVIEWS = (
+    "training_curves",
+    "evaluate.val.detection_samples",
+    "dataset_box_sizes",
+    "evaluate.val.worst_images",
+)
 # Whole COCO JSONs: megabytes in every page load.
 NOT_PREVIEWED = ("val_ground_truth", "evaluate.val.detections")
 MAX_PREVIEW_BYTES = 1_000_000

@@ -244,6 +244,31 @@ def test_metrics_and_per_category_table():
             gt_per_category[a["category_id"]] = gt_per_category.get(a["category_id"], 0) + 1
     assert table.set_index("category_id")["num_ground_truth"].to_dict() == gt_per_category
     assert "Average Precision  (AP) @[ IoU=0.50:0.95 | area=   all | maxDets=100 ]" in evaluation.summary
+    # AR per category from pycocotools' recall array; size counts add up to at most the total.
+    for k, (ar1, ars) in enumerate(zip(table["AR1"], table["ARs"], strict=True)):
+        assert ar1 == np.mean(reference.eval["recall"][:, k, 0, 0])
+        assert ars == np.mean(reference.eval["recall"][:, k, 1, -1])  # every category has small objects
+    by_size = table[["num_ground_truth_small", "num_ground_truth_medium", "num_ground_truth_large"]].sum(
+        axis=1
+    )
+    assert (by_size <= table["num_ground_truth"]).all()  # COCO's size ranges use the annotation's area
+
+
+def test_per_area_table_is_cocos_size_breakdown():
+    ground_truth, detections = make_synthetic_coco(40, 30, seed=13)
+    evaluation = evaluate_boxes(ground_truth, detections)
+    metrics = evaluation.metrics()
+    table = evaluation.per_area_metrics().set_index("area")
+    assert table.index.tolist() == ["all", "small", "medium", "large"]
+    # Same numbers as pycocotools' summary, the same operations: equal to the bit.
+    assert table.loc["all", ["AP", "AP50", "AP75", "AR1", "AR10", "AR100"]].tolist() == [
+        metrics[name] for name in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")
+    ]
+    assert table["AP"].iloc[1:].tolist() == [metrics["APs"], metrics["APm"], metrics["APl"]]
+    assert table["AR100"].iloc[1:].tolist() == [metrics["ARs"], metrics["ARm"], metrics["ARl"]]
+    non_crowd = [a for a in ground_truth["annotations"] if not a["iscrowd"]]
+    assert table.loc["all", "num_ground_truth"] == len(non_crowd)
+    assert table.loc["small", "num_ground_truth"] == sum(a["area"] < 32**2 for a in non_crowd)
 
 
 def test_pycocotools_backend_is_pycocotools():

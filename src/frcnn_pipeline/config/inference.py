@@ -47,12 +47,40 @@ class SamplesParams(Section):
     )
 
 
+class ErrorAnalysisParams(Section):
+    background_iou: float = Field(
+        0.1, gt=0, lt=0.5, description="TIDE: a false positive below this IoU with every object is background"
+    )
+
+
+class ConfusionMatrixParams(Section):
+    score_threshold: float = Field(0.5, ge=0, le=1, description="detections counted from this score")
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="a detection and an object match from this IoU")
+
+
+class ScoreThresholdsParams(Section):
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="a true positive from this IoU")
+
+
+class WorstImagesParams(Section):
+    count: int = Field(6, ge=1, description="images with the most errors drawn")
+    columns: int = Field(3, ge=1, description="of the figure")
+    score_threshold: float = Field(
+        0.5, ge=0, le=1, description="detections drawn and counted from this score"
+    )
+    iou_threshold: float = Field(0.5, gt=0, le=1, description="a true positive from this IoU")
+
+
 class EvaluateParams(Section):
     metric_backend: Literal["numpy", "pycocotools"] = Field(
         "numpy", description="numpy (pycocotools-identical, faster) or pycocotools' COCOeval itself"
     )
     inference: InferenceParams = InferenceParams()
     samples: SamplesParams = SamplesParams()
+    error_analysis: ErrorAnalysisParams = ErrorAnalysisParams()
+    confusion_matrix: ConfusionMatrixParams = ConfusionMatrixParams()
+    score_thresholds: ScoreThresholdsParams = ScoreThresholdsParams()
+    worst_images: WorstImagesParams = WorstImagesParams()
 
 
 class PredictParams(Section):

@@ -116,6 +116,16 @@ class DemoParams(DemoDatasetParams):
     output_dir: str = Field("data/01_raw/demo", description="where the demo is generated")
 
 
+class StatisticsParams(Section):
+    unmatchable_warning_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="warn when more of a split's boxes than this are smaller than the smallest anchor and "
+        "reach no anchor at the RPN's foreground IoU",
+    )
+
+
 class IngestParams(Section):
     @field_validator("splits", mode="before")
     @classmethod
@@ -138,3 +148,4 @@ class IngestParams(Section):
     )
     validation: ValidationParams = ValidationParams()
     demo: DemoParams = DemoParams()
+    statistics: StatisticsParams = StatisticsParams()

@@ -1,4 +1,5 @@
-"""Layer 5, evaluation: batched/distributed inference, COCO box AP (pycocotools-identical), plots, drawing."""
+"""Layer 5, evaluation: batched/distributed inference, COCO box AP (pycocotools-identical), error analysis,
+plots, drawing."""
 
 from frcnn_pipeline.evaluation.coco_eval import STAT_NAMES, CocoBoxEvaluation, evaluate_boxes
 

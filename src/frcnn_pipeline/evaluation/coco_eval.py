@@ -32,6 +32,11 @@ logger = logging.getLogger(__name__)
 STAT_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 AREA_LABELS = ("all", "small", "medium", "large")
 MAX_SHOWN_IDS = 10
+PER_CATEGORY_COLUMNS = [
+    "category_id", "name", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm",
+    "ARl", "num_ground_truth", "num_ground_truth_small", "num_ground_truth_medium", "num_ground_truth_large",
+    "num_detections",
+]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -44,32 +49,63 @@ class CocoBoxEvaluation:
     scores: np.ndarray
     category_ids: list[int]
     category_names: list[str]
-    num_ground_truth: np.ndarray  # [K] non-crowd boxes per category
+    num_ground_truth_by_area: np.ndarray  # [K, A] non-crowd boxes per category in each area range
     num_detections: np.ndarray  # [K] evaluated detections per category (at most 100 per image)
     iou_thresholds: np.ndarray
     recall_thresholds: np.ndarray
     summary: str  # pycocotools' printed table
 
+    @property
+    def num_ground_truth(self) -> np.ndarray:
+        """[K] non-crowd boxes per category (all sizes)."""
+        return self.num_ground_truth_by_area[:, 0]
+
     def metrics(self) -> dict[str, float]:
         """The 12 COCO box metrics ``{name: value}`` in [0, 1] (-1: no ground truth in that range)."""
         return {name: float(value) for name, value in zip(STAT_NAMES, self.stats, strict=True)}
 
+    def _ap(self, iou: float | None = None, category: int | None = None, area: int = 0) -> float:
+        """Mean interpolated precision at maxDets=100 (NaN where nothing has ground truth)."""
+        precision = self.precision if iou is None else self.precision[self.iou_thresholds == iou]
+        categories = slice(None) if category is None else category
+        return _mean_valid(precision[:, :, categories, area, -1])
+
+    def _ar(self, max_dets_index: int = -1, category: int | None = None, area: int = 0) -> float:
+        categories = slice(None) if category is None else category
+        return _mean_valid(self.recall[:, categories, area, max_dets_index])
+
     def per_category_ap(self) -> pd.DataFrame:
-        """AP per category at maxDets=100 (NaN where the category has no ground truth), as detectron2 does."""
+        """COCO's AP and AR per category (NaN where the category has no ground truth), as detectron2's AP
+        per category: AP at .50:.95, .50, .75 and per size; AR at 1, 10, 100 detections and per size."""
         rows = []
         for k, (category_id, name) in enumerate(zip(self.category_ids, self.category_names, strict=True)):
             row = {"category_id": category_id, "name": name}
-            row["AP"] = _mean_valid(self.precision[:, :, k, 0, -1])
-            for label, iou in (("AP50", 0.5), ("AP75", 0.75)):
-                row[label] = _mean_valid(self.precision[self.iou_thresholds == iou, :, k, 0, -1])
+            row["AP"], row["AP50"], row["AP75"] = self._ap(None, k), self._ap(0.5, k), self._ap(0.75, k)
             for label, a in (("APs", 1), ("APm", 2), ("APl", 3)):
-                row[label] = _mean_valid(self.precision[:, :, k, a, -1])
-            row["AR100"] = _mean_valid(self.recall[:, k, 0, -1])
+                row[label] = self._ap(None, k, a)
+            for label, m in (("AR1", 0), ("AR10", 1), ("AR100", 2)):
+                row[label] = self._ar(m, k)
+            for label, a in (("ARs", 1), ("ARm", 2), ("ARl", 3)):
+                row[label] = self._ar(-1, k, a)
             row["num_ground_truth"] = int(self.num_ground_truth[k])
+            for area_label, a in zip(("small", "medium", "large"), (1, 2, 3), strict=True):
+                row[f"num_ground_truth_{area_label}"] = int(self.num_ground_truth_by_area[k, a])
             row["num_detections"] = int(self.num_detections[k])
             rows.append(row)
-        columns = ["category_id", "name", "AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"]
-        return pd.DataFrame(rows, columns=[*columns, "num_ground_truth", "num_detections"])
+        return pd.DataFrame(rows, columns=PER_CATEGORY_COLUMNS)
+
+    def per_area_metrics(self) -> pd.DataFrame:
+        """One row per COCO area range (all, small, medium, large): AP and AR over all categories, and the
+        number of non-crowd ground-truth boxes in that range (NaN metrics where it has none)."""
+        rows = []
+        for a, area_label in enumerate(AREA_LABELS):
+            row = {"area": area_label, "AP": self._ap(None, None, a)}
+            row["AP50"], row["AP75"] = self._ap(0.5, None, a), self._ap(0.75, None, a)
+            for label, m in (("AR1", 0), ("AR10", 1), ("AR100", 2)):
+                row[label] = self._ar(m, None, a)
+            row["num_ground_truth"] = int(self.num_ground_truth_by_area[:, a].sum())
+            rows.append(row)
+        return pd.DataFrame(rows)
 
 
 def _mean_valid(values: np.ndarray) -> float:
@@ -106,7 +142,7 @@ def evaluate_boxes(
         scores=scores,
         category_ids=gt.category_ids.tolist(),
         category_names=gt.category_names,
-        num_ground_truth=np.bincount(gt.category[~gt.crowd], minlength=len(gt.category_ids)),
+        num_ground_truth_by_area=_positives_by_area(gt, np.array(params.areaRng, dtype=np.float64)),
         num_detections=num_detections,
         iou_thresholds=params.iouThrs,
         recall_thresholds=params.recThrs,
@@ -275,14 +311,23 @@ def _outside(area: np.ndarray, area_ranges: np.ndarray) -> np.ndarray:
     return (area[:, None] < area_ranges[:, 0]) | (area[:, None] > area_ranges[:, 1])
 
 
-def _match(
-    gt: _GroundTruthArrays, dt: _DetectionArrays, dt_group: np.ndarray, params: Params
-) -> tuple[np.ndarray, np.ndarray]:
+def _positives_by_area(gt: _GroundTruthArrays, area_ranges: np.ndarray) -> np.ndarray:
+    """[K, A]: ground-truth boxes COCOeval counts as positives (not crowd, inside the area range)."""
+    counted = ~(gt.crowd[:, None] | _outside(gt.area, area_ranges))
+    per_area = [
+        np.bincount(gt.category[counted[:, a]], minlength=len(gt.category_ids))
+        for a in range(len(area_ranges))
+    ]
+    return np.stack(per_area, axis=1)
+
+
+def _match(gt: _GroundTruthArrays, dt: _DetectionArrays, dt_group: np.ndarray, params: Params) -> np.ndarray:
     """COCOeval.evaluateImg's greedy matching for all images, categories, area ranges and IoU thresholds.
 
-    ``dt`` is sorted by (image, category, -score). Returns ``matched`` [D, A, T] and ``matched_ignored_gt``
-    [D, A, T]. Detections are processed in score order within each (image, category); different
-    (image, category) groups are independent, so step s handles the s-th detection of every group at once.
+    ``dt`` is sorted by (image, category, -score). Returns ``matched_gt`` [D, A, T]: the index of the
+    ground truth each detection matched, -1 for none. Detections are processed in score order within each
+    (image, category); different (image, category) groups are independent, so step s handles the s-th
+    detection of every group at once.
     """
     num_classes = len(gt.category_ids)
     thresholds = np.minimum(params.iouThrs, 1 - 1e-10)
@@ -302,10 +347,9 @@ def _match(
     pair_dt, pair_gt, pair_rank, iou = pair_dt[keep], pair_gt[keep], pair_rank[keep], iou[keep]
 
     num_dt, num_areas, num_thresholds = len(dt_group), len(area_ranges), len(thresholds)
-    matched = np.zeros((num_dt, num_areas, num_thresholds), dtype=bool)
-    matched_ignored_gt = np.zeros_like(matched)
+    matched_gt = np.full((num_dt, num_areas, num_thresholds), -1, dtype=np.int32)
     if not len(pair_dt):
-        return matched, matched_ignored_gt
+        return matched_gt
     # Step of each detection: its rank among the detections of its group that have candidate pairs.
     candidate_dts = np.unique(pair_dt)
     step_of_dt = np.zeros(num_dt, dtype=np.int64)
@@ -330,13 +374,16 @@ def _match(
         has_match = best > 0
         chosen_pair = lo + segment_starts[:, None, None] + (best - 1) % priority_span
         chosen_gt = pair_gt[np.where(has_match, chosen_pair, lo)]
-        dts = p_dt[segment_starts]
-        matched[dts] = has_match
-        area_index = np.arange(num_areas)[None, :, None]
-        matched_ignored_gt[dts] = has_match & gt_ignored[chosen_gt, area_index]
+        matched_gt[p_dt[segment_starts]] = np.where(has_match, chosen_gt, -1)
         _, a_idx, t_idx = np.nonzero(has_match)
         gt_taken[chosen_gt[has_match], a_idx, t_idx] = True
-    return matched, matched_ignored_gt
+    return matched_gt
+
+
+def _matched_ignored_gt(matched_gt: np.ndarray, gt_ignored: np.ndarray) -> np.ndarray:
+    """[D, A, T]: matched to a ground truth that is ignored in that area range (crowd or outside it)."""
+    padded = np.vstack([gt_ignored, np.zeros((1, gt_ignored.shape[1]), dtype=bool)])  # -1 picks the pad
+    return padded[matched_gt, np.arange(gt_ignored.shape[1])[None, :, None]]
 
 
 def _sort_detections(gt: _GroundTruthArrays, dt: _DetectionArrays, max_dets: int):
@@ -357,13 +404,15 @@ def _accumulate(gt: _GroundTruthArrays, dt: _DetectionArrays, params: Params):
     """COCOeval.evaluate + accumulate: precision [T,R,K,A,M], recall [T,K,A,M], scores, dets per class."""
     order, dt_group, rank = _sort_detections(gt, dt, params.maxDets[-1])
     sorted_dt = _DetectionArrays(dt.image[order], dt.category[order], dt.box[order], dt.score[order])
-    matched, matched_ignored_gt = _match(gt, sorted_dt, dt_group, params)
+    matched_gt = _match(gt, sorted_dt, dt_group, params)
     area_ranges = np.array(params.areaRng, dtype=np.float64)
+    gt_ignored = gt.crowd[:, None] | _outside(gt.area, area_ranges)
+    matched = matched_gt >= 0
     dt_area = sorted_dt.box[:, 2] * sorted_dt.box[:, 3]
-    ignored = np.where(matched, matched_ignored_gt, _outside(dt_area, area_ranges)[:, :, None])
+    outside = _outside(dt_area, area_ranges)[:, :, None]
+    ignored = np.where(matched, _matched_ignored_gt(matched_gt, gt_ignored), outside)
     true_positive = matched & ~ignored
     false_positive = ~matched & ~ignored
-    gt_ignored = gt.crowd[:, None] | _outside(gt.area, area_ranges)
 
     num_t, num_r, num_k = len(params.iouThrs), len(params.recThrs), len(params.catIds)
     num_a, num_m = len(params.areaRng), len(params.maxDets)

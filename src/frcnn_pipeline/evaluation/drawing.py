@@ -40,6 +40,23 @@ class Sample:
     pred_scores: np.ndarray
 
 
+@dataclass(frozen=True)
+class LabelledBox:
+    """A box (xyxy) drawn with its own colour and text; dashed for predictions, solid for ground truth."""
+
+    box: tuple[float, float, float, float]
+    text: str
+    colour: str
+    dashed: bool
+
+
+@dataclass(frozen=True)
+class BoxedImage:
+    title: str
+    image: np.ndarray  # RGB uint8 [H, W, 3]
+    boxes: list[LabelledBox]
+
+
 def count_errors(
     gt_boxes: torch.Tensor,
     gt_labels: torch.Tensor,
@@ -56,43 +73,65 @@ def count_errors(
     return int((~hits.any(dim=1)).sum()), int((~hits.any(dim=0)).sum())
 
 
+def boxed_images_figure(
+    images: list[BoxedImage], columns: int = 3, title: str = "", legend: dict[str, str] | None = None
+) -> Figure:
+    """A grid of images with labelled boxes; ``legend`` maps a text to its colour."""
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    figure = Figure(figsize=(5 * columns, 5 * rows + 0.6), layout="constrained")
+    grid = figure.subplots(rows, columns, squeeze=False).ravel()
+    for axes in grid[len(images) :]:
+        axes.set_axis_off()
+    for axes, shown in zip(grid, images, strict=False):
+        axes.imshow(shown.image)
+        axes.set_axis_off()
+        axes.set_title(shown.title, fontsize="medium")
+        height = shown.image.shape[0]
+        for item in shown.boxes:
+            x1, y1, x2, y2 = item.box
+            axes.add_patch(
+                Rectangle(
+                    (x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5 if item.dashed else 2,
+                    ec=item.colour, ls="--" if item.dashed else "-",
+                )
+            )  # fmt: skip
+            # Predictions are labelled at their top edge, ground truth at the bottom, so the two rarely
+            # collide; outside the box, unless that would leave the image.
+            if item.dashed:
+                y, va = (y1, "bottom") if y1 > 0.06 * height else (y1, "top")
+            else:
+                y, va = (y2, "top") if y2 < 0.94 * height else (y2, "bottom")
+            axes.text(
+                x1, y, item.text, color="white", fontsize=7, va=va,
+                bbox={"fc": item.colour, "pad": 1, "alpha": 0.85}, clip_on=True,
+            )  # fmt: skip
+    if not images:
+        grid[0].text(0.5, 0.5, "no images", ha="center", va="center")
+    if legend:
+        handles = [Rectangle((0, 0), 1, 1, fc=colour) for colour in legend.values()]
+        figure.legend(handles, list(legend), loc="outside lower center", ncols=len(legend), fontsize="small")
+    figure.suptitle(title)
+    return figure
+
+
 def samples_figure(samples: list[Sample], columns: int = 3) -> Figure:
     """A grid of images: ground truth in green, predictions in red (class and score)."""
-    columns = max(1, min(columns, len(samples)))
-    rows = max(1, math.ceil(len(samples) / columns))
-    figure = Figure(figsize=(5 * columns, 5 * rows), layout="constrained")
-    grid = figure.subplots(rows, columns, squeeze=False).ravel()
-    for axes in grid[len(samples) :]:
-        axes.set_axis_off()
-    for axes, sample in zip(grid, samples, strict=False):
-        axes.imshow(sample.image)
-        axes.set_axis_off()
-        axes.set_title(sample.title, fontsize="medium")
-        for (x1, y1, x2, y2), name in zip(sample.gt_boxes, sample.gt_names, strict=True):
-            axes.add_patch(Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=2, ec=GROUND_TRUTH_COLOUR))
-            axes.text(
-                x1, y2, name, color="white", fontsize=7, va="top", bbox={"fc": GROUND_TRUTH_COLOUR, "pad": 1}
-            )
-        for (x1, y1, x2, y2), name, score in zip(
-            sample.pred_boxes, sample.pred_names, sample.pred_scores, strict=True
-        ):
-            axes.add_patch(
-                Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5, ec=PREDICTION_COLOUR, ls="--")
-            )
-            label = f"{name} {score:.2f}"
-            axes.text(
-                x1,
-                y1,
-                label,
-                color="white",
-                fontsize=7,
-                va="bottom",
-                bbox={"fc": PREDICTION_COLOUR, "pad": 1},
-            )
-    if not samples:
-        grid[0].text(0.5, 0.5, "no images", ha="center", va="center")
-    figure.suptitle("ground truth (green, solid) vs predictions (red, dashed)")
-    return figure
+    shown = [
+        BoxedImage(
+            sample.title,
+            sample.image,
+            [
+                *(LabelledBox(tuple(box), name, GROUND_TRUTH_COLOUR, dashed=False)
+                  for box, name in zip(sample.gt_boxes, sample.gt_names, strict=True)),
+                *(LabelledBox(tuple(box), f"{name} {score:.2f}", PREDICTION_COLOUR, dashed=True)
+                  for box, name, score in zip(sample.pred_boxes, sample.pred_names, sample.pred_scores,
+                                              strict=True)),
+            ],
+        )
+        for sample in samples
+    ]  # fmt: skip
+    return boxed_images_figure(shown, columns, "ground truth (green, solid) vs predictions (red, dashed)")
 
 
 def draw_predictions(image: torch.Tensor, boxes: torch.Tensor, labels: list[str]) -> Image.Image:

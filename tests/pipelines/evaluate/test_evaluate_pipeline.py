@@ -17,6 +17,7 @@ from pycocotools.cocoeval import COCOeval
 from frcnn_pipeline.config import EvaluateParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.evaluation import STAT_NAMES
+from frcnn_pipeline.evaluation.error_analysis import ERROR_TYPES
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
 from frcnn_pipeline.pipelines.evaluate import create_pipeline
 from frcnn_pipeline.pipelines.evaluate_initial_weights import (
@@ -88,6 +89,9 @@ def report_file(report: str) -> str:
         "per_category_ap": "per_category_ap.csv",
         "detections": "detections.json",
         "ap_per_category_plot": "ap_per_category.png",
+        "error_breakdown_plot": "error_breakdown.png",
+        "confusion_matrix_plot": "confusion_matrix.png",
+        "score_thresholds_plot": "score_thresholds.png",
     }.get(report, f"{report}.png")
 
 
@@ -163,6 +167,27 @@ def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
     for name in PLOTS:
         [plot] = versions(project, "evaluate", "val", name)
         assert_png(plot)
+
+    # The error analysis (its numbers are checked on hand-built cases in tests/evaluation).
+    for name in ("error_breakdown_plot", "confusion_matrix_plot", "score_thresholds_plot", "worst_images"):
+        [plot] = versions(project, "evaluate", "val", name)
+        assert_png(plot)
+
+    def table_of(report: str) -> pd.DataFrame:
+        [path] = sorted(project.glob(f"data/08_reporting/evaluate/val/{report}.csv/*/{report}.csv"))
+        return pd.read_csv(path)
+
+    breakdown = table_of("error_breakdown")
+    assert breakdown["error"].tolist() == list(ERROR_TYPES) and (breakdown["dAP"] >= 0).all()
+    confusion = table_of("confusion_matrix").set_index("ground_truth")
+    assert list(confusion.index) == list(confusion.columns) == [*table["name"], "background"]
+    non_crowd = sum(not a["iscrowd"] for a in demo_split["ground_truth"]["annotations"])
+    assert confusion.drop(index="background").to_numpy().sum() == non_crowd  # every object counted once
+    thresholds = table_of("score_thresholds")
+    assert thresholds["name"].tolist() == [*table["name"], "all categories"]
+    per_area = table_of("per_area_metrics")
+    assert per_area["area"].tolist() == ["all", "small", "medium", "large"]
+    assert per_area["AP"].iloc[0] == pytest.approx(record["metrics"]["AP"])
 
 
 def test_a_rerun_keeps_the_first_runs_reports_reachable(project, inputs, catalog_config):
@@ -265,6 +290,9 @@ def test_pipeline_is_tagged_and_named_for_viz():
         "evaluate.val.predict_split",
         "evaluate.val.compute_coco_metrics",
         "evaluate.val.draw_detection_samples",
+        "evaluate.val.analyse_errors",
+        "evaluate.val.tabulate_confusion",
+        "evaluate.val.draw_worst_images",
     }
     assert pipeline.inputs() >= {"trained_model", "val_images", "val_ground_truth", "categories"}
     assert all(node.namespace == "evaluate.val" for node in pipeline.nodes)

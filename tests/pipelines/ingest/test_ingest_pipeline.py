@@ -12,6 +12,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
+from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import IngestParams
 from frcnn_pipeline.data import demo
@@ -43,11 +44,19 @@ def ingest_params(tmp_path: Path, **dotted) -> dict:
     return load_parameters("base", runtime_params=runtime)["ingest"]
 
 
+class KeptDataset(MemoryDataset):
+    """A MemoryDataset the runner cannot release, so that the test can load every output afterwards."""
+
+    def _release(self) -> None:
+        pass
+
+
 def run_in_memory(params: dict, tmp_path: Path) -> DataCatalog:
     """Runs the nodes on MemoryDatasets; `categories` goes through parquet, as in a real run (and stays)."""
     pipeline = create_pipeline()
-    catalog = DataCatalog({name: MemoryDataset() for name in pipeline.datasets() if name != "params:ingest"})
+    catalog = DataCatalog({name: KeptDataset() for name in pipeline.datasets() if name != "params:ingest"})
     catalog["params:ingest"] = MemoryDataset(params)
+    catalog["params:model"] = MemoryDataset(load_parameters("base")["model"])
     catalog["categories"] = ParquetDataset(filepath=str(tmp_path / "categories.parquet"))
     SequentialRunner().run(pipeline, catalog)
     return catalog
@@ -67,7 +76,8 @@ def test_pipeline_shape():
         "validation_report", "validation_summary", "val_ground_truth",
     }  # fmt: skip
     assert shared <= pipeline.all_outputs()
-    assert pipeline.inputs() == {"params:ingest"}
+    # The dataset statistics compare the boxes with the model's resize and anchors.
+    assert pipeline.inputs() == {"params:ingest", "params:ingest.statistics", "params:model"}
     assert all("ingest" in node.tags for node in pipeline.nodes)
 
 
@@ -90,6 +100,22 @@ def test_demo_end_to_end_in_memory(tmp_path):
     summary = catalog.load("validation_summary")
     assert summary["total_findings"] == len(report)
     assert summary["splits"]["val"]["by_check"]["noncontiguous_category_ids"]["count"] == 1
+
+    statistics = catalog.load("dataset_statistics")["splits"]
+    assert statistics["train"]["images"] == 10 and statistics["val"]["images"] == 4
+    classes = catalog.load("dataset_class_statistics")
+    train_annotations = catalog.load("train_annotations")
+    assert classes.loc[classes["split"] == "train", "boxes"].sum() == len(train_annotations)
+    assert statistics["train"]["anchor_coverage"]["boxes"] == len(train_annotations)
+    quantities = catalog.load("dataset_box_statistics")
+    assert set(quantities["quantity"]) == {"width", "height", "sqrt_area", "aspect_ratio", "best_anchor_iou"}
+    for plot in (
+        "dataset_class_balance",
+        "dataset_objects_per_image",
+        "dataset_image_sizes",
+        "dataset_box_sizes",
+    ):
+        assert isinstance(catalog.load(plot), Figure)
 
 
 def write_coco_tree(root: Path, annotation_file: str, image_dir: str, split: str, source: Path) -> None:
@@ -183,7 +209,8 @@ def test_kedro_run_in_a_project_copy(tmp_path):
     (project / "conf" / "base").mkdir()
     (project / "src").mkdir()  # the package itself comes from the installed (editable) project
     shutil.copy(PROJECT / "pyproject.toml", project)
-    for name in ("globals.yml", "parameters_ingest.yml", "catalog_ingest.yml"):
+    for name in ("globals.yml", "parameters_ingest.yml", "parameters_model.yml", "parameters_recipes.yml",
+                 "catalog_ingest.yml", "catalog_dataset_statistics.yml"):  # fmt: skip
         shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
     overrides = ",".join(f"ingest.demo.{key}={value}" for key, value in SMALL_DEMO.items())
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
@@ -202,6 +229,9 @@ def test_kedro_run_in_a_project_copy(tmp_path):
     summary = json.loads((data / "08_reporting" / "validation_summary.json").read_text())
     assert summary["total_findings"] == len(report) and set(report["severity"]) == {"reported"}
     assert (data / "01_raw" / "demo" / "train2017").is_dir()
+    statistics = json.loads((data / "08_reporting" / "dataset_statistics.json").read_text())
+    assert statistics["splits"]["val"]["images"] == 4
+    assert (data / "08_reporting" / "dataset_box_sizes.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_kedro_run_builds_the_splits_declared_in_parameters(tmp_path):
@@ -211,7 +241,8 @@ def test_kedro_run_builds_the_splits_declared_in_parameters(tmp_path):
     (project / "conf" / "base").mkdir()
     (project / "src").mkdir()
     shutil.copy(PROJECT / "pyproject.toml", project)
-    for name in ("globals.yml", "parameters_ingest.yml", "catalog_ingest.yml"):
+    for name in ("globals.yml", "parameters_ingest.yml", "parameters_model.yml", "parameters_recipes.yml",
+                 "catalog_ingest.yml", "catalog_dataset_statistics.yml"):  # fmt: skip
         shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
     source, root = tmp_path / "source", tmp_path / "dataset"
     demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))

@@ -10,13 +10,18 @@ from kedro.pipeline import Node, Pipeline
 from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
 
 from .nodes import (
+    advise_score_thresholds,
+    analyse_errors,
     compute_coco_metrics,
     draw_detection_samples,
+    draw_worst_images,
     plot_ap_per_category,
     plot_per_category_precision_recall,
     plot_precision_recall,
     predict_split,
     report_coco_metrics,
+    report_per_area_metrics,
+    tabulate_confusion,
 )
 
 SHARED_PARAMETERS = {"params:model", "params:evaluate", "params:runtime"}
@@ -59,6 +64,33 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
             ["images", "ground_truth", "detections", "params:evaluate"],
             "detection_samples",
             name="draw_detection_samples",
+        ),
+        # Why AP is not higher: TIDE's error breakdown, the confusion matrix, the worst images, AP and AR per
+        # size, and the F1-maximising score threshold per category.
+        Node(report_per_area_metrics, "coco_evaluation", "per_area_metrics", name="report_per_area_metrics"),
+        Node(
+            analyse_errors,
+            ["ground_truth", "detections", "params:evaluate"],
+            ["error_breakdown", "error_breakdown_plot"],
+            name="analyse_errors",
+        ),
+        Node(
+            tabulate_confusion,
+            ["ground_truth", "detections", "params:evaluate"],
+            ["confusion_matrix", "confusion_matrix_plot"],
+            name="tabulate_confusion",
+        ),
+        Node(
+            advise_score_thresholds,
+            ["ground_truth", "detections", "params:evaluate"],
+            ["score_thresholds", "score_thresholds_plot"],
+            name="advise_score_thresholds",
+        ),
+        Node(
+            draw_worst_images,
+            ["images", "ground_truth", "detections", "params:evaluate"],
+            "worst_images",
+            name="draw_worst_images",
         ),
     ]
     return Pipeline(

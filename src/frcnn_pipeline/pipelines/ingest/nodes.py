@@ -7,9 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import IngestParams
-from frcnn_pipeline.data import demo
+from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
     ValidationPolicy,
@@ -17,6 +18,7 @@ from frcnn_pipeline.data.coco import (
     read_coco_split,
     summarise_findings,
 )
+from frcnn_pipeline.modeling import anchor_coverage, resolve_model_config
 from frcnn_pipeline.pipelines.splits import TRAIN_SPLIT, evaluation_splits_of
 
 logger = logging.getLogger(__name__)
@@ -108,3 +110,81 @@ def report_validation(*findings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, 
     if not summary["splits"]:
         logger.info("validation: no findings")
     return report, summary
+
+
+def tabulate_dataset(
+    model: dict[str, Any], *tables: pd.DataFrame, splits: tuple[str, ...]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per image (size, resized size, objects) and per box (size after the model's test-time resize, best
+    anchor IoU) tables of every split, with a ``split`` column. ``tables``: images and annotations of each of
+    ``splits``, in turn."""
+    images, boxes = [], []
+    for split, split_images, split_annotations in zip(splits, tables[::2], tables[1::2], strict=True):
+        image_table = statistics.image_statistics(split_images, split_annotations)
+        image_table = anchor_coverage.resized_image_sizes(image_table, model)
+        images.append(image_table.assign(split=split))
+        geometry = anchor_coverage.box_geometry(split_images, split_annotations, model)
+        boxes.append(geometry.assign(split=split))
+    return pd.concat(images, ignore_index=True), pd.concat(boxes, ignore_index=True)
+
+
+def summarise_dataset(
+    dataset_images: pd.DataFrame,
+    dataset_boxes: pd.DataFrame,
+    categories: pd.DataFrame,
+    model: dict[str, Any],
+    ingest: dict[str, Any],
+) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
+    """The statistics summary per split, the per-class table and the box-size quantiles; logs a warning when
+    many boxes are too small for any anchor to match (``ingest.statistics.unmatchable_warning_share``)."""
+    summary, classes, quantiles = {"splits": {}}, [], []
+    for split, image_table in dataset_images.groupby("split", sort=False):
+        boxes = dataset_boxes[dataset_boxes["split"] == split]
+        coverage = anchor_coverage.coverage_summary(boxes, model)
+        summary["splits"][split] = {**statistics.split_summary(image_table), "anchor_coverage": coverage}
+        class_table = statistics.class_statistics(boxes, categories, len(image_table))
+        classes.append(class_table.assign(split=split))
+        objects = boxes[~boxes["iscrowd"]]
+        for quantity, values in (
+            ("width", objects["width"]),
+            ("height", objects["height"]),
+            ("sqrt_area", objects["area"] ** 0.5),
+            ("aspect_ratio", objects["aspect_ratio"]),
+            ("best_anchor_iou", objects["best_anchor_iou"]),
+        ):
+            quantiles.append({"split": split, "quantity": quantity, **statistics.quantiles(values)})
+        split_summary = summary["splits"][split]
+        logger.info(
+            "dataset %s: %d images, %d boxes (%.1f%% crowd), %.2f objects per image; %.1f%% of the boxes "
+            "reach no anchor at IoU %.2f",
+            split, split_summary["images"], coverage["boxes"], 100 * split_summary["crowd_share"],
+            split_summary["objects_per_image"]["mean"], 100 * coverage["unmatchable_share"],
+            coverage["rpn_foreground_iou"],
+        )  # fmt: skip
+        warning = anchor_coverage.coverage_warning(
+            split, coverage, IngestParams.parse(ingest, "ingest").statistics.unmatchable_warning_share
+        )
+        if warning:
+            logger.warning(warning)
+    class_table = pd.concat(classes, ignore_index=True)
+    return summary, class_table[["split", *class_table.columns[:-1]]], pd.DataFrame(quantiles)
+
+
+def plot_class_balance(dataset_class_statistics: pd.DataFrame) -> Figure:
+    return statistics_plots.class_balance_figure(dataset_class_statistics)
+
+
+def plot_objects_per_image(dataset_images: pd.DataFrame) -> Figure:
+    return statistics_plots.objects_per_image_figure(dataset_images)
+
+
+def plot_image_sizes(dataset_images: pd.DataFrame) -> Figure:
+    return statistics_plots.image_sizes_figure(dataset_images)
+
+
+def plot_box_sizes(dataset_boxes: pd.DataFrame, model: dict[str, Any]) -> Figure:
+    """Boxes after the resize against the model's anchors and the RPN's IoU thresholds."""
+    background_iou, foreground_iou = resolve_model_config(model)["rpn"]["iou_thresholds"]
+    return statistics_plots.box_sizes_figure(
+        dataset_boxes, anchor_coverage.anchor_shapes(model), foreground_iou, background_iou
+    )
