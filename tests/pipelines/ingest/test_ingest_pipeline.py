@@ -77,7 +77,7 @@ def test_pipeline_shape():
     }  # fmt: skip
     assert shared <= pipeline.all_outputs()
     # The dataset statistics compare the boxes with the model's resize and anchors.
-    assert pipeline.inputs() == {"params:ingest", "params:ingest.statistics", "params:model"}
+    assert pipeline.inputs() == {"params:ingest", "params:model"}
     assert all("ingest" in node.tags for node in pipeline.nodes)
 
 

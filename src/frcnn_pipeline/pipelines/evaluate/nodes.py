@@ -13,14 +13,18 @@ from matplotlib.figure import Figure
 from frcnn_pipeline.config import EvaluateParams, RuntimeParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
-from frcnn_pipeline.evaluation import plots
+from frcnn_pipeline.evaluation import analysis_plots, plots
 from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
+from frcnn_pipeline.evaluation.confusion import confusion_matrix
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
+from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_breakdown, worst_images
 from frcnn_pipeline.evaluation.inference import (
     category_ids_by_label,
     coco_results,
     run_inference,
 )
+from frcnn_pipeline.evaluation.matching import match_detections
+from frcnn_pipeline.evaluation.thresholds import score_threshold_advice
 from frcnn_pipeline.modeling.saved import SavedDetector, check_same_categories, inference_model_config
 
 log = logging.getLogger(__name__)
@@ -175,3 +179,73 @@ def draw_detection_samples(
             )
         )
     return samples_figure(samples, columns=settings.columns)
+
+
+def report_per_area_metrics(evaluation: CocoBoxEvaluation) -> pd.DataFrame:
+    """AP and AR per COCO size range (all, small, medium, large) with the ground-truth count of each."""
+    return evaluation.per_area_metrics()
+
+
+def analyse_errors(
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """TIDE's error breakdown (count, dAP at IoU .50 and over .50:.95 per error class) and its bar chart."""
+    settings = EvaluateParams.parse(evaluate, "evaluate").error_analysis
+    breakdown = error_breakdown(ground_truth, detections, settings.background_iou)
+    summary, baseline = breakdown.summary(), breakdown.baseline()
+    shown = summary.copy()
+    for column in ("dAP50", "dAP", "AP50_fixed", "AP_fixed"):
+        shown[column] = (shown[column] * 100).round(2)
+    log.info(
+        "Error breakdown (TIDE; AP50 %.2f, AP %.2f; dAP in AP points):\n%s",
+        baseline["AP50"] * 100, baseline["AP"] * 100, shown.to_string(index=False),
+    )  # fmt: skip
+    return summary, analysis_plots.error_breakdown_figure(summary, baseline)
+
+
+def tabulate_confusion(
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """The confusion matrix over the classes and background (counts) and its row-normalised heatmap."""
+    settings = EvaluateParams.parse(evaluate, "evaluate").confusion_matrix
+    matrix = confusion_matrix(
+        ground_truth,
+        detections,
+        score_threshold=settings.score_threshold,
+        iou_threshold=settings.iou_threshold,
+    )
+    table = matrix.table()
+    log.info("Confusion matrix (rows: ground truth, columns: predicted):\n%s", table.to_string())
+    return table.reset_index(), analysis_plots.confusion_matrix_figure(matrix)
+
+
+def advise_score_thresholds(
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+) -> tuple[pd.DataFrame, Figure]:
+    """Per category (and for all together) the F1-maximising score threshold with its precision and recall."""
+    settings = EvaluateParams.parse(evaluate, "evaluate").score_thresholds
+    advice = score_threshold_advice(ground_truth, detections, settings.iou_threshold)
+    table = advice.table()
+    log.info("F1-maximising score thresholds:\n%s", table.round(3).to_string(index=False))
+    return table, analysis_plots.score_threshold_figure(advice)
+
+
+def draw_worst_images(
+    images: pd.DataFrame,
+    ground_truth: dict[str, Any],
+    detections: list[dict[str, Any]],
+    evaluate: dict[str, Any],
+) -> Figure:
+    """The images with the most errors at a deployment score threshold, each error's class on its box."""
+    parsed = EvaluateParams.parse(evaluate, "evaluate")
+    settings = parsed.worst_images
+    min_score, iou = settings.score_threshold, settings.iou_threshold
+    kept = [d for d in detections if d["score"] >= min_score]
+    matching = match_detections(ground_truth, kept, [iou])
+    labels = classify_errors(matching, parsed.error_analysis.background_iou)
+    paths = images.set_index(images["image_id"].astype(int))["path"]
+    shown = []
+    for image_index in worst_images(labels, settings.count):
+        image = read_rgb(str(paths[int(matching.image_ids[image_index])])).permute(1, 2, 0).numpy()
+        shown.append(analysis_plots.error_image(labels, image_index, image))
+    return analysis_plots.worst_images_figure(shown, settings.columns, min_score, iou)
