@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench_demo import copy_project, kedro_run
+from bench_demo import copy_project, kedro_run, latest_coco_metrics
 
 STATIC_ENV = "static_shapes"
 STATIC_MODEL = """model:
@@ -36,9 +36,8 @@ def run_mode(workdir: Path, static: bool, params: str | None) -> dict[str, float
         (workdir / "conf" / STATIC_ENV / "parameters_model.yml").write_text(STATIC_MODEL)
         args += ["--env", STATIC_ENV]
     wall = kedro_run(workdir, *args)
-    reporting = workdir / "data" / "08_reporting"
-    metrics = json.loads((reporting / "coco_metrics.json").read_text())
-    training = json.loads((reporting / "training_run.json").read_text())
+    metrics = latest_coco_metrics(workdir)
+    training = json.loads((workdir / "data" / "08_reporting" / "training_run.json").read_text())
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "wall": wall, "train": training["wall_time_s"]}
 
 
