@@ -66,7 +66,13 @@ def _rois(stride: int, generator: torch.Generator) -> torch.Tensor:
     degenerate[4:] = torch.stack([x[4:], y[4:], x[4:], y[4:]], 1)  # a point
     tiny = torch.stack([x, y, x + uniform(6, 0, stride / 2), y + uniform(6, 0, stride / 2)], 1)
     side = 7.0 * stride
-    exact = torch.tensor([[0, 0, side, side], [stride, 2 * stride, stride + 2 * side, 2 * stride + side]])
+    exact = torch.tensor(
+        [
+            [0, 0, side, side],
+            [stride, 2 * stride, stride + 2 * side, 2 * stride + side],
+            [0, 0, 3 * side, 3 * side],
+        ]
+    )
     boxes = torch.cat([inside, borders, partly_outside, wholly_outside, degenerate, tiny, exact])
     batch_index = torch.randint(0, BATCH, (len(boxes), 1), generator=generator).float()
     return torch.cat([batch_index, boxes], dim=1)

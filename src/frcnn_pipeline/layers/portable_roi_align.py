@@ -122,7 +122,7 @@ class _Sampling:
 
 def _divide(values: Tensor, divisor: int) -> Tensor:
     # A tensor divisor, so that no device turns the division into a multiplication by 1/divisor
-    # (CUDA does for scalars), which can move ceil(14 / 7) to 3.
+    # (CUDA does for scalars): in float32, 21 * (1 / 7) rounds above 3 and its ceil is 4.
     return values / values.new_tensor(float(divisor))
 
 
