@@ -20,11 +20,7 @@ Exit status: 0 PASS, 1 FAIL (the reason is printed and in the report), 2 bad arg
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
-import importlib
-import importlib.metadata
-import importlib.util
 import json
 import logging
 import math
@@ -42,16 +38,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import torchvision
 from PIL import Image
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
-import frcnn_pipeline
 from frcnn_pipeline.config import InferenceParams
 from frcnn_pipeline.engine import devices
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
+from frcnn_pipeline.engine.installation import describe_detection_ops, describe_installation
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.modeling import build_model
@@ -67,14 +62,6 @@ TINY_MODEL = {
     "rpn": {"batch_size_per_image": 64, "pre_nms_topk_train": 200, "post_nms_topk_train": 50},
     "roi_heads": {"batch_size_per_image": 32, "fc_dim": 32},
 }
-
-ENVIRONMENT_VARIABLES = (
-    "ASCEND_TOOLKIT_HOME",
-    "ASCEND_HOME_PATH",
-    "ASCEND_RT_VISIBLE_DEVICES",
-    "CUDA_VISIBLE_DEVICES",
-    "OMP_NUM_THREADS",
-)
 
 
 class SmokeFailure(Exception):
@@ -115,87 +102,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
             f"{args.report} exists: choose another --report (an earlier report is never overwritten)"
         )
     return args
-
-
-# ----------------------------------------------------------------------------------------------- installation
-
-
-def _distribution_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def cann_version() -> dict[str, str | None]:
-    """CANN's version: torch_npu.utils.get_cann_version (torch_npu's API; "" before CANN 8.1.RC1), else the
-    toolkit's `<arch>-linux/ascend_toolkit_install.info` under ASCEND_TOOLKIT_HOME / ASCEND_HOME_PATH."""
-    with contextlib.suppress(ImportError, AttributeError, RuntimeError):
-        version = importlib.import_module("torch_npu.utils").get_cann_version(module="CANN")
-        if version:
-            return {"version": version, "source": "torch_npu.utils.get_cann_version"}
-    homes = [os.environ.get("ASCEND_TOOLKIT_HOME"), os.environ.get("ASCEND_HOME_PATH")]
-    homes += ["/usr/local/Ascend/ascend-toolkit/latest", "/usr/local/Ascend/cann"]
-    for home in filter(None, homes):
-        for info in sorted(Path(home).glob("*-linux/ascend_toolkit_install.info")):
-            for line in info.read_text(errors="replace").splitlines():
-                if line.startswith("version="):
-                    return {"version": line.split("=", 1)[1].strip(), "source": str(info)}
-    return {"version": None, "source": "not found (is the CANN environment sourced?)"}
-
-
-def installation(device_kind: str) -> dict[str, Any]:
-    info: dict[str, Any] = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "frcnn_pipeline": frcnn_pipeline.__version__,
-        "torch": torch.__version__,
-        "torch_cuda": torch.version.cuda,
-        "torchvision": torchvision.__version__,
-        "torch_npu": _distribution_version("torch_npu") or _distribution_version("torch-npu"),
-        "torchvision_npu": None,
-        "apex": importlib.util.find_spec("apex") is not None,
-        "environment": {name: os.environ.get(name) for name in ENVIRONMENT_VARIABLES},
-    }
-    if importlib.util.find_spec("torchvision_npu") is not None:
-        info["torchvision_npu"] = _distribution_version("torchvision_npu") or "present"
-    if device_kind == "npu":
-        info["cann"] = cann_version()
-        info["npu_install_hint"] = devices.npu_install_hint()
-    return info
-
-
-def probe_torchvision_ops(device: torch.device) -> dict[str, str]:
-    """Whether torchvision's NMS and RoIAlign kernels run on `device` (on NPU they need torchvision_npu)."""
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device)
-    probes = {
-        "nms": lambda: torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8], device=device), 0.5),
-        "roi_align": lambda: torchvision.ops.roi_align(
-            torch.rand(1, 1, 8, 8, device=device),
-            torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device=device),
-            output_size=2,
-            aligned=True,
-        ),
-    }
-    results = {}
-    for name, probe in probes.items():
-        try:
-            probe()
-            results[name] = "torchvision kernel"
-        except (RuntimeError, NotImplementedError) as error:
-            results[name] = f"none: {str(error).splitlines()[0][:200]}"
-    return results
-
-
-def detection_ops(device: torch.device) -> dict[str, Any]:
-    ops: dict[str, Any] = {"torchvision": probe_torchvision_ops(device)}
-    # The project's device-portable ops choose an implementation per device (frcnn_pipeline.layers.backend);
-    # their own description is reported where that module provides one.
-    if importlib.util.find_spec("frcnn_pipeline.layers.backend") is not None:
-        backend = importlib.import_module("frcnn_pipeline.layers.backend")
-        describe = getattr(backend, "describe", None)
-        ops["frcnn_pipeline.layers"] = describe(device) if callable(describe) else "present (no describe())"
-    return ops
 
 
 class RecordCollector(logging.Handler):
@@ -276,7 +182,11 @@ def smoke_configs(params: dict[str, Any], args: argparse.Namespace, workdir: Pat
 
 
 def write_synthetic_images(folder: Path, count: int, height: int, width: int, seed: int):
-    """`count` JPEGs of noise with 1-5 filled rectangles each, and their images/annotations tables."""
+    """`count` JPEGs of noise with 1-5 filled rectangles each, and their images/annotations tables.
+
+    Not the demo dataset (frcnn_pipeline.data.demo): that draws square images of 4 shapes, and this run needs
+    COCO's HxW (800x1333) and 80 classes.
+    """
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     images, annotations = [], []
@@ -445,7 +355,7 @@ def eval_check(
 
 def run(args: argparse.Namespace, report: dict[str, Any]) -> str:
     """Fill `report` step by step; return the PASS reason or raise SmokeFailure."""
-    report["installation"] = installation(args.device)
+    report["installation"] = describe_installation(args.device)
     try:
         kind = devices.resolve_device_kind(args.device)
         devices.check_device_count(kind, args.nproc_per_node)
@@ -460,7 +370,7 @@ def run(args: argparse.Namespace, report: dict[str, Any]) -> str:
         "used": args.nproc_per_node,
         "distributed_backend": devices.dist_backend(kind) if args.nproc_per_node > 1 else None,
     }
-    report["detection_ops"] = detection_ops(device)
+    report["detection_ops"] = describe_detection_ops(device)
 
     params = env_parameters(args.env)
     with tempfile.TemporaryDirectory(prefix="frcnn_smoke_") as tmp:
