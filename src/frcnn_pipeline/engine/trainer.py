@@ -32,8 +32,10 @@ from frcnn_pipeline.data.dataset import (
 from frcnn_pipeline.engine import devices, distributed, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
+from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, ignore_stop_signals
 from frcnn_pipeline.modeling import build_model
 
 log = logging.getLogger(__name__)
@@ -89,18 +91,20 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     initial_weights: dict[str, torch.Tensor] | None = None,
     build: ModelBuilder = build_model,
 ) -> dict[str, Any]:
-    """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result.
+    """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result on every node.
 
-    Returns (None on nodes other than node 0):
+    Returns:
         {"state_dict": final weights (CPU, contiguous), "metrics": metric rows, "record": the run record}.
+
+    Raises:
+        TrainingStopped: SIGTERM/SIGINT arrived; a checkpoint of the current iteration was saved first.
     """
     job = TrainJob(
         images, annotations, num_classes, model_cfg, train_cfg, runtime_cfg, initial_weights or {}, build
     )
     started = time.time()
     result = distributed.launch(_train_worker, WorldConfig.from_runtime(runtime_cfg), job)
-    if result is not None:
-        result["record"]["wall_time_s"] = round(time.time() - started, 2)
+    result["record"]["wall_time_s"] = round(time.time() - started, 2)
     return result
 
 
@@ -188,6 +192,41 @@ def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | 
     return None
 
 
+def _init_loader_worker(worker_id: int) -> None:
+    seed_worker(worker_id)
+    # The training process stops its loader workers itself, after saving a checkpoint.
+    ignore_stop_signals()
+
+
+def _check_same_total_batch(state: dict[str, Any], context: WorkerContext, per_device: int, checkpoint: Path):
+    """Resuming on another world size keeps the total batch: the LR, epoch length and schedule follow it."""
+    # Checkpoints written before total_batch was recorded: the same images_per_device is assumed.
+    saved_world = state["world_size"]
+    saved_total = state.get("total_batch", saved_world * per_device)
+    total = per_device * context.world_size
+    if saved_total == total:
+        if saved_world != context.world_size and context.is_main:
+            log.warning(
+                "Resuming a %d-worker checkpoint on %d workers with the same total batch %d: the schedule is "
+                "unchanged; per-rank random streams are reseeded",
+                saved_world,
+                context.world_size,
+                total,
+            )
+        return
+    keep = [f"run on {saved_world} worker(s) again"]
+    if saved_total % context.world_size == 0:
+        keep.insert(0, f"set train.images_per_device={saved_total // context.world_size} for these "
+                       f"{context.world_size} worker(s)")  # fmt: skip
+    raise ValueError(
+        f"{checkpoint} was trained with a total batch of {saved_total} ({saved_world} worker(s) × "
+        f"{saved_total // saved_world}) but this run has {total} ({context.world_size} × {per_device}): the "
+        "learning rate (scaled with the total batch), the epoch length and the schedule would change "
+        f"mid-run. To continue it, keep the total batch: {' or '.join(keep)}. To train with the new total "
+        "batch, choose a new train.run_name."
+    )
+
+
 def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) -> None:
     """Resuming must not silently continue another model's run under the same run_name."""
     saved_cfg, saved_classes = state["model_config"], state["num_classes"]
@@ -258,6 +297,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     if latest is not None:
         state = load_checkpoint(latest)
         _check_same_model(state, job, latest)
+        _check_same_total_batch(state, context, batch_per_device, latest)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -268,11 +308,6 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
             devices.set_rng_states(device, rng["torch"])
             _set_python_rng_states(rng)
         else:
-            log.warning(
-                "Resuming a %d-worker checkpoint on %d workers: sampler order and RNG streams change",
-                state["world_size"],
-                context.world_size,
-            )
             _seed_everything(seed + context.rank + start_iter)
         if context.is_main:
             log.info("Resumed from %s at iteration %d", latest, start_iter)
@@ -308,7 +343,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=device.type != "cpu" and runtime.get("pin_memory", True),
-        worker_init_fn=seed_worker,
+        worker_init_fn=_init_loader_worker,
         generator=loader_generator(seed, context.rank),
         persistent_workers=num_workers > 0,
     )
@@ -325,52 +360,64 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     last_checkpoint = latest
     losses: dict[str, float] = {}
+
+    def save_checkpoint(done: int) -> Path | None:
+        rng = distributed.all_gather_object({"torch": devices.rng_states(device), **_python_rng_states()})
+        if not context.is_main:
+            return None
+        return manager.save(
+            done,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "precision": precision.state_dict(),
+                "iteration": done,
+                "world_size": context.world_size,
+                "total_batch": total_batch,
+                "rng": rng,
+                "metrics": metrics.rows,
+                "model_config": job.model_cfg,
+                "num_classes": job.num_classes,
+            },
+        )
+
     batches = iter(loader)
     try:
-        for iteration in range(start_iter, max_iter):
-            data_start = time.perf_counter()
-            images, targets = next(batches)
-            images, targets = _to_device(images, targets, device, channels_last)
-            data_time = time.perf_counter() - data_start
+        with StopSignals() as stop:
+            for iteration in range(start_iter, max_iter):
+                data_start = time.perf_counter()
+                images, targets = next(batches)
+                images, targets = _to_device(images, targets, device, channels_last)
+                data_time = time.perf_counter() - data_start
 
-            with precision.autocast():
-                loss_dict = ddp_model(images, targets)
-            total = sum(loss_dict.values())
-            losses = distributed.reduce_mean({**loss_dict, "total_loss": total})
-            if not all(math.isfinite(value) for value in losses.values()):
-                raise NonFiniteLossError(iteration, losses, last_checkpoint)
+                with precision.autocast():
+                    loss_dict = ddp_model(images, targets)
+                total = sum(loss_dict.values())
+                # A stop request on any rank travels with the losses: all ranks stop after the same iteration.
+                stop_flag = torch.tensor(float(stop.requested is not None), device=total.device)
+                losses = distributed.reduce_mean({**loss_dict, "total_loss": total, "stop": stop_flag})
+                stop_agreed = losses.pop("stop") > 0
+                if not all(math.isfinite(value) for value in losses.values()):
+                    raise NonFiniteLossError(iteration, losses, last_checkpoint)
 
-            optimizer.zero_grad(set_to_none=True)
-            precision.backward(total, optimizer)
-            if clip:
-                precision.unscale(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, clip)
-            precision.step(optimizer)
-            lr_now = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                precision.backward(total, optimizer)
+                if clip:
+                    precision.unscale(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, clip)
+                precision.step(optimizer)
+                lr_now = optimizer.param_groups[0]["lr"]
+                scheduler.step()
 
-            metrics.step(iteration, losses, lr_now, data_time, lambda: devices.memory_mb(device))
-            done = iteration + 1
-            if done % checkpoint_cfg["period"] == 0 or done == max_iter:
-                rng = distributed.all_gather_object(
-                    {"torch": devices.rng_states(device), **_python_rng_states()}
-                )
-                if context.is_main:
-                    last_checkpoint = manager.save(
-                        done,
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "precision": precision.state_dict(),
-                            "iteration": done,
-                            "world_size": context.world_size,
-                            "rng": rng,
-                            "metrics": metrics.rows,
-                            "model_config": job.model_cfg,
-                            "num_classes": job.num_classes,
-                        },
-                    )
+                metrics.step(iteration, losses, lr_now, data_time, lambda: devices.memory_mb(device))
+                done = iteration + 1
+                if done % checkpoint_cfg["period"] == 0 or done == max_iter or stop_agreed:
+                    last_checkpoint = save_checkpoint(done) or last_checkpoint
+                if stop_agreed and done < max_iter:
+                    distributed.barrier()  # rank 0's checkpoint is on disk before any rank stops
+                    reason = stop.requested or "a stop signal on another rank"
+                    raise TrainingStopped(done, max_iter, str(manager.path(done)), reason)
     finally:
         metrics.close()
 
@@ -383,7 +430,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         "run_name": train["run_name"],
         "device": device.type,
         "world_size": context.world_size,
-        "num_nodes": runtime.get("num_nodes", 1),
+        "num_nodes": context.world.num_nodes,
+        "world": context.world.describe(),
         "images_per_device": batch_per_device,
         "total_batch": total_batch,
         "scaled_lr": lr,

@@ -20,7 +20,8 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 from tqdm.auto import tqdm
 
 from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 
@@ -177,8 +178,8 @@ def run_inference(
     *,
     runtime: dict[str, Any] | None = None,
     options: InferenceOptions | None = None,
-) -> list[dict[str, Any]] | None:
-    """Predict every image in ``paths``; one record per path, in order, on node 0 (None on other nodes).
+) -> list[dict[str, Any]]:
+    """Predict every image in ``paths``; one record per path, in order (on every node of a multi-node run).
 
     A record has ``position``, ``error`` ("" when the image was read) and, when read, ``height``, ``width``,
     ``boxes`` (xyxy, input pixels), ``scores`` and ``labels`` (1..K).
@@ -196,8 +197,6 @@ def run_inference(
     records = distributed.launch(
         _inference_worker, world, state_dict, model_cfg, num_classes, list(map(str, paths)), asdict(options)
     )
-    if records is None:  # a node other than 0 of a multi-node run
-        return None
     failed = [r for r in records if r["error"]]
     if failed:
         logger.warning(

@@ -35,8 +35,7 @@ def predict_val_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     """Detections on every val image in COCO results format (original image and category ids, xywh)."""
     if not weights:
         raise ValueError(
-            "The model weights are empty (a trained_model written by a node other than node 0 of a "
-            "multi-node run?). Evaluate the trained_model saved on node 0."
+            "The model weights are empty: evaluate a trained_model or initial_weights holding a state dict."
         )
     records = run_inference(
         weights,
@@ -46,9 +45,6 @@ def predict_val_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         runtime=runtime,
         options=InferenceOptions.from_params(evaluate.get("inference")),
     )
-    if records is None:
-        log.info("Node %d: inference done; node 0 gathers and evaluates", runtime.get("node_rank", 0))
-        return []
     unreadable = [val_images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(

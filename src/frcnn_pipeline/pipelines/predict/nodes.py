@@ -64,7 +64,7 @@ def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
         runtime=runtime,
         options=InferenceOptions.from_params(predict.get("inference")),
     )
-    return records or []
+    return records
 
 
 def _names_by_label(categories: pd.DataFrame) -> list[str]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -11,8 +10,6 @@ import torch
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.engine.trainer import train_detector
-
-log = logging.getLogger(__name__)
 
 
 def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
@@ -28,19 +25,12 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     result = train_detector(
         train_images, train_annotations, len(categories), model, train, runtime, initial_weights
     )
-    if result is None:
-        # Another node of a multi-node run: node 0 writes the real outputs.
-        log.info("Node %d done; node 0 saves the trained model and reports", runtime["node_rank"])
-        return {}, pd.DataFrame(), {"node_rank": runtime["node_rank"], "outputs_on": "node 0"}
     return result["state_dict"], pd.DataFrame(result["metrics"]), result["record"]
 
 
 def plot_training_curves(training_metrics: pd.DataFrame) -> Figure:
     """Losses (log scale), learning rate and throughput against the iteration."""
     figure, (loss_axis, lr_axis, speed_axis) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
-    if training_metrics.empty:
-        loss_axis.set_title("no metrics (not node 0)")
-        return figure
     iteration = training_metrics["iteration"]
     for column in [c for c in training_metrics.columns if c.startswith("loss") or c == "total_loss"]:
         loss_axis.plot(
