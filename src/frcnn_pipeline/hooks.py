@@ -1,11 +1,11 @@
 """Kedro hooks: in a multi-node run, only the job's main process writes the catalog's outputs.
 
-Every node runs the same pipeline, and its distributed nodes (train, evaluate's and predict's inference) return
-rank 0's results in every process. Kedro saves every node output, and a `before_dataset_saved` hook cannot skip
-a save, so on the other processes the run's outputs are swapped for MemoryDatasets before it starts (public
-`DataCatalog.__setitem__`): their nodes compute the same values, hand them on in memory, and write nothing into
-the project's data folders. Inputs still load from the shared folders. The single-machine pipelines (ingest and
-weights) are refused on those processes: they write shared files (the demo dataset, the download cache).
+Every node runs the same pipeline, and its distributed nodes (train, evaluate's and predict's inference)
+return rank 0's results in every process. Kedro saves every node output, and a `before_dataset_saved` hook
+cannot skip a save, so on the other processes the run's outputs are swapped for MemoryDatasets before it
+starts (public `DataCatalog.__setitem__`): their nodes compute the same values, hand them on in memory and
+write nothing into the project's data folders. Inputs still load from the shared folders. The single-machine
+pipelines (ingest, weights) are refused there: they write shared files (the demo dataset, the download cache).
 """
 
 from __future__ import annotations
@@ -45,15 +45,15 @@ class MainProcessSavesHooks:
         single_machine = sorted(node.name for node in pipeline.nodes if node.tags & SINGLE_MACHINE_TAGS)
         if single_machine:
             raise NotTheMainProcessError(
-                f"This process is {role}: it takes part in training and evaluation only, but the run includes "
-                f"{single_machine}. Run `kedro run --pipeline ingest` and `--pipeline weights` once, on one "
-                "machine (single node), then `--pipeline train` (and evaluate) on every node."
+                f"This process is {role}: it takes part in training and evaluation only, but the run "
+                f"includes {single_machine}. Run `kedro run --pipeline ingest` and `--pipeline weights` "
+                "once, on one machine (single node), then `--pipeline train` (and evaluate) on every node."
             )
         with _quiet_replacements():
             for name in sorted(pipeline.all_outputs()):
                 catalog[name] = MemoryDataset()
         log.info(
-            "This process is %s: the outputs of this run (%s) stay in memory here; the main process saves them",
+            "This process is %s: the outputs of this run (%s) stay in memory here; the main process saves",
             role,
             ", ".join(sorted(pipeline.all_outputs())),
         )
@@ -62,7 +62,8 @@ class MainProcessSavesHooks:
 def _role(world: WorldConfig) -> str:
     if world.launcher == "torchrun":
         return f"rank {world.process_rank} of {world.world_size} (torchrun)"
-    return f"node {world.node_rank} of {world.num_nodes} ({world.launcher} launcher)"
+    launcher = "" if world.launcher == "none" else f" ({world.launcher})"
+    return f"node {world.node_rank} of {world.num_nodes}{launcher}"
 
 
 @contextmanager

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-import copy
-
 import pytest
 import torch
-from tiny_training import TINY_MODEL, runtime_config, train_config, write_tiny_dataset
+from tiny_training import (
+    ALL_SAMPLES_MODEL,
+    TINY_MODEL,
+    merged,
+    runtime_config,
+    train_config,
+    write_tiny_dataset,
+)
 from torch import nn
 
 from frcnn_pipeline.data import demo
@@ -14,24 +19,6 @@ from frcnn_pipeline.data.coco import SplitSource, read_coco_split
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.trainer import NonFiniteLossError, load_initial_weights, train_detector
 from frcnn_pipeline.modeling import build_model
-
-
-def _merged(base: dict, **sections: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for name, values in sections.items():
-        merged.setdefault(name, {}).update(values)
-    return merged
-
-
-# Every anchor and every proposal is a training sample (no ignored IoU band, sample caps above the counts,
-# a fixed number of proposals per image) and BN is frozen: the loss of a 2-image batch is then exactly the
-# mean of the two 1-image losses, so 2 workers × 1 image must match 1 worker × 2 images, whatever the RNG.
-ALL_SAMPLES_MODEL = _merged(
-    TINY_MODEL,
-    rpn={"iou_thresholds": [0.5, 0.5], "batch_size_per_image": 10**6, "positive_fraction": 1.0,
-         "post_nms_topk_train": 20},
-    roi_heads={"batch_size_per_image": 10**6, "positive_fraction": 1.0},
-)  # fmt: skip
 
 
 def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: int):
@@ -109,7 +96,7 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
     train = train_config(tmp_path, max_iter=1)
     train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["solver"]["max_iter"] = 2
-    other_anchors = _merged(TINY_MODEL, anchors={"round": True})
+    other_anchors = merged(TINY_MODEL, anchors={"round": True})
     with pytest.raises(
         ValueError, match=r"model_0000001\.pth was trained with another model \(changed: anchors\)"
     ):
@@ -187,3 +174,33 @@ def test_initial_weights_missing_keys_reported_unknown_keys_refused(caplog):
     wrong_shape = {key: torch.zeros(3, 3)}
     with pytest.raises(ValueError, match="shape mismatch"):
         load_initial_weights(model, wrong_shape)
+
+
+def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path):
+    images, annotations = write_tiny_dataset(tmp_path / "images", count=4, boxes_per_image=2, seed=5)
+    train = train_config(tmp_path, optimizer="sgd", base_lr=0.05, max_iter=2, warmup_iters=0, steps=[])
+    train.update(run_name="resize", images_per_device=2, flip_prob=0.0)
+    train["checkpoint"]["period"] = 1
+    train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(num_threads=1))
+
+    # 1 worker × 2 images -> 2 workers × 1 image: the same total batch, so the same schedule; it continues.
+    train["solver"]["max_iter"], train["images_per_device"] = 3, 1
+    resumed = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2, num_threads=1)
+    )
+    assert resumed["record"]["resumed_from_iteration"] == 2 and resumed["record"]["total_batch"] == 2
+    straight = {**train, "run_name": "straight", "images_per_device": 2}
+    reference = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, straight, runtime_config(num_threads=1)
+    )
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+    # 2 workers × 2 images: the total batch (so the LR and the schedule) would change mid-run.
+    train["solver"]["max_iter"], train["images_per_device"] = 4, 2
+    changed = r"total batch of 2 \(2 worker\(s\) × 1\) but this run has 4 \(2 × 2\)"
+    with pytest.raises(
+        ValueError, match=changed + r".*set train\.images_per_device=1 for these 2 worker\(s\)"
+    ):
+        train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2))
+    assert CheckpointManager(tmp_path / "checkpoints" / "resize").latest().name == "model_0000003.pth"

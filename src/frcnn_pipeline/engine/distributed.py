@@ -82,9 +82,9 @@ def launch(fn: Callable[..., Any], world: WorldConfig, *args: Any) -> Any:
 
 def _describe(world: WorldConfig) -> str:
     return (
-        f"node {world.node_rank} of {world.num_nodes} × {world.nproc_per_node} {world.device} worker(s), "
-        f"world size {world.world_size}, {devices.dist_backend(world.device)} rendezvous at "
-        f"{world.master_addr}:{world.master_port}, launcher {world.launcher}"
+        f"node {world.node_rank} of {world.num_nodes}, {world.nproc_per_node} {world.device} worker(s) per "
+        f"node, world size {world.world_size}, {devices.dist_backend(world.device)} rendezvous at "
+        f"{world.master_addr}:{world.master_port} (launcher: {world.launcher})"
     )
 
 
@@ -171,7 +171,7 @@ def _supervise(
                 and not processes.join(timeout=GRACE_S, grace_period=GRACE_S)
             ):
                 _kill(processes)
-                raise WorkerFailedError(f"Stopping: {remote.describe()} (failed first)")
+                raise WorkerFailedError(f"{remote.describe()}. This node's workers were stopped.")
         except ProcessException as error:
             raise _failure(error, world, board, stop, errors) from None
 
@@ -186,22 +186,26 @@ def _failure(
         local_errors.append(errors.get())
     stopped = [exc for _, exc, _ in local_errors if isinstance(exc, TrainingStopped)]
     if stopped:
-        return stopped[0]
+        # The workers saw the SIGTERM this launcher forwarded; the user sent `stop.requested`.
+        first = stopped[0]
+        return TrainingStopped(
+            first.iteration, first.max_iter, first.checkpoint, stop.requested or first.reason
+        )
     if isinstance(error, ProcessExitedException):
-        died = f"worker exited with {error.signal_name or f'exit code {error.exit_code}'}"
+        how = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
+        died = f"worker exited with {how}"
         if stop.requested:
             return WorkerFailedError(f"Stopped by {stop.requested} ({died} outside the training loop)")
-        board.post(Failure(failed_rank, rendezvous.where(world, error.error_index), died), cause=True)
-    causes = [(rank, exc) for rank, exc, is_cause in local_errors if is_cause]
+        board.post(Failure(failed_rank, rendezvous.where(world, error.error_index), died))
+    causes = {rank: exc for rank, exc, is_cause in local_errors if is_cause}
     first = board.first(wait_s=0.0 if causes else rendezvous.FAILURE_REPORT_WAIT_S)
-    if causes and (first is None or first.rank == causes[0][0]):
-        return causes[0][1]
+    if first is not None and first.rank in causes:
+        return causes[first.rank]
+    if first is None and causes:
+        return next(iter(causes.values()))
     if first is not None:
-        return WorkerFailedError(f"Rank {failed_rank} stopped because {first.describe()} (failed first)")
-    return WorkerFailedError(
-        f"Rank {failed_rank} ({rendezvous.where(world)}) failed: {_summary(error)}. No rank reported a "
-        "cause: a node or its network may have gone down."
-    )
+        return WorkerFailedError(f"{first.describe()}. Rank {failed_rank} stopped with it.")
+    return WorkerFailedError(f"Rank {failed_rank} ({rendezvous.where(world)}) failed: {_summary(error)}")
 
 
 def _signal_alive(processes: ProcessContext, signum: int) -> None:
@@ -274,7 +278,7 @@ def _worker_entry(  # noqa: PLR0917 (start_processes passes arguments by positio
         is_cause = not _is_lost_peer(error)
         # Every rank stops at the same iteration on a stop request: that is not a failure to report.
         if board is not None and not isinstance(error, TrainingStopped):
-            board.post(Failure(rank, rendezvous.where(world, local_rank), _summary(error)), cause=is_cause)
+            board.post(Failure(rank, rendezvous.where(world, local_rank), _summary(error), is_cause))
         _report(errors, rank, error, is_cause)
         raise
     finally:

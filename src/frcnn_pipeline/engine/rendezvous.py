@@ -106,10 +106,17 @@ class Failure:
     rank: int | None
     where: str
     message: str
+    # False: the rank only lost its connection to the others (the cause is elsewhere).
+    cause: bool = True
 
     def describe(self) -> str:
-        who = "a launcher" if self.rank is None else f"rank {self.rank}"
-        return f"{who} ({self.where}): {self.message}"
+        who = "The launcher" if self.rank is None else f"Rank {self.rank}"
+        if self.cause:
+            return f"{who} ({self.where}) failed first: {self.message}"
+        return (
+            f"{who} ({self.where}) lost its connection to the other ranks and no rank reported a cause "
+            f"(a node or its network went down?): {self.message}"
+        )
 
 
 class FailureBoard:
@@ -121,10 +128,10 @@ class FailureBoard:
     def __init__(self, store: Store):
         self.store = store
 
-    def post(self, failure: Failure, *, cause: bool) -> None:
+    def post(self, failure: Failure) -> None:
         record = json.dumps({"rank": failure.rank, "where": failure.where, "message": failure.message[:2000]})
         try:
-            self.store.compare_set(self.CAUSE if cause else self.LOST_PEER, "", record)
+            self.store.compare_set(self.CAUSE if failure.cause else self.LOST_PEER, "", record)
         except DistError:
             log.debug("The failure board is gone (node 0 stopped); not posting %s", failure)
 
@@ -132,7 +139,7 @@ class FailureBoard:
         try:
             if not self.store.check([key]):
                 return None
-            return Failure(**json.loads(self.store.get(key)))
+            return Failure(**json.loads(self.store.get(key)), cause=key == self.CAUSE)
         except DistError:
             return None
 
@@ -186,7 +193,7 @@ def check_in(store: Store, world: WorldConfig, job: str) -> None:
     deadline = time.monotonic() + world.rendezvous_timeout_s
     while not store.check(keys):
         if (failure := board.cause()) is not None:
-            raise RendezvousError(f"Another node stopped the rendezvous: {failure.describe()}")
+            raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
         if time.monotonic() > deadline:
             missing = [rank for rank, key in enumerate(keys) if not store.check([key])]
             _fail(
@@ -216,9 +223,9 @@ def check_in(store: Store, world: WorldConfig, job: str) -> None:
             "runtime parameters on every node.",
         )
     if (failure := board.cause()) is not None:
-        raise RendezvousError(f"Another node stopped the rendezvous: {failure.describe()}")
+        raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
 
 
 def _fail(board: FailureBoard, world: WorldConfig, message: str) -> NoReturn:
-    board.post(Failure(None, where(world), message), cause=True)
+    board.post(Failure(None, where(world), message))
     raise RendezvousError(message)
