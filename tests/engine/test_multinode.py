@@ -243,7 +243,11 @@ def test_torchrun_two_nodes_one_process_each(project, reference):
     _assert_same_weights(
         SafetensorsDataset(filepath=str(version), backend="torch").load(), reference["state_dict"]
     )
-    assert "rank 1 of 2 (torchrun)" in node1 and all("MemoryDataset" in line for line in _saves(node1))
+    assert (
+        "this process saves the outputs" in node0
+        and "rank 1 of 2 (torchrun)" in node1
+        and all("MemoryDataset" in line for line in _saves(node1))
+    )
     record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
     assert record["world"]["launcher"] == "torchrun" and record["world"]["num_nodes"] == 2
 
@@ -264,7 +268,7 @@ def test_slurm_step_two_nodes_and_node_1_writes_nothing_into_its_own_folder(proj
     _assert_same_weights(
         SafetensorsDataset(filepath=str(version), backend="torch").load(), reference["state_dict"]
     )
-    assert "node 1 of 2 (slurm)" in node1
+    assert "this process saves the outputs" in node0 and "node 1 of 2 (slurm)" in node1
     world = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())["world"]
     assert (world["launcher"], world["master_addr"]) == ("slurm", "127.0.0.1")
 
@@ -342,8 +346,8 @@ def test_a_signal_to_kedro_saves_the_current_iteration_stops_the_workers_and_res
     assert not any(_running(pid) for pid in workers), "no worker is left training"
     assert "iter 1/100000" in output, "rank 0's periodic lines reach the console"
     if stop == signal.SIGTERM:
-        (resumed,) = _finish(
-            _kedro(project, "train", f"runtime.nproc_per_node=2,train.solver.max_iter={iteration + 1}")
-        )
+        # The resubmitted job continues from there, here on 1 worker × 2 images: the same total batch.
+        resume = f"train.images_per_device=2,train.solver.max_iter={iteration + 1}"
+        (resumed,) = _finish(_kedro(project, "train", resume))
         record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
-        assert record["resumed_from_iteration"] == iteration, resumed[-3000:]
+        assert record["resumed_from_iteration"] == iteration and record["total_batch"] == 2, resumed[-3000:]
