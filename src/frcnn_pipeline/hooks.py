@@ -39,7 +39,7 @@ class MainProcessSavesHooks:
         world = WorldConfig.from_runtime(catalog.load("params:runtime"))
         if world.is_main_process:
             if world.num_nodes > 1 or world.launcher != "none":
-                log.info("World %s: this process saves the outputs", world.describe())
+                log.info("World: %s; this process saves the outputs", world.summary())
             return
         role = _role(world)
         single_machine = sorted(node.name for node in pipeline.nodes if node.tags & SINGLE_MACHINE_TAGS)

@@ -215,6 +215,7 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
     assert record["world"]["num_nodes"] == 2 and record["world"]["world_size"] == 2
     assert record["world"]["launcher"] == "none" and record["total_batch"] == 2
     assert "iter 3/3" in node0, "rank 0's loss/LR lines reach node 0's console"
+    assert "(rank 1) initial_weights loaded" in node1, "and rank 1's records node 1's"
 
     # As a user would next, on one machine: the evaluated model is the one the nodes trained.
     before = _files(data)

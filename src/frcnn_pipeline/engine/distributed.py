@@ -80,14 +80,6 @@ def launch(fn: Callable[..., Any], world: WorldConfig, *args: Any) -> Any:
     return _spawn_node_workers(fn, world, args)
 
 
-def _describe(world: WorldConfig) -> str:
-    return (
-        f"node {world.node_rank} of {world.num_nodes}, {world.nproc_per_node} {world.device} worker(s) per "
-        f"node, world size {world.world_size}, {devices.dist_backend(world.device)} rendezvous at "
-        f"{world.master_addr}:{world.master_port} (launcher: {world.launcher})"
-    )
-
-
 def _run_as_torchrun_worker(fn: Callable[..., Any], world: WorldConfig, args: tuple) -> Any:
     devices.check_device_count(world.device, world.nproc_per_node)
     device = devices.setup_device(world.device, world.local_rank)
@@ -98,7 +90,9 @@ def _run_as_torchrun_worker(fn: Callable[..., Any], world: WorldConfig, args: tu
             timeout=datetime.timedelta(minutes=world.timeout_minutes),
         )
         atexit.register(dist.destroy_process_group)
-        log.info("Joined torchrun's process group as rank %d: %s", world.process_rank, _describe(world))
+        log.info(
+            "Joined torchrun's %s process group: %s", devices.dist_backend(world.device), world.summary()
+        )
     context = WorkerContext(world.process_rank, world.local_rank, world.world_size, device, world)
     return _share_main_result(fn(context, *args))
 
@@ -119,7 +113,7 @@ def _spawn_node_workers(fn: Callable[..., Any], world: WorldConfig, args: tuple)
         store = rendezvous.connect_store(world, f"Node {world.node_rank}")
     job_store = rendezvous.launch_store(store, generation)
     rendezvous.check_in(job_store, world, fn.__qualname__)
-    log.info("Spawning the workers of %s", _describe(world))
+    log.info("Spawning %s workers: %s", devices.dist_backend(world.device), world.summary())
     spawn = mp.get_context("spawn")
     errors, log_queue = spawn.SimpleQueue(), spawn.Queue()
     with (
@@ -195,7 +189,8 @@ def _failure(
         how = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
         died = f"worker exited with {how}"
         if stop.requested:
-            return WorkerFailedError(f"Stopped by {stop.requested} ({died} outside the training loop)")
+            board.post(Failure(None, rendezvous.where(world), f"stopped by {stop.requested}"))
+            return WorkerFailedError(f"Stopped by {stop.requested} outside the training loop ({died})")
         board.post(Failure(failed_rank, rendezvous.where(world, error.error_index), died))
     causes = {rank: exc for rank, exc, is_cause in local_errors if is_cause}
     first = board.first(wait_s=0.0 if causes else rendezvous.FAILURE_REPORT_WAIT_S)

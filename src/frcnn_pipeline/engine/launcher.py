@@ -90,6 +90,15 @@ class WorldConfig:
         """The job's one process that saves outputs: global rank 0 (torchrun), else node 0's Kedro process."""
         return self.process_rank == 0 if self.launcher == "torchrun" else self.node_rank == 0
 
+    def summary(self) -> str:
+        """One line for the log."""
+        who = f"rank {self.process_rank}, " if self.process_rank is not None else ""
+        return (
+            f"{who}node {self.node_rank} of {self.num_nodes}, {self.nproc_per_node} {self.device} "
+            f"worker(s) per node, world size {self.world_size}, rendezvous at "
+            f"{self.master_addr}:{self.master_port} (launcher: {self.launcher})"
+        )
+
     def describe(self) -> dict[str, Any]:
         """For the log and the training record."""
         described = {key: value for key, value in asdict(self).items() if value is not None}

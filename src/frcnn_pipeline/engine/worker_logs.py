@@ -27,7 +27,8 @@ class _Replay(logging.Handler):
 class _RankPrefix(logging.Filter):
     def __init__(self, rank: int):
         super().__init__()
-        self.prefix = f"[rank {rank}] "
+        # Not "[rank 1]": rich's handler would read the brackets as markup.
+        self.prefix = f"(rank {rank}) "
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.msg = self.prefix + record.getMessage()
