@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 import torch
 from tiny_training import (
@@ -17,6 +20,7 @@ from torch import nn
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import SplitSource, read_coco_split
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
+from frcnn_pipeline.engine.signals import TrainingStopped
 from frcnn_pipeline.engine.trainer import NonFiniteLossError, load_initial_weights, train_detector
 from frcnn_pipeline.modeling import build_model
 
@@ -204,3 +208,35 @@ def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path
     ):
         train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2))
     assert CheckpointManager(tmp_path / "checkpoints" / "resize").latest().name == "model_0000003.pth"
+
+
+class _SignalledOnRankOne(nn.Module):
+    """A real model; in its third training step, rank 1 (only) receives SIGTERM, as from a pre-emption."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        if self.calls == 3 and torch.distributed.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.model(images, targets)
+
+
+def _signalled_model(model_cfg, num_classes):
+    return _SignalledOnRankOne(build_model(model_cfg, num_classes))
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_saving_that_iteration(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=50)
+    train["images_per_device"] = 1
+    runtime = runtime_config(nproc_per_node=2, num_threads=1)
+    with pytest.raises(
+        TrainingStopped, match=r"after iteration 3 of 50; checkpoint .*model_0000003\.pth saved"
+    ):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime, build=_signalled_model)
+    state = load_checkpoint(CheckpointManager(tmp_path / "checkpoints" / "test").latest())
+    assert state["iteration"] == 3 and len(state["rng"]) == 2

@@ -12,11 +12,13 @@ in every launching process (each node's Kedro process gets the same outputs; onl
 from __future__ import annotations
 
 import atexit
+import ctypes
 import datetime
 import itertools
 import logging
 import os
 import signal
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -40,6 +42,8 @@ POLL_S = 0.5
 GRACE_S = 3.0
 # Error texts of a collective whose peer went away (gloo raises plain RuntimeErrors).
 _LOST_PEER_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe", "gloo/transport")
+
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 # The n-th distributed launch of this process; every node runs the same pipeline, so the numbers match.
 _launches = itertools.count(1)
@@ -235,9 +239,23 @@ def _report(errors, rank: int, error: BaseException, is_cause: bool) -> None:
         errors.put((rank, RuntimeError(_summary(error)), is_cause))
 
 
+def _die_with_the_launcher() -> None:
+    """Linux: a worker whose Kedro process is killed (SIGKILL, OOM) is killed too, not left training alone.
+
+    torch.multiprocessing offers no parent-death signal, hence prctl(PR_SET_PDEATHSIG) through ctypes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
 def _worker_entry(  # noqa: PLR0917 (start_processes passes arguments by position)
     local_rank, fn, world: WorldConfig, generation: int, args, errors, log_queue, levels, result_path: str
 ) -> None:
+    _die_with_the_launcher()
     rank = world.node_rank * world.nproc_per_node + local_rank
     worker_logs.send_logs_to(log_queue, rank, levels)
     board = None
