@@ -1,6 +1,7 @@
 """Spawned workers on gloo: collectives, sharding, errors with their own type, no orphans."""
 
 import os
+import select
 import subprocess
 import sys
 import time
@@ -54,12 +55,13 @@ def test_multi_node_needs_a_fixed_port_and_a_valid_rank():
 
 
 LAUNCHER_SCRIPT = """
+import os
 import time
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.launcher import WorldConfig
 
 def sleep(context):
-    print("WORKER", __import__("os").getpid(), flush=True)
+    os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one write: the two workers' lines cannot interleave
     time.sleep(600)
 
 if __name__ == "__main__":
@@ -76,12 +78,13 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    workers = []
-    while len(workers) < 2:
-        line = launcher.stdout.readline()
-        assert line, "the launcher ended before its workers started"
-        if line.startswith("WORKER "):
-            workers.append(int(line.split()[1]))
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while sum(line.startswith("WORKER ") for line in lines) < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None, f"workers did not start: {lines}"
+        if select.select([launcher.stdout], [], [], 1.0)[0]:
+            lines.append(launcher.stdout.readline())
+    workers = [int(line.split()[1]) for line in lines if line.startswith("WORKER ")]
     launcher.kill()  # SIGKILL: no chance to stop its workers itself
     launcher.wait()
     deadline = time.monotonic() + 60

@@ -10,6 +10,7 @@ a batch that differs by one image moves the weights by more than 1e-3 (test_trai
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
@@ -82,6 +83,11 @@ def template(tmp_path_factory) -> Path:
     shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
+    if importlib.util.find_spec("kedro_mlflow"):
+        # Not a dependency of this project: installed beside it, its plugin hook would track every node's run
+        # into the one shared ./mlruns, where the nodes race to create the experiment.
+        with (project / "src" / "frcnn_pipeline" / "settings.py").open("a") as settings:
+            settings.write('\nDISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)\n')
     (project / "conf" / "tiny").mkdir()
     (project / "conf" / "tiny" / "parameters.yml").write_text(yaml.safe_dump(TINY_ENV))
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", project)
@@ -143,9 +149,8 @@ def _kedro(project: Path, pipeline: str, params: str = "", launcher: list[str] |
     return subprocess.Popen(
         [*command, "--params", params] if params else command,
         cwd=project,
-        # MLFLOW_ALLOW_FILE_STORE: kedro-mlflow, when installed, tracks to ./mlruns of the project copy.
         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
-             "MLFLOW_ALLOW_FILE_STORE": "true", "COLUMNS": "250",
+             "COLUMNS": "250",
              "PYTHONPATH": os.pathsep.join([str(project / "src"), *sys.path]), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
