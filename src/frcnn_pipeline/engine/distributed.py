@@ -79,7 +79,7 @@ def launch(fn: Callable[..., Any], world: WorldConfig, *args: Any) -> Any:
     if world.launcher == "torchrun":
         return _run_as_torchrun_worker(fn, world, args)
     devices.check_device_count(kind, world.nproc_per_node)
-    if world.world_size == 1:
+    if not world.spawns_workers:
         return fn(WorkerContext(0, 0, 1, devices.setup_device(kind, 0), world), *args)
     return _spawn_node_workers(fn, world, args)
 

@@ -198,7 +198,9 @@ def _init_loader_worker(worker_id: int) -> None:
     ignore_stop_signals()
 
 
-def _check_same_total_batch(state: dict[str, Any], context: WorkerContext, per_device: int, checkpoint: Path):
+def _check_same_total_batch(
+    state: dict[str, Any], context: WorkerContext, per_device: int, checkpoint: Path
+) -> None:
     """Resuming on another world size keeps the total batch: the LR, epoch length and schedule follow it."""
     # Checkpoints written before total_batch was recorded: the same images_per_device is assumed.
     saved_world = state["world_size"]
