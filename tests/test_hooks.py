@@ -1,7 +1,8 @@
 """Project hooks. The parameter check through real Kedro sessions, in a copy of the project: a typo or a wrong
 type stops the run before any work, naming the key, the nearest valid one and where it is set; valid
 parameters run. The evaluation splits of this run's config decide the per-split pipelines. Missing inputs
-name the pipeline that writes them."""
+name the pipeline that writes them. In a multi-node job, processes other than the main one keep a run's
+outputs in memory."""
 
 import json
 import os
@@ -11,10 +12,17 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.pipeline import Node, Pipeline
+from kedro_datasets.pandas import CSVDataset
 from test_cli import kedro_run
 
 from frcnn_pipeline import hooks
+from frcnn_pipeline.config import ParameterError
+from frcnn_pipeline.engine.launcher import LauncherConfigError
+from frcnn_pipeline.hooks import MainProcessSavesHooks, NotTheMainProcessError
 from frcnn_pipeline.pipelines.splits import (
     DEFAULT_EVALUATION_SPLITS,
     evaluation_splits,
@@ -144,3 +152,74 @@ def test_a_bad_split_name_stops_the_run_before_anything_is_built(reconfigured):
         hooks.SplitsHook().after_context_created(
             context_with({"ingest": {"splits": {"train": {}, "1st": {}}}})
         )
+
+
+def _multinode_catalog(tmp_path, runtime: dict) -> DataCatalog:
+    catalog = DataCatalog(
+        {
+            "source": CSVDataset(filepath=str(tmp_path / "source.csv")),
+            "table": CSVDataset(filepath=str(tmp_path / "table.csv")),
+        }
+    )
+    catalog["params:runtime"] = runtime
+    catalog.save("source", pd.DataFrame({"value": [1, 2]}))
+    return catalog
+
+
+DOUBLING = Pipeline(
+    [Node(lambda frame: frame.assign(value=frame["value"] * 2), "source", "table", tags="train")]
+)
+
+
+def _run_with_saving_hook(catalog: DataCatalog, pipeline: Pipeline = DOUBLING) -> None:
+    MainProcessSavesHooks().before_pipeline_run({}, pipeline, catalog)
+    for node in pipeline.nodes:
+        outputs = node.run({name: catalog.load(name) for name in node.inputs})
+        for name, data in outputs.items():
+            catalog.save(name, data)
+
+
+def test_a_follower_node_computes_in_memory_and_writes_nothing(tmp_path):
+    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"})
+    _run_with_saving_hook(catalog)
+    assert isinstance(catalog["table"], MemoryDataset)
+    assert catalog.load("table")["value"].tolist() == [2, 4], "inputs still load from the shared files"
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_the_main_node_saves_as_usual(tmp_path):
+    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 0})
+    _run_with_saving_hook(catalog)
+    assert pd.read_csv(tmp_path / "table.csv")["value"].tolist() == [2, 4]
+
+
+def test_torchrun_ranks_other_than_0_write_nothing(tmp_path, monkeypatch):
+    torchrun = {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "0",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}  # fmt: skip
+    for name, value in torchrun.items():
+        monkeypatch.setenv(name, value)
+    _run_with_saving_hook(_multinode_catalog(tmp_path, {"nproc_per_node": 2}))
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_a_follower_refuses_the_single_machine_pipelines(tmp_path):
+    ingest = Pipeline([Node(lambda frame: frame, "source", "table", name="read_coco", tags="ingest")])
+    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 1})
+    with pytest.raises(NotTheMainProcessError, match=r"node 1 of 2.*\['read_coco'\].*--pipeline ingest"):
+        _run_with_saving_hook(catalog, ingest)
+    assert not (tmp_path / "table.csv").exists()
+
+
+def test_wrong_launcher_settings_stop_the_run_before_it_starts(tmp_path):
+    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 2})
+    with pytest.raises(LauncherConfigError, match=r"node_rank must be in \[0, 2\)"):
+        _run_with_saving_hook(catalog)
+
+
+def test_a_misspelt_runtime_key_stops_the_saving_hook_too(tmp_path):
+    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rnak": 1})
+    with pytest.raises(
+        ParameterError, match=r"runtime.node_rnak: unknown parameter; did you mean runtime.node_rank"
+    ):
+        _run_with_saving_hook(catalog)
+    assert not (tmp_path / "table.csv").exists()

@@ -1,12 +1,14 @@
 """Project hooks (registered in settings.py): before any node runs, the parameters are validated, the
-pipelines are built for the run's evaluation splits, and the pipeline's stored inputs must exist; a failing
-node still saves the report its error carries."""
+pipelines are built for the run's evaluation splits, and the pipeline's stored inputs must exist; in a
+multi-node run only the job's main process writes the catalog's outputs; a failing node still saves the
+report its error carries."""
 
 from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +20,7 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.config import IngestParams, ParameterError, validate_parameters
+from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.pipelines.splits import evaluation_splits_of, use_evaluation_splits
 
@@ -28,6 +31,8 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "docs/parameters.md"
 _CONFIG_SUFFIXES = {".yml", ".yaml", ".json"}
+# Pipelines that write shared files (the demo dataset, the download cache): one machine runs them.
+SINGLE_MACHINE_TAGS = frozenset({"ingest", "weights"})
 
 
 class ParameterValidationHooks:
@@ -162,3 +167,69 @@ class SplitsHook:
         if use_evaluation_splits(evaluation_splits_of(splits)):
             # Pipelines built earlier in this process had other splits: rebuild them on next access.
             project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
+
+
+class NotTheMainProcessError(UserFacingError, RuntimeError):
+    """A pipeline that must run on one machine was started on a process other than the job's main one."""
+
+
+class MainProcessSavesHooks:
+    """Outputs of a run in memory only, on every process of a multi-node job but the main one.
+
+    Every node runs the same pipeline, and its distributed nodes (train, evaluate's and predict's inference)
+    return rank 0's results in every process. Kedro saves every node output, and a `before_dataset_saved`
+    hook cannot skip a save, so on the other processes the run's outputs are swapped for MemoryDatasets
+    before it starts (public `DataCatalog.__setitem__`): their nodes compute the same values, hand them on
+    in memory and write nothing into the project's data folders. Inputs still load from the shared folders.
+    The single-machine pipelines (ingest, weights) are refused there.
+    """
+
+    @hook_impl
+    def before_pipeline_run(
+        self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
+    ) -> None:
+        if "params:runtime" not in catalog:
+            return
+        world = WorldConfig.from_runtime(catalog.load("params:runtime"))
+        if world.is_main_process:
+            if world.num_nodes > 1 or world.launcher != "none":
+                log.info("World: %s; this process saves the outputs", world.summary())
+            return
+        role = _role(world)
+        single_machine = sorted(node.name for node in pipeline.nodes if node.tags & SINGLE_MACHINE_TAGS)
+        if single_machine:
+            raise NotTheMainProcessError(
+                f"This process is {role}: it takes part in training and evaluation only, but the run "
+                f"includes {single_machine}. Run `kedro run --pipeline ingest` and `--pipeline weights` "
+                "once, on one machine (single node), then `--pipeline train` (and evaluate) on every node."
+            )
+        with _quiet_replacements():
+            for name in sorted(pipeline.all_outputs()):
+                catalog[name] = MemoryDataset()
+        log.info(
+            "This process is %s: the outputs of this run (%s) stay in memory here; the main process saves",
+            role,
+            ", ".join(sorted(pipeline.all_outputs())),
+        )
+
+
+def _role(world: WorldConfig) -> str:
+    if world.launcher == "torchrun":
+        return f"rank {world.process_rank} of {world.world_size} (torchrun)"
+    launcher = "" if world.launcher == "none" else f" ({world.launcher})"
+    return f"node {world.node_rank} of {world.num_nodes}{launcher}"
+
+
+@contextmanager
+def _quiet_replacements() -> Iterator[None]:
+    """The catalog warns about every dataset it replaces; here that is the point, said once above."""
+    catalog_log = logging.getLogger("kedro.io.data_catalog")
+
+    def not_a_replacement(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Replacing dataset")
+
+    catalog_log.addFilter(not_a_replacement)
+    try:
+        yield
+    finally:
+        catalog_log.removeFilter(not_a_replacement)

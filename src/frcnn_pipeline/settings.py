@@ -6,12 +6,24 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import MissingInputsHook, ParameterValidationHooks, ReportOnFailureHook, SplitsHook
+from frcnn_pipeline.hooks import (
+    MainProcessSavesHooks,
+    MissingInputsHook,
+    ParameterValidationHooks,
+    ReportOnFailureHook,
+    SplitsHook,
+)
 
 # The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
 # splits of `ingest.splits` decide which per-split pipelines exist; then the pipeline's stored inputs must
-# exist.
-HOOKS = (ParameterValidationHooks(), SplitsHook(), MissingInputsHook(), ReportOnFailureHook())
+# exist. In a multi-node run only the job's main process writes catalog outputs.
+HOOKS = (
+    ParameterValidationHooks(),
+    SplitsHook(),
+    MissingInputsHook(),
+    MainProcessSavesHooks(),
+    ReportOnFailureHook(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -149,3 +149,45 @@ def test_collate_keeps_lists_and_worker_seeding_is_per_rank(tables):
     assert [i.shape for i in images] == [(3, 20, 30), (3, 20, 20)] and len(targets) == 2
     assert loader_generator(5, 0).initial_seed() != loader_generator(5, 1).initial_seed()
     seed_worker(0)  # seeds Python and NumPy from torch's per-worker seed without error
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3, 4, 5, 7])
+@pytest.mark.parametrize("batch_size", [1, 2, 3])
+def test_an_epoch_gives_each_image_to_one_rank_and_leaves_out_the_remainder(world_size, batch_size):
+    ratios = [1.3, 0.7, 1.0, 0.6, 1.8] * 5 + [1.1] * 4  # 29 images (prime: no world size divides it)
+    samplers = [GroupedBatchSampler(ratios, batch_size, seed=4, rank=rank, world_size=world_size)
+                for rank in range(world_size)]  # fmt: skip
+    iterations = len(ratios) // (batch_size * world_size)
+    for epoch in (0, 1):
+        shares = [sampler.epoch_batches(epoch) for sampler in samplers]
+        assert [len(share) for share in shares] == [iterations] * world_size, "ranks stay in step"
+        seen = [index for share in shares for batch in share for index, _ in batch]
+        assert len(seen) == len(set(seen)), "no image twice in an epoch"
+        assert len(seen) == iterations * batch_size * world_size
+        assert len(ratios) - len(seen) == len(ratios) % (batch_size * world_size), (
+            "only the remainder is left out"
+        )
+    # The stream of batches continues epoch after epoch, so a resumed rank is where it left off.
+    stream = _take(samplers[-1], 2 * iterations + 1)
+    assert stream == [
+        *samplers[-1].epoch_batches(0),
+        *samplers[-1].epoch_batches(1),
+        samplers[-1].epoch_batches(2)[0],
+    ]
+
+
+def test_the_left_out_images_change_from_epoch_to_epoch():
+    sampler = GroupedBatchSampler([1.0] * 10, 3, seed=0)
+    left_out = [
+        set(range(10)) - {i for batch in sampler.epoch_batches(e) for i, _ in batch} for e in range(6)
+    ]
+    assert all(len(images) == 1 for images in left_out) and len(set(map(frozenset, left_out))) > 1
+
+
+def test_one_aspect_group_trains_the_same_images_whatever_the_split_of_the_total_batch():
+    ratios = [1.0] * 13
+    single = GroupedBatchSampler(ratios, 4, seed=2)
+    split = [GroupedBatchSampler(ratios, 1, seed=2, rank=r, world_size=4) for r in range(4)]
+    for iteration in range(single.iterations_per_epoch):
+        together = single.epoch_batches(0)[iteration]
+        assert sorted(together) == sorted(s.epoch_batches(0)[iteration][0] for s in split)

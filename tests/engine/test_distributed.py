@@ -1,10 +1,17 @@
-"""Spawned workers on gloo: collectives, sharding, errors with their own type."""
+"""Spawned workers on gloo: collectives, sharding, errors with their own type, no orphans."""
+
+import os
+import select
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.distributed import WorldConfig
+from frcnn_pipeline.engine.launcher import WorldConfig
 
 
 def _collectives(context, offset):
@@ -45,3 +52,47 @@ def test_multi_node_needs_a_fixed_port_and_a_valid_rank():
         distributed.launch(_collectives, WorldConfig(nproc_per_node=2, num_nodes=2, node_rank=2), 0)
     with pytest.raises(ValueError, match="master_port must be set"):
         distributed.launch(_collectives, WorldConfig(nproc_per_node=2, num_nodes=2, master_port=0), 0)
+
+
+LAUNCHER_SCRIPT = """
+import os
+import time
+from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine.launcher import WorldConfig
+
+def sleep(context):
+    os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one write: the two workers' lines cannot interleave
+    time.sleep(600)
+
+if __name__ == "__main__":
+    distributed.launch(sleep, WorldConfig(nproc_per_node=2, master_port=0))
+"""
+
+
+def test_workers_die_with_a_killed_launcher(tmp_path):
+    script = tmp_path / "launcher.py"
+    script.write_text(LAUNCHER_SCRIPT)
+    launcher = subprocess.Popen(
+        [sys.executable, str(script)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    lines: list[str] = []
+    deadline = time.monotonic() + 120
+    while sum(line.startswith("WORKER ") for line in lines) < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None, f"workers did not start: {lines}"
+        if select.select([launcher.stdout], [], [], 1.0)[0]:
+            lines.append(launcher.stdout.readline())
+    workers = [int(line.split()[1]) for line in lines if line.startswith("WORKER ")]
+    launcher.kill()  # SIGKILL: no chance to stop its workers itself
+    launcher.wait()
+    deadline = time.monotonic() + 60
+    while any(_running(pid) for pid in workers):
+        assert time.monotonic() < deadline, "a worker outlived its launcher"
+        time.sleep(0.2)
+
+
+def _running(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"

@@ -2,38 +2,34 @@
 
 from __future__ import annotations
 
-import copy
 import math
+import os
+import signal
 
 import pytest
 import torch
 from detection_ops_probe import probe_detection_ops
-from tiny_training import TINY_MODEL, runtime_config, train_config, write_tiny_dataset
+from tiny_training import (
+    ALL_SAMPLES_MODEL,
+    TINY_MODEL,
+    merged,
+    runtime_config,
+    train_config,
+    write_tiny_dataset,
+)
 from torch import nn
 
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import SplitSource, read_coco_split
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.trainer import NonFiniteLossError, load_initial_weights, train_detector
+from frcnn_pipeline.engine.signals import TrainingStopped
+from frcnn_pipeline.engine.trainer import (
+    NonFiniteLossError,
+    ResumeRefusedError,
+    load_initial_weights,
+    train_detector,
+)
 from frcnn_pipeline.modeling import build_model
-
-
-def _merged(base: dict, **sections: dict) -> dict:
-    merged = copy.deepcopy(base)
-    for name, values in sections.items():
-        merged.setdefault(name, {}).update(values)
-    return merged
-
-
-# Every anchor and every proposal is a training sample (no ignored IoU band, sample caps above the counts,
-# a fixed number of proposals per image) and BN is frozen: the loss of a 2-image batch is then exactly the
-# mean of the two 1-image losses, so 2 workers × 1 image must match 1 worker × 2 images, whatever the RNG.
-ALL_SAMPLES_MODEL = _merged(
-    TINY_MODEL,
-    rpn={"iou_thresholds": [0.5, 0.5], "batch_size_per_image": 10**6, "positive_fraction": 1.0,
-         "post_nms_topk_train": 20},
-    roi_heads={"batch_size_per_image": 10**6, "positive_fraction": 1.0},
-)  # fmt: skip
 
 
 def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: int):
@@ -113,12 +109,12 @@ def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
     train = train_config(tmp_path, max_iter=1)
     train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["solver"]["max_iter"] = 2
-    other_anchors = _merged(TINY_MODEL, anchors={"round": True})
+    other_anchors = merged(TINY_MODEL, anchors={"round": True})
     with pytest.raises(
-        ValueError, match=r"model_0000001\.pth was trained with another model \(changed: anchors\)"
+        ResumeRefusedError, match=r"model_0000001\.pth was trained with another model \(changed: anchors\)"
     ):
         train_detector(images, annotations, 2, other_anchors, train, runtime_config())
-    with pytest.raises(ValueError, match=r"changed: num_classes 2 -> 3"):
+    with pytest.raises(ResumeRefusedError, match=r"changed: num_classes 2 -> 3"):
         train_detector(images, annotations, 3, TINY_MODEL, train, runtime_config())
     assert CheckpointManager(tmp_path / "checkpoints" / "test", 2).latest().name == "model_0000001.pth"
 
@@ -130,7 +126,7 @@ def test_resume_refuses_other_train_data_unless_allowed(tmp_path, tiny_tables):
     train["solver"]["max_iter"] = 2
     moved = annotations.assign(x2=annotations["x2"] - 1.0)  # re-ingested: one pixel off
     with pytest.raises(
-        ValueError,
+        ResumeRefusedError,
         match=r"model_0000001\.pth was trained on other data \(train data sha256 .* -> .*\).*new "
         r"train\.run_name.*delete .*allow_data_change=true",
     ):
@@ -149,13 +145,13 @@ def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_t
     train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["solver"].update(base_lr=2e-3, max_iter=3)
     with pytest.raises(
-        ValueError,
+        ResumeRefusedError,
         match=r"model_0000002\.pth was trained with another solver \(solver\.base_lr 0\.001 -> 0\.002\); "
         r"only raising max_iter or epochs extends a run.*allow_solver_change=true",
     ):
         train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["solver"].update(base_lr=1e-3, max_iter=1)
-    with pytest.raises(ValueError, match=r"solver\.max_iter 2 -> 1"):
+    with pytest.raises(ResumeRefusedError, match=r"solver\.max_iter 2 -> 1"):
         train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["solver"].update(base_lr=2e-3, max_iter=3)
     train["checkpoint"]["allow_solver_change"] = True
@@ -166,7 +162,7 @@ def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_t
     ]
 
 
-STATIC_MODEL = _merged(
+STATIC_MODEL = merged(
     TINY_MODEL, input={"fixed_size": [64, 64]}, static_shapes={"enabled": True, "max_gt_boxes": 2}
 )
 
@@ -177,7 +173,7 @@ def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes
     result = train_detector(images, annotations, 2, STATIC_MODEL, train, runtime_config())
     assert len(result["metrics"]) == 2
     assert all(math.isfinite(value) for value in result["record"]["final_losses"].values())
-    too_few = _merged(STATIC_MODEL, static_shapes={"max_gt_boxes": 1})
+    too_few = merged(STATIC_MODEL, static_shapes={"max_gt_boxes": 1})
     train = train_config(tmp_path, max_iter=2)
     train["run_name"] = "too_few"
     message = r"8 training image\(s\) have more ground-truth boxes than model.static_shapes.max_gt_boxes = 1"
@@ -303,3 +299,70 @@ def test_a_training_step_with_the_portable_detection_ops_equals_torchvisions(tmp
         torch.testing.assert_close(
             results["portable"]["state_dict"][key], value, rtol=1e-5, atol=1e-7, msg=key
         )
+
+
+def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path):
+    images, annotations = write_tiny_dataset(tmp_path / "images", count=4, boxes_per_image=2, seed=5)
+    train = train_config(tmp_path, optimizer="sgd", base_lr=0.05, max_iter=2, warmup_iters=0, steps=[])
+    train.update(run_name="resize", images_per_device=2, flip_prob=0.0)
+    train["checkpoint"]["period"] = 1
+    train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(num_threads=1))
+
+    # 1 worker × 2 images -> 2 workers × 1 image: the same total batch, so the same schedule; it continues.
+    train["solver"]["max_iter"], train["images_per_device"] = 3, 1
+    resumed = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2, num_threads=1)
+    )
+    assert resumed["record"]["resumed_from_iteration"] == 2 and resumed["record"]["total_batch"] == 2
+    assert [c["change"] for c in resumed["record"]["resume_changes"]] == [
+        "world size 1 -> 2 with the same total batch 2: the schedule is unchanged; per-rank random streams "
+        "are reseeded",
+        "solver.max_iter 2 -> 3",
+    ]
+    straight = {**train, "run_name": "straight", "images_per_device": 2}
+    reference = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, straight, runtime_config(num_threads=1)
+    )
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+    # 2 workers × 2 images: the total batch (so the LR and the schedule) would change mid-run.
+    train["solver"]["max_iter"], train["images_per_device"] = 4, 2
+    changed = r"total batch of 2 \(2 worker\(s\) × 1\) but this run has 4 \(2 × 2\)"
+    with pytest.raises(
+        ResumeRefusedError, match=changed + r".*set train\.images_per_device=1 for these 2 worker\(s\)"
+    ):
+        train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2))
+    assert CheckpointManager(tmp_path / "checkpoints" / "resize").latest().name == "model_0000003.pth"
+
+
+class _SignalledOnRankOne(nn.Module):
+    """A real model; in its third training step, rank 1 (only) receives SIGTERM, as from a pre-emption."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.calls = 0
+
+    def forward(self, images, targets):
+        self.calls += 1
+        if self.calls == 3 and torch.distributed.get_rank() == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return self.model(images, targets)
+
+
+def _signalled_model(model_cfg, num_classes):
+    return _SignalledOnRankOne(build_model(model_cfg, num_classes))
+
+
+def test_sigterm_on_one_rank_stops_every_rank_after_saving_that_iteration(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=50)
+    train["images_per_device"] = 1
+    runtime = runtime_config(nproc_per_node=2, num_threads=1)
+    with pytest.raises(
+        TrainingStopped, match=r"after iteration 3 of 50; checkpoint .*model_0000003\.pth saved"
+    ):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime, build=_signalled_model)
+    state = load_checkpoint(CheckpointManager(tmp_path / "checkpoints" / "test").latest())
+    assert state["iteration"] == 3 and len(state["rng"]) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,25 @@ TINY_MODEL: dict[str, Any] = {
     "rpn": {"batch_size_per_image": 64, "pre_nms_topk_train": 200, "post_nms_topk_train": 50},
     "roi_heads": {"batch_size_per_image": 32, "fc_dim": 32},
 }
+
+
+def merged(base: dict, **sections: dict) -> dict:
+    """`base` with some keys of its sections replaced."""
+    result = copy.deepcopy(base)
+    for name, values in sections.items():
+        result.setdefault(name, {}).update(values)
+    return result
+
+
+# Every anchor and every proposal is a training sample (no ignored IoU band, sample caps above the counts,
+# a fixed number of proposals per image) and BN is frozen: the loss of a 2-image batch is then exactly the
+# mean of the two 1-image losses, so 2 workers × 1 image must match 1 worker × 2 images, whatever the RNG.
+ALL_SAMPLES_MODEL = merged(
+    TINY_MODEL,
+    rpn={"iou_thresholds": [0.5, 0.5], "batch_size_per_image": 10**6, "positive_fraction": 1.0,
+         "post_nms_topk_train": 20},
+    roi_heads={"batch_size_per_image": 10**6, "positive_fraction": 1.0},
+)  # fmt: skip
 
 
 def write_tiny_dataset(folder: Path, count: int, boxes_per_image: int = 2, seed: int = 0):

@@ -38,12 +38,47 @@ class AmpParams(Section):
 
 class RuntimeParams(Section):
     device: Literal["cpu", "cuda", "npu", "auto"] = Field("cpu", description="auto: npu, then cuda, then cpu")
-    nproc_per_node: int = Field(1, ge=1, description="workers (one per device) on each node")
-    num_nodes: int = Field(1, ge=1, description="machines; the same env on each, with its node_rank")
-    node_rank: int = Field(0, ge=0, description="this machine, 0..num_nodes-1")
-    master_addr: str = Field("127.0.0.1", description="node 0's address, reachable from every node")
-    master_port: int = Field(29500, ge=0, le=65535, description="0: a free port (single node only)")
-    timeout_minutes: float = Field(30.0, gt=0, description="collective timeout")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="workers (one per device) on each node; under torchrun (each Kedro process is one "
+        "worker) it must equal torchrun's --nproc-per-node",
+    )
+    launcher: Literal["auto", "none", "torchrun", "slurm"] = Field(
+        "auto",
+        description="whose environment describes the world: torchrun (RANK, LOCAL_RANK, WORLD_SIZE, "
+        "LOCAL_WORLD_SIZE, GROUP_RANK, MASTER_ADDR, MASTER_PORT; also Kubeflow's PyTorchJob), slurm "
+        "(SLURM_NODEID, SLURM_STEP_NUM_NODES or SLURM_NNODES, the first host of SLURM_STEP_NODELIST or "
+        "SLURM_JOB_NODELIST, MASTER_PORT or a port from SLURM_JOB_ID) or none (these parameters alone); "
+        "auto: torchrun's variables if set, else SLURM's, else none",
+    )
+    num_nodes: int | None = Field(
+        None,
+        ge=1,
+        description="machines, each running the same env with its node_rank; null: the launcher's, else 1. "
+        "A value given wins over SLURM's; under torchrun it must agree with torchrun's (so must node_rank, "
+        "master_addr and master_port)",
+    )
+    node_rank: int | None = Field(
+        None, ge=0, description="this machine, 0..num_nodes-1; null: the launcher's, else 0"
+    )
+    master_addr: str | None = Field(
+        None,
+        description="node 0's address, reachable from every node; null: the launcher's, else 127.0.0.1",
+    )
+    master_port: int | None = Field(
+        None,
+        ge=0,
+        le=65535,
+        description="node 0's rendezvous port, the same on every node; null: the launcher's, else 29500 "
+        "(multi-node) or a free port (single node); 0: a free port (single node only)",
+    )
+    timeout_minutes: float = Field(
+        30.0, gt=0, description="collective timeout: a rank that stops answering ends the job after this"
+    )
+    rendezvous_timeout_s: float = Field(
+        300.0, gt=0, description="how long nodes wait for each other (and for node 0) before a clear error"
+    )
     seed: int = Field(42, description="per rank: seed + rank; loader workers derive theirs from it")
     deterministic: bool = Field(False, description="torch.use_deterministic_algorithms (warn only)")
     num_threads: int | None = Field(

@@ -143,10 +143,15 @@ class BadImageBudget:
 class GroupedBatchSampler:
     """Infinite stream of this rank's training batches, each of one aspect-ratio group (landscape/portrait).
 
-    Every epoch shuffles all images with a generator seeded by (seed, epoch), the same on every rank, and
-    gives rank r every world_size-th image, so ranks see disjoint shares. Batches are filled per group in
-    that order; an epoch's leftovers are batched together (mixed groups), a last incomplete batch dropped.
-    `start_batch` skips batches already trained on, which makes resume exact.
+    Every epoch shuffles the whole split with a generator seeded by (seed, epoch), the same on every rank,
+    and cuts that order into global batches of `batch_size` images of one group, in order of completion (the
+    leftovers of both groups are batched together at the end). The epoch keeps its first
+    `iterations_per_epoch × world_size` batches and deals batch k to rank k % world_size: every rank has
+    exactly `iterations_per_epoch` batches, all ranks stay in the same epoch, and an image of the epoch goes
+    to exactly one rank. The `len(split) mod (batch_size × world_size)` images that cannot fill a global batch
+    are not trained that epoch; they are another set each epoch, since each epoch has its own order. When all
+    images share one group, iteration i trains on the same images however the total batch is split into
+    ranks × per-rank batch. `start_batch` skips batches already trained on, which makes resume exact.
     """
 
     def __init__(
@@ -173,24 +178,39 @@ class GroupedBatchSampler:
         self.flip_prob = flip_prob
         self.start_batch = start_batch
 
-    def epoch_batches(self, epoch: int) -> Iterator[list[tuple[int, bool]]]:
+    @property
+    def iterations_per_epoch(self) -> int:
+        return len(self.landscape) // (self.batch_size * self.world_size)
+
+    def global_batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
+        """Every rank's batches of `epoch`, in dealing order (batch k goes to rank k % world_size)."""
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         order = torch.randperm(len(self.landscape), generator=generator).tolist()
         flips = (torch.rand(len(self.landscape), generator=generator) < self.flip_prob).tolist()
+        batches: list[list[tuple[int, bool]]] = []
         groups: dict[bool, list[tuple[int, bool]]] = {True: [], False: []}
-        for position in order[self.rank :: self.world_size]:
+        for position in order:
             group = groups[bool(self.landscape[position])]
             group.append((position, flips[position]))
             if len(group) == self.batch_size:
-                yield list(group)
+                batches.append(list(group))
                 group.clear()
         leftovers = groups[True] + groups[False]
-        for start in range(0, len(leftovers) - self.batch_size + 1, self.batch_size):
-            yield leftovers[start : start + self.batch_size]
+        batches += [
+            leftovers[start : start + self.batch_size]
+            for start in range(0, len(leftovers) - self.batch_size + 1, self.batch_size)
+        ]
+        return batches[: self.iterations_per_epoch * self.world_size]
+
+    def epoch_batches(self, epoch: int) -> list[list[tuple[int, bool]]]:
+        """This rank's `iterations_per_epoch` batches of `epoch`."""
+        return self.global_batches(epoch)[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[list[tuple[int, bool]]]:
-        every_epoch = itertools.chain.from_iterable(self.epoch_batches(epoch) for epoch in itertools.count())
-        return itertools.islice(every_epoch, self.start_batch, None)
+        epoch, skipped = divmod(self.start_batch, self.iterations_per_epoch)
+        yield from self.epoch_batches(epoch)[skipped:]
+        for later in itertools.count(epoch + 1):
+            yield from self.epoch_batches(later)
 
 
 def collate(batch: list[tuple[torch.Tensor, Target]]) -> tuple[list[torch.Tensor], list[Target]]:

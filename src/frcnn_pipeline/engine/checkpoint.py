@@ -59,8 +59,11 @@ class CheckpointManager:
         found = self.checkpoints()
         return found[-1] if found else None
 
+    def path(self, iteration: int) -> Path:
+        return self.directory / f"model_{iteration:07d}.pth"
+
     def save(self, iteration: int, state: dict[str, Any]) -> Path:
-        path = self.directory / f"model_{iteration:07d}.pth"
+        path = self.path(iteration)
         atomic_save(state, path)
         for old in self.checkpoints()[: -self.keep_last]:
             old.unlink(missing_ok=True)

@@ -1,57 +1,56 @@
 """Worker processes and collectives on torch.distributed; shared by training and distributed inference.
 
-Kedro stays one process: `launch` spawns the workers inside the node (none when the world has one worker),
-each joins the process group, runs `fn(context, *args)`, and rank 0's return value comes back to the caller.
+`launch(fn, world, *args)` runs `fn(context, *args)` on every worker of the world and returns rank 0's result
+in every launching process (each node's Kedro process gets the same outputs; only the main one saves them):
+- world size 1: in this process;
+- torchrun: this process is one worker; the process group is made once and kept for the life of the process;
+- otherwise (by hand, SLURM): this process spawns its node's workers, after meeting the other nodes' launchers
+  (`rendezvous.check_in`). While they run it replays their log records, forwards SIGTERM/SIGINT to them (they
+  save a checkpoint and stop), and stops them as soon as a rank anywhere posts a failure, naming that rank.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import datetime
+import itertools
 import logging
 import os
-import socket
+import signal
+import sys
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from torch.multiprocessing.spawn import ProcessException
+from torch.multiprocessing.spawn import ProcessContext, ProcessException, ProcessExitedException
 
-from frcnn_pipeline.config import RuntimeParams
-from frcnn_pipeline.engine import devices
+from frcnn_pipeline.engine import devices, rendezvous, worker_logs
+from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.engine.rendezvous import Failure, FailureBoard
+from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
 
 log = logging.getLogger(__name__)
 
+POLL_S = 0.5
+# After a failure: how long the other local workers get to exit by themselves before they are killed.
+GRACE_S = 3.0
+# Error texts of a collective whose peer went away (gloo raises plain RuntimeErrors).
+_LOST_PEER_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe", "gloo/transport")
 
-_RUNTIME_DEFAULTS = RuntimeParams()
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+# The n-th distributed launch of this process; every node runs the same pipeline, so the numbers match.
+_launches = itertools.count(1)
 
 
-@dataclass(frozen=True)
-class WorldConfig:
-    """Where this run's workers live: `runtime.{device,nproc_per_node,num_nodes,node_rank,master_*}`."""
-
-    device: str = _RUNTIME_DEFAULTS.device
-    nproc_per_node: int = _RUNTIME_DEFAULTS.nproc_per_node
-    num_nodes: int = _RUNTIME_DEFAULTS.num_nodes
-    node_rank: int = _RUNTIME_DEFAULTS.node_rank
-    master_addr: str = _RUNTIME_DEFAULTS.master_addr
-    # 0 (single node only): a free port is picked.
-    master_port: int = _RUNTIME_DEFAULTS.master_port
-    timeout_minutes: float = _RUNTIME_DEFAULTS.timeout_minutes
-
-    @classmethod
-    def from_runtime(cls, runtime: dict[str, Any] | None) -> WorldConfig:
-        """From the `runtime:` section, validated: an unknown key (a typo) is an error, not dropped."""
-        params = RuntimeParams.parse(runtime, "runtime")
-        return cls(**{key: getattr(params, key) for key in cls.__dataclass_fields__})
-
-    @property
-    def world_size(self) -> int:
-        return self.nproc_per_node * self.num_nodes
+class WorkerFailedError(RuntimeError):
+    """A worker of this job failed or died; the message names the rank that failed first."""
 
 
 @dataclass(frozen=True)
@@ -62,101 +61,238 @@ class WorkerContext:
     local_rank: int
     world_size: int
     device: torch.device
+    world: WorldConfig
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
 
-def find_free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def launch(fn: Callable[..., Any], world: WorldConfig, *args: Any) -> Any:
-    """Run `fn(context, *args)` on every local worker of this node; return rank 0's result (None elsewhere).
+    """Run `fn(context, *args)` on every worker of `world`; return rank 0's result in every launching process.
 
-    A worker's exception is re-raised here with its original type, so callers see e.g. a non-finite loss
-    error, not a wrapped traceback.
+    A local worker's exception is re-raised here with its original type (e.g. a non-finite loss), unless
+    another rank failed first: then a WorkerFailedError names that rank and its error.
     """
     kind = devices.resolve_device_kind(world.device)
+    world = replace(world, device=kind)
+    if world.launcher == "torchrun":
+        return _run_as_torchrun_worker(fn, world, args)
     devices.check_device_count(kind, world.nproc_per_node)
-    if not 0 <= world.node_rank < world.num_nodes:
-        raise ValueError(f"runtime.node_rank must be in [0, {world.num_nodes}), got {world.node_rank}")
-    if world.world_size == 1:
-        context = WorkerContext(0, 0, 1, devices.setup_device(kind, 0))
-        return fn(context, *args)
-    if world.master_port == 0 and world.num_nodes > 1:
-        raise ValueError("runtime.master_port must be set (same on every node) for a multi-node run")
-    world = WorldConfig(
-        **{**world.__dict__, "device": kind, "master_port": world.master_port or find_free_port()}
-    )
-    log.info(
-        "Spawning %d %s worker(s) on node %d/%d (world size %d, %s at %s:%d)",
-        world.nproc_per_node,
-        kind,
-        world.node_rank,
-        world.num_nodes,
-        world.world_size,
-        devices.dist_backend(kind),
-        world.master_addr,
-        world.master_port,
-    )
-    context = mp.get_context("spawn")
-    errors = context.SimpleQueue()
-    with tempfile.TemporaryDirectory(prefix="frcnn_launch_") as tmp:
+    if not world.spawns_workers:
+        return fn(WorkerContext(0, 0, 1, devices.setup_device(kind, 0), world), *args)
+    return _spawn_node_workers(fn, world, args)
+
+
+def _run_as_torchrun_worker(fn: Callable[..., Any], world: WorldConfig, args: tuple) -> Any:
+    devices.check_device_count(world.device, world.nproc_per_node)
+    device = devices.setup_device(world.device, world.local_rank)
+    if not dist.is_initialized():
+        # env://: torchrun's MASTER_ADDR/MASTER_PORT (its agent's store), RANK and WORLD_SIZE.
+        dist.init_process_group(
+            devices.dist_backend(world.device),
+            timeout=datetime.timedelta(minutes=world.timeout_minutes),
+        )
+        atexit.register(dist.destroy_process_group)
+        log.info(
+            "Joined torchrun's %s process group: %s", devices.dist_backend(world.device), world.summary()
+        )
+    context = WorkerContext(world.process_rank, world.local_rank, world.world_size, device, world)
+    return _share_main_result(fn(context, *args))
+
+
+def _share_main_result(result: Any) -> Any:
+    """Rank 0's result on every rank, so every node's Kedro process has the real outputs."""
+    holder = [result if dist.get_rank() == 0 else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def _spawn_node_workers(fn: Callable[..., Any], world: WorldConfig, args: tuple) -> Any:
+    generation = next(_launches)
+    if world.node_rank == 0:
+        store = rendezvous.host_store(world)
+        world = replace(world, master_port=store.port)
+    else:
+        store = rendezvous.connect_store(world, f"Node {world.node_rank}")
+    job_store = rendezvous.launch_store(store, generation)
+    rendezvous.check_in(job_store, world, fn.__qualname__)
+    log.info("Spawning %s workers: %s", devices.dist_backend(world.device), world.summary())
+    spawn = mp.get_context("spawn")
+    errors, log_queue = spawn.SimpleQueue(), spawn.Queue()
+    with (
+        tempfile.TemporaryDirectory(prefix="frcnn_launch_") as tmp,
+        worker_logs.replay_worker_logs(log_queue),
+        StopSignals() as stop,
+    ):
         result_path = Path(tmp) / "result.pt"
-        process_context = mp.start_processes(
+        processes = mp.start_processes(
             _worker_entry,
-            args=(fn, world, args, errors, str(result_path)),
+            args=(fn, world, generation, args, errors, log_queue, worker_logs.levels(), str(result_path)),
             nprocs=world.nproc_per_node,
             join=False,
             start_method="spawn",
         )
         try:
-            while not process_context.join():
-                pass
-        except ProcessException:
-            # The first error reported is the cause; the others are peers losing their connection to it.
-            # `join` has already terminated the remaining workers.
-            if not errors.empty():
-                raise errors.get()[1] from None
+            _supervise(processes, world, FailureBoard(job_store), stop, errors)
+        except BaseException:
+            _kill(processes)
             raise
-        if world.node_rank != 0:
-            return None
         # weights_only: the result holds tensors, numbers, strings, lists and dicts only.
         return torch.load(result_path, weights_only=True)
 
 
-def _worker_entry(  # noqa: PLR0917 (start_processes passes arguments by position)
-    local_rank, fn, world: WorldConfig, args, errors, result_path: str
+def _supervise(
+    processes: ProcessContext, world: WorldConfig, board: FailureBoard, stop: StopSignals, errors
 ) -> None:
+    """Wait for the local workers; forward a stop request; stop early when another node's rank failed."""
+    local_ranks = range(world.node_rank * world.nproc_per_node, (world.node_rank + 1) * world.nproc_per_node)
+    forwarded = False
+    while True:
+        try:
+            if processes.join(timeout=POLL_S, grace_period=GRACE_S):
+                return
+            if stop.requested and not forwarded:
+                log.warning(
+                    "%s: the workers finish their iteration, save a checkpoint and stop "
+                    "(press Ctrl-C again to stop at once)",
+                    stop.requested,
+                )
+                _signal_alive(processes, signal.SIGTERM)
+                forwarded = True
+            remote = board.cause()
+            # Another node's rank failed: the local workers get a moment to fail on their own (their error
+            # keeps its type), then they are stopped.
+            if (
+                remote is not None
+                and remote.rank not in local_ranks
+                and not processes.join(timeout=GRACE_S, grace_period=GRACE_S)
+            ):
+                _kill(processes)
+                raise WorkerFailedError(f"{remote.describe()}. This node's workers were stopped.")
+        except ProcessException as error:
+            raise _failure(error, world, board, stop, errors) from None
+
+
+def _failure(
+    error: ProcessException, world: WorldConfig, board: FailureBoard, stop: StopSignals, errors
+) -> BaseException:
+    """The exception that tells the user what happened, for a local worker that failed."""
+    failed_rank = world.node_rank * world.nproc_per_node + error.error_index
+    local_errors: list[tuple[int, BaseException, bool]] = []
+    while not errors.empty():
+        local_errors.append(errors.get())
+    stopped = [exc for _, exc, _ in local_errors if isinstance(exc, TrainingStopped)]
+    if stopped:
+        # The workers saw the SIGTERM this launcher forwarded; the user sent `stop.requested`.
+        first = stopped[0]
+        return TrainingStopped(
+            first.iteration, first.max_iter, first.checkpoint, stop.requested or first.reason
+        )
+    if isinstance(error, ProcessExitedException):
+        how = f"signal {error.signal_name}" if error.signal_name else f"exit code {error.exit_code}"
+        died = f"worker exited with {how}"
+        if stop.requested:
+            board.post(Failure(None, rendezvous.where(world), f"stopped by {stop.requested}"))
+            return WorkerFailedError(f"Stopped by {stop.requested} outside the training loop ({died})")
+        board.post(Failure(failed_rank, rendezvous.where(world, error.error_index), died))
+    causes = {rank: exc for rank, exc, is_cause in local_errors if is_cause}
+    first = board.first(wait_s=0.0 if causes else rendezvous.FAILURE_REPORT_WAIT_S)
+    if first is not None and first.rank in causes:
+        return causes[first.rank]
+    if first is None and causes:
+        return next(iter(causes.values()))
+    if first is not None:
+        return WorkerFailedError(f"{first.describe()}. Rank {failed_rank} stopped with it.")
+    return WorkerFailedError(f"Rank {failed_rank} ({rendezvous.where(world)}) failed: {_summary(error)}")
+
+
+def _signal_alive(processes: ProcessContext, signum: int) -> None:
+    for process in processes.processes:
+        if process.is_alive():
+            os.kill(process.pid, signum)
+
+
+def _kill(processes: ProcessContext) -> None:
+    """Stop local workers at once (they may be blocked in a collective that never returns)."""
+    _signal_alive(processes, signal.SIGKILL)
+    for process in processes.processes:
+        process.join()
+
+
+def _summary(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
+
+
+def _is_lost_peer(error: BaseException) -> bool:
+    """An error that only says another rank went away (the cause is elsewhere)."""
+    return isinstance(error, dist.DistError) or (
+        isinstance(error, RuntimeError) and any(text in str(error).lower() for text in _LOST_PEER_TEXTS)
+    )
+
+
+def _report(errors, rank: int, error: BaseException, is_cause: bool) -> None:
+    try:
+        errors.put((rank, error, is_cause))
+    except Exception:  # an exception that cannot be pickled still reports its text
+        errors.put((rank, RuntimeError(_summary(error)), is_cause))
+
+
+def _die_with_the_launcher() -> None:
+    """Linux: a worker whose Kedro process is killed (SIGKILL, OOM) is killed too, not left training alone.
+
+    torch.multiprocessing offers no parent-death signal, hence prctl(PR_SET_PDEATHSIG) through ctypes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the launcher died before prctl took effect
+        os._exit(1)
+
+
+def _worker_entry(  # noqa: PLR0917 (start_processes passes arguments by position)
+    local_rank, fn, world: WorldConfig, generation: int, args, errors, log_queue, levels, result_path: str
+) -> None:
+    _die_with_the_launcher()
     rank = world.node_rank * world.nproc_per_node + local_rank
+    worker_logs.send_logs_to(log_queue, rank, levels)
+    board = None
     initialized = False
     try:
+        store = rendezvous.launch_store(rendezvous.connect_store(world, f"Rank {rank}"), generation)
+        board = FailureBoard(store)
         device = devices.setup_device(world.device, local_rank)
+        # For libraries that read the usual variables.
         os.environ.update(
             MASTER_ADDR=world.master_addr,
             MASTER_PORT=str(world.master_port),
             RANK=str(rank),
             LOCAL_RANK=str(local_rank),
             WORLD_SIZE=str(world.world_size),
+            LOCAL_WORLD_SIZE=str(world.nproc_per_node),
         )
         dist.init_process_group(
             devices.dist_backend(world.device),
+            store=dist.PrefixStore("process_group/", store),
             rank=rank,
             world_size=world.world_size,
             timeout=datetime.timedelta(minutes=world.timeout_minutes),
         )
         initialized = True
-        result = fn(WorkerContext(rank, local_rank, world.world_size, device), *args)
-        if rank == 0:
+        result = _share_main_result(
+            fn(WorkerContext(rank, local_rank, world.world_size, device, world), *args)
+        )
+        if local_rank == 0:
             torch.save(result, result_path)
         dist.barrier()
     except BaseException as error:
-        # Reported before the process group closes: the cause arrives ahead of its peers' connection errors.
-        errors.put((rank, error))
+        is_cause = not _is_lost_peer(error)
+        # Every rank stops at the same iteration on a stop request: that is not a failure to report.
+        if board is not None and not isinstance(error, TrainingStopped):
+            board.post(Failure(rank, rendezvous.where(world, local_rank), _summary(error), is_cause))
+        _report(errors, rank, error, is_cause)
         raise
     finally:
         if initialized:

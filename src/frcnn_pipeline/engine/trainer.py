@@ -35,8 +35,10 @@ from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.engine import devices, distributed, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
+from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, ignore_stop_signals
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
@@ -71,6 +73,11 @@ class NonFiniteLossError(UserFacingError, FloatingPointError):
         return type(self), (self.iteration, self.losses, self.checkpoint)
 
 
+class ResumeRefusedError(UserFacingError, ValueError):
+    """The run's checkpoint was trained with another model, data, solver or total batch: resuming it would
+    silently make a different run."""
+
+
 @dataclass
 class TrainJob:
     """Everything a worker needs (pickled once per spawned worker)."""
@@ -95,13 +102,16 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     initial_weights: dict[str, torch.Tensor] | None = None,
     build: ModelBuilder = build_model,
 ) -> dict[str, Any]:
-    """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result.
+    """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result on every node.
 
     The three sections may be partial: they are validated (frcnn_pipeline.config) and every key left out
     takes its default.
 
-    Returns (None on nodes other than node 0):
+    Returns:
         {"state_dict": final weights (CPU, contiguous), "metrics": metric rows, "record": the run record}.
+
+    Raises:
+        TrainingStopped: SIGTERM/SIGINT arrived; a checkpoint of the current iteration was saved first.
     """
     model_cfg = resolve_model_config(model_cfg)
     train_cfg = TrainParams.parse(train_cfg, "train").model_dump()
@@ -111,8 +121,7 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     )
     started = time.time()
     result = distributed.launch(_train_worker, WorldConfig.from_runtime(runtime_cfg), job)
-    if result is not None:
-        result["record"]["wall_time_s"] = round(time.time() - started, 2)
+    result["record"]["wall_time_s"] = round(time.time() - started, 2)
     return result
 
 
@@ -200,6 +209,43 @@ def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | 
     return None
 
 
+def _init_loader_worker(worker_id: int) -> None:
+    seed_worker(worker_id)
+    # The training process stops its loader workers itself, after saving a checkpoint.
+    ignore_stop_signals()
+
+
+def _check_same_total_batch(
+    state: dict[str, Any], context: WorkerContext, per_device: int, checkpoint: Path
+) -> list[str]:
+    """Resuming on another world size keeps the total batch: the LR, epoch length and schedule follow it.
+
+    Returns the accepted change (another world size with the same total batch), to log and record.
+    """
+    # Checkpoints written before total_batch was recorded: the same images_per_device is assumed.
+    saved_world = state["world_size"]
+    saved_total = state.get("total_batch", saved_world * per_device)
+    total = per_device * context.world_size
+    if saved_total == total:
+        if saved_world == context.world_size:
+            return []
+        return [
+            f"world size {saved_world} -> {context.world_size} with the same total batch {total}: the "
+            "schedule is unchanged; per-rank random streams are reseeded"
+        ]
+    keep = [f"run on {saved_world} worker(s) again"]
+    if saved_total % context.world_size == 0:
+        keep.insert(0, f"set train.images_per_device={saved_total // context.world_size} for these "
+                       f"{context.world_size} worker(s)")  # fmt: skip
+    raise ResumeRefusedError(
+        f"{checkpoint} was trained with a total batch of {saved_total} ({saved_world} worker(s) × "
+        f"{saved_total // saved_world}) but this run has {total} ({context.world_size} × {per_device}): the "
+        "learning rate (scaled with the total batch), the epoch length and the schedule would change "
+        f"mid-run. To continue it, keep the total batch: {' or '.join(keep)}. To train with the new total "
+        "batch, choose a new train.run_name."
+    )
+
+
 def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) -> None:
     """Resuming must not silently continue another model's run under the same run_name."""
     saved_cfg, saved_classes = state["model_config"], state["num_classes"]
@@ -210,7 +256,7 @@ def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) ->
     )
     if saved_classes != job.num_classes:
         changed.append(f"num_classes {saved_classes} -> {job.num_classes}")
-    raise ValueError(
+    raise ResumeRefusedError(
         f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run cannot "
         "resume it. Choose a new train.run_name to train this model, or delete that checkpoint folder."
     )
@@ -243,7 +289,7 @@ def _check_same_data_and_solver(
     if saved_fingerprint != data_fingerprint:
         change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
         if not allow.get("allow_data_change", False):
-            raise ValueError(
+            raise ResumeRefusedError(
                 f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
                 f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
             )
@@ -256,7 +302,7 @@ def _check_same_data_and_solver(
             longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
             (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
     if changed and not allow.get("allow_solver_change", False):
-        raise ValueError(
+        raise ResumeRefusedError(
             f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
             f"epochs extends a run. {fix('allow_solver_change')}"
         )
@@ -322,7 +368,10 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     if latest is not None:
         state = load_checkpoint(latest)
         _check_same_model(state, job, latest)
-        changes = _check_same_data_and_solver(state, job, data_fingerprint, latest)
+        changes = [
+            *_check_same_total_batch(state, context, batch_per_device, latest),
+            *_check_same_data_and_solver(state, job, data_fingerprint, latest),
+        ]
         if context.is_main:
             for change in changes:
                 log.warning("Resuming %s with a change: %s", latest, change)
@@ -340,11 +389,6 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
             devices.set_rng_states(device, rng["torch"])
             _set_python_rng_states(rng)
         else:
-            log.warning(
-                "Resuming a %d-worker checkpoint on %d workers: sampler order and RNG streams change",
-                state["world_size"],
-                context.world_size,
-            )
             _seed_everything(seed + context.rank + start_iter)
         if context.is_main:
             log.info("Resumed from %s at iteration %d", latest, start_iter)
@@ -380,7 +424,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         collate_fn=collate,
         num_workers=num_workers,
         pin_memory=device.type != "cpu" and runtime.get("pin_memory", True),
-        worker_init_fn=seed_worker,
+        worker_init_fn=_init_loader_worker,
         generator=loader_generator(seed, context.rank),
         persistent_workers=num_workers > 0,
     )
@@ -397,57 +441,69 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
     last_checkpoint = latest
     losses: dict[str, float] = {}
+
+    def save_checkpoint(done: int) -> Path | None:
+        rng = distributed.all_gather_object({"torch": devices.rng_states(device), **_python_rng_states()})
+        if not context.is_main:
+            return None
+        return manager.save(
+            done,
+            {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "precision": precision.state_dict(),
+                "iteration": done,
+                "world_size": context.world_size,
+                "total_batch": total_batch,
+                "rng": rng,
+                "metrics": metrics.rows,
+                "model_config": job.model_cfg,
+                "num_classes": job.num_classes,
+                "data_fingerprint": data_fingerprint,
+                "solver": solver_cfg,
+                "resume_changes": resume_changes,
+            },
+        )
+
     batches = iter(loader)
     bad_images = BadImageBudget(int(train["max_bad_images"]))
     try:
-        for iteration in range(start_iter, max_iter):
-            data_start = time.perf_counter()
-            images, targets = next(batches)
-            bad_images.check(targets)
-            images, targets = _to_device(images, targets, device, channels_last)
-            data_time = time.perf_counter() - data_start
+        with StopSignals() as stop:
+            for iteration in range(start_iter, max_iter):
+                data_start = time.perf_counter()
+                images, targets = next(batches)
+                bad_images.check(targets)
+                images, targets = _to_device(images, targets, device, channels_last)
+                data_time = time.perf_counter() - data_start
 
-            with precision.autocast():
-                loss_dict = ddp_model(images, targets)
-            total = sum(loss_dict.values())
-            losses = distributed.reduce_mean({**loss_dict, "total_loss": total})
-            if not all(math.isfinite(value) for value in losses.values()):
-                raise NonFiniteLossError(iteration, losses, last_checkpoint)
+                with precision.autocast():
+                    loss_dict = ddp_model(images, targets)
+                total = sum(loss_dict.values())
+                # A stop request on any rank travels with the losses: all ranks stop after the same iteration.
+                stop_flag = torch.tensor(float(stop.requested is not None), device=total.device)
+                losses = distributed.reduce_mean({**loss_dict, "total_loss": total, "stop": stop_flag})
+                stop_agreed = losses.pop("stop") > 0
+                if not all(math.isfinite(value) for value in losses.values()):
+                    raise NonFiniteLossError(iteration, losses, last_checkpoint)
 
-            optimizer.zero_grad(set_to_none=True)
-            precision.backward(total, optimizer)
-            if clip:
-                precision.unscale(optimizer)
-                torch.nn.utils.clip_grad_norm_(trainable, clip)
-            precision.step(optimizer)
-            lr_now = optimizer.param_groups[0]["lr"]
-            scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                precision.backward(total, optimizer)
+                if clip:
+                    precision.unscale(optimizer)
+                    torch.nn.utils.clip_grad_norm_(trainable, clip)
+                precision.step(optimizer)
+                lr_now = optimizer.param_groups[0]["lr"]
+                scheduler.step()
 
-            metrics.step(iteration, losses, lr_now, data_time, lambda: devices.memory_mb(device))
-            done = iteration + 1
-            if done % checkpoint_cfg["period"] == 0 or done == max_iter:
-                rng = distributed.all_gather_object(
-                    {"torch": devices.rng_states(device), **_python_rng_states()}
-                )
-                if context.is_main:
-                    last_checkpoint = manager.save(
-                        done,
-                        {
-                            "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "scheduler": scheduler.state_dict(),
-                            "precision": precision.state_dict(),
-                            "iteration": done,
-                            "world_size": context.world_size,
-                            "rng": rng,
-                            "metrics": metrics.rows,
-                            "model_config": job.model_cfg,
-                            "num_classes": job.num_classes,
-                            "data_fingerprint": data_fingerprint,
-                            "solver": solver_cfg,
-                            "resume_changes": resume_changes,
-                        },
-                    )
+                metrics.step(iteration, losses, lr_now, data_time, lambda: devices.memory_mb(device))
+                done = iteration + 1
+                if done % checkpoint_cfg["period"] == 0 or done == max_iter or stop_agreed:
+                    last_checkpoint = save_checkpoint(done) or last_checkpoint
+                if stop_agreed and done < max_iter:
+                    distributed.barrier()  # rank 0's checkpoint is on disk before any rank stops
+                    reason = stop.requested or "a stop signal on another rank"
+                    raise TrainingStopped(done, max_iter, str(manager.path(done)), reason)
     finally:
         metrics.close()
 
@@ -460,7 +516,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         "run_name": train["run_name"],
         "device": device.type,
         "world_size": context.world_size,
-        "num_nodes": runtime.get("num_nodes", 1),
+        "num_nodes": context.world.num_nodes,
+        "world": context.world.describe(),
         "images_per_device": batch_per_device,
         "total_batch": total_batch,
         "scaled_lr": lr,

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from frcnn_pipeline.config import InferenceParams, RuntimeParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.distributed import WorkerContext, WorldConfig
+from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
@@ -163,8 +164,8 @@ def run_inference(
     *,
     runtime: dict[str, Any] | None = None,
     options: InferenceParams | None = None,
-) -> list[dict[str, Any]] | None:
-    """Predict every image in ``paths``; one record per path, in order, on node 0 (None on other nodes).
+) -> list[dict[str, Any]]:
+    """Predict every image in ``paths``; one record per path, in order (on every node of a multi-node run).
 
     A record has ``position``, ``error`` ("" when the image was read) and, when read, ``height``, ``width``,
     ``boxes`` (xyxy, input pixels), ``scores`` and ``labels`` (1..K).
@@ -191,8 +192,6 @@ def run_inference(
         aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths))),
         RuntimeParams.parse(runtime, "runtime").detection_ops,
     )
-    if records is None:  # a node other than 0 of a multi-node run
-        return None
     failed = [r for r in records if r["error"]]
     if failed:
         logger.warning(

@@ -41,7 +41,7 @@ class SavedDetector:
     """Weights and what is needed to rebuild and read them.
 
     Attributes:
-        state_dict: the model's state dict (empty in the placeholder that nodes other than node 0 save).
+        state_dict: the model's state dict.
         kind: ``trained_model`` or ``initial_weights`` (``unknown`` for a bare safetensors file).
         model_config: the resolved ``model:`` section the weights were trained with; None when never trained.
         categories: the class mapping by label: ``[{"label": 0, "category_id": 3, "name": "cat"}, ...]``.

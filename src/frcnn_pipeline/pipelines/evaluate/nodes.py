@@ -10,7 +10,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import EvaluateParams, RuntimeParams
+from frcnn_pipeline.config import EvaluateParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import analysis_plots, plots
@@ -42,8 +42,8 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from."""
     if not model.state_dict:
         raise ValueError(
-            f"{model.name} holds no weights (a placeholder written by a node other than node 0 of a "
-            "multi-node run?). Evaluate the model saved on node 0."
+            f"{model.name} holds no weights: evaluate a trained_model or initial_weights holding a state "
+            "dict."
         )
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
@@ -55,11 +55,6 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         runtime=runtime,
         options=EvaluateParams.parse(evaluate, "evaluate").inference,
     )
-    evaluated = model.describe(config_from)
-    if records is None:
-        node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
-        log.info("Node %d: inference done; node 0 gathers and evaluates", node_rank)
-        return [], evaluated
     unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(
@@ -69,7 +64,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         )
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(categories))
     log.info("%d detections on %d images", len(detections), len(images))
-    return detections, evaluated
+    return detections, model.describe(config_from)
 
 
 def compute_coco_metrics(

@@ -57,7 +57,10 @@ def predict_images(
     """Inference records, one per path (``error`` set for images that could not be read), and the model
     used: its description (kind, version, sha256, provenance) and class mapping."""
     if not model.state_dict:
-        raise ValueError(f"{model.name} holds no weights (a placeholder of a multi-node run's node > 0?)")
+        raise ValueError(
+            f"{model.name} holds no weights: predict with a trained_model or initial_weights holding a "
+            "state dict."
+        )
     config, config_from = inference_model_config(model, model_params)
     categories = require_categories(model)
     records = run_inference(
@@ -68,7 +71,7 @@ def predict_images(
         runtime=runtime,
         options=PredictParams.parse(predict, "predict").inference,
     )
-    return records or [], {**model.describe(config_from), "categories": categories}
+    return records, {**model.describe(config_from), "categories": categories}
 
 
 def _by_label(prediction_model: dict[str, Any], key: str, background: Any) -> list[Any]:

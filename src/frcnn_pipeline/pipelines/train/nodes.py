@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import RuntimeParams
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
-
-log = logging.getLogger(__name__)
 
 
 def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
@@ -31,12 +27,6 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     result = train_detector(
         train_images, train_annotations, len(categories), model, train, runtime, initial_weights.state_dict
     )
-    if result is None:
-        # Another node of a multi-node run: node 0 writes the real outputs.
-        node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
-        log.info("Node %d done; node 0 saves the trained model and reports", node_rank)
-        placeholder = SavedDetector({}, TRAINED_MODEL, provenance={"node_rank": node_rank})
-        return placeholder, pd.DataFrame(), {"node_rank": node_rank, "outputs_on": "node 0"}
     record = result["record"]
     trained = SavedDetector(
         result["state_dict"],
@@ -69,9 +59,6 @@ _PROVENANCE_KEYS = (
 def plot_training_curves(training_metrics: pd.DataFrame) -> Figure:
     """Losses (log scale), learning rate and throughput against the iteration."""
     figure, (loss_axis, lr_axis, speed_axis) = plt.subplots(1, 3, figsize=(15, 4), layout="constrained")
-    if training_metrics.empty:
-        loss_axis.set_title("no metrics (not node 0)")
-        return figure
     iteration = training_metrics["iteration"]
     for column in [c for c in training_metrics.columns if c.startswith("loss") or c == "total_loss"]:
         loss_axis.plot(

@@ -1,0 +1,232 @@
+"""The nodes' meeting point on torch's TCPStore: clear errors before any work, and a board for failures.
+
+Node 0's Kedro process hosts the store for its whole lifetime (as torchrun's agent does); every node's
+launcher checks in there before it spawns workers, and the workers build their process group on it. Checking
+in turns torch's cryptic rendezvous failures (a client that retries until a timeout, a port in use, two nodes
+with the same rank that block each other, nodes waiting for different world sizes) into messages that name
+the setting to fix. The failure board records the first rank that failed, so every node can name it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import json
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import NoReturn
+
+from torch.distributed import DistError, PrefixStore, Store, TCPStore
+
+from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.errors import UserFacingError
+
+log = logging.getLogger(__name__)
+
+POLL_S = 0.2
+# How long a node that lost its peers waits for the rank that failed first to say why.
+FAILURE_REPORT_WAIT_S = 10.0
+
+# One store per (address, port) for the life of the process: node 0 keeps hosting it between the pipeline's
+# distributed nodes (train, then evaluate), so no other process can take the port in between.
+_STORES: dict[tuple[str, int], TCPStore] = {}
+
+
+class RendezvousError(UserFacingError, RuntimeError):
+    """The nodes could not meet: wrong address or port, a duplicate rank, or disagreeing settings."""
+
+
+def _timeout(world: WorldConfig) -> datetime.timedelta:
+    return datetime.timedelta(seconds=world.rendezvous_timeout_s)
+
+
+def host_store(world: WorldConfig) -> TCPStore:
+    """Node 0: listen on `runtime.master_port` (kept for the life of the process)."""
+    key = ("", world.master_port)
+    if key in _STORES:
+        return _STORES[key]
+    _warn_if_not_local(world.master_addr)
+    try:
+        store = TCPStore(
+            world.master_addr,
+            world.master_port,
+            is_master=True,
+            wait_for_workers=False,
+            timeout=_timeout(world),
+        )
+    except DistError as error:
+        if "EADDRINUSE" in str(error) or "address already in use" in str(error).lower():
+            raise RendezvousError(
+                f"runtime.master_port {world.master_port} is already in use on this machine, where node 0 "
+                "hosts the rendezvous (another run, or another node 0 of this job?). Choose a free port, the "
+                "same on every node: --params runtime.master_port=PORT (under SLURM: export MASTER_PORT)."
+            ) from None
+        raise
+    _STORES[key] = store
+    return store
+
+
+def connect_store(world: WorldConfig, who: str) -> TCPStore:
+    """Any other process: connect to node 0's store, retrying until `runtime.rendezvous_timeout_s`."""
+    key = (world.master_addr, world.master_port)
+    if key in _STORES:
+        return _STORES[key]
+    try:
+        store = TCPStore(world.master_addr, world.master_port, is_master=False, timeout=_timeout(world))
+    except DistError as error:
+        raise RendezvousError(
+            f"{who} cannot reach the rendezvous of node 0 at {world.master_addr}:{world.master_port} within "
+            f"{world.rendezvous_timeout_s:g} s ({error}). Check that node 0 is running (runtime.node_rank 0) "
+            "with the same runtime.master_addr and master_port, that this address reaches node 0 from here "
+            "(name, firewall), and raise runtime.rendezvous_timeout_s if the nodes start far apart."
+        ) from None
+    _STORES[key] = store
+    return store
+
+
+def _warn_if_not_local(address: str) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((address, 0))
+        except OSError as error:
+            if error.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT) or isinstance(error, socket.gaierror):
+                log.warning(
+                    "runtime.master_addr %s is not an address of this machine, yet node 0 (this one) hosts "
+                    "the rendezvous that the other nodes look for there (fine behind NAT, wrong otherwise)",
+                    address,
+                )
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A rank's failure as posted on the board."""
+
+    rank: int | None
+    where: str
+    message: str
+    # False: the rank only lost its connection to the others (the cause is elsewhere).
+    cause: bool = True
+
+    def describe(self) -> str:
+        who = "The launcher" if self.rank is None else f"Rank {self.rank}"
+        if self.cause:
+            return f"{who} ({self.where}) failed first: {self.message}"
+        return (
+            f"{who} ({self.where}) lost its connection to the other ranks and no rank reported a cause "
+            f"(a node or its network went down?): {self.message}"
+        )
+
+
+class FailureBoard:
+    """First failures of one launch, on the store. A rank's own error is a *cause*; an error that only says
+    a peer went away (a collective whose connection closed) is a *lost peer*, shown if no cause was posted."""
+
+    CAUSE, LOST_PEER = "first_cause", "first_lost_peer"
+
+    def __init__(self, store: Store):
+        self.store = store
+
+    def post(self, failure: Failure) -> None:
+        record = json.dumps({"rank": failure.rank, "where": failure.where, "message": failure.message[:2000]})
+        try:
+            self.store.compare_set(self.CAUSE if failure.cause else self.LOST_PEER, "", record)
+        except DistError:
+            log.debug("The failure board is gone (node 0 stopped); not posting %s", failure)
+
+    def _read(self, key: str) -> Failure | None:
+        try:
+            if not self.store.check([key]):
+                return None
+            return Failure(**json.loads(self.store.get(key)), cause=key == self.CAUSE)
+        except DistError:
+            return None
+
+    def cause(self) -> Failure | None:
+        return self._read(self.CAUSE)
+
+    def first(self, wait_s: float = 0.0) -> Failure | None:
+        """The first cause (waiting up to `wait_s` for one), else the first lost peer."""
+        deadline = time.monotonic() + wait_s
+        while (found := self.cause()) is None and time.monotonic() < deadline:
+            time.sleep(POLL_S)
+        return found or self._read(self.LOST_PEER)
+
+
+def where(world: WorldConfig, local_rank: int | None = None) -> str:
+    place = f"node {world.node_rank}, {socket.gethostname()}"
+    return place if local_rank is None else f"{place}, local rank {local_rank}"
+
+
+def launch_store(store: Store, generation: int) -> PrefixStore:
+    """The keys of one launch (the pipeline's n-th distributed node), so launches never mix."""
+    return PrefixStore(f"launch{generation}/", store)
+
+
+def check_in(store: Store, world: WorldConfig, job: str) -> None:
+    """Meet the other nodes' launchers before anything starts; raise a RendezvousError naming what to fix.
+
+    Every node claims its node_rank and posts its view of the world; each waits until all `num_nodes` nodes
+    have checked in, then compares the views. A node that finds a problem posts it, so that nodes waiting for
+    a world that will never be complete stop too.
+    """
+    board = FailureBoard(store)
+    identity = f"{socket.gethostname()} (pid {os.getpid()})"
+    claimed = store.compare_set(f"node{world.node_rank}", "", identity).decode()
+    if claimed != identity:
+        _fail(
+            board,
+            world,
+            f"Two nodes claim runtime.node_rank {world.node_rank}: {claimed} and {identity}. Give every node "
+            f"its own node_rank, 0 to {world.num_nodes - 1} (under SLURM, leave runtime.node_rank null).",
+        )
+    view = {
+        "num_nodes": world.num_nodes,
+        "nproc_per_node": world.nproc_per_node,
+        "world_size": world.world_size,
+        "device": world.device,
+        "job": job,
+    }
+    store.set(f"view{world.node_rank}", json.dumps({**view, "host": identity}))
+    keys = [f"view{rank}" for rank in range(world.num_nodes)]
+    deadline = time.monotonic() + world.rendezvous_timeout_s
+    while not store.check(keys):
+        if (failure := board.cause()) is not None:
+            raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
+        if time.monotonic() > deadline:
+            missing = [rank for rank, key in enumerate(keys) if not store.check([key])]
+            _fail(
+                board,
+                world,
+                f"Node(s) {missing} did not join the rendezvous at {world.master_addr}:{world.master_port} "
+                f"within {world.rendezvous_timeout_s:g} s. Start `kedro run` on every node with the same "
+                f"runtime.num_nodes ({world.num_nodes}), master_addr and master_port, each with its own "
+                "node_rank (inside a SLURM allocation without srun: runtime.launcher none).",
+            )
+        time.sleep(POLL_S)
+    views = {rank: json.loads(store.get(key)) for rank, key in enumerate(keys)}
+    disagreeing = {
+        name: {rank: v[name] for rank, v in views.items()}
+        for name in view
+        if len({v[name] for v in views.values()}) > 1
+    }
+    if disagreeing:
+        listed = "; ".join(
+            f"{name}: " + ", ".join(f"node {rank} {value}" for rank, value in values.items())
+            for name, values in disagreeing.items()
+        )
+        _fail(
+            board,
+            world,
+            f"The nodes disagree on the world ({listed}). Run the same pipeline with the same --env and "
+            "runtime parameters on every node.",
+        )
+    if (failure := board.cause()) is not None:
+        raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
+
+
+def _fail(board: FailureBoard, world: WorldConfig, message: str) -> NoReturn:
+    board.post(Failure(None, where(world), message))
+    raise RendezvousError(message)

@@ -1,0 +1,383 @@
+"""Several nodes on 127.0.0.1, as users start them: `kedro run` per node (by hand, under a faked SLURM step,
+under torchrun), sharing one project folder as on a cluster's shared filesystem.
+
+Every node trains the tiny detector with one gloo worker. The model samples every anchor and proposal and
+freezes its norms (ALL_SAMPLES_MODEL), so a batch's loss is the mean of its images' losses: 2 nodes × 1 image
+must give the weights of 1 worker × 2 images. The tolerance (rtol 1e-4, atol 1e-6) covers float32 summation
+order (gloo's all-reduce of two per-rank means vs one mean over the batch), about 1e-7 relative per SGD step;
+a batch that differs by one image moves the weights by more than 1e-3 (test_trainer shows it).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+from tiny_training import ALL_SAMPLES_MODEL, write_tiny_dataset
+
+from frcnn_pipeline.datasets import DetectorDataset
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
+from frcnn_pipeline.engine.trainer import train_detector
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, TRAINED_MODEL, SavedDetector, category_mapping
+from frcnn_pipeline.parameters import load_parameters
+from frcnn_pipeline.pipelines.evaluate.nodes import compute_coco_metrics, predict_split
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+# Guards against hangs; the runs themselves take seconds to a minute on two busy cores.
+RUN_BOUND_S = 300
+CATEGORIES = pd.DataFrame(
+    {"label": [0, 1], "category_id": [1, 2], "name": ["red", "green"], "supercategory": ["box", "box"]}
+)
+TINY_ENV = {
+    "model": ALL_SAMPLES_MODEL,
+    "train": {
+        "run_name": "tiny",
+        "images_per_device": 1,
+        "flip_prob": 0.5,
+        "solver": {"optimizer": "sgd", "base_lr": 0.02, "reference_batch_size": None, "max_iter": 3,
+                   "warmup_iters": 0, "steps": []},
+        "checkpoint": {"period": 100},
+        "log_period": 1,
+    },
+    "runtime": {"device": "cpu", "nproc_per_node": 1, "num_threads": 1, "num_workers": 0,
+                "timeout_minutes": 1, "rendezvous_timeout_s": 120},
+    "evaluate": {"inference": {"batch_size": 2, "channels_last": False}},
+}  # fmt: skip
+
+
+def _ground_truth(images: pd.DataFrame, annotations: pd.DataFrame) -> dict:
+    return {
+        "images": [{"id": int(r.image_id), "file_name": r.file_name, "width": 64, "height": 64}
+                   for r in images.itertuples()],
+        "annotations": [{"id": int(r.annotation_id), "image_id": int(r.image_id),
+                         "category_id": int(r.category_id), "bbox": [r.x1, r.y1, r.x2 - r.x1, r.y2 - r.y1],
+                         "area": r.area, "iscrowd": 0}
+                        for r in annotations.itertuples()],
+        "categories": [{"id": 1, "name": "red"}, {"id": 2, "name": "green"}],
+    }  # fmt: skip
+
+
+def _parameters(project: Path) -> dict:
+    return load_parameters("tiny", conf_source=project / "conf")
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory) -> Path:
+    """A project copy with the tiny env and its ingest/weights outputs in place (copied again per test)."""
+    project = tmp_path_factory.mktemp("template") / "project"
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
+    shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
+    shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
+    (project / "conf" / "local").mkdir()
+    if importlib.util.find_spec("kedro_mlflow"):
+        # Not a dependency of this project: installed beside it, its plugin hook would track every node's run
+        # into the one shared ./mlruns, where the nodes race to create the experiment.
+        with (project / "src" / "frcnn_pipeline" / "settings.py").open("a") as settings:
+            settings.write('\nDISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)\n')
+    # The project's logging leaves out Kedro's per-dataset lines; these tests read them to see where each node
+    # saved (to a file, or to a MemoryDataset).
+    logging_yml = project / "conf" / "logging.yml"
+    quiet = "kedro.io:\n    level: WARNING"
+    assert quiet in logging_yml.read_text()
+    logging_yml.write_text(logging_yml.read_text().replace(quiet, "kedro.io:\n    level: INFO"))
+    (project / "conf" / "tiny").mkdir()
+    (project / "conf" / "tiny" / "parameters.yml").write_text(yaml.safe_dump(TINY_ENV))
+    shutil.copy2(PROJECT_ROOT / "pyproject.toml", project)
+    primary = project / "data" / "03_primary"
+    primary.mkdir(parents=True)
+    train_images, train_annotations = write_tiny_dataset(project / "images" / "train", count=8, seed=11)
+    val_images, val_annotations = write_tiny_dataset(project / "images" / "val", count=4, seed=12)
+    for name, table in {"train_images": train_images, "train_annotations": train_annotations,
+                        "val_images": val_images, "val_annotations": val_annotations,
+                        "categories": CATEGORIES}.items():  # fmt: skip
+        table.to_parquet(primary / f"{name}.parquet", index=False)
+    (primary / "val_ground_truth.json").write_text(json.dumps(_ground_truth(val_images, val_annotations)))
+    torch.manual_seed(0)
+    weights = build_model(_parameters(project)["model"], len(CATEGORIES)).state_dict()
+    DetectorDataset(filepath=str(project / "data" / "06_models" / "initial_weights.safetensors")).save(
+        SavedDetector(weights, INITIAL_WEIGHTS, categories=category_mapping(CATEGORIES))
+    )
+    return project
+
+
+@pytest.fixture
+def project(template, tmp_path) -> Path:
+    return Path(shutil.copytree(template, tmp_path / "project", symlinks=True))
+
+
+@pytest.fixture(scope="module")
+def reference(template, tmp_path_factory) -> dict:
+    """One worker × 2 images, in this process: the single-node run that the nodes must reproduce."""
+    parameters = _parameters(template)
+    data = template / "data"
+    train = {**parameters["train"], "run_name": "reference", "images_per_device": 2}
+    train["checkpoint"] = {**train["checkpoint"], "dir": str(tmp_path_factory.mktemp("reference"))}
+    train["metrics_dir"] = train["checkpoint"]["dir"]
+    weights = DetectorDataset(filepath=str(data / "06_models" / "initial_weights.safetensors")).load()
+    images = pd.read_parquet(data / "03_primary" / "train_images.parquet")
+    annotations = pd.read_parquet(data / "03_primary" / "train_annotations.parquet")
+    result = train_detector(
+        images, annotations, 2, parameters["model"], train, parameters["runtime"], weights.state_dict
+    )
+    trained = SavedDetector(
+        result["state_dict"],
+        TRAINED_MODEL,
+        model_config=resolve_model_config(parameters["model"]),
+        categories=category_mapping(CATEGORIES),
+    )
+    val_images = pd.read_parquet(data / "03_primary" / "val_images.parquet")
+    detections, _ = predict_split(
+        trained, val_images, CATEGORIES, parameters["model"], parameters["evaluate"], parameters["runtime"]
+    )
+    ground_truth = json.loads((data / "03_primary" / "val_ground_truth.json").read_text())
+    metrics = compute_coco_metrics(ground_truth, detections, parameters["evaluate"]).metrics()
+    return {"state_dict": result["state_dict"], "metrics": metrics, "detections": len(detections)}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _kedro(project: Path, pipeline: str, params: str = "", launcher: list[str] | None = None,
+           env: dict[str, str] | None = None) -> subprocess.Popen:  # fmt: skip
+    command = [*(launcher or [sys.executable]), "-m", "kedro", "run", "--pipeline", pipeline, "--env", "tiny"]
+    return subprocess.Popen(
+        [*command, "--params", params] if params else command,
+        cwd=project,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "1", "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1",
+             "COLUMNS": "250",
+             "PYTHONPATH": os.pathsep.join([str(project / "src"), *sys.path]), **(env or {})},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )  # fmt: skip
+
+
+def _two_nodes(rank: int, port: int) -> str:
+    return f"runtime.num_nodes=2,runtime.node_rank={rank},runtime.master_port={port}"
+
+
+def _finish(*processes: subprocess.Popen) -> list[str]:
+    outputs = [process.communicate(timeout=RUN_BOUND_S)[0] for process in processes]
+    failed = [f"process {index}:\n{output[-5000:]}" for index, (process, output)
+              in enumerate(zip(processes, outputs, strict=True)) if process.returncode != 0]  # fmt: skip
+    assert not failed, "\n\n".join(failed)
+    return outputs
+
+
+def _files(folder: Path) -> dict[str, float]:
+    return {
+        str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()
+    }
+
+
+def _written(before: dict[str, float], after: dict[str, float]) -> set[str]:
+    return {path for path, mtime in after.items() if before.get(path) != mtime}
+
+
+def _trained_versions(project: Path) -> list[Path]:
+    return sorted((project / "data" / "06_models" / "trained_model.safetensors").glob("*/*"))
+
+
+def _weights(version: Path) -> dict[str, torch.Tensor]:
+    return DetectorDataset(filepath=str(version)).load().state_dict
+
+
+def _only_version(folder: Path) -> Path:
+    """The one file of a versioned dataset `folder` (`<folder>/<version>/<name>`)."""
+    (path,) = folder.glob(f"*/{folder.name}")
+    return path
+
+
+def _assert_same_weights(state_dict: dict[str, torch.Tensor], reference: dict[str, torch.Tensor]) -> None:
+    assert state_dict.keys() == reference.keys()
+    for key, value in reference.items():
+        torch.testing.assert_close(state_dict[key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+
+def _saves(output: str) -> list[str]:
+    return [line for line in output.splitlines() if "Saving data to" in line]
+
+
+TRAIN_OUTPUTS = {"06_models/checkpoints/tiny/model_0000003.pth", "08_reporting/train_logs/tiny.jsonl",
+                 "08_reporting/training_metrics.csv", "08_reporting/training_curves.png",
+                 "08_reporting/training_run.json"}  # fmt: skip
+
+
+def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_the_model(project, reference):
+    data = project / "data"
+    before = _files(data)
+    port = _free_port()
+    nodes = [_kedro(project, "train", _two_nodes(rank, port)) for rank in (0, 1)]
+    node0, node1 = _finish(*nodes)
+
+    (version,) = _trained_versions(project)
+    written = _written(before, _files(data))
+    assert written == TRAIN_OUTPUTS | {str(version.relative_to(data))}, "node 0's outputs, once each"
+    assert all("MemoryDataset" in line for line in _saves(node1)) and _saves(node1), "node 1 saves to memory"
+    assert "stay in memory here" in node1 and "this process saves the outputs" in node0
+    _assert_same_weights(_weights(version), reference["state_dict"])
+    metrics = pd.read_csv(data / "08_reporting" / "training_metrics.csv")
+    assert metrics["iteration"].tolist() == [1, 2, 3]
+    record = json.loads((data / "08_reporting" / "training_run.json").read_text())
+    assert record["world"]["num_nodes"] == 2 and record["world"]["world_size"] == 2
+    assert record["world"]["launcher"] == "none" and record["total_batch"] == 2
+    assert "iter 3/3" in node0, "rank 0's loss/LR lines reach node 0's console"
+    assert "(rank 1) initial_weights loaded" in node1, "and rank 1's records node 1's"
+
+    # As a user would next, on one machine: the evaluated model is the one the nodes trained.
+    before = _files(data)
+    _finish(_kedro(project, "evaluate"))
+    assert all(
+        path.startswith(("07_model_output/", "08_reporting/")) for path in _written(before, _files(data))
+    )
+    report = json.loads(
+        _only_version(data / "08_reporting" / "evaluate" / "val" / "coco_metrics.json").read_text()
+    )
+    assert report["model"]["version"] == version.parent.name
+    assert report["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    detections = _only_version(data / "07_model_output" / "evaluate" / "val" / "detections.json")
+    assert len(json.loads(detections.read_text())) == reference["detections"]
+
+
+def test_torchrun_two_nodes_one_process_each(project, reference):
+    port = _free_port()
+    nodes = [
+        _kedro(project, "train", launcher=[sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                                           "--nproc-per-node", "1", "--node-rank", str(rank), "--master-addr",
+                                           "127.0.0.1", "--master-port", str(port)])
+        for rank in (0, 1)
+    ]  # fmt: skip
+    node0, node1 = _finish(*nodes)
+    (version,) = _trained_versions(project)
+    _assert_same_weights(_weights(version), reference["state_dict"])
+    assert (
+        "this process saves the outputs" in node0
+        and "rank 1 of 2 (torchrun)" in node1
+        and all("MemoryDataset" in line for line in _saves(node1))
+    )
+    record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
+    assert record["world"]["launcher"] == "torchrun" and record["world"]["num_nodes"] == 2
+
+
+def test_slurm_step_two_nodes_and_node_1_writes_nothing_into_its_own_folder(project, reference, tmp_path):
+    # Node 1 runs in a copy of the project: its data folder must come out untouched. (Checkpoints of a fresh
+    # run need no shared storage; resuming does.)
+    other = Path(shutil.copytree(project, tmp_path / "node1_project", symlinks=True))
+    untouched = _files(other / "data")
+    step = {"SLURM_JOB_ID": "4242", "SLURM_NNODES": "2", "SLURM_STEP_NUM_NODES": "2",
+            "SLURM_STEP_TASKS_PER_NODE": "1(x2)", "SLURM_JOB_NODELIST": "127.0.0.[1-2]",
+            "MASTER_PORT": str(_free_port())}  # fmt: skip
+    nodes = [_kedro(folder, "train", env={**step, "SLURM_NODEID": str(rank), "SLURM_PROCID": str(rank)})
+             for rank, folder in ((0, project), (1, other))]  # fmt: skip
+    node0, node1 = _finish(*nodes)
+    assert _files(other / "data") == untouched
+    (version,) = _trained_versions(project)
+    _assert_same_weights(_weights(version), reference["state_dict"])
+    assert "this process saves the outputs" in node0 and "node 1 of 2 (slurm)" in node1
+    world = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())["world"]
+    assert (world["launcher"], world["master_addr"]) == ("slurm", "127.0.0.1")
+
+
+def _children(pid: int) -> list[int]:
+    path = Path(f"/proc/{pid}/task/{pid}/children")
+    return [int(child) for child in path.read_text().split()] if path.exists() else []
+
+
+def _spawned_workers(pid: int) -> list[int]:
+    """The training workers spawned by a Kedro process (not multiprocessing's resource tracker)."""
+    workers = []
+    for child in _children(pid):
+        command = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+        if b"spawn_main" in command and b"resource_tracker" not in command:
+            workers.append(child)
+    return workers
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (a container's init may never reap orphans)."""
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _wait_until(condition, what: str, timeout: float = RUN_BOUND_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def _long_run(checkpoint_period: int) -> str:
+    return f"train.solver.max_iter=100000,train.checkpoint.period={checkpoint_period}"
+
+
+def test_a_killed_worker_stops_the_other_node_naming_it_and_keeps_the_last_checkpoint(project):
+    checkpoints = CheckpointManager(project / "data" / "06_models" / "checkpoints" / "tiny")
+    port = _free_port()
+    nodes = [_kedro(project, "train", _two_nodes(rank, port) + "," + _long_run(checkpoint_period=2))
+             for rank in (0, 1)]  # fmt: skip
+    _wait_until(lambda: len(checkpoints.checkpoints()) >= 2, "two checkpoints")
+    (worker,) = _spawned_workers(nodes[1].pid)
+    os.kill(worker, signal.SIGKILL)
+    outputs = [process.communicate(timeout=RUN_BOUND_S)[0] for process in nodes]
+
+    assert all(process.returncode != 0 for process in nodes)
+    named = "Rank 1 (node 1, "
+    assert named in outputs[0] and "failed first: worker exited with signal SIGKILL" in outputs[0], outputs[
+        0
+    ][-4000:]
+    assert named in outputs[1]
+    last = checkpoints.latest()
+    state = load_checkpoint(last)
+    assert state["iteration"] == int(last.stem.split("_")[1]) >= 2
+    assert not _trained_versions(project), "an unfinished run saves no model"
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_kedro_saves_the_current_iteration_stops_the_workers_and_resume_continues(project, stop):
+    log = project / "data" / "08_reporting" / "train_logs" / "tiny.jsonl"
+    run = _kedro(project, "train", "runtime.nproc_per_node=2," + _long_run(checkpoint_period=1000))
+    _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2, "two iterations")
+    workers = _spawned_workers(run.pid)
+    assert len(workers) == 2
+    os.kill(run.pid, stop)
+    output = run.communicate(timeout=RUN_BOUND_S)[0]
+
+    assert run.returncode != 0
+    message = next(line for line in output.splitlines() if "Training stopped by" in line)
+    assert f"Training stopped by {stop.name} after iteration" in message, output[-4000:]
+    iteration = int(message.split("after iteration ")[1].split()[0])
+    checkpoint = project / "data" / "06_models" / "checkpoints" / "tiny" / f"model_{iteration:07d}.pth"
+    assert checkpoint.is_file() and load_checkpoint(checkpoint)["iteration"] == iteration
+    assert not any(_running(pid) for pid in workers), "no worker is left training"
+    assert "iter 1/100000" in output, "rank 0's periodic lines reach the console"
+    if stop == signal.SIGTERM:
+        # The resubmitted job continues from there, here on 1 worker × 2 images: the same total batch. (The
+        # shorter schedule, to end the test soon, is a solver change that must be allowed.)
+        resume = (
+            f"train.images_per_device=2,train.solver.max_iter={iteration + 1},"
+            "train.checkpoint.allow_solver_change=true"
+        )
+        (resumed,) = _finish(_kedro(project, "train", resume))
+        record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
+        assert record["resumed_from_iteration"] == iteration and record["total_batch"] == 2, resumed[-3000:]
+        assert [entry["change"] for entry in record["resume_changes"]] == [
+            "world size 2 -> 1 with the same total batch 2: the schedule is unchanged; per-rank random "
+            "streams are reseeded",
+            f"solver.max_iter 100000 -> {iteration + 1}",
+        ]
