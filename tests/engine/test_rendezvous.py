@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import datetime
+import gc
 import json
 import os
 import socket
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
+from torch.distributed import TCPStore
 
-from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine import distributed, rendezvous
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.rendezvous import RendezvousError
 
@@ -18,7 +23,7 @@ from frcnn_pipeline.engine.rendezvous import RendezvousError
 # that spawned workers can import it.
 NODE_SCRIPT = """
 import json, sys, time
-from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine import distributed, rendezvous
 from frcnn_pipeline.engine.launcher import WorldConfig
 
 def job(context, mode):
@@ -147,3 +152,28 @@ def test_nodes_disagreeing_on_the_world_both_stop(start_node, node1_fields, name
         code, output = _finish(process)
         assert code != 0 and "The nodes disagree on the world" in _error_line(output), output[-3000:]
         assert names in _error_line(output)
+
+
+def test_node_0_gone_before_the_nodes_met_is_named():
+    timeout = datetime.timedelta(seconds=5)
+    node0_store = TCPStore("127.0.0.1", 0, is_master=True, wait_for_workers=False, timeout=timeout)
+    world = WorldConfig(num_nodes=2, node_rank=1, master_port=node0_store.port, rendezvous_timeout_s=60)
+    client = TCPStore("127.0.0.1", node0_store.port, is_master=False, timeout=timeout)
+    raised: list[BaseException] = []
+
+    def node1() -> None:
+        try:
+            rendezvous.check_in(rendezvous.launch_store(client, 1), world, "job")
+        except BaseException as error:
+            raised.append(error)
+
+    waiting = threading.Thread(target=node1)
+    waiting.start()
+    launch = rendezvous.launch_store(client, 1)
+    while not launch.check(["view1"]):  # until node 1 has checked in and waits for node 0
+        time.sleep(0.05)
+    del node0_store  # node 0's process stops hosting
+    gc.collect()
+    waiting.join(BOUND_S)
+    assert len(raised) == 1 and isinstance(raised[0], RendezvousError), raised
+    assert "Node 1 lost the rendezvous at 127.0.0.1:" in str(raised[0]) and "node 0 stopped" in str(raised[0])

@@ -9,6 +9,7 @@ the setting to fix. The failure board records the first rank that failed, so eve
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import errno
 import json
@@ -29,6 +30,8 @@ log = logging.getLogger(__name__)
 POLL_S = 0.2
 # How long a node that lost its peers waits for the rank that failed first to say why.
 FAILURE_REPORT_WAIT_S = 10.0
+# Counts the nodes that have read a rendezvous failure (node 0 waits for them before it stops hosting).
+_FAILURE_SEEN = "failure_seen"
 
 # One store per (address, port) for the life of the process: node 0 keeps hosting it between the pipeline's
 # distributed nodes (train, then evaluate), so no other process can take the port in between.
@@ -173,6 +176,17 @@ def check_in(store: Store, world: WorldConfig, job: str) -> None:
     a world that will never be complete stop too.
     """
     board = FailureBoard(store)
+    try:
+        _meet(board, world, job)
+    except DistError:
+        raise RendezvousError(
+            f"Node {world.node_rank} lost the rendezvous at {world.master_addr}:{world.master_port} before "
+            "the nodes met: node 0 stopped (its log says why) or the network between the nodes failed."
+        ) from None
+
+
+def _meet(board: FailureBoard, world: WorldConfig, job: str) -> None:
+    store = board.store
     identity = f"{socket.gethostname()} (pid {os.getpid()})"
     claimed = store.compare_set(f"node{world.node_rank}", "", identity).decode()
     if claimed != identity:
@@ -194,7 +208,7 @@ def check_in(store: Store, world: WorldConfig, job: str) -> None:
     deadline = time.monotonic() + world.rendezvous_timeout_s
     while not store.check(keys):
         if (failure := board.cause()) is not None:
-            raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
+            _stop(board, world, f"Another node stopped the rendezvous. {failure.describe()}")
         if time.monotonic() > deadline:
             missing = [rank for rank, key in enumerate(keys) if not store.check([key])]
             _fail(
@@ -224,9 +238,25 @@ def check_in(store: Store, world: WorldConfig, job: str) -> None:
             "runtime parameters on every node.",
         )
     if (failure := board.cause()) is not None:
-        raise RendezvousError(f"Another node stopped the rendezvous. {failure.describe()}")
+        _stop(board, world, f"Another node stopped the rendezvous. {failure.describe()}")
 
 
 def _fail(board: FailureBoard, world: WorldConfig, message: str) -> NoReturn:
     board.post(Failure(None, where(world), message))
+    _stop(board, world, message)
+
+
+def _stop(board: FailureBoard, world: WorldConfig, message: str) -> NoReturn:
+    """Raise `message`. Node 0's process hosts the store, so it first waits (FAILURE_REPORT_WAIT_S at most)
+    until every other node that checked in has read the failure too: leaving at once would cut them off
+    mid-read, and they would report a lost connection instead of the problem."""
+    store = board.store
+    if world.node_rank != 0:
+        with contextlib.suppress(DistError):
+            store.add(_FAILURE_SEEN, 1)
+        raise RendezvousError(message)
+    checked_in = sum(store.check([f"view{rank}"]) for rank in range(1, world.num_nodes))
+    deadline = time.monotonic() + FAILURE_REPORT_WAIT_S
+    while store.add(_FAILURE_SEEN, 0) < checked_in and time.monotonic() < deadline:
+        time.sleep(POLL_S)
     raise RendezvousError(message)
