@@ -38,6 +38,7 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.metrics import MetricsWriter
+from frcnn_pipeline.engine.resume import check_resume
 from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, ignore_stop_signals
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.layers import backend as detection_ops
@@ -71,11 +72,6 @@ class NonFiniteLossError(UserFacingError, FloatingPointError):
     def __reduce__(self):
         # Pickled from a spawned worker back to the launching process.
         return type(self), (self.iteration, self.losses, self.checkpoint)
-
-
-class ResumeRefusedError(UserFacingError, ValueError):
-    """The run's checkpoint was trained with another model, data, solver or total batch: resuming it would
-    silently make a different run."""
 
 
 @dataclass
@@ -215,100 +211,6 @@ def _init_loader_worker(worker_id: int) -> None:
     ignore_stop_signals()
 
 
-def _check_same_total_batch(
-    state: dict[str, Any], context: WorkerContext, per_device: int, checkpoint: Path
-) -> list[str]:
-    """Resuming on another world size keeps the total batch: the LR, epoch length and schedule follow it.
-
-    Returns the accepted change (another world size with the same total batch), to log and record.
-    """
-    # Checkpoints written before total_batch was recorded: the same images_per_device is assumed.
-    saved_world = state["world_size"]
-    saved_total = state.get("total_batch", saved_world * per_device)
-    total = per_device * context.world_size
-    if saved_total == total:
-        if saved_world == context.world_size:
-            return []
-        return [
-            f"world size {saved_world} -> {context.world_size} with the same total batch {total}: the "
-            "schedule is unchanged; per-rank random streams are reseeded"
-        ]
-    keep = [f"run on {saved_world} worker(s) again"]
-    if saved_total % context.world_size == 0:
-        keep.insert(0, f"set train.images_per_device={saved_total // context.world_size} for these "
-                       f"{context.world_size} worker(s)")  # fmt: skip
-    raise ResumeRefusedError(
-        f"{checkpoint} was trained with a total batch of {saved_total} ({saved_world} worker(s) × "
-        f"{saved_total // saved_world}) but this run has {total} ({context.world_size} × {per_device}): the "
-        "learning rate (scaled with the total batch), the epoch length and the schedule would change "
-        f"mid-run. To continue it, keep the total batch: {' or '.join(keep)}. To train with the new total "
-        "batch, choose a new train.run_name."
-    )
-
-
-def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) -> None:
-    """Resuming must not silently continue another model's run under the same run_name."""
-    saved_cfg, saved_classes = state["model_config"], state["num_classes"]
-    if (saved_cfg, saved_classes) == (job.model_cfg, job.num_classes):
-        return
-    changed = sorted(
-        key for key in {*saved_cfg, *job.model_cfg} if saved_cfg.get(key) != job.model_cfg.get(key)
-    )
-    if saved_classes != job.num_classes:
-        changed.append(f"num_classes {saved_classes} -> {job.num_classes}")
-    raise ResumeRefusedError(
-        f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run cannot "
-        "resume it. Choose a new train.run_name to train this model, or delete that checkpoint folder."
-    )
-
-
-# A longer schedule continues a run; any other solver change would make it a different run.
-_EXTENDABLE_SOLVER_KEYS = ("max_iter", "epochs")
-
-
-def _check_same_data_and_solver(
-    state: dict[str, Any], job: TrainJob, data_fingerprint: str, checkpoint: Path
-) -> list[str]:
-    """Resuming must continue on the same data and solver; returns the accepted changes (to log and record).
-
-    Raising `max_iter`/`epochs` extends a run. A different train split or another solver change is an
-    error unless `train.checkpoint.allow_data_change` / `allow_solver_change` accepts it.
-    """
-    allow = job.train_cfg["checkpoint"]
-
-    def fix(key: str) -> str:
-        return (
-            f"Choose a new train.run_name, or delete {checkpoint.parent} to retrain, or set "
-            f"train.checkpoint.{key}=true to continue this run anyway (recorded in training_run)."
-        )
-
-    saved_fingerprint, saved_solver = state.get("data_fingerprint"), state.get("solver")
-    if saved_fingerprint is None or saved_solver is None:
-        return ["not checked: the checkpoint predates data and solver records"]
-    changes = []
-    if saved_fingerprint != data_fingerprint:
-        change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
-        if not allow.get("allow_data_change", False):
-            raise ResumeRefusedError(
-                f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
-                f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
-            )
-        changes.append(change)
-    solver_cfg = job.train_cfg["solver"]
-    extended, changed = [], []
-    for key in sorted({*saved_solver, *solver_cfg}):
-        old, new = saved_solver.get(key), solver_cfg.get(key)
-        if old != new:
-            longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
-            (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
-    if changed and not allow.get("allow_solver_change", False):
-        raise ResumeRefusedError(
-            f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
-            f"epochs extends a run. {fix('allow_solver_change')}"
-        )
-    return changes + extended + changed
-
-
 def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | None:
     train, runtime, solver_cfg = job.train_cfg, job.runtime_cfg, job.train_cfg["solver"]
     device = context.device
@@ -367,11 +269,15 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         )
     if latest is not None:
         state = load_checkpoint(latest)
-        _check_same_model(state, job, latest)
-        changes = [
-            *_check_same_total_batch(state, context, batch_per_device, latest),
-            *_check_same_data_and_solver(state, job, data_fingerprint, latest),
-        ]
+        changes = check_resume(
+            state,
+            latest,
+            model_cfg=job.model_cfg,
+            num_classes=job.num_classes,
+            train_cfg=train,
+            world_size=context.world_size,
+            data_fingerprint=data_fingerprint,
+        )
         if context.is_main:
             for change in changes:
                 log.warning("Resuming %s with a change: %s", latest, change)

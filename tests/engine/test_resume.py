@@ -1,0 +1,131 @@
+"""Resume checks through real (tiny) trainings: another model, total batch, data or solver stops the resume
+naming the change and the fix; the accepted changes continue the run and are recorded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_training import (
+    ALL_SAMPLES_MODEL,
+    TINY_MODEL,
+    merged,
+    runtime_config,
+    train_config,
+    write_tiny_dataset,
+)
+
+from frcnn_pipeline.engine.checkpoint import CheckpointManager
+from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
+from frcnn_pipeline.engine.trainer import train_detector
+
+
+def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=1)
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"]["max_iter"] = 2
+    other_anchors = merged(TINY_MODEL, anchors={"round": True})
+    with pytest.raises(
+        ResumeRefusedError, match=r"model_0000001\.pth was trained with another model \(changed: anchors\)"
+    ):
+        train_detector(images, annotations, 2, other_anchors, train, runtime_config())
+    with pytest.raises(ResumeRefusedError, match=r"changed: num_classes 2 -> 3"):
+        train_detector(images, annotations, 3, TINY_MODEL, train, runtime_config())
+    assert CheckpointManager(tmp_path / "checkpoints" / "test", 2).latest().name == "model_0000001.pth"
+
+
+def test_resume_refuses_other_train_data_unless_allowed(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=1)
+    first = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"]["max_iter"] = 2
+    moved = annotations.assign(x2=annotations["x2"] - 1.0)  # re-ingested: one pixel off
+    with pytest.raises(
+        ResumeRefusedError,
+        match=r"model_0000001\.pth was trained on other data \(train data sha256 .* -> .*\).*new "
+        r"train\.run_name.*delete .*allow_data_change=true",
+    ):
+        train_detector(images, moved, 2, TINY_MODEL, train, runtime_config())
+
+    train["checkpoint"]["allow_data_change"] = True
+    resumed = train_detector(images, moved, 2, TINY_MODEL, train, runtime_config())
+    changes = [entry["change"] for entry in resumed["record"]["resume_changes"]]
+    assert changes[0].startswith("train data sha256") and changes[1] == "solver.max_iter 1 -> 2"
+    assert resumed["record"]["train_data_sha256"] != first["record"]["train_data_sha256"]
+
+
+def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=2)
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=2e-3, max_iter=3)
+    with pytest.raises(
+        ResumeRefusedError,
+        match=r"model_0000002\.pth was trained with another solver \(solver\.base_lr 0\.001 -> 0\.002\); "
+        r"only raising max_iter or epochs extends a run.*allow_solver_change=true",
+    ):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=1e-3, max_iter=1)
+    with pytest.raises(ResumeRefusedError, match=r"solver\.max_iter 2 -> 1"):
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train["solver"].update(base_lr=2e-3, max_iter=3)
+    train["checkpoint"]["allow_solver_change"] = True
+    resumed = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    assert [c["change"] for c in resumed["record"]["resume_changes"]] == [
+        "solver.max_iter 2 -> 3",
+        "solver.base_lr 0.001 -> 0.002",
+    ]
+
+
+def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path):
+    images, annotations = write_tiny_dataset(tmp_path / "images", count=4, boxes_per_image=2, seed=5)
+    train = train_config(tmp_path, optimizer="sgd", base_lr=0.05, max_iter=2, warmup_iters=0, steps=[])
+    train.update(run_name="resize", images_per_device=2, flip_prob=0.0)
+    train["checkpoint"]["period"] = 1
+    train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(num_threads=1))
+
+    # 1 worker × 2 images -> 2 workers × 1 image: the same total batch, so the same schedule; it continues.
+    train["solver"]["max_iter"], train["images_per_device"] = 3, 1
+    resumed = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2, num_threads=1)
+    )
+    assert resumed["record"]["resumed_from_iteration"] == 2 and resumed["record"]["total_batch"] == 2
+    assert [c["change"] for c in resumed["record"]["resume_changes"]] == [
+        "world size 1 -> 2 with the same total batch 2: the schedule is unchanged; per-rank random streams "
+        "are reseeded",
+        "solver.max_iter 2 -> 3",
+    ]
+    straight = {**train, "run_name": "straight", "images_per_device": 2}
+    reference = train_detector(
+        images, annotations, 2, ALL_SAMPLES_MODEL, straight, runtime_config(num_threads=1)
+    )
+    for key, value in reference["state_dict"].items():
+        torch.testing.assert_close(resumed["state_dict"][key], value, rtol=1e-4, atol=1e-6, msg=key)
+
+    # 2 workers × 2 images: the total batch (so the LR and the schedule) would change mid-run.
+    train["solver"]["max_iter"], train["images_per_device"] = 4, 2
+    changed = r"total batch of 2 \(2 worker\(s\) × 1\) but this run has 4 \(2 × 2\)"
+    with pytest.raises(
+        ResumeRefusedError, match=changed + r".*set train\.images_per_device=1 for these 2 worker\(s\)"
+    ):
+        train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime_config(nproc_per_node=2))
+    assert CheckpointManager(tmp_path / "checkpoints" / "resize").latest().name == "model_0000003.pth"
+
+
+def test_sixteen_devices_then_eight_names_the_images_per_device_that_keeps_the_total_batch(tmp_path):
+    state = {"model_config": TINY_MODEL, "num_classes": 2, "world_size": 16, "total_batch": 16}
+    train = {**train_config(tmp_path), "images_per_device": 1}
+    others = {"model_cfg": TINY_MODEL, "num_classes": 2, "train_cfg": train, "data_fingerprint": "x"}
+    checkpoint = tmp_path / "model_0000100.pth"
+    with pytest.raises(
+        ResumeRefusedError,
+        match=r"total batch of 16 \(16 worker\(s\) × 1\) but this run has 8 \(8 × 1\).*"
+        r"set train\.images_per_device=2 for these 8 worker\(s\) or run on 16 worker\(s\) again",
+    ):
+        check_resume(state, checkpoint, world_size=8, **others)
+    train["images_per_device"] = 2
+    assert check_resume(state, checkpoint, world_size=8, **others) == [
+        "world size 16 -> 8 with the same total batch 16: the schedule is unchanged; per-rank random streams "
+        "are reseeded",
+        "not checked: the checkpoint predates data and solver records",
+    ]
