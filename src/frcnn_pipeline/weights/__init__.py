@@ -7,6 +7,7 @@ from frcnn_pipeline.weights.convert import (
     unwrap_checkpoint,
 )
 from frcnn_pipeline.weights.fetch import WeightsFetchError, fetch_url, fetch_weights, resolve_source
+from frcnn_pipeline.weights.fingerprint import state_dict_sha256
 from frcnn_pipeline.weights.safe_pickle import UnsafePickleError, load_weights_pickle
 
 __all__ = [
@@ -19,5 +20,6 @@ __all__ = [
     "load_checkpoint",
     "load_weights_pickle",
     "resolve_source",
+    "state_dict_sha256",
     "unwrap_checkpoint",
 ]
