@@ -119,29 +119,46 @@ def prepare_for_inference(model: nn.Module, device: torch.device, options: Infer
     return model
 
 
-def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
-    context: WorkerContext,
+def build_inference_model(
     state_dict: dict[str, torch.Tensor],
-    model_cfg: dict[str, Any],
+    model_cfg: dict[str, Any] | None,
     num_classes: int,
-    paths: list[str],
-    options: dict[str, Any],
-) -> list[dict[str, Any]]:
-    opts = InferenceOptions(**options)
-    device = context.device
-    model = build_model(opts.model_config(model_cfg), num_classes)
+    device: torch.device,
+    options: InferenceOptions,
+) -> nn.Module:
+    """A model with ``options``' test-time settings and ``state_dict``'s weights, ready on ``device``."""
+    model = build_model(options.model_config(model_cfg), num_classes)
     model.load_state_dict(state_dict)
-    model = prepare_for_inference(model, device, opts)
+    return prepare_for_inference(model, device, options)
+
+
+def predict_images(
+    model: nn.Module,
+    paths: list[str],
+    options: InferenceOptions,
+    context: WorkerContext,
+    *,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """This rank's contiguous share of ``paths`` through ``model``; every rank gets all records, in order.
+
+    A collective: every rank of the process group calls it (also from inside training, see evaluator.py).
+    """
+    device = context.device
     share = list(distributed.shard_indices(len(paths), context.rank, context.world_size))
     loader = DataLoader(
         torch.utils.data.Subset(ImageFiles(paths), share),
-        batch_size=opts.batch_size,
-        num_workers=opts.num_workers,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
         collate_fn=_collate,
     )
     results = []
     progress = tqdm(
-        total=len(paths), desc="inference", unit="img", disable=not context.is_main, mininterval=5
+        total=len(paths),
+        desc="inference",
+        unit="img",
+        disable=not (context.is_main and show_progress),
+        mininterval=5,
     )
     with torch.inference_mode():
         for batch in loader:
@@ -167,6 +184,19 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     progress.close()
     gathered = distributed.all_gather_object(results)
     return sorted((r for rank_results in gathered for r in rank_results), key=lambda r: r["position"])
+
+
+def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
+    context: WorkerContext,
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any],
+    num_classes: int,
+    paths: list[str],
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    opts = InferenceOptions(**options)
+    model = build_inference_model(state_dict, model_cfg, num_classes, context.device, opts)
+    return predict_images(model, paths, opts, context)
 
 
 def run_inference(
