@@ -12,6 +12,7 @@ loops.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -185,6 +186,8 @@ class CocoSplit:
     categories: pd.DataFrame
     findings: pd.DataFrame
     bbox_xywh: np.ndarray
+    # sha256 of the annotation file, images and annotations declared / kept / dropped (see `fingerprint`).
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
 def empty_findings() -> pd.DataFrame:
@@ -237,7 +240,8 @@ def _fatal(path: Path, what: str, fix: str) -> CocoFormatError:
 _FIX_RECORD = "correct or remove that record"
 
 
-def _decode(path: Path) -> _CocoFile:
+def _decode(path: Path) -> tuple[_CocoFile, str]:
+    """The parsed file and the sha256 of its bytes (the split's fingerprint)."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -247,7 +251,7 @@ def _decode(path: Path) -> _CocoFile:
             "check ingest.data_root and the split's annotation_file parameter",
         ) from error
     try:
-        return msgspec.json.decode(raw, type=_CocoFile)
+        return msgspec.json.decode(raw, type=_CocoFile), hashlib.sha256(raw).hexdigest()
     except msgspec.ValidationError as error:
         raise _fatal(path, _describe_type_error(raw, str(error)), _FIX_RECORD) from error
     except msgspec.DecodeError as error:
@@ -431,7 +435,7 @@ def read_coco_split(
     """
     policy = policy or ValidationPolicy()
     path = Path(source.annotation_file)
-    doc = _decode(path)
+    doc, sha256 = _decode(path)
     findings = _Findings(source.name, policy)
 
     # --- categories
@@ -673,7 +677,19 @@ def read_coco_split(
         len(ann_ids),
         len(report),
     )
-    return CocoSplit(source.name, path, images, annotations, categories.copy(), report, used_xywh)
+    fingerprint = {
+        "annotation_file": str(path),
+        "sha256": sha256,
+        "images_declared": len(image_ids),
+        "images_kept": len(images),
+        "images_dropped": len(image_ids) - len(images),
+        "annotations_declared": len(ann_ids),
+        "annotations_kept": len(annotations),
+        "annotations_dropped": len(ann_ids) - len(annotations),
+    }
+    return CocoSplit(
+        source.name, path, images, annotations, categories.copy(), report, used_xywh, fingerprint
+    )
 
 
 def _raise_escalated(path: Path, report: pd.DataFrame) -> None:

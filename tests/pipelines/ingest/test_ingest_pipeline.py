@@ -1,5 +1,6 @@
 """The ingest pipeline: its nodes in memory on tmp data, and one real `kedro run` in a tmp project copy."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -81,6 +82,16 @@ def test_demo_end_to_end_in_memory(tmp_path):
     summary = catalog.load("validation_summary")
     assert summary["total_findings"] == len(report)
     assert summary["splits"]["val"]["by_check"]["noncontiguous_category_ids"]["count"] == 1
+    # The data a run was made from: the annotation file's sha256 and what was kept of it.
+    fingerprint = summary["fingerprints"]["train"]
+    raw = demo.annotation_file(tmp_path / "demo", "train").read_bytes()
+    assert fingerprint["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert (fingerprint["images_declared"], fingerprint["images_kept"], fingerprint["images_dropped"]) == (
+        10,
+        10,
+        0,
+    )
+    assert fingerprint["annotations_kept"] == len(catalog.load("train_annotations"))
 
 
 def write_coco_tree(root: Path, annotation_file: str, image_dir: str, split: str, source: Path) -> None:
@@ -123,6 +134,9 @@ def test_data_root_from_parameters(tmp_path, layout):
     unknown = report[report["check"] == "unknown_image"]
     assert unknown["split"].tolist() == ["train", "val"] and set(unknown["annotation_id"]) == {999_999}
     assert 999_999 not in catalog.load("val_annotations")["annotation_id"].tolist()
+    fingerprint = catalog.load("validation_summary")["fingerprints"]["val"]
+    assert fingerprint["annotations_dropped"] == 1
+    assert fingerprint["annotations_declared"] == fingerprint["annotations_kept"] + 1
 
 
 def test_missing_data_root_names_the_fix(tmp_path):
@@ -138,7 +152,7 @@ def test_kedro_run_in_a_project_copy(tmp_path):
     (project / "conf" / "base").mkdir()
     (project / "src").mkdir()  # the package itself comes from the installed (editable) project
     shutil.copy(PROJECT / "pyproject.toml", project)
-    for name in ("globals.yml", "parameters_ingest.yml", "catalog_ingest.yml"):
+    for name in ("globals.yml", "parameters_ingest.yml", "catalog_ingest.yml", "mlflow.yml"):
         shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
     overrides = ",".join(f"ingest.demo.{key}={value}" for key, value in SMALL_DEMO.items())
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}

@@ -66,26 +66,32 @@ def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFram
 
 def ingest_train_split(
     sources: dict[str, dict[str, str]], params: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train tables, the project's categories table, and the train findings."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train tables, the project's categories table, the train findings and fingerprint."""
     split = _read_split("train", sources, params)
-    return split.images, split.annotations, split.categories, split.findings
+    return split.images, split.annotations, split.categories, split.findings, split.fingerprint
 
 
 def ingest_val_split(
     sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Val tables (categories must agree with train's), the val findings and the clean ground truth."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """Val tables (categories must agree with train's), the val findings, the clean ground truth and the
+    val fingerprint."""
     split = _read_split("val", sources, params, categories)
-    return split.images, split.annotations, split.findings, build_ground_truth(split)
+    return split.images, split.annotations, split.findings, build_ground_truth(split), split.fingerprint
 
 
 def report_validation(
-    train_findings: pd.DataFrame, val_findings: pd.DataFrame
+    train_findings: pd.DataFrame,
+    val_findings: pd.DataFrame,
+    train_fingerprint: dict[str, Any],
+    val_fingerprint: dict[str, Any],
 ) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One report table for all splits, and its counts per check (also logged)."""
+    """One report table for all splits, and its counts per check (also logged) with each split's
+    fingerprint (sha256 of the annotation file, images and annotations declared / kept / dropped)."""
     report = pd.concat([train_findings, val_findings], ignore_index=True)
     summary = summarise_findings(report)
+    summary["fingerprints"] = {"train": train_fingerprint, "val": val_fingerprint}
     for split, counts in summary["splits"].items():
         for check, entry in counts["by_check"].items():
             logger.info("validation %s: %-28s %-8s %d", split, check, entry["severity"], entry["count"])

@@ -12,18 +12,18 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 ingest_train_split,
                 ["ingest_sources", "params:ingest"],
-                ["train_images", "train_annotations", "categories", "train_findings"],
+                ["train_images", "train_annotations", "categories", "train_findings", "train_fingerprint"],
                 name="validate_train_split",
             ),
             Node(
                 ingest_val_split,
                 ["ingest_sources", "categories", "params:ingest"],
-                ["val_images", "val_annotations", "val_findings", "val_ground_truth"],
+                ["val_images", "val_annotations", "val_findings", "val_ground_truth", "val_fingerprint"],
                 name="validate_val_split",
             ),
             Node(
                 report_validation,
-                ["train_findings", "val_findings"],
+                ["train_findings", "val_findings", "train_fingerprint", "val_fingerprint"],
                 ["validation_report", "validation_summary"],
                 name="report_validation",
             ),
