@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.pipelines.train import create_pipeline
-from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
+from frcnn_pipeline.pipelines.train.nodes import metrics_table, plot_training_curves, train_model
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -30,9 +30,10 @@ def test_pipeline_wiring():
     pipeline = create_pipeline()
     train = next(node for node in pipeline.nodes if node.name.endswith("train_detector"))
     assert train.inputs == ["train_images", "train_annotations", "categories", "initial_weights",
-                            "params:model", "params:train", "params:runtime"]  # fmt: skip
-    assert train.outputs == ["trained_model", "training_metrics", "training_run"]
-    assert pipeline.all_outputs() == {"trained_model", "training_metrics", "training_run", "training_curves"}
+                            "val_images", "val_ground_truth",
+                            "params:model", "params:train", "params:runtime", "params:evaluate"]  # fmt: skip
+    outputs = ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"]
+    assert train.outputs == outputs and pipeline.all_outputs() == set(outputs)
     assert all("train" in node.tags for node in pipeline.nodes)
 
 
@@ -68,7 +69,10 @@ def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_pat
     with pytest.raises(
         DeviceUnavailableError, match=r"runtime.device is 'npu' but torch_npu cannot be imported"
     ):
-        train_model(images, annotations, categories, {}, parameters["model"], train, parameters["runtime"])
+        train_model(
+            images, annotations, categories, {}, images, {},
+            parameters["model"], train, parameters["runtime"], parameters["evaluate"],
+        )  # fmt: skip
     assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
 
 
@@ -80,3 +84,19 @@ def test_training_curves_plot():
     figure = plot_training_curves(metrics)
     assert isinstance(figure, Figure) and len(figure.axes) == 3
     assert len(figure.axes[0].lines) == 3
+
+
+def test_training_curves_gain_the_ap_curve_with_evaluation_during_training():
+    rows = [{"iteration": i, "loss_classifier": 1 / i, "total_loss": 2 / i, "lr": 1e-3, "images_per_s": 5.0}
+            for i in (20, 40, 60)]  # fmt: skip
+    evaluations = [{"iteration": 30, "AP": 0.1, "AP50": 0.3, "AP75": 0.05},
+                   {"iteration": 60, "AP": 0.2, "AP50": 0.4, "AP75": 0.15}]  # fmt: skip
+    table = metrics_table(rows, evaluations)
+    assert table["iteration"].tolist() == [20, 30, 40, 60]
+    assert table["AP"].isna().tolist() == [True, False, True, False]
+    figure = plot_training_curves(table)
+    assert len(figure.axes) == 4 and figure.axes[3].get_title() == "Validation box AP"
+    ap_lines = {line.get_label(): line.get_ydata().tolist() for line in figure.axes[3].lines}
+    assert ap_lines["AP"] == pytest.approx([10.0, 20.0])
+    # Losses are drawn where they were logged, not broken by the evaluation rows in between.
+    assert figure.axes[0].lines[0].get_xdata().tolist() == [20, 40, 60]

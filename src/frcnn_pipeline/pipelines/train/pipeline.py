@@ -1,8 +1,8 @@
-"""The train pipeline: train (spawning the workers inside the node), then plot the curves."""
+"""The train pipeline: one node; the workers are spawned inside it, so the catalog and hooks run once."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import plot_training_curves, train_model
+from .nodes import train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -15,14 +15,16 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "train_annotations",
                     "categories",
                     "initial_weights",
+                    "val_images",
+                    "val_ground_truth",
                     "params:model",
                     "params:train",
                     "params:runtime",
+                    "params:evaluate",
                 ],
-                ["trained_model", "training_metrics", "training_run"],
+                ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"],
                 name="train_detector",
             ),
-            Node(plot_training_curves, "training_metrics", "training_curves", name="plot_training_curves"),
         ],
         tags="train",
         namespace="train",
