@@ -56,9 +56,11 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
         tracking=TrackingTarget.of_active_run(),
     )
     if result is None:
-        # Another node of a multi-node run: node 0 writes the real outputs.
+        # Another node of a multi-node run: node 0 writes the real outputs; empty ones here make an evaluate
+        # on this node fail clearly instead of picking up an older local model.
         log.info("Node %d done; node 0 saves the trained model and reports", runtime["node_rank"])
-        return (UNCHANGED,) * 5
+        placeholder = {"node_rank": runtime["node_rank"], "outputs_on": "node 0"}
+        return {}, {}, pd.DataFrame(), placeholder, plot_training_curves(pd.DataFrame())
     record = result["record"]
     if record["trained_iterations"] == 0:
         log.info(
@@ -90,6 +92,9 @@ def plot_training_curves(training_metrics: pd.DataFrame) -> Figure:
         1, 4 if has_eval else 3, figsize=(20 if has_eval else 15, 4), layout="constrained"
     )
     loss_axis, lr_axis, speed_axis = axes[:3]
+    if training_metrics.empty:
+        loss_axis.set_title("no metrics (not node 0)")
+        return figure
     iteration = training_metrics["iteration"]
     losses = [c for c in training_metrics.columns if c.startswith("loss") or c == "total_loss"]
     for column in losses:
