@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-import torch
 from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractDataset
@@ -34,7 +33,7 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from omegaconf import OmegaConf
 
 from frcnn_pipeline.datasets import UNCHANGED
-from frcnn_pipeline.engine.checkpoint import CheckpointManager
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.provenance import git_state, package_versions
 from frcnn_pipeline.weights import state_dict_sha256
 
@@ -72,9 +71,7 @@ def checkpoint_tracking_run_id(train: dict[str, Any]) -> str | None:
     latest = CheckpointManager(Path(checkpoint["dir"]) / train["run_name"]).latest()
     if latest is None:
         return None
-    # mmap: only the small entries are read, not the weights and optimizer state.
-    saved = torch.load(latest, map_location="cpu", weights_only=True, mmap=True)
-    return saved.get("tracking_run_id")
+    return load_checkpoint(latest, mmap=True).get("tracking_run_id")
 
 
 def saved_file(dataset: AbstractDataset) -> Path:
