@@ -139,11 +139,11 @@ class ProjectMlflowHook(MlflowHook):
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         node_rank = int(self._params.get("runtime", {}).get("node_rank", 0))
+        self._resumed_params = {}
         if node_rank != 0:
             log.info("Node %d of a multi-node run: node 0 tracks the run in MLflow", node_rank)
             self.mlflow_config.tracking.disable_tracking.pipelines = [*names]
-        self._resumed_params = {}
-        if TRAINED_MODEL in pipeline.all_outputs() and not self._already_active_mlflow:
+        elif TRAINED_MODEL in pipeline.all_outputs() and not self._already_active_mlflow:
             self._continue_training_run()
         super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
         if self._is_mlflow_enabled:
