@@ -139,6 +139,9 @@ class ProjectMlflowHook(MlflowHook):
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
         node_rank = int(self._params.get("runtime", {}).get("node_rank", 0))
+        # One hook object serves every session of a process; kedro-mlflow sets run_id only when it tracks, and
+        # a stale id would make an untracked session re-enter an earlier session's run.
+        self.run_id = None
         self._resumed_params = {}
         if node_rank != 0:
             log.info("Node %d of a multi-node run: node 0 tracks the run in MLflow", node_rank)
