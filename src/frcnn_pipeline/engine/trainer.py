@@ -51,6 +51,7 @@ from frcnn_pipeline.engine.hooks import (
 from frcnn_pipeline.engine.loop import Trainer
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.provenance import package_versions
+from frcnn_pipeline.engine.resume import check_same_data_and_solver, check_same_model
 from frcnn_pipeline.engine.tracking import MlflowRunLogger, TrackingTarget
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
@@ -197,69 +198,6 @@ def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | 
     return None
 
 
-def _check_same_model(state: dict[str, Any], job: TrainJob, checkpoint: Path) -> None:
-    """Resuming must not silently continue another model's run under the same run_name."""
-    saved_cfg, saved_classes = state["model_config"], state["num_classes"]
-    if (saved_cfg, saved_classes) == (job.model_cfg, job.num_classes):
-        return
-    changed = sorted(
-        key for key in {*saved_cfg, *job.model_cfg} if saved_cfg.get(key) != job.model_cfg.get(key)
-    )
-    if saved_classes != job.num_classes:
-        changed.append(f"num_classes {saved_classes} -> {job.num_classes}")
-    raise ValueError(
-        f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run cannot "
-        "resume it. Choose a new train.run_name to train this model, or delete that checkpoint folder."
-    )
-
-
-# A longer schedule continues a run; any other solver change would make it a different run.
-_EXTENDABLE_SOLVER_KEYS = ("max_iter", "epochs")
-
-
-def _check_same_data_and_solver(
-    state: dict[str, Any], job: TrainJob, data_fingerprint: str, checkpoint: Path
-) -> list[str]:
-    """Resuming must continue on the same data and solver; returns the accepted changes (to log and record).
-
-    Raising `max_iter`/`epochs` extends a run. A different train split or another solver change is an
-    error unless `train.checkpoint.allow_data_change` / `allow_solver_change` accepts it.
-    """
-    allow = job.train_cfg["checkpoint"]
-
-    def fix(key: str) -> str:
-        return (
-            f"Choose a new train.run_name, or delete {checkpoint.parent} to retrain, or set "
-            f"train.checkpoint.{key}=true to continue this run anyway (recorded in training_run)."
-        )
-
-    saved_fingerprint, saved_solver = state.get("data_fingerprint"), state.get("solver")
-    if saved_fingerprint is None or saved_solver is None:
-        return ["not checked: the checkpoint predates data and solver records"]
-    changes = []
-    if saved_fingerprint != data_fingerprint:
-        change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
-        if not allow.get("allow_data_change", False):
-            raise ValueError(
-                f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
-                f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
-            )
-        changes.append(change)
-    solver_cfg = job.train_cfg["solver"]
-    extended, changed = [], []
-    for key in sorted({*saved_solver, *solver_cfg}):
-        old, new = saved_solver.get(key), solver_cfg.get(key)
-        if old != new:
-            longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
-            (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
-    if changed and not allow.get("allow_solver_change", False):
-        raise ValueError(
-            f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
-            f"epochs extends a run. {fix('allow_solver_change')}"
-        )
-    return changes + extended + changed
-
-
 def _build_hooks(trainer: Trainer, manager: CheckpointManager, writer: MetricsWriter) -> list[HookBase]:
     """In this order: metrics, evaluation, best checkpoint (needs the evaluation), periodic checkpoint
     (keeps both), tracking (logs what the others recorded)."""
@@ -338,8 +276,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     start_iter = 0
     if latest is not None:
         state = load_checkpoint(latest)
-        _check_same_model(state, job, latest)
-        changes = _check_same_data_and_solver(state, job, data_fingerprint, latest)
+        check_same_model(state, job.model_cfg, job.num_classes, latest)
+        changes = check_same_data_and_solver(state, job.train_cfg, data_fingerprint, latest)
         if context.is_main:
             for change in changes:
                 log.warning("Resuming %s with a change: %s", latest, change)
