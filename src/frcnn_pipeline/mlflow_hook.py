@@ -4,9 +4,9 @@ registers it).
 kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This subclass adds:
 
 - a run that trains is named after `train.run_name` and, when it resumes a training, continues the MLflow
-  run whose id the checkpoint holds (a parameter changed on resume, e.g. a raised `max_iter`, is kept as
-  MLflow logged it first and the new value goes to a `changed_on_resume.<name>` tag, as MLflow refuses to
-  change a logged parameter);
+  run whose id the checkpoint holds, provided the training will resume it (engine/resume.py). A parameter
+  changed on resume, e.g. a raised `max_iter`, is kept as MLflow logged it first and the new value goes to a
+  `changed_on_resume.<name>` tag, as MLflow refuses to change a logged parameter;
 - every resolved parameter (defaults from the schema included), flattened (`train.solver.base_lr`), the Kedro
   env, the git commit and whether the tree was dirty, the versions of torch, torchvision, kedro... (and
   torch_npu/apex when installed);
@@ -38,9 +38,12 @@ from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BA
 from omegaconf import OmegaConf
 
 from frcnn_pipeline.config import RuntimeParams, TrainParams, flatten, validate_parameters
+from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.provenance import git_state, package_versions
+from frcnn_pipeline.engine.resume import check_resume
+from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 # kedro-mlflow's pipeline model (unused here) makes mlflow warn about its type hints on import, under a
@@ -52,17 +55,22 @@ log = logging.getLogger(__name__)
 
 # The dataset that names the data a run was made from; a pipeline that outputs TRAINED_MODEL trains.
 DATA_RECORD = "validation_summary"
+TRAIN_IMAGES, TRAIN_ANNOTATIONS = "train_images", "train_annotations"
 SQLITE_PREFIX = "sqlite:///"
 
 
-def checkpoint_tracking_run_id(train: TrainParams) -> str | None:
-    """The MLflow run id kept in the newest checkpoint of `train.run_name` (None: nothing to resume)."""
+def resumed_checkpoint(train: TrainParams) -> Path | None:
+    """The newest checkpoint of `train.run_name`, which the training resumes (None: nothing to resume)."""
     if not train.checkpoint.resume:
         return None
-    latest = CheckpointManager(Path(train.checkpoint.dir) / train.run_name).latest()
-    if latest is None:
+    return CheckpointManager(Path(train.checkpoint.dir) / train.run_name).latest()
+
+
+def stored_train_data_fingerprint(pipeline, catalog) -> str | None:
+    """The train tables' fingerprint when the pipeline reads them as stored (None: this run writes them)."""
+    if not {TRAIN_IMAGES, TRAIN_ANNOTATIONS} <= pipeline.inputs():
         return None
-    return load_checkpoint(latest, mmap=True).get("tracking_run_id")
+    return tables_fingerprint(catalog.load(TRAIN_IMAGES), catalog.load(TRAIN_ANNOTATIONS))
 
 
 def saved_file(dataset: AbstractDataset) -> Path:
@@ -138,7 +146,7 @@ class ProjectMlflowHook(MlflowHook):
             log.info("Node %d of a multi-node run: node 0 tracks the run in MLflow", node_rank)
             self.mlflow_config.tracking.disable_tracking.pipelines = [*names]
         elif TRAINED_MODEL in pipeline.all_outputs() and not self._already_active_mlflow:
-            self._continue_training_run()
+            self._continue_training_run(pipeline, catalog)
         super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
         if self._is_mlflow_enabled:
             self._record_run(pipeline, catalog)
@@ -152,15 +160,37 @@ class ProjectMlflowHook(MlflowHook):
             while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
                 mlflow.end_run()
 
-    def _continue_training_run(self) -> None:
-        """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes."""
+    def _continue_training_run(self, pipeline, catalog) -> None:
+        """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes.
+
+        A checkpoint the training will refuse (another model, solver or train data: engine/resume.py) keeps
+        its run as it is: this run is a new one, and the train node stops with the reason.
+        """
         train = TrainParams.parse(self._params.get("train"), "train")
         run = self.mlflow_config.tracking.run
         run.name = run.name or train.run_name
         if run.id is not None:
             return
-        run_id = checkpoint_tracking_run_id(train)
+        checkpoint = resumed_checkpoint(train)
+        state = load_checkpoint(checkpoint, mmap=True) if checkpoint else {}
+        run_id = state.get("tracking_run_id")
         if run_id is None:
+            return
+        try:
+            check_resume(
+                state,
+                checkpoint,
+                model_cfg=resolve_model_config(self._params.get("model")),
+                train_cfg=train.model_dump(),
+                data_fingerprint=stored_train_data_fingerprint(pipeline, catalog),
+            )
+        except ValueError:
+            log.info(
+                "train.run_name %r cannot resume %s: a new MLflow run, not a continuation of %s",
+                train.run_name,
+                checkpoint,
+                run_id,
+            )
             return
         client = self.mlflow_config.server._mlflow_client
         try:

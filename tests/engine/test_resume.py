@@ -5,28 +5,43 @@ from pathlib import Path
 import pytest
 
 from frcnn_pipeline.config import TrainParams
-from frcnn_pipeline.engine.resume import check_same_data_and_solver, check_same_model
+from frcnn_pipeline.engine.resume import check_resume
 
 CHECKPOINT = Path("checkpoints/demo/model_0000010.pth")
 TRAIN = TrainParams.parse({"solver": {"max_iter": 20, "epochs": None}}, "train").model_dump()
+MODEL = {"anchors": {"round": False}, "rpn": {}}
+
+
+def _state(**changes) -> dict:
+    solver = {**TRAIN["solver"], "max_iter": 10}
+    state = {"model_config": MODEL, "num_classes": 2, "data_fingerprint": "a" * 64, "solver": solver}
+    return {**state, **changes}
 
 
 def test_a_longer_schedule_extends_a_run_and_a_shorter_one_is_refused():
-    state = {"data_fingerprint": "a" * 64, "solver": {**TRAIN["solver"], "max_iter": 10}}
-    assert check_same_data_and_solver(state, TRAIN, "a" * 64, CHECKPOINT) == ["solver.max_iter 10 -> 20"]
-    state["solver"]["max_iter"] = 30
+    changes = check_resume(_state(), CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN, data_fingerprint="a" * 64)
+    assert changes == ["solver.max_iter 10 -> 20"]
+    longer = _state(solver={**TRAIN["solver"], "max_iter": 30})
     with pytest.raises(ValueError, match=r"another solver \(solver\.max_iter 30 -> 20\)"):
-        check_same_data_and_solver(state, TRAIN, "a" * 64, CHECKPOINT)
+        check_resume(longer, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN)
+
+
+def test_what_is_not_known_yet_is_not_checked():
+    """Before a run reads its data (the MLflow hook), only the model config and the solver are checked."""
+    state = _state()
+    assert check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN) == ["solver.max_iter 10 -> 20"]
+    with pytest.raises(ValueError, match=r"trained on other data"):
+        check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN, data_fingerprint="b" * 64)
 
 
 def test_a_checkpoint_without_data_and_solver_records_is_resumed_and_says_so():
-    assert check_same_data_and_solver({}, TRAIN, "a" * 64, CHECKPOINT) == [
+    state = {"model_config": MODEL, "num_classes": 2}
+    assert check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN) == [
         "not checked: the checkpoint predates data and solver records"
     ]
 
 
 def test_another_model_names_the_changed_sections():
-    state = {"model_config": {"anchors": {"round": False}, "rpn": {}}, "num_classes": 2}
-    check_same_model(state, {"anchors": {"round": False}, "rpn": {}}, 2, CHECKPOINT)
+    other = {"anchors": {"round": True}, "rpn": {}}
     with pytest.raises(ValueError, match=r"another model \(changed: anchors, num_classes 2 -> 3\)"):
-        check_same_model(state, {"anchors": {"round": True}, "rpn": {}}, 3, CHECKPOINT)
+        check_resume(_state(), CHECKPOINT, model_cfg=other, train_cfg=TRAIN, num_classes=3)

@@ -51,7 +51,7 @@ from frcnn_pipeline.engine.hooks import (
 from frcnn_pipeline.engine.loop import Trainer
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.provenance import package_versions
-from frcnn_pipeline.engine.resume import check_same_data_and_solver, check_same_model
+from frcnn_pipeline.engine.resume import check_resume
 from frcnn_pipeline.engine.tracking import MlflowRunLogger, TrackingTarget
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
@@ -276,8 +276,14 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     start_iter = 0
     if latest is not None:
         state = load_checkpoint(latest)
-        check_same_model(state, job.model_cfg, job.num_classes, latest)
-        changes = check_same_data_and_solver(state, job.train_cfg, data_fingerprint, latest)
+        changes = check_resume(
+            state,
+            latest,
+            model_cfg=job.model_cfg,
+            train_cfg=job.train_cfg,
+            num_classes=job.num_classes,
+            data_fingerprint=data_fingerprint,
+        )
         if context.is_main:
             for change in changes:
                 log.warning("Resuming %s with a change: %s", latest, change)

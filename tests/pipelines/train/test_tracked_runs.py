@@ -4,7 +4,8 @@ One module-scoped sequence (tiny demo, 64 px, a few iterations), then each test 
 1. `lr_a`: ingest + weights + train, base_lr 1e-3, 4 iterations;
 2. `lr_b`: train, base_lr 2e-3, 4 iterations (another run_name: a second run);
 3. `lr_b` again: nothing left to train;
-4. `lr_a` with max_iter 6: resumes the checkpoint.
+4. `lr_a` with max_iter 6: resumes the checkpoint;
+5. `lr_a` with another base_lr: the resume is refused.
 """
 
 from __future__ import annotations
@@ -136,6 +137,13 @@ def sequence(project: Project) -> dict[str, Any]:
         seen["after_rerun"] = project.snapshot()
         project.run(["train"], **{"train.run_name": "lr_a", "train.solver.max_iter": 6})
         seen["after_resume"] = project.snapshot()
+        with pytest.raises(ValueError, match=r"trained with another solver \(solver\.base_lr"):
+            project.run(
+                ["train"],
+                **{"train.run_name": "lr_a", "train.solver.max_iter": 8, "train.solver.base_lr": 5e-3},
+            )
+        experiment = project.client.get_experiment_by_name("frcnn_pipeline")
+        seen["after_refused"] = project.client.search_runs([experiment.experiment_id])
     return seen
 
 
@@ -226,3 +234,15 @@ def test_a_resumed_training_appends_to_the_same_mlflow_run(sequence):
     # MLflow keeps a parameter as first logged; the raised max_iter is recorded beside it.
     assert after.data.params["train.solver.max_iter"] == "4"
     assert after.data.tags["changed_on_resume.train.solver.max_iter"] == "6"
+
+
+def test_a_refused_resume_leaves_the_training_run_as_it_was(sequence):
+    """The training refuses another solver under the same run_name; its MLflow run is not continued."""
+    trained = sequence["after_resume"]["runs"]["lr_a"]
+    lr_a = {run.info.run_id: run for run in sequence["after_refused"] if run.info.run_name == "lr_a"}
+    assert len(lr_a) == 2, "the refused attempt is a run of its own"
+    kept = lr_a.pop(trained.info.run_id)
+    assert kept.info.status == "FINISHED" and kept.data.tags == trained.data.tags
+    assert kept.data.params == trained.data.params
+    [refused] = lr_a.values()
+    assert refused.info.status == "FAILED" and refused.data.params["train.solver.base_lr"] == "0.005"
