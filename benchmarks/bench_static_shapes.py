@@ -37,7 +37,8 @@ def run_mode(workdir: Path, static: bool, params: str | None) -> dict[str, float
         args += ["--env", STATIC_ENV]
     wall = kedro_run(workdir, *args)
     metrics = latest_coco_metrics(workdir)
-    training = json.loads((workdir / "data" / "08_reporting" / "training_run.json").read_text())
+    [record] = (workdir / "data" / "08_reporting" / "train" / "training_run.json").glob("*/training_run.json")
+    training = json.loads(record.read_text())
     return {"AP": metrics["AP"], "AP50": metrics["AP50"], "wall": wall, "train": training["wall_time_s"]}
 
 

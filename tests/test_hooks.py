@@ -17,6 +17,7 @@ import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 from kedro_datasets.pandas import CSVDataset
+from mlflow import MlflowClient
 from test_cli import kedro_run
 
 from frcnn_pipeline import hooks
@@ -113,12 +114,17 @@ def test_pipeline_before_its_inputs_exist_names_the_pipeline_to_run(project):
     last = (result.stdout + result.stderr).rstrip().splitlines()[-2]
     assert last == (
         "Error: This pipeline's inputs do not exist yet. Run first: `kedro run --pipeline ingest` "
-        "(writes categories, train_annotations, train_images); then `kedro run --pipeline weights` "
-        "(writes initial_weights)."
+        "(writes categories, train_annotations, train_images, val_ground_truth, val_images); then "
+        "`kedro run --pipeline weights` (writes initial_weights)."
     )
     assert not (root / "data" / "08_reporting").exists() or not any(
         (root / "data" / "08_reporting").iterdir()
     )
+    # Checked before kedro-mlflow opens a run: the failed attempt leaves no run in the tracking store.
+    store = root / "data" / "09_tracking" / "mlflow.db"
+    if store.exists():
+        client = MlflowClient(f"sqlite:///{store}")
+        assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
 def context_with(parameters: dict) -> SimpleNamespace:

@@ -137,7 +137,7 @@ def test_every_key_in_the_conf_files_is_known_to_the_schema():
 def test_params_override_single_nested_keys_of_a_recipe():
     overrides = {"train": {"solver": {"base_lr": 0.01}}, "model": {"backbone": {"depth": 101}}}
     card = load_parameters("gpu8p", runtime_params=overrides)
-    assert card["train"] == {"run_name": "gpu8p", "solver": {"base_lr": 0.01}}
+    assert card["train"] == {"run_name": "gpu8p", "eval_period": 10000, "solver": {"base_lr": 0.01}}
     assert card["model"] == {"backbone": {"depth": 101}}
     demo = load_parameters("base", runtime_params=overrides)
     assert demo["train"]["solver"]["base_lr"] == 0.01 and demo["train"]["solver"]["optimizer"] == "adamw"

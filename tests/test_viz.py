@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import http.server
-import ipaddress
 import json
 import os
 import shutil
@@ -19,16 +18,11 @@ import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
+from browser import BrowsedPage, browse, needs_chromium
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = shutil.which("chromium")
-# CI installs chromium (.ci/run), so there a missing browser fails instead of skipping unnoticed.
-needs_chromium = pytest.mark.skipif(
-    CHROMIUM is None and os.environ.get("CI") != "true", reason="Debian's `chromium` is not installed"
-)
 
 # The layers of the issue, in the order COCO flows through them.
 KNOWN_LAYERS = ("raw", "intermediate", "primary", "model input", "models", "model output", "reporting")
@@ -50,7 +44,6 @@ PLOT_PREVIEWS = (
 NOT_PREVIEWED = ("val_ground_truth", "evaluate.val.detections")
 MAX_PREVIEW_BYTES = 1_000_000
 RUN_TIMEOUT_S = 300
-BROWSER_TIMEOUT_S = 60
 VIRTUAL_TIME_BUDGET_MS = 10_000
 
 # One interpreter lists the pipelines and runs ingest (cheap on the demo data), so the validation report
@@ -161,56 +154,13 @@ def site_url(viz: VizBuild) -> Iterator[str]:
     thread.join()
 
 
-class RenderedPage:
-    """What headless Chromium rendered, and every network event it logged while doing so."""
+class RenderedPage(BrowsedPage):
+    """What headless Chromium rendered of the kedro-viz site, and every network event it logged."""
 
     def __init__(self, dom: str, net_log: dict, origin: str):
-        self.dom = dom
-        self.net_log = net_log
-        self.origin = origin
+        super().__init__(dom, net_log, origin)
         self.elements = _Elements()
         self.elements.feed(dom)
-
-    def _events(self) -> Iterator[tuple[str, dict]]:
-        names = {number: name for name, number in self.net_log["constants"]["logEventTypes"].items()}
-        for event in self.net_log["events"]:
-            yield names[event["type"]], event.get("params", {})
-
-    def connections_off_machine(self) -> list[str]:
-        """TCP connections and UDP datagrams to anything but loopback, and DNS queries sent anywhere."""
-        leaks = []
-        for name, params in self._events():
-            if name in {"TCP_CONNECT_ATTEMPT", "UDP_BYTES_SENT"} and "address" in params:
-                if not _is_loopback(params["address"]):
-                    leaks.append(f"{name} {params['address']}")
-            # UDP_CONNECT is left out: connect() on a UDP socket sends nothing (Chromium's IPv6 probe).
-            elif name in {"DNS_TRANSACTION", "HOST_RESOLVER_SYSTEM_TASK", "HOST_RESOLVER_DNS_TASK"}:
-                leaks.append(f"{name} {params}")
-        return leaks
-
-    def page_requests(self) -> list[str]:
-        """URLs the page asked for (the document and everything it initiated), blocked or not."""
-        return [
-            params["url"]
-            for name, params in self._events()
-            if name == "URL_REQUEST_START_JOB"
-            and "url" in params
-            and (params.get("initiator") == self.origin or params["url"].startswith(self.origin))
-        ]
-
-
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return ipaddress.ip_address(host).is_loopback
-
-
-def _load_net_log(path: Path) -> dict:
-    text = path.read_text(encoding="utf-8")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        # Chromium leaves the event list open when it is stopped before it finishes writing.
-        return json.loads(text.rstrip().rstrip(",") + "]}")
 
 
 class _Elements(HTMLParser):
@@ -243,46 +193,19 @@ class _Elements(HTMLParser):
 
 
 def _render(site_url: str, query: str, scratch: Path) -> RenderedPage:
-    assert CHROMIUM is not None, "chromium is missing: `apt-get install -y chromium` (see .ci/run)"
-    scratch.mkdir(parents=True, exist_ok=True)
-    net_log = scratch / "net-log.json"
-    command = [
-        CHROMIUM,
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        # Tall enough that the sidebar's virtualised lists (tags, layers) render every row.
-        "--window-size=1600,4000",
-        "--disable-quic",
-        "--no-first-run",
-        "--no-default-browser-check",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--disable-extensions",
-        "--disable-default-apps",
-        "--disable-domain-reliability",
-        "--disable-client-side-phishing-detection",
-        "--no-pings",
-        "--disable-features=NetworkTimeServiceQuerying,AutofillServerCommunication,OptimizationHints,Translate",
-        # Every name but loopback resolves to nothing, so no request can leave the machine.
-        "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1",
-        f"--user-data-dir={scratch / 'profile'}",
-        f"--log-net-log={net_log}",
-        f"--virtual-time-budget={VIRTUAL_TIME_BUDGET_MS}",
-        "--dump-dom",
+    dom, net_log = browse(
         f"{site_url}/{query}",
-    ]
-    browser = subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False)
-    assert browser.returncode == 0, f"chromium failed:\n{browser.stderr[-4000:]}"
-    assert "pipeline-flowchart" in browser.stdout, f"kedro-viz did not start:\n{browser.stdout[-2000:]}"
-    return RenderedPage(browser.stdout, _load_net_log(net_log), site_url)
+        scratch,
+        # Tall enough that the sidebar's virtualised lists (tags, layers) render every row.
+        window_size="1600,4000",
+        virtual_time_budget_ms=VIRTUAL_TIME_BUDGET_MS,
+    )
+    assert "pipeline-flowchart" in dom, f"kedro-viz did not start:\n{dom[-2000:]}"
+    return RenderedPage(dom, net_log, site_url)
 
 
 def _assert_stayed_on_machine(page: RenderedPage) -> None:
-    assert page.connections_off_machine() == []
-    outside_hosts = {urlsplit(url).hostname for url in page.page_requests()} - {"127.0.0.1"}
-    assert not outside_hosts, f"the page reached for {outside_hosts}"
+    page.assert_stayed_on_machine()
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from typing import Any
 from kedro.config import OmegaConfigLoader
 from pydantic.fields import FieldInfo
 
-from frcnn_pipeline.config import SECTIONS, schema_keys, validate_parameters
+from frcnn_pipeline.config import SECTIONS, flatten, schema_keys, validate_parameters
 from frcnn_pipeline.config.section import describe_type
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
@@ -55,17 +55,6 @@ def environments(conf_source: str | Path = CONF) -> list[str]:
     """The project's run environments: base first, then every env folder but a developer's `local`."""
     folders = sorted(p.name for p in Path(conf_source).iterdir() if p.is_dir())
     return ["base", *(name for name in folders if name not in {"base", "local"})]
-
-
-def flatten(section: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    """``{"train.solver.base_lr": 0.02, ...}``: lists are values, mappings are walked."""
-    flat: dict[str, Any] = {}
-    for key, value in section.items():
-        if isinstance(value, Mapping):
-            flat.update(flatten(value, f"{prefix}.{key}"))
-        else:
-            flat[f"{prefix}.{key}"] = value
-    return flat
 
 
 def defaults() -> dict[str, Any]:

@@ -4,6 +4,10 @@ import logging
 import os
 import warnings
 
+# MLflow's usage telemetry is sent from `import mlflow` on: off before anything imports it (Kedro imports this
+# module before its plugins). Nothing leaves the machine unless a remote tracking URI is configured.
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+
 from kedro.config import OmegaConfigLoader
 
 from frcnn_pipeline.hooks import (
@@ -13,25 +17,32 @@ from frcnn_pipeline.hooks import (
     ReportOnFailureHook,
     SplitsHook,
 )
-
-# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
-# splits of `ingest.splits` decide which per-split pipelines exist; then the pipeline's stored inputs must
-# exist. In a multi-node run only the job's main process writes catalog outputs.
-HOOKS = (
-    ParameterValidationHooks(),
-    SplitsHook(),
-    MissingInputsHook(),
-    MainProcessSavesHooks(),
-    ReportOnFailureHook(),
-)
+from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
     "default_run_env": "local",
     # Soft merge: an env overrides single nested keys instead of replacing whole sections.
-    "merge_strategy": {"parameters": "soft"},
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
+    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
 }
+
+# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
+# splits of `ingest.splits` decide which per-split pipelines exist; then the pipeline's stored inputs must
+# exist. kedro-mlflow's hook, extended with what this project's runs record (frcnn_pipeline/mlflow_hook.py),
+# replaces the plugin's own instance so that it runs once. Pluggy calls the hooks registered last first: the
+# inputs are checked before an MLflow run opens. In a multi-node run only the job's main process writes
+# catalog outputs and tracks.
+HOOKS = (
+    ParameterValidationHooks(),
+    SplitsHook(),
+    ProjectMlflowHook(),
+    MissingInputsHook(),
+    MainProcessSavesHooks(),
+    ReportOnFailureHook(),
+)
+DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
 
 # Kedro 1.7's config loader calls OmegaConf's deprecated register_new_resolver on every run; the warning is
 # not actionable for users and buries the pipeline's own log.

@@ -11,6 +11,7 @@ from frcnn_pipeline.config import (
     TrainParams,
     WeightsParams,
     all_schema_keys,
+    flatten,
     validate_parameters,
 )
 from frcnn_pipeline.data.coco import DEFAULT_SEVERITY, resolve_severity
@@ -77,3 +78,9 @@ def test_the_layers_take_their_defaults_from_the_schema():
 def test_world_config_no_longer_drops_a_misspelt_key():
     with pytest.raises(ParameterError, match=r"runtime.nproc_per_nod: unknown parameter; did you mean"):
         WorldConfig.from_runtime({"nproc_per_nod": 8})
+
+
+def test_flatten_names_parameters_by_their_path():
+    params = {"train": {"solver": {"base_lr": 1e-3, "steps": [1, 2]}, "checkpoint": {}}, "seed": 3}
+    assert flatten(params) == {"train.solver.base_lr": 1e-3, "train.solver.steps": [1, 2], "seed": 3}
+    assert flatten({"AP": 0.5}, "coco") == {"coco.AP": 0.5}

@@ -1,7 +1,10 @@
-"""Resume checks through real (tiny) trainings: another model, total batch, data or solver stops the resume
-naming the change and the fix; the accepted changes continue the run and are recorded."""
+"""Resume checks: through real (tiny) trainings, another model, total batch, data or solver stops the resume
+naming the change and the fix, and the accepted changes continue the run and are recorded; on checkpoint
+states alone, what is not known yet (before a run reads its data: the MLflow hook) is not checked."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +17,7 @@ from tiny_training import (
     write_tiny_dataset,
 )
 
+from frcnn_pipeline.config import TrainParams
 from frcnn_pipeline.engine.checkpoint import CheckpointManager
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.trainer import train_detector
@@ -129,3 +133,43 @@ def test_sixteen_devices_then_eight_names_the_images_per_device_that_keeps_the_t
         "are reseeded",
         "not checked: the checkpoint predates data and solver records",
     ]
+
+
+CHECKPOINT = Path("checkpoints/demo/model_0000010.pth")
+TRAIN = TrainParams.parse({"solver": {"max_iter": 20, "epochs": None}}, "train").model_dump()
+MODEL = {"anchors": {"round": False}, "rpn": {}}
+
+
+def _state(**changes) -> dict:
+    solver = {**TRAIN["solver"], "max_iter": 10}
+    state = {"model_config": MODEL, "num_classes": 2, "data_fingerprint": "a" * 64, "solver": solver}
+    return {**state, **changes}
+
+
+def test_a_longer_schedule_extends_a_run_and_a_shorter_one_is_refused():
+    changes = check_resume(_state(), CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN, data_fingerprint="a" * 64)
+    assert changes == ["solver.max_iter 10 -> 20"]
+    longer = _state(solver={**TRAIN["solver"], "max_iter": 30})
+    with pytest.raises(ValueError, match=r"another solver \(solver\.max_iter 30 -> 20\)"):
+        check_resume(longer, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN)
+
+
+def test_what_is_not_known_yet_is_not_checked():
+    """Before a run reads its data (the MLflow hook), only the model config and the solver are checked."""
+    state = _state()
+    assert check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN) == ["solver.max_iter 10 -> 20"]
+    with pytest.raises(ValueError, match=r"trained on other data"):
+        check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN, data_fingerprint="b" * 64)
+
+
+def test_a_checkpoint_without_data_and_solver_records_is_resumed_and_says_so():
+    state = {"model_config": MODEL, "num_classes": 2}
+    assert check_resume(state, CHECKPOINT, model_cfg=MODEL, train_cfg=TRAIN) == [
+        "not checked: the checkpoint predates data and solver records"
+    ]
+
+
+def test_another_model_names_the_changed_sections():
+    other = {"anchors": {"round": True}, "rpn": {}}
+    with pytest.raises(ValueError, match=r"another model \(changed: anchors, num_classes 2 -> 3\)"):
+        check_resume(_state(), CHECKPOINT, model_cfg=other, train_cfg=TRAIN, num_classes=3)

@@ -22,8 +22,9 @@ from torch import nn
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import SplitSource, read_coco_split
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
+from frcnn_pipeline.engine.loop import NonFiniteLossError
 from frcnn_pipeline.engine.signals import TrainingStopped
-from frcnn_pipeline.engine.trainer import NonFiniteLossError, load_initial_weights, train_detector
+from frcnn_pipeline.engine.trainer import load_initial_weights, train_detector
 from frcnn_pipeline.modeling import build_model
 
 

@@ -126,3 +126,31 @@ def runtime_config(**overrides: Any) -> dict[str, Any]:
         "amp": {"enabled": False},
         **overrides,
     }
+
+
+def tiny_categories() -> pd.DataFrame:
+    return pd.DataFrame(
+        {"label": [0, 1], "category_id": [1, 2], "name": ["red", "green"], "supercategory": ["box", "box"]}
+    )
+
+
+def ground_truth(images: pd.DataFrame, annotations: pd.DataFrame) -> dict[str, Any]:
+    """The COCO ground truth of tiny tables (as ingest's `val_ground_truth`)."""
+    return {
+        "images": [
+            {"id": int(r.image_id), "file_name": r.file_name, "width": int(r.width), "height": int(r.height)}
+            for r in images.itertuples()
+        ],
+        "annotations": [
+            {
+                "id": int(a.annotation_id),
+                "image_id": int(a.image_id),
+                "category_id": int(a.category_id),
+                "bbox": [a.x1, a.y1, a.x2 - a.x1, a.y2 - a.y1],
+                "area": a.area,
+                "iscrowd": int(a.iscrowd),
+            }
+            for a in annotations.itertuples()
+        ],
+        "categories": [{"id": int(c.category_id), "name": c.name} for c in tiny_categories().itertuples()],
+    }

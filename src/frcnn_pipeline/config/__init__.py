@@ -9,7 +9,13 @@ Adding a parameter is one line in its section's module, e.g. in runtime.py:
 from frcnn_pipeline.config.inference import EvaluateParams, InferenceParams, PredictParams, SamplesParams
 from frcnn_pipeline.config.ingest import DemoDatasetParams, DemoParams, IngestParams, SeverityParams
 from frcnn_pipeline.config.model import ModelParams
-from frcnn_pipeline.config.project import SECTIONS, all_schema_keys, schema_keys, validate_parameters
+from frcnn_pipeline.config.project import (
+    SECTIONS,
+    all_schema_keys,
+    flatten,
+    schema_keys,
+    validate_parameters,
+)
 from frcnn_pipeline.config.runtime import AmpParams, RuntimeParams
 from frcnn_pipeline.config.section import ParameterError, Section
 from frcnn_pipeline.config.train import SolverParams, TrainParams
@@ -34,6 +40,7 @@ __all__ = [
     "TrainParams",
     "WeightsParams",
     "all_schema_keys",
+    "flatten",
     "schema_keys",
     "validate_parameters",
 ]

@@ -57,6 +57,19 @@ def validate_parameters(parameters: Mapping[str, Any]) -> dict[str, Section]:
     return validated
 
 
+def flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"train": {"solver": {"base_lr": 0.02}}}`` -> ``{"train.solver.base_lr": 0.02}``: mappings are walked
+    (an empty one leaves no key), lists are values. ``prefix`` goes before every key, with a dot."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, name))
+        else:
+            flat[name] = value
+    return flat
+
+
 def schema_keys(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
     """``(dotted key, pydantic FieldInfo)`` of every leaf parameter under ``model``, in declaration order."""
     for name, field in model.model_fields.items():

@@ -55,6 +55,11 @@ class CheckpointParams(Section):
     allow_solver_change: bool = Field(False, description="resume with another solver (LR, schedule, ...)")
 
 
+# The COCO box metrics an evaluation reports (frcnn_pipeline.evaluation.coco_eval.STAT_NAMES; a test keeps
+# the two lists equal).
+CocoMetric = Literal["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
+
+
 class TrainParams(Section):
     run_name: str = Field("default", min_length=1, description="names the checkpoint folder and metrics log")
     images_per_device: int = Field(2, ge=1, description="per worker; the total batch is this × world size")
@@ -66,5 +71,18 @@ class TrainParams(Section):
     )
     solver: SolverParams = SolverParams()
     checkpoint: CheckpointParams = CheckpointParams()
-    log_period: int = Field(20, ge=1, description="iterations between metric rows (JSON lines + log)")
+    log_period: int = Field(
+        20, ge=1, description="iterations between metric rows (JSON lines + log; losses: window medians)"
+    )
     metrics_dir: str = Field("data/08_reporting/train_logs", description="<metrics_dir>/<run_name>.jsonl")
+    eval_period: int = Field(
+        0,
+        ge=0,
+        description="iterations between COCO evaluations during training (and after the last one), on the "
+        "first evaluation split of ingest.splits with the evaluate: settings; 0: off",
+    )
+    best_metric: CocoMetric = Field(
+        "AP",
+        description="the best evaluation by this metric is kept: <checkpoint.dir>/<run_name>/model_best.pth "
+        "and best_model",
+    )

@@ -2,5 +2,6 @@
 
 from frcnn_pipeline.datasets.detector_dataset import DetectorDataset
 from frcnn_pipeline.datasets.image_folder_dataset import ImageFolderDataset
+from frcnn_pipeline.datasets.unchanged import UNCHANGED, KeepUnchangedDataset
 
-__all__ = ["DetectorDataset", "ImageFolderDataset"]
+__all__ = ["UNCHANGED", "DetectorDataset", "ImageFolderDataset", "KeepUnchangedDataset"]

@@ -77,10 +77,13 @@ class CheckpointManager:
             stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint holds tensors, numbers, strings, lists and dicts only."""
+def load_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint holds tensors, numbers, strings, lists and dicts only.
+
+    `mmap`: tensors are read only when touched (reading a checkpoint's small entries stays cheap).
+    """
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as error:
         raise RuntimeError(
             f"Cannot load checkpoint {path}: {error}. Delete it to resume from the previous one, "

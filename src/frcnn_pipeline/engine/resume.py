@@ -4,6 +4,10 @@ The same `model:` config and class count, the same total batch (the scaled LR, t
 schedule follow it; the number of workers may change), the same train data and solver. Raising `max_iter` or
 `epochs` extends a run; `train.checkpoint.allow_data_change` / `allow_solver_change` accept other changes.
 Every accepted change is returned, for the trainer to log and record.
+
+The trainer checks a checkpoint before loading it; the MLflow hook (frcnn_pipeline.mlflow_hook) checks it
+before a run starts, with what is known then (what is None is left unchecked), to continue the checkpoint's
+MLflow run only when the training will continue the checkpoint.
 """
 
 from __future__ import annotations
@@ -27,33 +31,41 @@ def check_resume(
     checkpoint: Path,
     *,
     model_cfg: dict[str, Any],
-    num_classes: int,
     train_cfg: dict[str, Any],
-    world_size: int,
-    data_fingerprint: str,
+    num_classes: int | None = None,
+    world_size: int | None = None,
+    data_fingerprint: str | None = None,
 ) -> list[str]:
     """The accepted changes between `state` (the checkpoint at `checkpoint`) and this run.
+
+    ``model_cfg`` is resolved, ``train_cfg`` the validated ``train:`` section; ``num_classes``,
+    ``world_size`` and ``data_fingerprint`` (sha256 of the train tables) are left unchecked when None.
 
     Raises:
         ResumeRefusedError: another model, another total batch, or a data or solver change not allowed.
     """
     _check_same_model(state, model_cfg, num_classes, checkpoint)
+    batch = (
+        []
+        if world_size is None
+        else _check_same_total_batch(state, world_size, int(train_cfg["images_per_device"]), checkpoint)
+    )
     return [
-        *_check_same_total_batch(state, world_size, int(train_cfg["images_per_device"]), checkpoint),
+        *batch,
         *_check_same_data_and_solver(state, train_cfg, data_fingerprint, checkpoint),
     ]
 
 
 def _check_same_model(
-    state: dict[str, Any], model_cfg: dict[str, Any], num_classes: int, checkpoint: Path
+    state: dict[str, Any], model_cfg: dict[str, Any], num_classes: int | None, checkpoint: Path
 ) -> None:
     """Resuming must not silently continue another model's run under the same run_name."""
     saved_cfg, saved_classes = state["model_config"], state["num_classes"]
-    if (saved_cfg, saved_classes) == (model_cfg, num_classes):
-        return
     changed = sorted(key for key in {*saved_cfg, *model_cfg} if saved_cfg.get(key) != model_cfg.get(key))
-    if saved_classes != num_classes:
+    if num_classes is not None and saved_classes != num_classes:
         changed.append(f"num_classes {saved_classes} -> {num_classes}")
+    if not changed:
+        return
     raise ResumeRefusedError(
         f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run cannot "
         "resume it. Choose a new train.run_name to train this model, or delete that checkpoint folder."
@@ -92,7 +104,7 @@ def _check_same_total_batch(
 
 
 def _check_same_data_and_solver(
-    state: dict[str, Any], train_cfg: dict[str, Any], data_fingerprint: str, checkpoint: Path
+    state: dict[str, Any], train_cfg: dict[str, Any], data_fingerprint: str | None, checkpoint: Path
 ) -> list[str]:
     """Resuming must continue on the same data and solver; returns the accepted changes.
 
@@ -111,7 +123,7 @@ def _check_same_data_and_solver(
     if saved_fingerprint is None or saved_solver is None:
         return ["not checked: the checkpoint predates data and solver records"]
     changes = []
-    if saved_fingerprint != data_fingerprint:
+    if data_fingerprint is not None and saved_fingerprint != data_fingerprint:
         change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
         if not allow.get("allow_data_change", False):
             raise ResumeRefusedError(

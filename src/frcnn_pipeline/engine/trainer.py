@@ -1,12 +1,13 @@
-"""The training loop: one process per device (spawned by `launch`), iteration-based, resumable.
+"""Training: one process per device (spawned by `launch`), iteration-based, resumable.
 
-Entry point: `train_detector(...)`, Kedro-free; the train pipeline's node is a thin wrapper around it.
+Entry point: `train_detector(...)`, Kedro-free; the train pipeline's node is a thin wrapper around it. Each
+worker builds the model, optimizer, data and resumed state here, then runs the `Trainer` loop (loop.py) with
+its hooks (hooks.py): metric rows, evaluation, best and periodic checkpoints, MLflow tracking.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
 import random
 import time
@@ -36,11 +37,24 @@ from frcnn_pipeline.engine import devices, distributed, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.hooks import (
+    BestCheckpointHook,
+    EvalHook,
+    Evaluator,
+    HookBase,
+    MetricsHook,
+    PeriodicCheckpointHook,
+    TrackingHook,
+    TrainState,
+    load_best_weights,
+)
 from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.engine.loop import Trainer
 from frcnn_pipeline.engine.metrics import MetricsWriter
+from frcnn_pipeline.engine.provenance import package_versions
 from frcnn_pipeline.engine.resume import check_resume
-from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, ignore_stop_signals
-from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.engine.signals import ignore_stop_signals
+from frcnn_pipeline.engine.tracking import MlflowRunLogger, TrackingTarget
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.static import check_gt_box_counts
@@ -48,30 +62,6 @@ from frcnn_pipeline.modeling.static import check_gt_box_counts
 log = logging.getLogger(__name__)
 
 ModelBuilder = Callable[[dict[str, Any], int], nn.Module]
-
-
-class NonFiniteLossError(UserFacingError, FloatingPointError):
-    """A loss became NaN or infinite; training stops before the bad step touches the weights."""
-
-    def __init__(self, iteration: int, losses: dict[str, float], checkpoint: Path | None):
-        self.iteration = iteration
-        self.losses = losses
-        self.checkpoint = checkpoint
-        listed = ", ".join(f"{name}={value}" for name, value in losses.items())
-        kept = (
-            f"the last good checkpoint {checkpoint} is kept"
-            if checkpoint
-            else "no checkpoint had been written yet"
-        )
-        super().__init__(
-            f"Non-finite loss at iteration {iteration}: {listed}. Training stopped; {kept}. "
-            "Lower train.solver.base_lr, lengthen train.solver.warmup_iters, "
-            "set train.solver.clip_grad_norm, or check the training boxes."
-        )
-
-    def __reduce__(self):
-        # Pickled from a spawned worker back to the launching process.
-        return type(self), (self.iteration, self.losses, self.checkpoint)
 
 
 @dataclass
@@ -86,6 +76,10 @@ class TrainJob:
     runtime_cfg: dict[str, Any]
     initial_weights: dict[str, torch.Tensor] = field(default_factory=dict)
     build: ModelBuilder = build_model
+    # `train.eval_period`: called on every rank inside the process group (evaluation/evaluator.py).
+    evaluator: Evaluator | None = None
+    # The MLflow run rank 0 logs into; None: tracking is off.
+    tracking: TrackingTarget | None = None
 
 
 def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
@@ -97,6 +91,9 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     runtime_cfg: dict[str, Any],
     initial_weights: dict[str, torch.Tensor] | None = None,
     build: ModelBuilder = build_model,
+    *,
+    evaluator: Evaluator | None = None,
+    tracking: TrackingTarget | None = None,
 ) -> dict[str, Any]:
     """Train on `runtime.nproc_per_node` × `runtime.num_nodes` workers; return rank 0's result on every node.
 
@@ -104,7 +101,9 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     takes its default.
 
     Returns:
-        {"state_dict": final weights (CPU, contiguous), "metrics": metric rows, "record": the run record}.
+        {"state_dict": final weights (CPU, contiguous), "best_state_dict": the best evaluated weights ({}
+        without evaluation), "metrics": metric rows, "evaluations": evaluation rows,
+        "record": the run record}.
 
     Raises:
         TrainingStopped: SIGTERM/SIGINT arrived; a checkpoint of the current iteration was saved first.
@@ -113,7 +112,16 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     train_cfg = TrainParams.parse(train_cfg, "train").model_dump()
     runtime_cfg = RuntimeParams.parse(runtime_cfg, "runtime").model_dump()
     job = TrainJob(
-        images, annotations, num_classes, model_cfg, train_cfg, runtime_cfg, initial_weights or {}, build
+        images,
+        annotations,
+        num_classes,
+        model_cfg,
+        train_cfg,
+        runtime_cfg,
+        initial_weights or {},
+        build,
+        evaluator,
+        tracking,
     )
     started = time.time()
     result = distributed.launch(_train_worker, WorldConfig.from_runtime(runtime_cfg), job)
@@ -185,17 +193,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _to_device(images, targets, device: torch.device, channels_last: bool):
-    non_blocking = device.type != "cpu"
-    images = [image.to(device, non_blocking=non_blocking) for image in images]
-    if channels_last:
-        images = [image.contiguous(memory_format=torch.channels_last) for image in images]
-    targets = [
-        {key: value.to(device, non_blocking=non_blocking) for key, value in t.items()} for t in targets
-    ]
-    return images, targets
-
-
 def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | None:
     if runtime.get("num_threads"):
         return int(runtime["num_threads"])
@@ -209,6 +206,25 @@ def _init_loader_worker(worker_id: int) -> None:
     seed_worker(worker_id)
     # The training process stops its loader workers itself, after saving a checkpoint.
     ignore_stop_signals()
+
+
+def _build_hooks(trainer: Trainer, manager: CheckpointManager, writer: MetricsWriter) -> list[HookBase]:
+    """In this order: metrics, evaluation, best checkpoint (needs the evaluation), periodic checkpoint
+    (keeps both), tracking (logs what the others recorded)."""
+    train = trainer.job.train_cfg
+    checkpoints = PeriodicCheckpointHook(manager, train["checkpoint"]["period"])
+    hooks: list[HookBase] = [MetricsHook(writer)]
+    if trainer.job.evaluator is not None and train["eval_period"]:
+        hooks.append(EvalHook(trainer.job.evaluator, train["eval_period"]))
+        hooks.append(
+            BestCheckpointHook(
+                train["best_metric"], manager.directory, trainer.job.model_cfg, trainer.job.num_classes
+            )
+        )
+    hooks.append(checkpoints)
+    if trainer.job.tracking is not None and trainer.context.is_main:
+        hooks.append(TrackingHook(MlflowRunLogger(trainer.job.tracking)))
+    return hooks
 
 
 def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | None:
@@ -258,7 +274,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
 
     checkpoint_cfg = train["checkpoint"]
     manager = CheckpointManager(Path(checkpoint_cfg["dir"]) / train["run_name"], checkpoint_cfg["keep_last"])
-    start_iter, history, resume_changes = 0, [], []
+    train_state = TrainState(iteration=0, max_iter=max_iter)
     latest = manager.latest() if checkpoint_cfg.get("resume", True) else None
     if latest is None and manager.checkpoints():
         # A fresh run would interleave its checkpoints with the old ones (keep_last prunes by number).
@@ -267,29 +283,28 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
             f"({manager.checkpoints()[-1].name}). Choose a new train.run_name, or delete that folder "
             "to retrain."
         )
+    start_iter = 0
     if latest is not None:
         state = load_checkpoint(latest)
         changes = check_resume(
             state,
             latest,
             model_cfg=job.model_cfg,
+            train_cfg=job.train_cfg,
             num_classes=job.num_classes,
-            train_cfg=train,
             world_size=context.world_size,
             data_fingerprint=data_fingerprint,
         )
         if context.is_main:
             for change in changes:
                 log.warning("Resuming %s with a change: %s", latest, change)
-        resume_changes = [
-            *state.get("resume_changes", []),
-            *({"iteration": state["iteration"], "change": c} for c in changes),
-        ]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         precision.load_state_dict(state["precision"])
-        start_iter, history = int(state["iteration"]), state["metrics"]
+        train_state = TrainState.from_checkpoint(state, max_iter)
+        train_state.resume_changes += [{"iteration": train_state.iteration, "change": c} for c in changes]
+        start_iter = train_state.iteration
         if state["world_size"] == context.world_size:
             rng = state["rng"][context.rank]
             devices.set_rng_states(device, rng["torch"])
@@ -334,90 +349,40 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         generator=loader_generator(seed, context.rank),
         persistent_workers=num_workers > 0,
     )
-    metrics = MetricsWriter(
+    writer = MetricsWriter(
         Path(train["metrics_dir"]) / f"{train['run_name']}.jsonl",
         period=train["log_period"],
         images_per_iteration=total_batch,
         start_iteration=start_iter,
         max_iter=max_iter,
         enabled=context.is_main,
-        history=history,
+        history=train_state.metrics,
     )
-    clip = solver_cfg.get("clip_grad_norm")
-    trainable = [parameter for parameter in model.parameters() if parameter.requires_grad]
-    last_checkpoint = latest
-    losses: dict[str, float] = {}
-
-    def save_checkpoint(done: int) -> Path | None:
-        rng = distributed.all_gather_object({"torch": devices.rng_states(device), **_python_rng_states()})
-        if not context.is_main:
-            return None
-        return manager.save(
-            done,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "precision": precision.state_dict(),
-                "iteration": done,
-                "world_size": context.world_size,
-                "total_batch": total_batch,
-                "rng": rng,
-                "metrics": metrics.rows,
-                "model_config": job.model_cfg,
-                "num_classes": job.num_classes,
-                "data_fingerprint": data_fingerprint,
-                "solver": solver_cfg,
-                "resume_changes": resume_changes,
-            },
-        )
-
-    batches = iter(loader)
-    bad_images = BadImageBudget(int(train["max_bad_images"]))
-    try:
-        with StopSignals() as stop:
-            for iteration in range(start_iter, max_iter):
-                data_start = time.perf_counter()
-                images, targets = next(batches)
-                bad_images.check(targets)
-                images, targets = _to_device(images, targets, device, channels_last)
-                data_time = time.perf_counter() - data_start
-
-                with precision.autocast():
-                    loss_dict = ddp_model(images, targets)
-                total = sum(loss_dict.values())
-                # A stop request on any rank travels with the losses: all ranks stop after the same iteration.
-                stop_flag = torch.tensor(float(stop.requested is not None), device=total.device)
-                losses = distributed.reduce_mean({**loss_dict, "total_loss": total, "stop": stop_flag})
-                stop_agreed = losses.pop("stop") > 0
-                if not all(math.isfinite(value) for value in losses.values()):
-                    raise NonFiniteLossError(iteration, losses, last_checkpoint)
-
-                optimizer.zero_grad(set_to_none=True)
-                precision.backward(total, optimizer)
-                if clip:
-                    precision.unscale(optimizer)
-                    torch.nn.utils.clip_grad_norm_(trainable, clip)
-                precision.step(optimizer)
-                lr_now = optimizer.param_groups[0]["lr"]
-                scheduler.step()
-
-                metrics.step(iteration, losses, lr_now, data_time, lambda: devices.memory_mb(device))
-                done = iteration + 1
-                if done % checkpoint_cfg["period"] == 0 or done == max_iter or stop_agreed:
-                    last_checkpoint = save_checkpoint(done) or last_checkpoint
-                if stop_agreed and done < max_iter:
-                    distributed.barrier()  # rank 0's checkpoint is on disk before any rank stops
-                    reason = stop.requested or "a stop signal on another rank"
-                    raise TrainingStopped(done, max_iter, str(manager.path(done)), reason)
-    finally:
-        metrics.close()
+    train_state.metrics = writer.rows  # one list: the writer appends, checkpoints and trackers read
+    trainer = Trainer(
+        context,
+        model,
+        ddp_model,
+        optimizer,
+        scheduler,
+        precision,
+        iter(loader),
+        train_state,
+        job,
+        lambda: {"torch": devices.rng_states(device), **_python_rng_states()},
+        BadImageBudget(train["max_bad_images"]),
+        data_fingerprint,
+        last_checkpoint=latest,
+    )
+    trainer.hooks = _build_hooks(trainer, manager, writer)
+    trainer.train()
 
     if not context.is_main:
         return None
     state_dict = {
         key: value.detach().to("cpu").contiguous().clone() for key, value in model.state_dict().items()
     }
+    last_checkpoint = trainer.last_checkpoint
     record = {
         "run_name": train["run_name"],
         "device": device.type,
@@ -429,14 +394,25 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         "scaled_lr": lr,
         "iterations": max_iter,
         "resumed_from_iteration": start_iter,
+        "trained_iterations": max(0, max_iter - start_iter),
         "iters_per_epoch": iters_per_epoch,
         "train_images": len(dataset),
         "train_data_sha256": data_fingerprint,
-        "resume_changes": resume_changes,
-        "final_losses": losses,
-        "unreadable_images_replaced": bad_images.problems,
+        "resume_changes": train_state.resume_changes,
+        # The last row's losses: medians over its logging window.
+        "final_losses": {k: v for k, v in (train_state.metrics or [{}])[-1].items() if "loss" in k},
+        "final_evaluation": train_state.evaluations[-1] if train_state.evaluations else None,
+        "best": train_state.best,
+        "unreadable_images_replaced": trainer.bad_images.problems,
         "last_checkpoint": str(last_checkpoint) if last_checkpoint else None,
-        "torch": str(torch.__version__),
+        "tracking_run_id": train_state.tracking_run_id,
+        "versions": package_versions(),
         "config": {"model": job.model_cfg, "train": train, "runtime": runtime},
     }
-    return {"state_dict": state_dict, "metrics": metrics.rows, "record": record}
+    return {
+        "state_dict": state_dict,
+        "best_state_dict": load_best_weights(train_state),
+        "metrics": train_state.metrics,
+        "evaluations": train_state.evaluations,
+        "record": record,
+    }

@@ -103,32 +103,53 @@ def aspect_grouped_order(paths: list[str]) -> list[int]:
     return sorted(range(len(paths)), key=portrait.__getitem__)
 
 
-def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
-    context: WorkerContext,
+def inference_order(paths: list[str], options: InferenceParams) -> list[int]:
+    """The order `predict_images` takes the images in: grouped by aspect ratio when the options say so."""
+    return aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths)))
+
+
+def build_inference_model(
     state_dict: dict[str, torch.Tensor],
-    model_cfg: dict[str, Any],
+    model_cfg: dict[str, Any] | None,
     num_classes: int,
-    paths: list[str],
-    options: dict[str, Any],
-    order: list[int],
-    detection_ops_setting: str,
-) -> list[dict[str, Any]]:
-    detection_ops.configure(detection_ops_setting)
-    opts = InferenceParams.model_validate(options)
-    device = context.device
-    model = build_model(opts.applied_to(model_cfg), num_classes)
+    device: torch.device,
+    options: InferenceParams,
+) -> nn.Module:
+    """A model with ``options``' test-time settings and ``state_dict``'s weights, ready on ``device``."""
+    model = build_model(options.applied_to(model_cfg), num_classes)
     model.load_state_dict(state_dict)
-    model = prepare_for_inference(model, device, opts)
+    return prepare_for_inference(model, device, options)
+
+
+def predict_images(
+    model: nn.Module,
+    paths: list[str],
+    order: list[int],
+    options: InferenceParams,
+    context: WorkerContext,
+    *,
+    show_progress: bool = True,
+) -> list[dict[str, Any]]:
+    """This rank's contiguous share of ``paths`` taken in ``order`` (`inference_order`) through ``model``;
+    every rank gets all records, in path order.
+
+    A collective: every rank of the process group calls it (also from inside training, see evaluator.py).
+    """
+    device = context.device
     share = [order[i] for i in distributed.shard_indices(len(paths), context.rank, context.world_size)]
     loader = DataLoader(
         torch.utils.data.Subset(ImageFiles(paths), share),
-        batch_size=opts.batch_size,
-        num_workers=opts.num_workers,
+        batch_size=options.batch_size,
+        num_workers=options.num_workers,
         collate_fn=_collate,
     )
     results = []
     progress = tqdm(
-        total=len(paths), desc="inference", unit="img", disable=not context.is_main, mininterval=5
+        total=len(paths),
+        desc="inference",
+        unit="img",
+        disable=not (context.is_main and show_progress),
+        mininterval=5,
     )
     with torch.inference_mode():
         for batch in loader:
@@ -154,6 +175,22 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     progress.close()
     gathered = distributed.all_gather_object(results)
     return sorted((r for rank_results in gathered for r in rank_results), key=lambda r: r["position"])
+
+
+def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
+    context: WorkerContext,
+    state_dict: dict[str, torch.Tensor],
+    model_cfg: dict[str, Any],
+    num_classes: int,
+    paths: list[str],
+    options: dict[str, Any],
+    order: list[int],
+    detection_ops_setting: str,
+) -> list[dict[str, Any]]:
+    detection_ops.configure(detection_ops_setting)
+    opts = InferenceParams.model_validate(options)
+    model = build_inference_model(state_dict, model_cfg, num_classes, context.device, opts)
+    return predict_images(model, paths, order, opts, context)
 
 
 def run_inference(
@@ -189,7 +226,7 @@ def run_inference(
         num_classes,
         paths,
         options.model_dump(),
-        aspect_grouped_order(paths) if options.group_by_aspect else list(range(len(paths))),
+        inference_order(paths, options),
         RuntimeParams.parse(runtime, "runtime").detection_ops,
     )
     failed = [r for r in records if r["error"]]

@@ -21,12 +21,14 @@ import pandas as pd
 import safetensors.torch
 import torch
 
+from frcnn_pipeline.config import flatten
 from frcnn_pipeline.modeling.config import resolve_model_config
 
 log = logging.getLogger(__name__)
 
 FORMAT = "frcnn_pipeline.detector/1"
 TRAINED_MODEL = "trained_model"
+BEST_MODEL = "best_model"  # the best evaluation during training (train.eval_period, train.best_metric)
 INITIAL_WEIGHTS = "initial_weights"
 
 # Test-time filtering is an inference option (evaluate.inference / predict.inference set it), not a property
@@ -129,6 +131,19 @@ def category_mapping(categories: pd.DataFrame) -> list[dict[str, Any]]:
     ]
 
 
+_NODE_PLACEHOLDER = (
+    "a placeholder written by a node other than node 0 of a multi-node run; use the model saved on node 0"
+)
+
+
+def require_weights(saved: SavedDetector) -> None:
+    """Raises: ValueError: ``saved`` is a placeholder without weights, saying why (its `no_weights`)."""
+    if saved.state_dict:
+        return
+    reason = saved.provenance.get("no_weights", _NODE_PLACEHOLDER)
+    raise ValueError(f"{saved.name} holds no weights: {reason}.")
+
+
 def require_categories(saved: SavedDetector) -> list[dict[str, Any]]:
     """The class mapping saved with the model (predict has no other source of class names)."""
     if saved.categories is None:
@@ -157,16 +172,6 @@ def check_same_categories(saved: SavedDetector, categories: pd.DataFrame) -> Non
     )
 
 
-def _flatten(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def inference_model_config(saved: SavedDetector, parameters: dict[str, Any] | None) -> tuple[dict, str]:
     """The model config to build ``saved`` with, and where it came from (``saved`` or ``parameters``).
 
@@ -186,7 +191,7 @@ def inference_model_config(saved: SavedDetector, parameters: dict[str, Any] | No
             )
         return current, "parameters"
     trained = resolve_model_config(saved.model_config)
-    trained_flat, current_flat = _flatten(trained), _flatten(current)
+    trained_flat, current_flat = flatten(trained), flatten(current)
     conflicts = [
         f"model.{key} is {current_flat[key]!r} in parameters but {saved.name} was trained with "
         f"{trained_flat[key]!r}"

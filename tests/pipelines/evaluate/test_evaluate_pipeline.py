@@ -39,17 +39,20 @@ def catalog_in(
     tmp_path: Path, catalog_config: dict, inputs: dict, save_version: str | None = None
 ) -> DataCatalog:
     """The project's catalog (entries and dataset factories) with every file under tmp_path, plus inputs."""
-    config = {}
-    for name, entry in catalog_config.items():
-        if name.startswith("_"):
-            continue
-        config[name] = (
-            {**entry, "filepath": str(tmp_path / entry["filepath"])} if "filepath" in entry else entry
-        )
+    config = {name: _under(tmp_path, e) for name, e in catalog_config.items() if not name.startswith("_")}
     catalog = DataCatalog.from_config(config, save_version=save_version)
     for name, data in inputs.items():
         catalog[name] = MemoryDataset(data, copy_mode="assign")
     return catalog
+
+
+def _under(tmp_path: Path, entry: dict) -> dict:
+    """The catalog entry with its file (or its wrapped dataset's, for KeepUnchangedDataset) under tmp_path."""
+    if "filepath" in entry:
+        return {**entry, "filepath": str(tmp_path / entry["filepath"])}
+    if "dataset" in entry:
+        return {**entry, "dataset": _under(tmp_path, entry["dataset"])}
+    return entry
 
 
 def save_model(tmp_path: Path, catalog_config: dict, name: str, model: SavedDetector) -> None:

@@ -1,5 +1,6 @@
 """The ingest pipeline: its nodes in memory on tmp data, and one real `kedro run` in a tmp project copy."""
 
+import hashlib
 import json
 import os
 import shutil
@@ -100,6 +101,16 @@ def test_demo_end_to_end_in_memory(tmp_path):
     summary = catalog.load("validation_summary")
     assert summary["total_findings"] == len(report)
     assert summary["splits"]["val"]["by_check"]["noncontiguous_category_ids"]["count"] == 1
+    # The data a run was made from: the annotation file's sha256 and what was kept of it.
+    fingerprint = summary["fingerprints"]["train"]
+    raw = demo.annotation_file(tmp_path / "demo", "train").read_bytes()
+    assert fingerprint["sha256"] == hashlib.sha256(raw).hexdigest()
+    assert (fingerprint["images_declared"], fingerprint["images_kept"], fingerprint["images_dropped"]) == (
+        10,
+        10,
+        0,
+    )
+    assert fingerprint["annotations_kept"] == len(catalog.load("train_annotations"))
 
     statistics = catalog.load("dataset_statistics")["splits"]
     assert statistics["train"]["images"] == 10 and statistics["val"]["images"] == 4
@@ -158,6 +169,9 @@ def test_data_root_from_parameters(tmp_path, layout):
     unknown = report[report["check"] == "unknown_image"]
     assert unknown["split"].tolist() == ["train", "val"] and set(unknown["annotation_id"]) == {999_999}
     assert 999_999 not in catalog.load("val_annotations")["annotation_id"].tolist()
+    fingerprint = catalog.load("validation_summary")["fingerprints"]["val"]
+    assert fingerprint["annotations_dropped"] == 1
+    assert fingerprint["annotations_declared"] == fingerprint["annotations_kept"] + 1
 
 
 def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path, splits):
@@ -202,6 +216,13 @@ def test_missing_data_root_names_the_fix(tmp_path):
         locate_dataset(params)
 
 
+# What `kedro run --pipeline ingest` reads in a project copy (mlflow.yml: the project's tracking store).
+INGEST_CONF = (
+    "globals.yml", "parameters_ingest.yml", "parameters_model.yml", "parameters_recipes.yml",
+    "catalog_ingest.yml", "catalog_dataset_statistics.yml", "mlflow.yml",
+)  # fmt: skip
+
+
 def test_kedro_run_in_a_project_copy(tmp_path):
     """A real `kedro run --pipeline ingest` in a tmp project copy: files land there, not in the repo."""
     project = tmp_path / "project"
@@ -209,8 +230,7 @@ def test_kedro_run_in_a_project_copy(tmp_path):
     (project / "conf" / "base").mkdir()
     (project / "src").mkdir()  # the package itself comes from the installed (editable) project
     shutil.copy(PROJECT / "pyproject.toml", project)
-    for name in ("globals.yml", "parameters_ingest.yml", "parameters_model.yml", "parameters_recipes.yml",
-                 "catalog_ingest.yml", "catalog_dataset_statistics.yml"):  # fmt: skip
+    for name in INGEST_CONF:
         shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
     overrides = ",".join(f"ingest.demo.{key}={value}" for key, value in SMALL_DEMO.items())
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
@@ -241,8 +261,7 @@ def test_kedro_run_builds_the_splits_declared_in_parameters(tmp_path):
     (project / "conf" / "base").mkdir()
     (project / "src").mkdir()
     shutil.copy(PROJECT / "pyproject.toml", project)
-    for name in ("globals.yml", "parameters_ingest.yml", "parameters_model.yml", "parameters_recipes.yml",
-                 "catalog_ingest.yml", "catalog_dataset_statistics.yml"):  # fmt: skip
+    for name in INGEST_CONF:
         shutil.copy(PROJECT / "conf" / "base" / name, project / "conf" / "base")
     source, root = tmp_path / "source", tmp_path / "dataset"
     demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))

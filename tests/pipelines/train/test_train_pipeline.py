@@ -12,19 +12,40 @@ from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
 from frcnn_pipeline.parameters import load_parameters, resolved_sections
+from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evaluation_splits
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train import nodes as train_nodes
-from frcnn_pipeline.pipelines.train.nodes import plot_training_curves, train_model
+from frcnn_pipeline.pipelines.train.nodes import metrics_table, plot_training_curves, train_model
 
 
 def test_pipeline_wiring():
     pipeline = create_pipeline()
     train = next(node for node in pipeline.nodes if node.name.endswith("train_detector"))
     assert train.inputs == ["train_images", "train_annotations", "categories", "initial_weights",
-                            "params:model", "params:train", "params:runtime"]  # fmt: skip
-    assert train.outputs == ["trained_model", "training_metrics", "training_run"]
-    assert pipeline.all_outputs() == {"trained_model", "training_metrics", "training_run", "training_curves"}
+                            "val_images", "val_ground_truth",
+                            "params:model", "params:train", "params:runtime", "params:evaluate"]  # fmt: skip
+    outputs = ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"]
+    assert train.outputs == outputs and pipeline.all_outputs() == set(outputs)
     assert all("train" in node.tags for node in pipeline.nodes)
+
+
+def test_evaluation_during_training_uses_the_first_evaluation_split():
+    use_evaluation_splits(("valid", "test"))
+    try:
+        train = create_pipeline().nodes[0]
+    finally:
+        use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+    assert train.inputs[4:6] == ["valid_images", "valid_ground_truth"]
+
+
+@pytest.mark.parametrize(
+    ("env", "period"),
+    [("base", 200), ("cpu2p", 200), ("npu1p", 80000), ("npu8p", 10000), ("gpu1p", 80000), ("gpu8p", 10000)],
+)
+def test_evaluation_period_per_env(env, period):
+    """The demo evaluates often (it is short); the card's envs every 160,000 training images."""
+    train = resolved_sections(env)["train"]
+    assert (train["eval_period"], train["best_metric"]) == (period, "AP")
 
 
 @pytest.mark.parametrize(
@@ -71,31 +92,34 @@ def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_pat
         DeviceUnavailableError, match=r"runtime.device is 'npu' but torch_npu cannot be imported"
     ):
         train_model(
-            images, annotations, categories, SavedDetector({}, INITIAL_WEIGHTS), parameters["model"], train,
-            parameters["runtime"],
+            images, annotations, categories, SavedDetector({}, INITIAL_WEIGHTS), images, {},
+            parameters["model"], train, parameters["runtime"], parameters["evaluate"], split="val",
         )  # fmt: skip
     assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
 
 
-def test_the_trained_model_carries_its_config_classes_and_provenance(monkeypatch):
+def test_the_trained_and_best_models_carry_their_config_classes_and_provenance(monkeypatch):
+    best = {"metric": "AP", "value": 0.5, "iteration": 2, "path": "ckpt/model_best.pth"}
     record = {
-        "run_name": "demo", "iterations": 4, "resumed_from_iteration": 0, "train_images": 2,
-        "train_data_sha256": "f" * 64, "resume_changes": [], "last_checkpoint": "ckpt/model_0000004.pth",
-        "world_size": 1,
+        "run_name": "demo", "iterations": 4, "resumed_from_iteration": 0, "trained_iterations": 4,
+        "train_images": 2, "train_data_sha256": "f" * 64, "resume_changes": [],
+        "last_checkpoint": "ckpt/model_0000004.pth", "tracking_run_id": None, "best": best, "world_size": 1,
     }  # fmt: skip
-    weights = {"w": torch.ones(2)}
-    monkeypatch.setattr(
-        train_nodes, "train_detector", lambda *args: {"state_dict": weights, "metrics": [], "record": record}
-    )
+    weights, best_weights = {"w": torch.ones(2)}, {"w": torch.zeros(2)}
+    result = {
+        "state_dict": weights, "best_state_dict": best_weights, "metrics": [], "evaluations": [],
+        "record": record,
+    }  # fmt: skip
+    monkeypatch.setattr(train_nodes, "train_detector", lambda *args, **kwargs: result)
     parameters = load_parameters("base")
     categories = pd.DataFrame(
         {"label": [1, 0], "category_id": [7, 3], "name": ["b", "a"], "supercategory": "s"}
     )
     initial = SavedDetector({}, INITIAL_WEIGHTS, provenance={"source": "none"}, origin={"sha256": "e" * 64})
 
-    trained, _, returned = train_model(
-        pd.DataFrame(), pd.DataFrame(), categories, initial, parameters["model"], parameters["train"],
-        parameters["runtime"],
+    trained, best_model, _, returned, _ = train_model(
+        pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame({"path": [], "image_id": []}), {},
+        parameters["model"], parameters["train"], parameters["runtime"], parameters["evaluate"], split="val",
     )  # fmt: skip
 
     assert returned is record and trained.kind == "trained_model" and trained.state_dict is weights
@@ -106,6 +130,9 @@ def test_the_trained_model_carries_its_config_classes_and_provenance(monkeypatch
     assert trained.provenance["train_data_sha256"] == "f" * 64 and trained.provenance["run_name"] == "demo"
     assert trained.provenance["initial_weights"] == {"sha256": "e" * 64, "source": "none"}
     assert "world_size" not in trained.provenance  # the full record is training_run
+    assert best_model.kind == "best_model" and best_model.state_dict is best_weights
+    assert (best_model.model_config, best_model.categories) == (trained.model_config, trained.categories)
+    assert best_model.provenance["best"] == {"metric": "AP", "value": 0.5, "iteration": 2}
 
 
 def test_training_curves_plot():
@@ -116,3 +143,24 @@ def test_training_curves_plot():
     figure = plot_training_curves(metrics)
     assert isinstance(figure, Figure) and len(figure.axes) == 3
     assert len(figure.axes[0].lines) == 3
+
+
+def test_training_curves_of_a_node_other_than_node_0_say_so():
+    figure = plot_training_curves(pd.DataFrame())
+    assert figure.axes[0].get_title() == "no metrics (not node 0)"
+
+
+def test_training_curves_gain_the_ap_curve_with_evaluation_during_training():
+    rows = [{"iteration": i, "loss_classifier": 1 / i, "total_loss": 2 / i, "lr": 1e-3, "images_per_s": 5.0}
+            for i in (20, 40, 60)]  # fmt: skip
+    evaluations = [{"iteration": 30, "AP": 0.1, "AP50": 0.3, "AP75": 0.05},
+                   {"iteration": 60, "AP": 0.2, "AP50": 0.4, "AP75": 0.15}]  # fmt: skip
+    table = metrics_table(rows, evaluations)
+    assert table["iteration"].tolist() == [20, 30, 40, 60]
+    assert table["AP"].isna().tolist() == [True, False, True, False]
+    figure = plot_training_curves(table)
+    assert len(figure.axes) == 4 and figure.axes[3].get_title() == "Validation box AP"
+    ap_lines = {line.get_label(): line.get_ydata().tolist() for line in figure.axes[3].lines}
+    assert ap_lines["AP"] == pytest.approx([10.0, 20.0])
+    # Losses are drawn where they were logged, not broken by the evaluation rows in between.
+    assert figure.axes[0].lines[0].get_xdata().tolist() == [20, 40, 60]

@@ -6,6 +6,7 @@ load, and type errors come with a JSON path that the errors turn into the record
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import re
@@ -101,7 +102,8 @@ def _fatal(path: Path, what: str, fix: str) -> CocoFormatError:
 _FIX_RECORD = "correct or remove that record"
 
 
-def _decode(path: Path) -> _CocoFile:
+def _decode(path: Path) -> tuple[_CocoFile, str]:
+    """The parsed file and the sha256 of its bytes as read (the split's fingerprint)."""
     try:
         raw = path.read_bytes()
     except OSError as error:
@@ -110,15 +112,16 @@ def _decode(path: Path) -> _CocoFile:
             f"cannot read the annotation file ({error.strerror or error})",
             "check ingest.data_root and the split's annotation_file parameter",
         ) from error
+    sha256 = hashlib.sha256(raw).hexdigest()
     try:
-        return msgspec.json.decode(raw, type=_CocoFile)
+        return msgspec.json.decode(raw, type=_CocoFile), sha256
     except msgspec.DecodeError as error:
         if isinstance(error, msgspec.ValidationError) or not _NON_FINITE_TOKEN.search(raw):
             raise _decode_error(path, raw, error) from error
     raw, count = _quote_non_finite(raw)
     logger.warning("%s: %d NaN/Infinity literal(s); their boxes and images are checked as such", path, count)
     try:
-        return msgspec.json.decode(raw, type=_CocoFile)
+        return msgspec.json.decode(raw, type=_CocoFile), sha256
     except msgspec.DecodeError as error:
         raise _decode_error(path, raw, error) from error
 

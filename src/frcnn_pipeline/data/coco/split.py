@@ -7,8 +7,9 @@ Tables are built with numpy/pandas, without per-record loops."""
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -52,6 +53,8 @@ class CocoSplit:
     categories: pd.DataFrame
     findings: pd.DataFrame
     bbox_xywh: np.ndarray
+    # sha256 of the annotation file, images and annotations declared / kept / dropped.
+    fingerprint: dict[str, Any] = field(default_factory=dict)
 
 
 def _raise_duplicates(path: Path, kind: str, ids: np.ndarray, extra: list[str] | None = None) -> None:
@@ -116,7 +119,7 @@ def read_coco_split(
     """
     policy = policy or ValidationPolicy()
     path = Path(source.annotation_file)
-    doc = _decode(path)
+    doc, sha256 = _decode(path)
     findings = _Findings(source.name, policy)
 
     # --- categories
@@ -374,7 +377,19 @@ def read_coco_split(
         len(ann_ids),
         len(report),
     )
-    return CocoSplit(source.name, path, images, annotations, categories.copy(), report, used_xywh)
+    fingerprint = {
+        "annotation_file": str(path),
+        "sha256": sha256,
+        "images_declared": len(image_ids),
+        "images_kept": len(images),
+        "images_dropped": len(image_ids) - len(images),
+        "annotations_declared": len(ann_ids),
+        "annotations_kept": len(annotations),
+        "annotations_dropped": len(ann_ids) - len(annotations),
+    }
+    return CocoSplit(
+        source.name, path, images, annotations, categories.copy(), report, used_xywh, fingerprint
+    )
 
 
 def _report_category_ids(findings: _Findings, category_ids: np.ndarray) -> None:

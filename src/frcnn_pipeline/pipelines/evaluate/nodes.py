@@ -25,7 +25,12 @@ from frcnn_pipeline.evaluation.inference import (
 )
 from frcnn_pipeline.evaluation.matching import match_detections
 from frcnn_pipeline.evaluation.thresholds import score_threshold_advice
-from frcnn_pipeline.modeling.saved import SavedDetector, check_same_categories, inference_model_config
+from frcnn_pipeline.modeling.saved import (
+    SavedDetector,
+    check_same_categories,
+    inference_model_config,
+    require_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,11 +45,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detections on every image of the split in COCO results format (original image and category ids,
     xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from."""
-    if not model.state_dict:
-        raise ValueError(
-            f"{model.name} holds no weights: evaluate a trained_model or initial_weights holding a state "
-            "dict."
-        )
+    require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
     records = run_inference(

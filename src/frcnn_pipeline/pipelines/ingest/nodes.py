@@ -86,24 +86,30 @@ def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFram
 
 def ingest_train_split(
     sources: dict[str, dict[str, str]], params: dict[str, Any]
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """Train tables, the project's categories table, and the train findings."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Train tables, the project's categories table, the train findings and fingerprint."""
     split = _read_split(TRAIN_SPLIT, sources, params)
-    return split.images, split.annotations, split.categories, split.findings
+    return split.images, split.annotations, split.categories, split.findings, split.fingerprint
 
 
 def ingest_evaluation_split(
     sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """An evaluation split's tables (categories must agree with train's), findings and clean ground truth."""
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
+    """An evaluation split's tables (categories must agree with train's), findings, clean ground truth and
+    fingerprint."""
     tables = _read_split(split, sources, params, categories)
-    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables)
+    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables), tables.fingerprint
 
 
-def report_validation(*findings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """One report table for all splits, and its counts per check (also logged)."""
-    report = pd.concat(findings, ignore_index=True)
+def report_validation(
+    *tables: pd.DataFrame | dict[str, Any], splits: tuple[str, ...]
+) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """One report table for all splits, and its counts per check (also logged) with each split's fingerprint
+    (sha256 of the annotation file, images and annotations declared / kept / dropped). ``tables``: the
+    findings and the fingerprint of each of ``splits``, in turn."""
+    report = pd.concat(tables[::2], ignore_index=True)
     summary = summarise_findings(report)
+    summary["fingerprints"] = dict(zip(splits, tables[1::2], strict=True))
     for split, counts in summary["splits"].items():
         for check, entry in counts["by_check"].items():
             logger.info("validation %s: %-28s %-8s %d", split, check, entry["severity"], entry["count"])

@@ -23,7 +23,8 @@ from .nodes import (
 
 def create_pipeline(**kwargs) -> Pipeline:
     """One validation node per split: `train` gives `train_*` and `categories`; each evaluation split `S`
-    of `ingest.splits` (val, test, ...) gives `S_images`, `S_annotations` and `S_ground_truth`."""
+    of `ingest.splits` (val, test, ...) gives `S_images`, `S_annotations`, `S_ground_truth` and
+    `S_fingerprint`."""
     splits = evaluation_splits()
     return Pipeline(
         [
@@ -31,21 +32,29 @@ def create_pipeline(**kwargs) -> Pipeline:
             Node(
                 ingest_train_split,
                 ["ingest_sources", "params:ingest"],
-                ["train_images", "train_annotations", "categories", "train_findings"],
+                ["train_images", "train_annotations", "categories", "train_findings", "train_fingerprint"],
                 name="validate_train_split",
             ),
             *(
                 Node(
                     for_split(ingest_evaluation_split, split),
                     ["ingest_sources", "categories", "params:ingest"],
-                    [f"{split}_images", f"{split}_annotations", f"{split}_findings", f"{split}_ground_truth"],
+                    [
+                        f"{split}_images",
+                        f"{split}_annotations",
+                        f"{split}_findings",
+                        f"{split}_ground_truth",
+                        f"{split}_fingerprint",
+                    ],
                     name=f"validate_{split}_split",
                 )
                 for split in splits
             ),
             Node(
-                report_validation,
-                ["train_findings", *(f"{split}_findings" for split in splits)],
+                functools.update_wrapper(
+                    partial(report_validation, splits=("train", *splits)), report_validation
+                ),
+                [f"{split}_{table}" for split in ("train", *splits) for table in ("findings", "fingerprint")],
                 ["validation_report", "validation_summary"],
                 name="report_validation",
             ),

@@ -13,7 +13,12 @@ from frcnn_pipeline.config import PredictParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
 from frcnn_pipeline.evaluation.inference import run_inference
-from frcnn_pipeline.modeling.saved import SavedDetector, inference_model_config, require_categories
+from frcnn_pipeline.modeling.saved import (
+    SavedDetector,
+    inference_model_config,
+    require_categories,
+    require_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,11 +61,7 @@ def predict_images(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Inference records, one per path (``error`` set for images that could not be read), and the model
     used: its description (kind, version, sha256, provenance) and class mapping."""
-    if not model.state_dict:
-        raise ValueError(
-            f"{model.name} holds no weights: predict with a trained_model or initial_weights holding a "
-            "state dict."
-        )
+    require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     categories = require_categories(model)
     records = run_inference(

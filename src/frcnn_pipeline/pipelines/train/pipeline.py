@@ -1,28 +1,34 @@
-"""The train pipeline: train (spawning the workers inside the node), then plot the curves."""
+"""The train pipeline: one node; the workers are spawned inside it, so the catalog and hooks run once."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import plot_training_curves, train_model
+from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
+
+from .nodes import train_model
 
 
 def create_pipeline(**kwargs) -> Pipeline:
+    """Evaluation during training (`train.eval_period`) uses the first evaluation split of `ingest.splits`."""
+    split = evaluation_splits()[0]
     return Pipeline(
         [
             Node(
-                train_model,
+                for_split(train_model, split),
                 [
                     "train_images",
                     "train_annotations",
                     "categories",
                     "initial_weights",
+                    f"{split}_images",
+                    f"{split}_ground_truth",
                     "params:model",
                     "params:train",
                     "params:runtime",
+                    "params:evaluate",
                 ],
-                ["trained_model", "training_metrics", "training_run"],
+                ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"],
                 name="train_detector",
             ),
-            Node(plot_training_curves, "training_metrics", "training_curves", name="plot_training_curves"),
         ],
         tags="train",
         namespace="train",

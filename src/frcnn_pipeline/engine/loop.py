@@ -1,0 +1,170 @@
+"""The training loop of one worker (detectron2's TrainerBase): a step per iteration, hooks around it.
+
+`engine/trainer.py` builds everything a `Trainer` needs (model, optimizer, data, resumed state); the hooks
+(`engine/hooks.py`) log, evaluate, checkpoint and track.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from frcnn_pipeline.data.dataset import BadImageBudget
+from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine.amp import MixedPrecision
+from frcnn_pipeline.engine.distributed import WorkerContext
+from frcnn_pipeline.engine.hooks import HookBase, TrainState
+from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
+from frcnn_pipeline.errors import UserFacingError
+
+if TYPE_CHECKING:
+    from frcnn_pipeline.engine.trainer import TrainJob
+
+
+class NonFiniteLossError(UserFacingError, FloatingPointError):
+    """A loss became NaN or infinite; training stops before the bad step touches the weights."""
+
+    def __init__(self, iteration: int, losses: dict[str, float], checkpoint: Path | None):
+        self.iteration = iteration
+        self.losses = losses
+        self.checkpoint = checkpoint
+        listed = ", ".join(f"{name}={value}" for name, value in losses.items())
+        kept = (
+            f"the last good checkpoint {checkpoint} is kept"
+            if checkpoint
+            else "no checkpoint had been written yet"
+        )
+        super().__init__(
+            f"Non-finite loss at iteration {iteration}: {listed}. Training stopped; {kept}. "
+            "Lower train.solver.base_lr, lengthen train.solver.warmup_iters, "
+            "set train.solver.clip_grad_norm, or check the training boxes."
+        )
+
+    def __reduce__(self):
+        # Pickled from a spawned worker back to the launching process.
+        return type(self), (self.iteration, self.losses, self.checkpoint)
+
+
+@dataclass
+class StepOutput:
+    losses: dict[str, float]  # mean over the ranks, with "total_loss"
+    lr: float  # the LR this step used
+    data_time: float  # seconds waiting for the batch
+    step_time: float  # seconds for the whole step, data included
+
+
+@dataclass
+class Trainer:
+    """One worker's loop (detectron2's TrainerBase): `run_step` per iteration, hooks around it."""
+
+    context: WorkerContext
+    model: nn.Module  # unwrapped: state dicts, evaluation
+    ddp_model: nn.Module  # what the step calls (DDP when the world has several workers)
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    precision: MixedPrecision
+    batches: Iterator
+    state: TrainState
+    job: TrainJob
+    rng_states: Callable[[], dict[str, Any]]  # this rank's RNG states, for checkpoints
+    bad_images: BadImageBudget  # unreadable training images replaced so far (train.max_bad_images)
+    data_fingerprint: str  # sha256 of the train tables: a resume checks it is the same data
+    hooks: list[HookBase] = field(default_factory=list)
+    last_step: StepOutput | None = None
+    last_checkpoint: Path | None = None  # named in a non-finite loss error
+    # SIGTERM/SIGINT on any rank, agreed by all after the step: checkpoint now, then stop.
+    stop_requested: bool = False
+    signals: StopSignals | None = None
+
+    @property
+    def num_nodes(self) -> int:
+        return int(self.job.runtime_cfg.get("num_nodes", 1))
+
+    def train(self) -> None:
+        """Raises TrainingStopped after the checkpoint hook saved the iteration a stop signal arrived in."""
+        for hook in self.hooks:
+            hook.before_train(self)
+        try:
+            with StopSignals() as self.signals:
+                for iteration in range(self.state.iteration, self.state.max_iter):
+                    self.last_step = self.run_step(iteration)
+                    self.state.iteration = iteration + 1
+                    for hook in self.hooks:
+                        hook.after_step(self)
+                    if self.stop_requested and self.state.iteration < self.state.max_iter:
+                        distributed.barrier()  # rank 0's checkpoint is on disk before any rank stops
+                        reason = self.signals.requested or "a stop signal on another rank"
+                        raise TrainingStopped(
+                            self.state.iteration, self.state.max_iter, str(self.last_checkpoint), reason
+                        )
+        finally:
+            for hook in self.hooks:
+                hook.after_train(self)
+
+    def run_step(self, iteration: int) -> StepOutput:
+        device = self.context.device
+        channels_last = bool(self.job.runtime_cfg.get("channels_last", False))
+        data_start = step_start = time.perf_counter()
+        images, targets = next(self.batches)
+        self.bad_images.check(targets)
+        images, targets = _to_device(images, targets, device, channels_last)
+        data_time = time.perf_counter() - data_start
+
+        with self.precision.autocast():
+            loss_dict = self.ddp_model(images, targets)
+        total = sum(loss_dict.values())
+        # A stop request on any rank travels with the losses: all ranks stop after the same iteration.
+        requested = self.signals is not None and self.signals.requested is not None
+        stop_flag = torch.tensor(float(requested), device=total.device)
+        losses = distributed.reduce_mean({**loss_dict, "total_loss": total, "stop": stop_flag})
+        self.stop_requested = losses.pop("stop") > 0
+        if not all(math.isfinite(value) for value in losses.values()):
+            raise NonFiniteLossError(iteration, losses, self.last_checkpoint)
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self.precision.backward(total, self.optimizer)
+        clip = self.job.train_cfg["solver"].get("clip_grad_norm")
+        if clip:
+            self.precision.unscale(self.optimizer)
+            trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
+            torch.nn.utils.clip_grad_norm_(trainable, clip)
+        self.precision.step(self.optimizer)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.scheduler.step()
+        return StepOutput(losses, lr, data_time, time.perf_counter() - step_start)
+
+    def checkpoint_state(self, rng: list[dict[str, Any]]) -> dict[str, Any]:
+        """Everything a resume needs; `rng`: every rank's RNG states, gathered."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "precision": self.precision.state_dict(),
+            "iteration": self.state.iteration,
+            "world_size": self.context.world_size,
+            "total_batch": self.context.world_size * int(self.job.train_cfg["images_per_device"]),
+            "rng": rng,
+            "model_config": self.job.model_cfg,
+            "num_classes": self.job.num_classes,
+            "data_fingerprint": self.data_fingerprint,
+            "solver": self.job.train_cfg["solver"],
+            **self.state.to_checkpoint(),
+        }
+
+
+def _to_device(images, targets, device: torch.device, channels_last: bool):
+    non_blocking = device.type != "cpu"
+    images = [image.to(device, non_blocking=non_blocking) for image in images]
+    if channels_last:
+        images = [image.contiguous(memory_format=torch.channels_last) for image in images]
+    targets = [
+        {key: value.to(device, non_blocking=non_blocking) for key, value in t.items()} for t in targets
+    ]
+    return images, targets

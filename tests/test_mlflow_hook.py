@@ -1,0 +1,172 @@
+"""The project's kedro-mlflow hook: telemetry off, tracking switched off by a setting, node 0 only, artefacts
+and metrics from catalog metadata."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro.io import DataCatalog
+from kedro_datasets.json import JSONDataset
+from mlflow import MlflowClient
+
+from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
+from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+
+PROJECT = Path(__file__).resolve().parents[1]
+TINY_DEMO = {"ingest": {"demo": {"image_size": 64, "num_train_images": 6, "num_val_images": 3}}}
+# Variables by which MLflow decides on its own that it runs in CI or a test (and sends nothing).
+CI_VARIABLES = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
+
+
+def test_mlflow_telemetry_is_off_before_mlflow_is_imported_by_the_kedro_cli(tmp_path):
+    """The kedro CLI imports the project's settings before any plugin imports mlflow."""
+    script = (
+        "import atexit, sys\n"
+        "def report():\n"
+        "    from mlflow.telemetry.client import get_telemetry_client\n"
+        "    print('TELEMETRY', get_telemetry_client())\n"
+        "atexit.register(report)\n"
+        "sys.argv = ['kedro', 'registry', 'list']\n"
+        "from kedro.framework.cli.cli import main\n"
+        "main()\n"
+    )
+    env = {key: value for key, value in os.environ.items() if key not in CI_VARIABLES}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=PROJECT, env=env, capture_output=True, text=True, timeout=300,
+        check=False,
+    )  # fmt: skip
+    assert "TELEMETRY None" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+
+
+def _project(root: Path, mlflow_override: str | None = None) -> Path:
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    if mlflow_override:
+        (root / "conf" / "local" / "mlflow.yml").write_text(mlflow_override)
+    (root / "src").mkdir()
+    shutil.copy2(PROJECT / "pyproject.toml", root)
+    return root
+
+
+def _run(root: Path, pipelines: list[str], params: dict) -> None:
+    bootstrap_project(root)
+    with KedroSession.create(root, runtime_params=params) as session:
+        session.run(pipeline_names=pipelines)
+
+
+def _runs(root: Path) -> list:
+    client = MlflowClient(f"sqlite:///{root}/data/09_tracking/mlflow.db")
+    experiment = client.get_experiment_by_name("frcnn_pipeline")
+    return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def test_tracking_switched_off_by_a_setting_the_pipeline_runs_the_same(tmp_path, monkeypatch):
+    off = "tracking:\n  disable_tracking:\n    pipelines: [ingest]\n"
+    root = _project(tmp_path / "off", off)
+    monkeypatch.chdir(root)
+    _run(root, ["ingest"], TINY_DEMO)
+    assert _runs(root) == []
+    summary = root / "data" / "08_reporting" / "validation_summary.json"
+    assert summary.is_file() and "fingerprints" in summary.read_text()
+    assert mlflow.active_run() is None
+
+
+def test_only_node_0_of_a_multi_node_run_tracks(tmp_path, monkeypatch):
+    root = _project(tmp_path / "node1")
+    monkeypatch.chdir(root)
+    _run(root, ["ingest"], {**TINY_DEMO, "runtime": {"num_nodes": 2, "node_rank": 1}})
+    assert _runs(root) == []
+    _run(root, ["ingest"], TINY_DEMO)
+    assert [run.info.run_name for run in _runs(root)] == ["ingest"]
+    assert mlflow.active_run() is None, "the session closed its run"
+
+
+def _in_run(store: str, experiment: str, log) -> str:
+    """Calls `log()` inside a new MLflow run of `store`; returns the run id."""
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(store)
+    try:
+        with mlflow.start_run(experiment_id=experiment) as run:
+            log()
+    finally:
+        mlflow.set_tracking_uri(previous_uri)
+    return run.info.run_id
+
+
+@pytest.fixture
+def store(tmp_path) -> tuple[str, MlflowClient, str]:
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("hook", artifact_location=(tmp_path / "artifacts").as_uri())
+    return uri, client, experiment
+
+
+def test_catalog_metadata_logs_artefacts_and_metrics(tmp_path, store):
+    uri, client, experiment = store
+    metrics = JSONDataset(
+        filepath=str(tmp_path / "coco_metrics.json"),
+        metadata={"mlflow": {"artifact_path": "evaluate", "log_metrics": True}},
+    )
+    # As the evaluate reports: the numbers under one key, the file in the folder of its evaluation and split.
+    record = JSONDataset(
+        filepath=str(tmp_path / "record.json"),
+        metadata={"mlflow": {"artifact_path": "evaluate/val", "log_metrics": "metrics"}},
+    )
+    untracked = JSONDataset(filepath=str(tmp_path / "other.json"))
+    hook = ProjectMlflowHook()
+    hook._catalog = DataCatalog(
+        {"coco_metrics": metrics, "evaluate.val.coco_metrics": record, "other": untracked}
+    )
+    values = {"AP": 0.25, "AP50": 0.5, "per_size": {"small": 0.1}, "name": "val", "ok": True}
+    saved = {
+        "coco_metrics": values,
+        "evaluate.val.coco_metrics": {"metrics": {"AP": 0.3}, "model": {"provenance": {"iterations": 4}}},
+        "other": values,
+    }
+
+    def log():
+        for name, data in saved.items():
+            hook._catalog.get(name).save(data)
+            hook.after_dataset_saved(dataset_name=name, data=data, node=None)
+
+    run_id = _in_run(uri, experiment, log)
+    logged = client.get_run(run_id).data.metrics
+    assert logged == {
+        "coco_metrics/AP": 0.25,
+        "coco_metrics/AP50": 0.5,
+        "coco_metrics/per_size.small": 0.1,
+        "evaluate.val.coco_metrics/AP": 0.3,
+    }
+    assert [a.path for a in client.list_artifacts(run_id)] == ["evaluate"]
+    assert [a.path for a in client.list_artifacts(run_id, "evaluate")] == [
+        "evaluate/coco_metrics.json",
+        "evaluate/val",
+    ]
+    assert [a.path for a in client.list_artifacts(run_id, "evaluate/val")] == ["evaluate/val/record.json"]
+
+
+def test_a_loaded_model_is_recorded_with_its_file_and_the_run_that_trained_it(store):
+    uri, client, experiment = store
+    model = SavedDetector(
+        {"w": torch.ones(1)},
+        TRAINED_MODEL,
+        provenance={"tracking_run_id": "a" * 32},
+        origin={"sha256": "b" * 64, "version": "2026-01-01T00.00.00.000Z"},
+    )
+    hook = ProjectMlflowHook()
+    run_id = _in_run(uri, experiment, lambda: hook.after_dataset_loaded("trained_model", model, node=None))
+    run = client.get_run(run_id)
+    assert run.data.params == {
+        "trained_model.sha256": "b" * 64,
+        "trained_model.version": "2026-01-01T00.00.00.000Z",
+    }
+    assert run.data.tags["trained_model.mlflow_run_id"] == "a" * 32
