@@ -98,6 +98,18 @@ def _create_sqlite_folder(context) -> None:
         Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
 
 
+def _use_a_private_store(context) -> None:
+    """The processes of a multi-node job other than the main one track nothing and may write nothing into the
+    project: kedro-mlflow still opens a store at start-up (and two processes creating one SQLite file race),
+    so theirs is in memory. A config value set on the loader takes precedence over the files."""
+    try:
+        config = context.config_loader["mlflow"]
+    except MissingConfigException:
+        config = {}
+    server = {**config.get("server", {}), "mlflow_tracking_uri": SQLITE_PREFIX + ":memory:"}
+    context.config_loader["mlflow"] = {**config, "server": server}
+
+
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's `MlflowHook` with this project's run record (see the module docstring)."""
 
@@ -108,13 +120,19 @@ class ProjectMlflowHook(MlflowHook):
         self._project_path = Path.cwd()
         self._catalog = None
         self._resumed_params: dict[str, str] = {}
+        # What this run logged from the validated parameters: kedro-mlflow logs each node's raw `params:`
+        # inputs again, where a float key written as an integer (120 for 120.0) would be a "changed" param.
+        self._logged_params: set[str] = set()
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._project_path = Path(context.project_path)
         # conf/base/mlflow.yml places the local store inside the project, wherever kedro is started from.
         OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
-        _create_sqlite_folder(context)
+        if WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process:
+            _create_sqlite_folder(context)
+        else:
+            _use_a_private_store(context)
         super().after_context_created(context)
         self._params = context.params
         self._env = context.env
@@ -143,6 +161,7 @@ class ProjectMlflowHook(MlflowHook):
         # a stale id would make an untracked session re-enter an earlier session's run.
         self.run_id = None
         self._resumed_params = {}
+        self._logged_params = set()
         if not world.is_main_process:
             log.info("%s: the main process tracks the run in MLflow", world.summary())
             self.mlflow_config.tracking.disable_tracking.pipelines = [*names]
@@ -248,8 +267,11 @@ class ProjectMlflowHook(MlflowHook):
             )
         for name, value in special.items():
             self._log_param(name, value)
+        self._logged_params.update(plain, special)
 
     def _log_param(self, name: str, value: Any) -> None:
+        if name in self._logged_params:
+            return  # already logged, validated and typed (the raw node input says the same)
         previous = self._resumed_params.get(name)
         if previous is None or previous == str(value):
             super()._log_param(name, value)

@@ -10,7 +10,6 @@ a batch that differs by one image moves the weights by more than 1e-3 (test_trai
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -82,11 +81,6 @@ def template(tmp_path_factory) -> Path:
     shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
-    if importlib.util.find_spec("kedro_mlflow"):
-        # Not a dependency of this project: installed beside it, its plugin hook would track every node's run
-        # into the one shared ./mlruns, where the nodes race to create the experiment.
-        with (project / "src" / "frcnn_pipeline" / "settings.py").open("a") as settings:
-            settings.write('\nDISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)\n')
     # The project's logging leaves out Kedro's per-dataset lines; these tests read them to see where each node
     # saved (to a file, or to a MemoryDataset).
     logging_yml = project / "conf" / "logging.yml"
@@ -214,9 +208,25 @@ def _saves(output: str) -> list[str]:
     return [line for line in output.splitlines() if "Saving data to" in line]
 
 
-TRAIN_OUTPUTS = {"06_models/checkpoints/tiny/model_0000003.pth", "08_reporting/train_logs/tiny.jsonl",
-                 "08_reporting/training_metrics.csv", "08_reporting/training_curves.png",
-                 "08_reporting/training_run.json"}  # fmt: skip
+# What training writes, versioned datasets by their folder (`<folder>/<version>/<name>`).
+TRAIN_OUTPUTS = {"06_models/checkpoints/tiny/model_0000003.pth", "06_models/checkpoints/tiny/model_best.pth",
+                 "08_reporting/train_logs/tiny.jsonl",
+                 "06_models/trained_model.safetensors", "06_models/best_model.safetensors",
+                 "08_reporting/train/training_metrics.csv", "08_reporting/train/training_curves.png",
+                 "08_reporting/train/training_run.json"}  # fmt: skip
+TRACKING = "09_tracking/"  # the project's MLflow store
+
+
+def _dataset(path: str) -> str:
+    """A written file's dataset: the folder of a versioned one, else the file."""
+    parts = path.split("/")
+    return "/".join(parts[:-2]) if len(parts) > 2 and parts[-3] == parts[-1] else path
+
+
+def _training_run(project: Path) -> dict:
+    return json.loads(
+        _only_version(project / "data" / "08_reporting" / "train" / "training_run.json").read_text()
+    )
 
 
 def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_the_model(project, reference):
@@ -228,13 +238,17 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
 
     (version,) = _trained_versions(project)
     written = _written(before, _files(data))
-    assert written == TRAIN_OUTPUTS | {str(version.relative_to(data))}, "node 0's outputs, once each"
+    tracked = {path for path in written if path.startswith(TRACKING)}
+    assert tracked, "node 0 tracks the run in the project's MLflow store"
+    datasets = [_dataset(path) for path in sorted(written - tracked)]
+    assert sorted(datasets) == sorted(TRAIN_OUTPUTS), "node 0's outputs, once each"
+    assert str(version.relative_to(data)) in written
     assert all("MemoryDataset" in line for line in _saves(node1)) and _saves(node1), "node 1 saves to memory"
     assert "stay in memory here" in node1 and "this process saves the outputs" in node0
     _assert_same_weights(_weights(version), reference["state_dict"])
-    metrics = pd.read_csv(data / "08_reporting" / "training_metrics.csv")
+    metrics = pd.read_csv(_only_version(data / "08_reporting" / "train" / "training_metrics.csv"))
     assert metrics["iteration"].tolist() == [1, 2, 3]
-    record = json.loads((data / "08_reporting" / "training_run.json").read_text())
+    record = _training_run(project)
     assert record["world"]["num_nodes"] == 2 and record["world"]["world_size"] == 2
     assert record["world"]["launcher"] == "none" and record["total_batch"] == 2
     assert "iter 3/3" in node0, "rank 0's loss/LR lines reach node 0's console"
@@ -244,7 +258,8 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
     before = _files(data)
     _finish(_kedro(project, "evaluate"))
     assert all(
-        path.startswith(("07_model_output/", "08_reporting/")) for path in _written(before, _files(data))
+        path.startswith(("07_model_output/", "08_reporting/", TRACKING))
+        for path in _written(before, _files(data))
     )
     report = json.loads(
         _only_version(data / "08_reporting" / "evaluate" / "val" / "coco_metrics.json").read_text()
@@ -271,7 +286,7 @@ def test_torchrun_two_nodes_one_process_each(project, reference):
         and "rank 1 of 2 (torchrun)" in node1
         and all("MemoryDataset" in line for line in _saves(node1))
     )
-    record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
+    record = _training_run(project)
     assert record["world"]["launcher"] == "torchrun" and record["world"]["num_nodes"] == 2
 
 
@@ -290,7 +305,7 @@ def test_slurm_step_two_nodes_and_node_1_writes_nothing_into_its_own_folder(proj
     (version,) = _trained_versions(project)
     _assert_same_weights(_weights(version), reference["state_dict"])
     assert "this process saves the outputs" in node0 and "node 1 of 2 (slurm)" in node1
-    world = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())["world"]
+    world = _training_run(project)["world"]
     assert (world["launcher"], world["master_addr"]) == ("slurm", "127.0.0.1")
 
 
@@ -374,7 +389,7 @@ def test_a_signal_to_kedro_saves_the_current_iteration_stops_the_workers_and_res
             "train.checkpoint.allow_solver_change=true"
         )
         (resumed,) = _finish(_kedro(project, "train", resume))
-        record = json.loads((project / "data" / "08_reporting" / "training_run.json").read_text())
+        record = _training_run(project)
         assert record["resumed_from_iteration"] == iteration and record["total_batch"] == 2, resumed[-3000:]
         assert [entry["change"] for entry in record["resume_changes"]] == [
             "world size 2 -> 1 with the same total batch 2: the schedule is unchanged; per-rank random "

@@ -234,7 +234,7 @@ class TrackingHook(HookBase):
             {
                 "hardware.device": context.device.type,
                 "hardware.world_size": context.world_size,
-                "hardware.num_nodes": trainer.num_nodes,
+                "hardware.num_nodes": trainer.context.world.num_nodes,
             }
         )
         self._log_new(state)

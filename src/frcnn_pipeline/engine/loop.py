@@ -83,10 +83,6 @@ class Trainer:
     stop_requested: bool = False
     signals: StopSignals | None = None
 
-    @property
-    def num_nodes(self) -> int:
-        return int(self.job.runtime_cfg.get("num_nodes", 1))
-
     def train(self) -> None:
         """Raises TrainingStopped after the checkpoint hook saved the iteration a stop signal arrived in."""
         for hook in self.hooks:
