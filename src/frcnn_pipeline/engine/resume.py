@@ -11,6 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from frcnn_pipeline.errors import UserFacingError
+
+
+class ResumeRefusedError(UserFacingError, ValueError):
+    """A checkpoint of `train.run_name` belongs to another model, train data or solver."""
+
+
 # A longer schedule continues a run; any other solver change would make it a different run.
 _EXTENDABLE_SOLVER_KEYS = ("max_iter", "epochs")
 
@@ -30,7 +37,7 @@ def check_resume(
     ``data_fingerprint`` (sha256 of the train tables) are left unchecked when None (not known yet).
 
     Raises:
-        ValueError: another model; other train data or another solver that `train.checkpoint.allow_*`
+        ResumeRefusedError: another model; other train data or another solver that `train.checkpoint.allow_*`
             does not accept (raising `max_iter`/`epochs` extends a run). Each names the change and the fix.
     """
     _check_same_model(state, model_cfg, num_classes, checkpoint)
@@ -49,7 +56,7 @@ def check_resume(
     if data_fingerprint is not None and saved_fingerprint != data_fingerprint:
         change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
         if not allow.get("allow_data_change", False):
-            raise ValueError(
+            raise ResumeRefusedError(
                 f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
                 f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
             )
@@ -62,7 +69,7 @@ def check_resume(
             longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
             (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
     if changed and not allow.get("allow_solver_change", False):
-        raise ValueError(
+        raise ResumeRefusedError(
             f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
             f"epochs extends a run. {fix('allow_solver_change')}"
         )
@@ -78,7 +85,7 @@ def _check_same_model(
     if num_classes is not None and saved_classes != num_classes:
         changed.append(f"num_classes {saved_classes} -> {num_classes}")
     if changed:
-        raise ValueError(
+        raise ResumeRefusedError(
             f"{checkpoint} was trained with another model (changed: {', '.join(changed)}), so this run "
             "cannot resume it. Choose a new train.run_name to train this model, or delete that checkpoint "
             "folder."
