@@ -43,7 +43,7 @@ from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.provenance import git_state, package_versions
-from frcnn_pipeline.engine.resume import check_resume
+from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
@@ -204,7 +204,7 @@ class ProjectMlflowHook(MlflowHook):
                 train_cfg=train.model_dump(),
                 data_fingerprint=stored_train_data_fingerprint(pipeline, catalog),
             )
-        except ValueError:
+        except ResumeRefusedError:
             log.info(
                 "train.run_name %r cannot resume %s: a new MLflow run, not a continuation of %s",
                 train.run_name,

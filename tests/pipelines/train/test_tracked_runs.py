@@ -25,6 +25,7 @@ from kedro.framework.startup import bootstrap_project
 from mlflow import MlflowClient
 
 from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.engine.resume import ResumeRefusedError
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
 from frcnn_pipeline.modeling.saved import SavedDetector
@@ -137,7 +138,7 @@ def sequence(project: Project) -> dict[str, Any]:
         seen["after_rerun"] = project.snapshot()
         project.run(["train"], **{"train.run_name": "lr_a", "train.solver.max_iter": 6})
         seen["after_resume"] = project.snapshot()
-        with pytest.raises(ValueError, match=r"trained with another solver \(solver\.base_lr"):
+        with pytest.raises(ResumeRefusedError, match=r"trained with another solver \(solver\.base_lr"):
             project.run(
                 ["train"],
                 **{"train.run_name": "lr_a", "train.solver.max_iter": 8, "train.solver.base_lr": 5e-3},
