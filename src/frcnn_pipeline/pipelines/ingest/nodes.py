@@ -14,7 +14,7 @@ from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
     ValidationPolicy,
-    build_ground_truth,
+    evaluation_ground_truth,
     read_coco_split,
     summarise_findings,
 )
@@ -95,9 +95,14 @@ def ingest_train_split(
 def ingest_evaluation_split(
     sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """An evaluation split's tables (categories must agree with train's), findings and clean ground truth."""
+    """An evaluation split's tables (categories must agree with train's), findings and the ground truth it is
+    scored against (``ingest.evaluation``: as published by default), whose deviations are logged."""
     tables = _read_split(split, sources, params, categories)
-    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables)
+    protocol = IngestParams.parse(params, "ingest").evaluation
+    ground_truth = evaluation_ground_truth(tables, protocol.ground_truth, protocol.unusable_images)
+    for deviation in ground_truth["info"]["protocol"]["deviations"]:
+        logger.warning("%s ground truth: %s", split, deviation)
+    return tables.images, tables.annotations, tables.findings, ground_truth
 
 
 def report_validation(*findings: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
