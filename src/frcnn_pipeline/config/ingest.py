@@ -126,6 +126,23 @@ class StatisticsParams(Section):
     )
 
 
+class EvaluationGroundTruthParams(Section):
+    """What the evaluation splits are scored against. Official numbers need the annotations as published:
+    every declared image, every box as written (pycocotools on the original JSON)."""
+
+    ground_truth: Literal["published", "cleaned"] = Field(
+        "published",
+        description="published: the annotation file as written (the COCO protocol); cleaned: as ingest "
+        "validated it (boxes clipped, degenerate boxes and unusable images dropped)",
+    )
+    unusable_images: Literal["error", "missed"] = Field(
+        "error",
+        description="a declared evaluation image whose file is missing, unreadable, unsafe or of another "
+        "size: error stops the run; missed scores it with no detections (its boxes count as missed), "
+        "recorded in coco_metrics",
+    )
+
+
 class IngestParams(Section):
     @field_validator("splits", mode="before")
     @classmethod
@@ -147,5 +164,6 @@ class IngestParams(Section):
         "image_dir, drop_images_without_annotations}; COCO 2017's train and val by default",
     )
     validation: ValidationParams = ValidationParams()
+    evaluation: EvaluationGroundTruthParams = EvaluationGroundTruthParams()
     demo: DemoParams = DemoParams()
     statistics: StatisticsParams = StatisticsParams()

@@ -6,7 +6,7 @@ import pytest
 import torch
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.data.coco import SplitSource, build_ground_truth, read_coco_split
+from frcnn_pipeline.data.coco import SplitSource, evaluation_ground_truth, read_coco_split
 from frcnn_pipeline.data.dataset import DetectionDataset
 from frcnn_pipeline.data.demo import DemoConfig, annotation_file, generate_demo_dataset, image_dir
 from frcnn_pipeline.modeling import build_model, resolve_model_config
@@ -31,7 +31,7 @@ def demo_split(tmp_path_factory):
     val = read_coco_split(
         SplitSource("val", annotation_file(root, "val"), image_dir(root, "val")), categories=train.categories
     )
-    return {"train": train, "val": val, "ground_truth": build_ground_truth(val), "root": root}
+    return {"train": train, "val": val, "ground_truth": evaluation_ground_truth(val), "root": root}
 
 
 @pytest.fixture(scope="module")

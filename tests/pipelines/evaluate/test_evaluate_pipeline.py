@@ -158,7 +158,13 @@ def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
         "provenance": None,
     }
     assert record["model"]["provenance"] == {"run_name": "conftest", "iterations": 4}
-    assert record["ground_truth"] == {"split": "val", **ground_truth_fingerprint(demo_split["ground_truth"])}
+    protocol = demo_split["ground_truth"]["info"]["protocol"]
+    assert (protocol["ground_truth"], protocol["deviations"]) == ("published", [])
+    assert record["ground_truth"] == {
+        "split": "val",
+        **ground_truth_fingerprint(demo_split["ground_truth"]),
+        "protocol": protocol,
+    }
     settings = EvaluateParams.parse(parameters["evaluate"], "evaluate")
     assert record["inference"]["score_threshold"] == settings.inference.score_threshold
     assert record["inference"]["metric_backend"] == settings.metric_backend
@@ -280,7 +286,11 @@ def test_each_evaluation_split_has_its_own_outputs_and_runs_alone(
     assert not versions(project, "evaluate", "val", "coco_metrics"), "only the test split ran"
     [test_record] = versions(project, "evaluate", "test", "coco_metrics")
     record = json.loads(test_record.read_text())
-    assert record["ground_truth"] == {"split": "test", **ground_truth_fingerprint(test_truth)}
+    assert record["ground_truth"] == {
+        "split": "test",
+        **ground_truth_fingerprint(test_truth),
+        "protocol": truth["info"]["protocol"],
+    }
     assert record["ground_truth"]["images"] == 3
     [test_detections] = versions(project, "evaluate", "test", "detections")
     assert {d["image_id"] for d in json.loads(test_detections.read_text())} <= kept

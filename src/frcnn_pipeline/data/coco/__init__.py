@@ -4,7 +4,8 @@
 - ``findings``: the checks' severities, the validation policy and the report;
 - ``image_checks``: the image files a split names;
 - ``split``: ``read_coco_split``, the checks and the tables;
-- ``ground_truth``: a split's ground truth as published, or as cleaned by ingest.
+- ``ground_truth``: a split's ground truth as published (the COCO protocol), or as cleaned by ingest, and
+  the record of what an evaluation scores.
 """
 
 from frcnn_pipeline.data.coco.findings import (
@@ -16,7 +17,11 @@ from frcnn_pipeline.data.coco.findings import (
     resolve_severity,
     summarise_findings,
 )
-from frcnn_pipeline.data.coco.ground_truth import build_ground_truth, published_ground_truth
+from frcnn_pipeline.data.coco.ground_truth import (
+    build_ground_truth,
+    evaluation_ground_truth,
+    published_ground_truth,
+)
 from frcnn_pipeline.data.coco.json_file import CocoFormatError
 from frcnn_pipeline.data.coco.split import CocoSplit, SplitSource, read_coco_split
 
@@ -30,6 +35,7 @@ __all__ = [
     "ValidationPolicy",
     "build_ground_truth",
     "empty_findings",
+    "evaluation_ground_truth",
     "published_ground_truth",
     "read_coco_split",
     "resolve_severity",

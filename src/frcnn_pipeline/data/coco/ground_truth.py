@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_pipeline.data.coco.json_file import _fatal
 from frcnn_pipeline.data.coco.split import CocoSplit
 
 
@@ -92,3 +93,82 @@ def published_ground_truth(annotation_file: str | Path) -> tuple[dict[str, Any],
         "annotations": annotations,
         "categories": document["categories"],
     }, (filled_areas)
+
+
+# The image checks that drop a declared image: it cannot be run through the model.
+UNUSABLE_IMAGE_CHECKS = ("unsafe_file_name", "missing_image_file", "unreadable_image", "image_size_mismatch")
+_LISTED_IMAGES = 5
+
+
+def evaluation_ground_truth(
+    split: CocoSplit, ground_truth: str = "published", unusable_images: str = "error"
+) -> dict[str, Any]:
+    """The ground truth an evaluation split is scored against, its ``info.protocol`` recording what was
+    scored and every departure from the annotation file as published.
+
+    ``ground_truth``: "published" (the COCO protocol: pycocotools on the original JSON) or "cleaned" (as
+    ingest validated it). ``unusable_images`` (published only): "error" stops on a declared image that
+    cannot be run through the model; "missed" keeps it, with no detections, so its boxes count as missed.
+    """
+    unusable = split.findings[split.findings["check"].isin(UNUSABLE_IMAGE_CHECKS)]
+    if ground_truth == "published" and unusable_images == "error" and len(unusable):
+        shown = "; ".join(unusable["message"].head(_LISTED_IMAGES))
+        more = f" (and {len(unusable) - _LISTED_IMAGES} more)" if len(unusable) > _LISTED_IMAGES else ""
+        raise _fatal(
+            split.annotation_file,
+            f"{len(unusable)} declared {split.name} image(s) cannot be evaluated: {shown}{more}",
+            "restore those image files; or score them as missed with no detections "
+            "(ingest.evaluation.unusable_images: missed), or evaluate on the cleaned split "
+            "(ingest.evaluation.ground_truth: cleaned). Either is recorded in coco_metrics",
+        )
+    published, filled_areas = published_ground_truth(split.annotation_file)
+    if ground_truth == "published":
+        chosen = _without_foreign_categories(published, set(split.categories["category_id"].tolist()))
+    else:
+        chosen = build_ground_truth(split)
+    protocol = {
+        "ground_truth": ground_truth,
+        "images_declared": len(published["images"]),
+        "images_in_ground_truth": len(chosen["images"]),
+        "images_inferred": len(split.images),
+        "annotations_declared": len(published["annotations"]),
+        "annotations_in_ground_truth": len(chosen["annotations"]),
+        "images_scored_as_missed": (
+            sorted(int(i) for i in unusable["image_id"]) if ground_truth == "published" else []
+        ),
+        "boxes_clipped": int((split.findings["check"] == "clipped_bbox").sum())
+        if ground_truth == "cleaned"
+        else 0,
+        "areas_filled": filled_areas if ground_truth == "published" else 0,
+    }
+    protocol["deviations"] = _deviations(protocol)
+    chosen["info"] = {**chosen["info"], "protocol": protocol}
+    return chosen
+
+
+def _without_foreign_categories(coco: dict[str, Any], classes: set[int]) -> dict[str, Any]:
+    # A declared category that is no class of the model (dropped by ingest as unused in train) and has no box
+    # in this split changes no number (COCOeval skips it); left in, it would be a blank row of the AP table.
+    used = {a.get("category_id") for a in coco["annotations"]}
+    kept = [c for c in coco["categories"] if c.get("id") in classes or c.get("id") in used]
+    return {**coco, "categories": kept}
+
+
+def _deviations(protocol: dict[str, Any]) -> list[str]:
+    """Every departure from scoring the annotation file as published, in words (empty: the COCO protocol)."""
+    deviations = []
+    missed = protocol["images_scored_as_missed"]
+    if missed:
+        deviations.append(
+            f"{len(missed)} image(s) could not be read and are scored with no detections (ids {missed[:10]})"
+        )
+    if protocol["areas_filled"]:
+        deviations.append(f"{protocol['areas_filled']} annotation(s) without 'area' took their box's w*h")
+    if protocol["ground_truth"] == "cleaned":
+        deviations.append(
+            "scored against the cleaned split, not the annotations as published: "
+            f"{protocol['images_in_ground_truth']} of {protocol['images_declared']} images, "
+            f"{protocol['annotations_in_ground_truth']} of {protocol['annotations_declared']} annotations, "
+            f"{protocol['boxes_clipped']} boxes clipped to the image"
+        )
+    return deviations

@@ -93,8 +93,9 @@ def report_coco_metrics(
     """The metrics record and the per-category AP table (logged).
 
     The record holds the 12 COCO metrics under ``metrics`` and names what they measured: the ``model``
-    (kind, version, sha256, provenance), the ``ground_truth`` (split, sha256, counts) and the ``inference``
-    settings.
+    (kind, version, sha256, provenance), the ``ground_truth`` (split, sha256, counts, and its ``protocol``:
+    as published or cleaned, images and boxes scored against declared, every deviation) and the
+    ``inference`` settings.
     """
     table = evaluation.per_category_ap()
     shown = table.copy()
@@ -102,10 +103,17 @@ def report_coco_metrics(
         shown[column] = (shown[column] * 100).round(1)
     log.info("AP per category (%%):\n%s", shown.to_string(index=False))
     settings = EvaluateParams.parse(evaluate, "evaluate")
+    protocol = ground_truth.get("info", {}).get("protocol") or {}
+    for deviation in protocol.get("deviations", []):
+        log.warning("%s AP deviates from the COCO protocol: %s", split, deviation)
     record = {
         "metrics": evaluation.metrics(),
         "model": evaluated_model,
-        "ground_truth": {"split": split, **ground_truth_fingerprint(ground_truth)},
+        "ground_truth": {
+            "split": split,
+            **ground_truth_fingerprint(ground_truth),
+            "protocol": ground_truth.get("info", {}).get("protocol"),
+        },
         "inference": {**settings.inference.model_dump(), "metric_backend": settings.metric_backend},
     }
     return record, table

@@ -14,7 +14,7 @@ from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
     ValidationPolicy,
-    build_ground_truth,
+    evaluation_ground_truth,
     read_coco_split,
     summarise_findings,
 )
@@ -95,10 +95,15 @@ def ingest_train_split(
 def ingest_evaluation_split(
     sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
-    """An evaluation split's tables (categories must agree with train's), findings, clean ground truth and
+    """An evaluation split's tables (categories must agree with train's), findings, the ground truth it is
+    scored against (``ingest.evaluation``: as published by default; its deviations are logged) and its
     fingerprint."""
     tables = _read_split(split, sources, params, categories)
-    return tables.images, tables.annotations, tables.findings, build_ground_truth(tables), tables.fingerprint
+    protocol = IngestParams.parse(params, "ingest").evaluation
+    ground_truth = evaluation_ground_truth(tables, protocol.ground_truth, protocol.unusable_images)
+    for deviation in ground_truth["info"]["protocol"]["deviations"]:
+        logger.warning("%s ground truth: %s", split, deviation)
+    return tables.images, tables.annotations, tables.findings, ground_truth, tables.fingerprint
 
 
 def report_validation(
