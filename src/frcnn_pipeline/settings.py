@@ -6,12 +6,24 @@ import warnings
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import MissingInputsHook, ParameterValidationHooks, ReportOnFailureHook, SplitsHook
+from frcnn_pipeline.hooks import (
+    InferenceBackendHook,
+    MissingInputsHook,
+    ParameterValidationHooks,
+    ReportOnFailureHook,
+    SplitsHook,
+)
 
 # The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
-# splits of `ingest.splits` decide which per-split pipelines exist; then the pipeline's stored inputs must
-# exist.
-HOOKS = (ParameterValidationHooks(), SplitsHook(), MissingInputsHook(), ReportOnFailureHook())
+# splits of `ingest.splits` and `runtime.inference_backend` decide how the pipelines are built; then the
+# pipeline's stored inputs must exist.
+HOOKS = (
+    ParameterValidationHooks(),
+    SplitsHook(),
+    InferenceBackendHook(),
+    MissingInputsHook(),
+    ReportOnFailureHook(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {

@@ -2,5 +2,6 @@
 
 from frcnn_pipeline.datasets.detector_dataset import DetectorDataset
 from frcnn_pipeline.datasets.image_folder_dataset import ImageFolderDataset
+from frcnn_pipeline.datasets.onnx_model_dataset import OnnxModelDataset
 
-__all__ = ["DetectorDataset", "ImageFolderDataset"]
+__all__ = ["DetectorDataset", "ImageFolderDataset", "OnnxModelDataset"]

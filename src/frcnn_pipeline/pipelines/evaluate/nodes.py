@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import numpy as np
+import onnx
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
@@ -21,7 +22,7 @@ from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_brea
 from frcnn_pipeline.evaluation.inference import (
     category_ids_by_label,
     coco_results,
-    run_inference,
+    run_model_inference,
 )
 from frcnn_pipeline.evaluation.matching import match_detections
 from frcnn_pipeline.evaluation.thresholds import score_threshold_advice
@@ -37,9 +38,11 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model_params: dict[str, Any],
     evaluate: dict[str, Any],
     runtime: dict[str, Any],
+    onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detections on every image of the split in COCO results format (original image and category ids,
-    xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from."""
+    xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from,
+    and the inference backend (``onnx_model``: the graph exported from ``model``, for onnxruntime)."""
     if not model.state_dict:
         raise ValueError(
             f"{model.name} holds no weights (a placeholder written by a node other than node 0 of a "
@@ -47,15 +50,17 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         )
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
-    records = run_inference(
-        model.state_dict,
+    records = run_model_inference(
+        model,
         config,
         len(categories),
         images["path"].tolist(),
         runtime=runtime,
         options=EvaluateParams.parse(evaluate, "evaluate").inference,
+        graph=onnx_model,
     )
     evaluated = model.describe(config_from)
+    evaluated["inference_backend"] = RuntimeParams.parse(runtime, "runtime").inference_backend
     if records is None:
         node_rank = RuntimeParams.parse(runtime, "runtime").node_rank
         log.info("Node %d: inference done; node 0 gathers and evaluates", node_rank)
