@@ -10,8 +10,8 @@ import torchvision
 from conftest import CATEGORIES, saved_detector, tiny_config
 
 from frcnn_pipeline.config import ExportParams
-from frcnn_pipeline.export import OnnxDetector, UnexportableOpError, export_detector
-from frcnn_pipeline.export.onnx_export import inference_model
+from frcnn_pipeline.export import DYNAMIC, FIXED, OnnxDetector, UnexportableOpError, export_detector
+from frcnn_pipeline.export.onnx_export import graph_config, inference_model
 from frcnn_pipeline.modeling.pooler import LevelRoIAlign
 
 # The tolerance the export is held to on these 64-96 px images: ONNX Runtime's float32 arithmetic
@@ -133,3 +133,12 @@ def test_a_canvas_too_small_for_an_image_is_a_clear_error(background_only):
         ValueError, match=r"image of 70x50 resizes to 90x64, which does not fit .* 64x96 canvas"
     ):
         detector(images(((70, 50),))[0])
+
+
+def test_each_graph_runs_its_own_mode_whatever_mode_the_model_was_trained_in():
+    trained_static = tiny_config(fixed_size=[128, 128])
+    trained_static["static_shapes"]["enabled"] = True  # as the npu envs train
+    dynamic, fixed = graph_config(trained_static, DYNAMIC), graph_config(trained_static, FIXED, [96, 96])
+    assert not dynamic["static_shapes"]["enabled"] and dynamic["input"]["fixed_size"] is None
+    assert fixed["static_shapes"]["enabled"] and fixed["input"]["fixed_size"] == [96, 96]
+    assert trained_static["input"]["fixed_size"] == [128, 128], "the saved config is left as it was"

@@ -2,15 +2,15 @@
 
 For each graph (`frcnn_pipeline.export`: dynamic, fixed) ONNX Runtime runs it and PyTorch runs the model it
 was exported from, in float32, one image at a time (a batch would pad images to each other's size): the
-dynamic graph against the model as evaluate builds it, the fixed-shape graph against the same model in its
-static-shape mode on the same canvas. The report gives the detections matched between the two (same class,
-IoU >= 0.5, greedily by score) with their largest box and score differences, what only one side found, and
-the COCO AP of both; an AP difference above the allowed one fails the check.
+dynamic graph against the model in its dynamic mode, the fixed-shape graph against the same model in its
+static-shape mode on the same canvas (`export.onnx_export.graph_config`). The report gives the detections
+matched between the two (same class, IoU >= 0.5, greedily by score) with their largest box and score
+differences, what only one side found, and the COCO AP of both; an AP difference above the allowed one fails
+the check.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import time
 from typing import Any
@@ -24,6 +24,7 @@ from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import coco_results, run_inference, run_onnx_inference
 from frcnn_pipeline.export import DYNAMIC, FIXED, read_description
+from frcnn_pipeline.export.onnx_export import graph_config
 from frcnn_pipeline.modeling.saved import SavedDetector, require_categories
 
 log = logging.getLogger(__name__)
@@ -137,10 +138,8 @@ def check_export(
             amp=False,
             group_by_aspect=False,
         )
-        config = copy.deepcopy(model_cfg)
-        if variant == FIXED:
-            config["input"]["fixed_size"] = description["preprocessing"]["outside_graph"]["canvas"]
-            config["static_shapes"]["enabled"] = True
+        canvas = description["preprocessing"]["outside_graph"]["canvas"] if variant == FIXED else None
+        config = graph_config(model_cfg, variant, canvas)
         started = time.perf_counter()
         reference = run_inference(
             saved.state_dict, config, len(categories), images["path"], runtime=runtime, options=test_time

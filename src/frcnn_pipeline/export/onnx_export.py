@@ -88,17 +88,15 @@ def export_detector(
     config = resolve_model_config(test_time.applied_to(model_cfg))
     require_exportable_ops(config, options.opset)
     canvas = list(options.fixed_size or default_canvas(config["input"]))
-    fixed_config = copy.deepcopy(config)
-    fixed_config["input"]["fixed_size"] = canvas
-    fixed_config["static_shapes"]["enabled"] = True
+    dynamic_config, fixed_config = graph_config(config, DYNAMIC), graph_config(config, FIXED, canvas)
     source = {key: value for key, value in saved.describe("").items() if key != "model_config_from"}
     describe = {"opset": options.opset, "source": source}
     deployment = {
-        DYNAMIC: describe_graph(DYNAMIC, config, categories, canvas=None, **describe),
+        DYNAMIC: describe_graph(DYNAMIC, dynamic_config, categories, canvas=None, **describe),
         FIXED: describe_graph(FIXED, fixed_config, categories, canvas=canvas, **describe),
     }
 
-    image_detector = ImageDetector(inference_model(saved.state_dict, config, len(categories)))
+    image_detector = ImageDetector(inference_model(saved.state_dict, dynamic_config, len(categories)))
     example = torch.randint(
         0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
@@ -139,6 +137,15 @@ def export_detector(
         saved.name, len(dynamic.graph.node), *canvas, len(fixed.graph.node), options.opset,
     )  # fmt: skip
     return ExportedDetector(dynamic, fixed, deployment)
+
+
+def graph_config(model_cfg: dict[str, Any], variant: str, canvas: list[int] | None = None) -> dict[str, Any]:
+    """The model config a graph runs, whatever mode the model was trained in (the weights are the same): the
+    dynamic graph the dynamic mode, the fixed-shape graph the static-shape mode padded to ``canvas``."""
+    config = copy.deepcopy(model_cfg)
+    config["input"]["fixed_size"] = list(canvas) if variant == FIXED else None
+    config["static_shapes"]["enabled"] = variant == FIXED
+    return config
 
 
 def require_exportable_ops(model_cfg: dict[str, Any], opset: int) -> None:
