@@ -21,8 +21,9 @@ _CPUINFO = Path("/proc/cpuinfo")
 
 @cache
 def native_bf16_instructions() -> tuple[str, ...]:
-    """The bfloat16 instruction sets of this CPU among AMX-BF16 and AVX512-BF16 (empty: none)."""
-    checks = {"AMX-BF16": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
+    """The bfloat16 instruction sets of this CPU among AMX and AVX512-BF16 (empty: none)."""
+    # torch reports AMX as a whole (tiles); every CPU with AMX so far has its bf16 unit (amx_bf16)
+    checks = {"AMX": "_is_amx_tile_supported", "AVX512-BF16": "_is_avx512_bf16_supported"}
     if all(hasattr(torch.cpu, check) for check in checks.values()):  # torch's cpuinfo, any OS
         return tuple(name for name, check in checks.items() if getattr(torch.cpu, check)())
     flags = set()
@@ -32,7 +33,7 @@ def native_bf16_instructions() -> tuple[str, ...]:
                 flags.update(line.split(":", 1)[1].split())
                 break
     return tuple(
-        name for name, flag in (("AMX-BF16", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if flag in flags
+        name for name, flag in (("AMX", "amx_bf16"), ("AVX512-BF16", "avx512_bf16")) if flag in flags
     )
 
 
@@ -45,6 +46,6 @@ def cpu_dtype(setting: str) -> torch.dtype:
     elif native_bf16_instructions():
         dtype, reason = torch.bfloat16, f"auto: this CPU has {' and '.join(native_bf16_instructions())}"
     else:
-        dtype, reason = torch.float32, "auto: this CPU has neither AMX-BF16 nor AVX512-BF16"
+        dtype, reason = torch.float32, "auto: this CPU has neither AMX nor AVX512-BF16"
     log.info("CPU inference precision: backbone in %s (%s); the heads in float32", dtype, reason)
     return dtype
