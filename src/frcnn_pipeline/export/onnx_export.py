@@ -14,6 +14,7 @@ the fixed-shape graph's output sizes become numbers) and checked by onnx's check
 from __future__ import annotations
 
 import copy
+import inspect
 import io
 import json
 import logging
@@ -53,6 +54,10 @@ _QUIET = (
     (UserWarning, r"Exporting aten::index operator of advanced indexing"),
     (UserWarning, r"To copy construct from a tensor"),
 )
+# torch.onnx.export takes `dynamo` in recent torch (True by default from 2.9); older torch only has the
+# TorchScript-based exporter and no such argument.
+_HAS_DYNAMO = "dynamo" in inspect.signature(torch.onnx.export).parameters
+_TORCHSCRIPT_EXPORTER = {"dynamo": False} if _HAS_DYNAMO else {}
 _OPERATOR = re.compile(r"\b(\w+::\w+(?:\.\w+)*)")  # torchvision::ps_roi_align, aten::add.Tensor
 
 
@@ -200,7 +205,7 @@ def trace_to_onnx(module: torch.nn.Module, args: tuple, *, opset: int, **names: 
         for category, message in _QUIET:
             warnings.filterwarnings("ignore", message=message, category=category)
         try:
-            torch.onnx.export(module, args, buffer, dynamo=False, opset_version=opset, **names)
+            torch.onnx.export(module, args, buffer, opset_version=opset, **_TORCHSCRIPT_EXPORTER, **names)
         except torch.onnx.errors.OnnxExporterError as error:
             found = _OPERATOR.search(str(error))
             operator = found.group(1) if found else "an operator"
