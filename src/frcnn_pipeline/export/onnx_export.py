@@ -95,10 +95,10 @@ def export_detector(
     canvas = list(options.fixed_size or default_canvas(config["input"]))
     dynamic_config, fixed_config = graph_config(config, DYNAMIC), graph_config(config, FIXED, canvas)
     source = {key: value for key, value in saved.describe("").items() if key != "model_config_from"}
-    describe = {"opset": options.opset, "source": source}
+    shared = {"opset": options.opset, "source": source}
     deployment = {
-        DYNAMIC: describe_graph(DYNAMIC, dynamic_config, categories, canvas=None, **describe),
-        FIXED: describe_graph(FIXED, fixed_config, categories, canvas=canvas, **describe),
+        DYNAMIC: describe_graph(DYNAMIC, dynamic_config, categories, canvas=None, **shared),
+        FIXED: describe_graph(FIXED, fixed_config, categories, canvas=canvas, **shared),
     }
 
     image_detector = ImageDetector(inference_model(saved.state_dict, dynamic_config, len(categories)))
