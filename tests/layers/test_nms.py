@@ -149,6 +149,7 @@ def test_batched_nms_takes_torchvisions_kernel_on_cpu_unless_told_otherwise(monk
     assert len(calls) == 1
 
 
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")  # the trace itself
 def test_a_traced_keep_mask_follows_the_data_it_was_not_traced_with():
     # A trace (an ONNX export) would freeze the portable mask's rounds: it takes torchvision's NMS instead.
     def keep(boxes, scores, classes, valid):
