@@ -24,6 +24,11 @@ from frcnn_pipeline import hooks
 from frcnn_pipeline.config import ParameterError
 from frcnn_pipeline.engine.launcher import LauncherConfigError
 from frcnn_pipeline.hooks import MainProcessSavesHooks, NotTheMainProcessError
+from frcnn_pipeline.pipelines.evaluate_initial_weights import (
+    create_pipeline as create_evaluate_initial_weights_pipeline,
+)
+from frcnn_pipeline.pipelines.inference_backend import TORCH, use_inference_backend
+from frcnn_pipeline.pipelines.predict import create_pipeline as create_predict_pipeline
 from frcnn_pipeline.pipelines.splits import (
     DEFAULT_EVALUATION_SPLITS,
     evaluation_splits,
@@ -229,3 +234,21 @@ def test_a_misspelt_runtime_key_stops_the_saving_hook_too(tmp_path):
     ):
         _run_with_saving_hook(catalog)
     assert not (tmp_path / "table.csv").exists()
+
+
+@pytest.fixture
+def backend_reset():
+    yield
+    use_inference_backend(TORCH)
+
+
+def test_the_backend_hook_builds_evaluate_and_predict_on_the_exported_graph(reconfigured, backend_reset):
+    hooks.InferenceBackendHook().after_context_created(context_with({"runtime": {"device": "cpu"}}))
+    assert reconfigured == [] and "export.onnx_model" not in create_predict_pipeline().inputs()
+    hooks.InferenceBackendHook().after_context_created(
+        context_with({"runtime": {"inference_backend": "onnxruntime"}})
+    )
+    assert reconfigured == [f"{hooks.project.PACKAGE_NAME}.pipeline_registry"]
+    assert "export.onnx_model" in create_predict_pipeline().inputs()
+    evaluate = create_evaluate_initial_weights_pipeline()
+    assert "export_initial_weights.onnx_model" in evaluate.inputs()

@@ -54,7 +54,9 @@ def test_the_project_has_the_documented_environments():
 @pytest.mark.parametrize("env", ["base", "cpu2p", *ACCELERATOR_ENVS])
 def test_every_environment_is_valid(env):
     sections = resolved_sections(env)
-    assert set(sections) == {"ingest", "model", "weights", "runtime", "train", "evaluate", "predict"}
+    assert set(sections) == {
+        "ingest", "model", "weights", "runtime", "train", "evaluate", "predict", "export"
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("env", ACCELERATOR_ENVS)

@@ -19,9 +19,10 @@ from kedro.framework.project import pipelines as registry
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.config import IngestParams, ParameterError, validate_parameters
+from frcnn_pipeline.config import IngestParams, ParameterError, RuntimeParams, validate_parameters
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.pipelines.inference_backend import use_inference_backend
 from frcnn_pipeline.pipelines.splits import evaluation_splits_of, use_evaluation_splits
 
 if TYPE_CHECKING:
@@ -166,6 +167,17 @@ class SplitsHook:
         splits = IngestParams.parse(ingest, "ingest").splits
         if use_evaluation_splits(evaluation_splits_of(splits)):
             # Pipelines built earlier in this process had other splits: rebuild them on next access.
+            project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
+
+
+class InferenceBackendHook:
+    """Builds evaluate and predict for this run's `runtime.inference_backend` (onnxruntime reads the graph the
+    export pipeline wrote)."""
+
+    @hook_impl
+    def after_context_created(self, context: KedroContext) -> None:
+        runtime = context.config_loader["parameters"].get("runtime")
+        if use_inference_backend(RuntimeParams.parse(runtime, "runtime").inference_backend):
             project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
 
 

@@ -1,4 +1,5 @@
-"""Inference: records, COCO results mapping, options, precision options and the two-worker gather."""
+"""Inference: records, COCO results mapping, options, precision options and the two-worker gather; what the
+ONNX Runtime backend refuses (its results: tests/pipelines/export)."""
 
 import numpy as np
 import pandas as pd
@@ -8,12 +9,15 @@ from detection_ops_probe import probe_detection_ops
 from PIL import Image
 
 from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.inference import (
     aspect_grouped_order,
     category_ids_by_label,
     coco_results,
     prepare_for_inference,
+    require_test_time_options,
     run_inference,
+    run_onnx_inference,
 )
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.parameters import load_parameters
@@ -115,7 +119,7 @@ def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, imag
 def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
     weights, model_cfg, image_paths
 ):
-    options = InferenceParams(cpu_bf16=True, channels_last=True)
+    options = InferenceParams(cpu_precision="bfloat16", channels_last=True)
     model = build_model(model_cfg, 3)
     model.load_state_dict(weights)
     model = prepare_for_inference(model, torch.device("cpu"), options)
@@ -151,3 +155,14 @@ def test_an_evaluation_with_the_portable_detection_ops_equals_torchvisions(weigh
             # Boxes of ~50 px agree to a float32 ulp or two; scores to ~1e-7.
             torch.testing.assert_close(record["boxes"], expected["boxes"], rtol=1e-6, atol=1e-5)
             torch.testing.assert_close(record["scores"], expected["scores"], rtol=1e-5, atol=1e-6)
+
+
+def test_onnxruntime_refuses_other_devices_and_other_test_time_filtering():
+    with pytest.raises(UserFacingError, match=r"onnxruntime runs on the CPU, but runtime.device is 'cuda'"):
+        run_onnx_inference(None, [], runtime={"device": "cuda"})
+    built_in = {
+        "postprocessing": {"score_threshold": 0.05, "nms_threshold": 0.5, "detections_per_image": 100}
+    }
+    require_test_time_options(built_in, InferenceParams())
+    with pytest.raises(UserFacingError, match=r"score_threshold is 0.3 but the graph was exported with 0.05"):
+        require_test_time_options(built_in, InferenceParams(score_threshold=0.3))

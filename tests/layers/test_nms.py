@@ -147,3 +147,21 @@ def test_batched_nms_takes_torchvisions_kernel_on_cpu_unless_told_otherwise(monk
     assert len(calls) == 1
     assert torch.equal(_portable_batched_nms(boxes, scores, classes, 0.5), auto)
     assert len(calls) == 1
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")  # the trace itself
+def test_a_traced_keep_mask_follows_the_data_it_was_not_traced_with():
+    # A trace (an ONNX export) would freeze the portable mask's rounds: it takes torchvision's NMS instead.
+    def keep(boxes, scores, classes, valid):
+        return nms_keep_mask(boxes, scores, 0.5, idxs=classes, valid=valid)
+
+    def case(seed: int):
+        generator = torch.Generator().manual_seed(seed)
+        boxes = _random_boxes(300, generator, spread=120.0)
+        scores = torch.rand(300, generator=generator)
+        return boxes, scores, torch.randint(0, 3, (300,), generator=generator), scores > 0.2
+
+    traced = torch.jit.trace(keep, case(0), check_trace=False)
+    for seed in (1, 2):
+        assert torch.equal(traced(*case(seed)), keep(*case(seed)))
+        assert 0 < int(keep(*case(seed)).sum()) < int(case(seed)[3].sum())  # suppression happened

@@ -6,6 +6,7 @@ Adding a parameter is one line in its section's module, e.g. in runtime.py:
 ``python -m frcnn_pipeline.parameter_reference``.
 """
 
+from frcnn_pipeline.config.export import ExportCheckParams, ExportParams
 from frcnn_pipeline.config.inference import EvaluateParams, InferenceParams, PredictParams, SamplesParams
 from frcnn_pipeline.config.ingest import DemoDatasetParams, DemoParams, IngestParams, SeverityParams
 from frcnn_pipeline.config.model import ModelParams
@@ -27,6 +28,8 @@ __all__ = [
     "DemoDatasetParams",
     "DemoParams",
     "EvaluateParams",
+    "ExportCheckParams",
+    "ExportParams",
     "InferenceParams",
     "IngestParams",
     "ModelParams",

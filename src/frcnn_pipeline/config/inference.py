@@ -21,7 +21,11 @@ class InferenceParams(Section):
     nms_threshold: float = Field(0.5, gt=0, le=1, description="overrides model.roi_heads.nms_thresh_test")
     detections_per_image: int = Field(100, ge=1, description="overrides model.roi_heads.detections_per_image")
     amp: bool = Field(True, description="fp16 backbone on NPU/GPU (the heads stay fp32)")
-    cpu_bf16: bool = Field(False, description="bf16 backbone on CPU (pays off only with bf16 instructions)")
+    cpu_precision: Literal["auto", "float32", "bfloat16"] = Field(
+        "auto",
+        description="backbone precision on CPU; auto: bfloat16 where the CPU has AVX512-BF16 or AMX, else "
+        "float32 (the heads stay float32)",
+    )
     channels_last: bool = Field(True, description="NHWC: faster on CPU (benchmarks/bench_inference.py)")
     fold_batch_norm: bool = Field(True, description="fold the backbone's norms into its convs")
     group_by_aspect: bool = Field(True, description="batch landscape and portrait images apart: less padding")

@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from frcnn_pipeline.config.export import ExportParams
 from frcnn_pipeline.config.inference import EvaluateParams, PredictParams
 from frcnn_pipeline.config.ingest import IngestParams
 from frcnn_pipeline.config.model import ModelParams
@@ -25,6 +26,7 @@ SECTIONS: dict[str, type[Section]] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "predict": PredictParams,
+    "export": ExportParams,
 }
 
 

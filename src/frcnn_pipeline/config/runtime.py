@@ -92,4 +92,9 @@ class RuntimeParams(Section):
     detection_ops: Literal["auto", "portable"] = Field(
         "auto", description="NMS/RoIAlign kernels: auto (the device's own) or portable (pure PyTorch)"
     )
+    inference_backend: Literal["torch", "onnxruntime"] = Field(
+        "torch",
+        description="evaluate and predict: torch, or ONNX Runtime (CPU) on the graph `kedro run --pipeline "
+        "export` wrote",
+    )
     amp: AmpParams = AmpParams()

@@ -2,7 +2,9 @@
 
 Workers come from ``frcnn_pipeline.engine.distributed.launch`` (as in training): each builds the model,
 takes a contiguous share of the images, and rank 0 gathers every share. Images that cannot be decoded are
-reported, not fatal. AMP (fp16 autocast) on NPU/GPU; bf16 autocast and channels_last are options on CPU.
+reported, not fatal. AMP (fp16 autocast) on NPU/GPU; on CPU bf16 autocast where the CPU has bf16
+instructions (`cpu_precision`), and channels_last. `run_onnx_inference` runs an exported graph instead, in
+ONNX Runtime, with the same records.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 from collections import OrderedDict
 from typing import Any
 
+import onnx
 import pandas as pd
 import torch
 from PIL import Image
@@ -23,10 +26,14 @@ from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.evaluation.cpu_precision import cpu_dtype
+from frcnn_pipeline.export import OnnxDetector, read_description
+from frcnn_pipeline.export.session import require_exported_from
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
-from frcnn_pipeline.modeling.saved import category_mapping
+from frcnn_pipeline.modeling.saved import SavedDetector, category_mapping
 
 logger = logging.getLogger(__name__)
 
@@ -78,9 +85,12 @@ def prepare_for_inference(model: nn.Module, device: torch.device, options: Infer
         fold_norms_into_convs(model.backbone.body)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    reduced = torch.bfloat16 if device.type == "cpu" else torch.float16
-    if options.cpu_bf16 if device.type == "cpu" else options.amp:
-        model.backbone = _AutocastBackbone(model.backbone, device.type, reduced)
+    if device.type == "cpu":
+        reduced = cpu_dtype(options.cpu_precision)
+        if reduced != torch.float32:
+            model.backbone = _AutocastBackbone(model.backbone, device.type, reduced)
+    elif options.amp:
+        model.backbone = _AutocastBackbone(model.backbone, device.type, torch.float16)
     return model
 
 
@@ -229,6 +239,92 @@ def run_inference(
         inference_order(paths, options),
         RuntimeParams.parse(runtime, "runtime").detection_ops,
     )
+    _report_unreadable(records, paths)
+    return records
+
+
+def run_model_inference(
+    saved: SavedDetector,
+    model_cfg: dict[str, Any],
+    num_classes: int,
+    paths: list[str],
+    *,
+    runtime: dict[str, Any] | None,
+    options: InferenceParams,
+    graph: onnx.ModelProto | None = None,
+) -> list[dict[str, Any]]:
+    """`run_inference` on ``saved``, or `run_onnx_inference` on ``graph`` (exported from ``saved``), as
+    ``runtime.inference_backend`` says."""
+    if RuntimeParams.parse(runtime, "runtime").inference_backend == "torch":
+        return run_inference(
+            saved.state_dict, model_cfg, num_classes, paths, runtime=runtime, options=options
+        )
+    if graph is None:
+        raise ValueError(
+            "runtime.inference_backend is onnxruntime but no exported graph was given: the pipeline was "
+            "built for the torch backend (the project's hooks build it for the run's "
+            "runtime.inference_backend)"
+        )
+    require_exported_from(read_description(graph), saved)
+    return run_onnx_inference(graph, paths, runtime=runtime, options=options)
+
+
+def run_onnx_inference(
+    graph: onnx.ModelProto,
+    paths: list[str],
+    *,
+    runtime: dict[str, Any] | None = None,
+    options: InferenceParams | None = None,
+) -> list[dict[str, Any]]:
+    """`run_inference`'s records from an exported graph (`frcnn_pipeline.export`) run by ONNX Runtime on CPU,
+    one image at a time (`runtime.num_threads` threads; ONNX Runtime's default: every core).
+
+    Raises:
+        UserFacingError: a device other than the CPU, or test-time filtering (score and NMS thresholds,
+            detections per image) other than the graph's, which has them built in.
+    """
+    options = options or InferenceParams()
+    settings = RuntimeParams.parse(runtime, "runtime")
+    if settings.device != "cpu":
+        raise UserFacingError(
+            "runtime.inference_backend onnxruntime runs on the CPU, but runtime.device is "
+            f"{settings.device!r}: set runtime.device: cpu, or runtime.inference_backend: torch"
+        )
+    detector = OnnxDetector(graph, threads=settings.num_threads)
+    require_test_time_options(detector.description, options)
+    paths = list(map(str, paths))
+    logger.info("Inference of %d image(s) with ONNX Runtime (%s graph)", len(paths), detector.variant)
+    loader = DataLoader(ImageFiles(paths), batch_size=1, num_workers=options.num_workers, collate_fn=_collate)
+    records = []
+    for [(position, image, error)] in tqdm(loader, desc="inference", unit="img", mininterval=5):
+        if image is None:
+            records.append({"position": position, "error": error})
+            continue
+        output = detector(image)
+        records.append(
+            {"position": position, "height": image.shape[1], "width": image.shape[2], **output, "error": ""}
+        )
+    _report_unreadable(records, paths)
+    return records
+
+
+def require_test_time_options(description: dict[str, Any], options: InferenceParams) -> None:
+    """The graph's built-in test-time filtering must be what the options ask for."""
+    built_in = description["postprocessing"]
+    differ = [
+        f"{key} is {getattr(options, key)} but the graph was exported with {built_in[key]}"
+        for key in ("score_threshold", "nms_threshold", "detections_per_image")
+        if getattr(options, key) != built_in[key]
+    ]
+    if differ:
+        raise UserFacingError(
+            f"The ONNX graph has its test-time filtering built in: {'; '.join(differ)}. Export again with "
+            "export.score_threshold / nms_threshold / detections_per_image set alike "
+            "(`kedro run --pipeline export --params ...`), or change the inference options to the graph's."
+        )
+
+
+def _report_unreadable(records: list[dict[str, Any]], paths: list[str]) -> None:
     failed = [r for r in records if r["error"]]
     if failed:
         logger.warning(
@@ -237,7 +333,6 @@ def run_inference(
             len(paths),
             "; ".join(f"{paths[r['position']]} ({r['error']})" for r in failed[:5]),
         )
-    return records
 
 
 def coco_results(

@@ -36,6 +36,8 @@ def nms_keep_mask(
     candidates kept" reaches the greedy result after as many rounds as the block's longest chain of
     suppressions, with the same shapes in every round; the block's kept boxes then suppress the later ones.
     """
+    if torch.jit.is_tracing():
+        return _traced_keep_mask(boxes, scores, iou_threshold, idxs, valid)
     order, kept = _greedy_nms(boxes, scores, iou_threshold, idxs, valid)
     mask = torch.zeros_like(kept)
     mask[order] = kept
@@ -58,6 +60,26 @@ def batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, iou_threshold: floa
         keep[members] = nms_keep_mask(boxes[members], scores[members], iou_threshold)
     kept = torch.where(keep)[0]
     return kept[torch.argsort(scores[kept], descending=True, stable=True)]
+
+
+def _traced_keep_mask(
+    boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None, valid: Tensor | None
+) -> Tensor:
+    """`nms_keep_mask` for a trace (an ONNX export): the rounds of `_resolve_block` stop on the data, which
+    a trace would freeze, so the mask comes from torchvision's NMS (ONNX's NonMaxSuppression) instead.
+
+    Invalid boxes score below every valid one: greedy NMS only lets a box suppress lower-ranked boxes, so
+    they change nothing, and the mask drops them.
+    """
+    if valid is not None:
+        scores = torch.where(valid, scores, scores.min() - 1)
+    if idxs is None:
+        kept = box_ops.nms(boxes, scores, iou_threshold)
+    else:
+        kept = box_ops.batched_nms(boxes, scores, idxs, iou_threshold)
+    mask = torch.zeros(boxes.shape[0], dtype=torch.bool, device=boxes.device)
+    mask[kept] = True
+    return mask if valid is None else mask & valid
 
 
 def _greedy_nms(

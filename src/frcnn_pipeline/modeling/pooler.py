@@ -39,11 +39,12 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> Tensor:
         features = [x[name] for name in self.featmap_names]
+        # Counts from .shape, not len(): an ONNX export's trace follows the former and freezes the latter.
         rois = torch.cat(
-            [torch.cat([box.new_full((len(box), 1), i), box], dim=1) for i, box in enumerate(boxes)]
+            [torch.cat([box.new_full((box.shape[0], 1), i), box], dim=1) for i, box in enumerate(boxes)]
         )
         levels = self.map_levels(boxes)
-        result = features[0].new_zeros((len(rois), features[0].shape[1], *self.output_size))
+        result = features[0].new_zeros((rois.shape[0], features[0].shape[1], *self.output_size))
         for level, (feature, scale) in enumerate(zip(features, self.scales, strict=True)):
             if self.static_shapes:
                 in_level = (levels == level)[:, None]

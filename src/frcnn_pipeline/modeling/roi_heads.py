@@ -121,7 +121,7 @@ class DetectronRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[Tensor], list[Tensor], list[Tensor]]:
         num_classes = class_logits.shape[-1]
-        boxes_per_image = [len(boxes) for boxes in proposals]
+        boxes_per_image = [boxes.shape[0] for boxes in proposals]  # not len(): a trace would freeze it
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image)
         pred_scores = F.softmax(class_logits, -1).split(boxes_per_image)
         all_boxes, all_scores, all_labels = [], [], []

@@ -132,7 +132,9 @@ def top_valid(scores: Tensor, valid: Tensor, k: int) -> tuple[Tensor, Tensor]:
 
 def clip_to_sizes(boxes: Tensor, image_sizes: list[tuple[int, int]]) -> Tensor:
     """`clip_boxes_to_image` for boxes [B, ..., 4] with the sizes as a tensor, not per-image constants."""
-    sizes = torch.tensor(image_sizes, dtype=boxes.dtype, device=boxes.device)  # [B, 2] (h, w)
+    # Stacked rather than torch.tensor(image_sizes): a trace (ONNX export) keeps sizes given as tensors.
+    sizes = torch.stack([torch.stack([torch.as_tensor(side) for side in size]) for size in image_sizes])
+    sizes = sizes.to(dtype=boxes.dtype, device=boxes.device)  # [B, 2] (h, w)
     upper = sizes.flip(-1).repeat(1, 2).view(len(image_sizes), *([1] * (boxes.dim() - 2)), 4)
     return torch.minimum(boxes.clamp(min=0), upper)
 

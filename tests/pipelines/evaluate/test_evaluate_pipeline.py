@@ -156,6 +156,7 @@ def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
         "path": str(model_file),
         "model_config_from": "saved",
         "provenance": None,
+        "inference_backend": "torch",
     }
     assert record["model"]["provenance"] == {"run_name": "conftest", "iterations": 4}
     protocol = demo_split["ground_truth"]["info"]["protocol"]

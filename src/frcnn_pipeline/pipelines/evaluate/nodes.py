@@ -6,11 +6,12 @@ import logging
 from typing import Any
 
 import numpy as np
+import onnx
 import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import EvaluateParams
+from frcnn_pipeline.config import EvaluateParams, RuntimeParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import analysis_plots, plots
@@ -21,7 +22,7 @@ from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_brea
 from frcnn_pipeline.evaluation.inference import (
     category_ids_by_label,
     coco_results,
-    run_inference,
+    run_model_inference,
 )
 from frcnn_pipeline.evaluation.matching import match_detections
 from frcnn_pipeline.evaluation.thresholds import score_threshold_advice
@@ -42,20 +43,25 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model_params: dict[str, Any],
     evaluate: dict[str, Any],
     runtime: dict[str, Any],
+    onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detections on every image of the split in COCO results format (original image and category ids,
-    xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from."""
+    xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from,
+    and the inference backend (``onnx_model``: the graph exported from ``model``, for onnxruntime)."""
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
-    records = run_inference(
-        model.state_dict,
+    records = run_model_inference(
+        model,
         config,
         len(categories),
         images["path"].tolist(),
         runtime=runtime,
         options=EvaluateParams.parse(evaluate, "evaluate").inference,
+        graph=onnx_model,
     )
+    evaluated = model.describe(config_from)
+    evaluated["inference_backend"] = RuntimeParams.parse(runtime, "runtime").inference_backend
     unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(
@@ -65,7 +71,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         )
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(categories))
     log.info("%d detections on %d images", len(detections), len(images))
-    return detections, model.describe(config_from)
+    return detections, evaluated
 
 
 def compute_coco_metrics(

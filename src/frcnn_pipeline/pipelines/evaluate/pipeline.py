@@ -7,6 +7,7 @@ own versioned files: ``data/08_reporting/<evaluation>/<split>/coco_metrics.json/
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.inference_backend import graph_input
 from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
 
 from .nodes import (
@@ -33,7 +34,15 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
     nodes = [
         Node(
             predict_split,
-            ["model", "images", "categories", "params:model", "params:evaluate", "params:runtime"],
+            [
+                "model",
+                "images",
+                "categories",
+                "params:model",
+                "params:evaluate",
+                "params:runtime",
+                *graph_input(model),
+            ],
             ["detections", "evaluated_model"],
             name="predict_split",
         ),
@@ -100,6 +109,7 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
             "images": f"{split}_images",
             "ground_truth": f"{split}_ground_truth",
             "categories": "categories",
+            **{graph: graph for graph in graph_input(model)},
         },
         parameters=SHARED_PARAMETERS,
         namespace=f"{evaluation}.{split}",

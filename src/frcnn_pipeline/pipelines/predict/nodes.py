@@ -7,12 +7,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import onnx
 from PIL import Image
 
-from frcnn_pipeline.config import PredictParams
+from frcnn_pipeline.config import PredictParams, RuntimeParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
-from frcnn_pipeline.evaluation.inference import run_inference
+from frcnn_pipeline.evaluation.inference import run_model_inference
 from frcnn_pipeline.modeling.saved import (
     SavedDetector,
     inference_model_config,
@@ -52,27 +53,31 @@ def list_prediction_images(predict: dict[str, Any]) -> list[str]:
     return paths
 
 
-def predict_images(
+def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model: SavedDetector,
     image_paths: list[str],
     model_params: dict[str, Any],
     predict: dict[str, Any],
     runtime: dict[str, Any],
+    onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Inference records, one per path (``error`` set for images that could not be read), and the model
-    used: its description (kind, version, sha256, provenance) and class mapping."""
+    used: its description (kind, version, sha256, provenance), class mapping and inference backend
+    (``onnx_model``: the graph exported from ``model``, for onnxruntime)."""
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     categories = require_categories(model)
-    records = run_inference(
-        model.state_dict,
+    records = run_model_inference(
+        model,
         config,
         len(categories),
         image_paths,
         runtime=runtime,
         options=PredictParams.parse(predict, "predict").inference,
+        graph=onnx_model,
     )
-    return records, {**model.describe(config_from), "categories": categories}
+    backend = RuntimeParams.parse(runtime, "runtime").inference_backend
+    return records, {**model.describe(config_from), "inference_backend": backend, "categories": categories}
 
 
 def _by_label(prediction_model: dict[str, Any], key: str, background: Any) -> list[Any]:

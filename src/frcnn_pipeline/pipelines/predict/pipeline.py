@@ -2,6 +2,8 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.inference_backend import graph_input
+
 from .nodes import build_prediction_results, draw_prediction_images, list_prediction_images, predict_images
 
 
@@ -18,7 +20,14 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 predict_images,
-                [model, "prediction_image_paths", "params:model", "params:predict", "params:runtime"],
+                [
+                    model,
+                    "prediction_image_paths",
+                    "params:model",
+                    "params:predict",
+                    "params:runtime",
+                    *graph_input(model),
+                ],
                 ["prediction_records", "prediction_model"],
                 name="predict_images",
             ),

@@ -1,4 +1,5 @@
-"""A small demo split and a detector trained on it for a few iterations (module-scoped: built once)."""
+"""A small demo split and a detector trained on it for a few iterations (module-scoped: built once), for the
+pipelines that run a trained model (evaluate, export)."""
 
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
-PROJECT = Path(__file__).resolve().parents[3]
+PROJECT = Path(__file__).resolve().parents[2]
 # Small images keep a training step well under a second on two shared cores.
 SMALL_INPUT = {"min_size_train": [64], "min_size_test": 64, "max_size": 96}
 

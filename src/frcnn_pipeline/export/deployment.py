@@ -1,0 +1,181 @@
+"""What a deployer needs besides a graph: its inputs and outputs, the preprocessing, the classes, the source.
+
+Each exported graph carries its description as JSON in its ONNX metadata (key `METADATA_KEY`), and the export
+pipeline writes both descriptions to a sidecar JSON. The fixed-shape graph leaves the resize to the deployer:
+its description states the rule exactly (`resize`), and `export.session` applies it as written there.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FORMAT = "frcnn_pipeline.onnx/1"
+METADATA_KEY = "frcnn_pipeline.deployment"
+DYNAMIC = "dynamic"
+FIXED = "fixed"
+
+_ROUNDING = {
+    "detectron2": "new_h = floor(h * scale + 0.5), new_w = floor(w * scale + 0.5)",
+    "torchvision": "new_h = floor(h * scale), new_w = floor(w * scale)",
+}
+
+
+def default_canvas(input_cfg: dict[str, Any]) -> list[int]:
+    """The square canvas that holds every image after the test-time resize: max_size rounded up to
+    size_divisibility on both sides (1344 x 1344 for max_size 1333)."""
+    divisor = input_cfg["size_divisibility"]
+    side = math.ceil(input_cfg["max_size"] / divisor) * divisor
+    return [side, side]
+
+
+def resize_rule(input_cfg: dict[str, Any]) -> dict[str, Any]:
+    """The model's test-time resize (`modeling.transform.resized_shape`), as a deployer applies it."""
+    short_side, max_size = input_cfg["min_size_test"], input_cfg["max_size"]
+    rounding = input_cfg["resize_rounding"]
+    return {
+        "short_side": short_side,
+        "max_size": max_size,
+        "rounding": rounding,
+        "rule": (
+            f"h, w: the image's size; scale = {short_side} / min(h, w); if max(h, w) * scale > {max_size}: "
+            f"scale = {max_size} / max(h, w); {_ROUNDING[rounding]} (double precision)"
+        ),
+        "interpolation": "bilinear with half-pixel centres and no antialiasing (PyTorch "
+        "interpolate(mode='bilinear', align_corners=False), OpenCV INTER_LINEAR)",
+    }
+
+
+def _normalisation(input_cfg: dict[str, Any]) -> list[str]:
+    steps = ["float32"]
+    if input_cfg["format"] == "BGR":
+        steps.append("channels reversed: RGB -> BGR")
+    steps.append(
+        f"(x - mean) / std per channel in {input_cfg['format']} order, mean {input_cfg['pixel_mean']}, "
+        f"std {input_cfg['pixel_std']} (0-255 scale)"
+    )
+    return steps
+
+
+def _postprocessing(model_cfg: dict[str, Any]) -> dict[str, Any]:
+    roi = model_cfg["roi_heads"]
+    return {
+        "in_graph": "RPN proposals (per-level top-k, NMS per level), box head, box decoding, clipping to the "
+        "image, score threshold, per-class NMS, top-k by score, boxes scaled to the original image",
+        "score_threshold": roi["score_thresh_test"],
+        "nms_threshold": roi["nms_thresh_test"],
+        "detections_per_image": roi["detections_per_image"],
+    }
+
+
+def _outputs(variant: str, count: int | str) -> list[dict[str, Any]]:
+    outputs = [
+        {
+            "name": "boxes",
+            "dtype": "float32",
+            "shape": [count, 4],
+            "meaning": "x1, y1, x2, y2 in the original image's pixels",
+        },
+        {"name": "scores", "dtype": "float32", "shape": [count], "meaning": "class probability"},
+        {"name": "labels", "dtype": "int64", "shape": [count], "meaning": "1..K, see categories"},
+    ]
+    if variant == FIXED:
+        outputs[2]["meaning"] += "; padded rows 0"
+        outputs.append(
+            {
+                "name": "num_detections",
+                "dtype": "int64",
+                "shape": [1],
+                "meaning": "the first num_detections rows are the detections (best first), the rest zeros",
+            }
+        )
+    return outputs
+
+
+def describe_graph(
+    variant: str,
+    model_cfg: dict[str, Any],
+    categories: list[dict[str, Any]],
+    *,
+    opset: int,
+    canvas: list[int] | None,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """The description of one exported graph.
+
+    Args:
+        variant: DYNAMIC (any image size, preprocessing in the graph) or FIXED (canvas of size `canvas`).
+        model_cfg: the resolved `model:` section the graph was exported from, test-time filtering included.
+        categories: the saved class mapping, table labels 0..K-1 (the graph's labels are 1..K).
+        source: what was exported (kind, version, sha256, provenance).
+    """
+    input_cfg = model_cfg["input"]
+    description: dict[str, Any] = {
+        "format": FORMAT,
+        "variant": variant,
+        "opset": opset,
+        "source": source,
+        "categories": [
+            {"label": entry["label"] + 1, "category_id": entry["category_id"], "name": entry["name"]}
+            for entry in categories
+        ],
+        "postprocessing": _postprocessing(model_cfg),
+    }
+    if variant == DYNAMIC:
+        description["inputs"] = [
+            {
+                "name": "image",
+                "dtype": "uint8",
+                "shape": [3, "height", "width"],
+                "meaning": "the image as decoded: RGB, 0-255, channels first, any size",
+            }
+        ]
+        description["outputs"] = _outputs(variant, "detections")
+        description["preprocessing"] = {
+            "outside_graph": "none",
+            "in_graph": [
+                *_normalisation(input_cfg),
+                f"resize: {resize_rule(input_cfg)['rule']}; bilinear",
+                f"zero padding (after normalising) on the bottom and right to multiples of "
+                f"{input_cfg['size_divisibility']}",
+            ],
+        }
+        return description
+    height, width = canvas
+    description["inputs"] = [
+        {
+            "name": "image",
+            "dtype": "float32",
+            "shape": [1, 3, height, width],
+            "meaning": "the canvas: the resized image (RGB, 0-255) in its top-left corner; values around it "
+            "are ignored",
+        },
+        {
+            "name": "resized_size",
+            "dtype": "int64",
+            "shape": [2],
+            "meaning": "height, width of the resized image",
+        },
+        {
+            "name": "original_size",
+            "dtype": "int64",
+            "shape": [2],
+            "meaning": "height, width of the image before resizing: the boxes come out in its pixels",
+        },
+    ]
+    description["outputs"] = _outputs(variant, model_cfg["roi_heads"]["detections_per_image"])
+    description["preprocessing"] = {
+        "outside_graph": {
+            "color": "RGB, 0-255 as decoded (no scaling to 0-1)",
+            "resize": resize_rule(input_cfg),
+            "canvas": [height, width],
+            "placement": "top-left corner; the resized image must fit the canvas",
+        },
+        "in_graph": [*_normalisation(input_cfg), "zero beyond resized_size (after normalising)"],
+    }
+    description["static_shapes"] = {
+        "detection_candidates": model_cfg["static_shapes"]["detection_candidates"],
+        "note": "the model's static-shape mode: fixed proposal and candidate counts, masks instead of "
+        "removals; NonMaxSuppression's selected indices are the one data-dependent tensor inside",
+    }
+    return description

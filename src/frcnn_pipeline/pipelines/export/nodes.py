@@ -1,0 +1,61 @@
+"""Export nodes: thin wrappers over `frcnn_pipeline.export` and `frcnn_pipeline.evaluation.export_check`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import onnx
+import pandas as pd
+
+from frcnn_pipeline.config import ExportParams
+from frcnn_pipeline.evaluation.export_check import check_export
+from frcnn_pipeline.export import DYNAMIC, FIXED, ExportedDetector, export_detector
+from frcnn_pipeline.modeling.saved import SavedDetector, check_same_categories, inference_model_config
+
+log = logging.getLogger(__name__)
+
+
+def export_onnx(
+    model: SavedDetector, model_params: dict[str, Any], export: dict[str, Any]
+) -> ExportedDetector:
+    """Both graphs of the model (built from its saved config) with their descriptions, not yet checked."""
+    if not model.state_dict:
+        raise ValueError(f"{model.name} holds no weights (a placeholder of a multi-node run's node > 0?)")
+    config, _ = inference_model_config(model, model_params)
+    return export_detector(model, config, ExportParams.parse(export, "export"))
+
+
+def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
+    model: SavedDetector,
+    exported: ExportedDetector,
+    images: pd.DataFrame,
+    ground_truth: dict[str, Any],
+    categories: pd.DataFrame,
+    model_params: dict[str, Any],
+    export: dict[str, Any],
+    runtime: dict[str, Any],
+    *,
+    split: str,
+) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, Any], dict[str, Any]]:
+    """ONNX Runtime against PyTorch on the split's first ``export.check.max_images`` images (by id); the
+    graphs and their descriptions are handed on to be saved only when both pass, with the check report.
+
+    Raises:
+        ExportCheckError: an AP difference above ``export.check.max_ap_difference`` (the report is saved).
+    """
+    check_same_categories(model, categories)
+    config, _ = inference_model_config(model, model_params)
+    options = ExportParams.parse(export, "export").check
+    checked = images.sort_values("image_id").head(options.max_images or len(images))
+    report = check_export(
+        {DYNAMIC: exported.dynamic, FIXED: exported.fixed},
+        model,
+        config,
+        {"path": checked["path"].tolist(), "image_id": checked["image_id"].astype(int).tolist()},
+        ground_truth,
+        runtime=runtime,
+        options=options,
+        split=split,
+    )
+    return exported.dynamic, exported.fixed, exported.deployment, report

@@ -1,0 +1,43 @@
+"""A tiny random detector (ResNet-18, 64-px test size) exported once for the module's tests."""
+
+import pytest
+import torch
+
+from frcnn_pipeline.export import export_detector
+from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+from frcnn_pipeline.parameters import load_parameters
+
+CATEGORIES = [
+    {"label": i, "category_id": 10 + i, "name": name} for i, name in enumerate(("cat", "dog", "owl"))
+]
+
+
+def tiny_config(**input_overrides) -> dict:
+    """The demo model (conf/base) at a 64-px test size: a 96 x 96 canvas."""
+    model = load_parameters("base")["model"]
+    return resolve_model_config(
+        {**model, "input": {**model["input"], "min_size_test": 64, "max_size": 96, **input_overrides}}
+    )
+
+
+def saved_detector(config: dict) -> SavedDetector:
+    torch.manual_seed(0)
+    model = build_model(config, len(CATEGORIES))
+    return SavedDetector(
+        model.state_dict(),
+        TRAINED_MODEL,
+        model_config=config,
+        categories=CATEGORIES,
+        origin={"version": "2025-05-01T00.00.00.000Z", "sha256": "ab" * 32},
+    )
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SavedDetector:
+    return saved_detector(tiny_config())
+
+
+@pytest.fixture(scope="module")
+def exported(tiny):
+    return export_detector(tiny, tiny.model_config)

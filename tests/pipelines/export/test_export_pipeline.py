@@ -1,0 +1,169 @@
+"""The export pipeline end to end on a briefly trained demo model, with the project's catalog entries; then
+evaluate and predict on ONNX Runtime from what it wrote."""
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from test_cli import kedro_run
+
+from frcnn_pipeline.evaluation import export_check
+from frcnn_pipeline.evaluation.export_check import ExportCheckError
+from frcnn_pipeline.export import ExportedDetector, OnnxDetector
+from frcnn_pipeline.pipelines.evaluate import create_pipeline as create_evaluate_pipeline
+from frcnn_pipeline.pipelines.export import create_pipeline
+from frcnn_pipeline.pipelines.export.nodes import check_onnx_export
+from frcnn_pipeline.pipelines.inference_backend import TORCH, use_inference_backend
+from frcnn_pipeline.pipelines.predict import create_pipeline as create_predict_pipeline
+
+VERSION = "2025-04-01T00.00.00.000Z"
+GRAPHS = ("onnx_model", "onnx_model_fixed")
+
+
+def catalog_in(tmp_path: Path, catalog_config: dict, inputs: dict) -> DataCatalog:
+    """The project's catalog with every file under tmp_path, plus in-memory inputs."""
+    config = {
+        name: {**entry, "filepath": str(tmp_path / entry["filepath"])} if "filepath" in entry else entry
+        for name, entry in catalog_config.items()
+        if not name.startswith("_")
+    }
+    catalog = DataCatalog.from_config(config, save_version=VERSION)
+    for name, data in inputs.items():
+        catalog[name] = MemoryDataset(data, copy_mode="assign")
+    return catalog
+
+
+@pytest.fixture(scope="module")
+def inputs(trained_model, demo_split, model_params, parameters) -> dict:
+    return {
+        "trained_model": trained_model,
+        "val_images": demo_split["val"].images,
+        "val_ground_truth": demo_split["ground_truth"],
+        "categories": demo_split["train"].categories,
+        "params:model": model_params,
+        "params:export": parameters["export"],
+        "params:runtime": parameters["runtime"],
+    }
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, inputs, catalog_config) -> Path:
+    """One export pipeline run (the slow part: two traces), its files under the returned folder."""
+    root = tmp_path_factory.mktemp("export")
+    SequentialRunner().run(create_pipeline(), catalog_in(root, catalog_config, inputs))
+    return root
+
+
+def written(root: Path, layer: str, name: str) -> Path:
+    [path] = root.glob(f"data/{layer}/export/{name}/*/{name}")
+    assert path.parent.name == VERSION
+    return path
+
+
+def test_export_writes_both_graphs_their_description_and_a_passing_check_report(exported, demo_split):
+    dynamic = onnx.load(written(exported, "06_models", "onnx_model.onnx"))
+    fixed = onnx.load(written(exported, "06_models", "onnx_model_fixed.onnx"))
+    for graph in (dynamic, fixed):
+        onnx.checker.check_model(graph, full_check=True)
+        assert graph.opset_import[0].version == 17
+    assert all(dim.HasField("dim_value") for v in fixed.graph.output for dim in v.type.tensor_type.shape.dim)
+
+    deployment = json.loads(written(exported, "06_models", "deployment.json").read_text())
+    assert set(deployment) == {"dynamic", "fixed"}
+    names = [entry["name"] for entry in deployment["dynamic"]["categories"]]
+    assert names == sorted(demo_split["train"].categories["name"], key=names.index)
+    assert deployment["dynamic"]["source"]["kind"] == "trained_model"
+
+    report = json.loads(written(exported, "08_reporting", "check_report.json").read_text())
+    assert report["passed"] and report["split"] == "val" and report["images"] == len(demo_split["val"].images)
+    for variant in ("dynamic", "fixed"):
+        graph = report["graphs"][variant]
+        assert abs(graph["ap_difference"]) <= report["max_ap_difference"]
+        detections = graph["detections"]
+        assert detections["pytorch"] > 0 and detections["matched"] > 0
+        # Tolerance of the export (stated in the README): boxes within 0.01 px, scores within 1e-4.
+        assert detections["max_box_difference_px"] < 1e-2 and detections["max_score_difference"] < 1e-4
+
+
+def test_a_check_that_finds_another_ap_fails_naming_the_graph_and_carries_its_report(
+    exported, inputs, monkeypatch
+):
+    graphs = ExportedDetector(
+        onnx.load(written(exported, "06_models", "onnx_model.onnx")),
+        onnx.load(written(exported, "06_models", "onnx_model_fixed.onnx")),
+        json.loads(written(exported, "06_models", "deployment.json").read_text()),
+    )
+    run_onnx = export_check.run_onnx_inference
+
+    def shifted(*args, **kwargs):
+        records = run_onnx(*args, **kwargs)
+        for record in records:
+            record["boxes"] = record["boxes"] + 7.0  # every box 7 px off
+        return records
+
+    monkeypatch.setattr(export_check, "run_onnx_inference", shifted)
+    # The briefly trained model's AP is below 0.1 points: allow 0.001 points, so that the shift fails it.
+    export = {"check": {"max_ap_difference": 1e-5}}
+    data = [inputs[name] for name in ("val_images", "val_ground_truth", "categories", "params:model")]
+    with pytest.raises(
+        ExportCheckError, match=r"the dynamic graph's AP is .* more than the 0\.001 points"
+    ) as failed:
+        check_onnx_export(
+            inputs["trained_model"], graphs, *data, export, inputs["params:runtime"], split="val"
+        )
+    report = failed.value.report
+    assert not report["passed"] and report["split"] == "val"
+    assert report["graphs"]["dynamic"]["passed"] is False and report["graphs"]["dynamic"]["ap_difference"] < 0
+
+
+@pytest.fixture
+def onnxruntime_backend():
+    use_inference_backend("onnxruntime")
+    yield
+    use_inference_backend(TORCH)
+
+
+def test_evaluate_and_predict_run_on_onnxruntime_from_the_exported_graph(  # noqa: PLR0917 (fixtures)
+    exported, inputs, parameters, catalog_config, demo_split, onnxruntime_backend
+):
+    graph = onnx.load(written(exported, "06_models", "onnx_model.onnx"))
+    runtime = {**parameters["runtime"], "inference_backend": "onnxruntime"}
+    evaluate = create_evaluate_pipeline()
+    assert "export.onnx_model" in evaluate.inputs()
+    run_inputs = {**inputs, "export.onnx_model": graph, "params:runtime": runtime}
+    run_inputs["params:evaluate"] = parameters["evaluate"]
+    root = exported / "evaluate_run"
+    SequentialRunner().run(evaluate, catalog_in(root, catalog_config, run_inputs))
+    [metrics_file] = root.glob("data/08_reporting/evaluate/val/coco_metrics.json/*/coco_metrics.json")
+    record = json.loads(metrics_file.read_text())
+    assert record["model"]["inference_backend"] == "onnxruntime"
+    report = json.loads(written(exported, "08_reporting", "check_report.json").read_text())
+    assert record["metrics"]["AP"] == pytest.approx(report["graphs"]["dynamic"]["onnxruntime"]["AP"])
+
+    predict = {**parameters["predict"], "images": str(demo_split["root"] / "val2017"), "score_threshold": 0.0}
+    run_inputs = {**run_inputs, "params:predict": predict}
+    SequentialRunner().run(create_predict_pipeline(), catalog_in(root, catalog_config, run_inputs))
+    [results_file] = root.glob("data/07_model_output/predict/prediction_results.json/*/*.json")
+    results = json.loads(results_file.read_text())
+    assert results["model"]["inference_backend"] == "onnxruntime"
+    first = results["images"][0]
+    detector = OnnxDetector(graph)
+    from frcnn_pipeline.data.images import read_rgb
+
+    expected = detector(read_rgb(first["path"]))
+    assert [d["score"] for d in first["detections"]] == pytest.approx(expected["scores"].tolist())
+
+
+def test_an_export_before_training_names_the_pipelines_to_run(project):
+    root, _ = project
+    result = kedro_run(root, "--pipeline", "export")
+    assert result.returncode == 1
+    last = (result.stdout + result.stderr).rstrip().splitlines()[-2]
+    assert last == (
+        "Error: This pipeline's inputs do not exist yet. Run first: `kedro run --pipeline ingest` "
+        "(writes categories, val_ground_truth, val_images); then `kedro run --pipeline train` "
+        "(writes trained_model)."
+    )
