@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -17,14 +18,18 @@ import yaml
 from browser import BrowsedPage, browse, needs_chromium
 from mlflow import MlflowClient
 
-from frcnn_pipeline.engine.distributed import find_free_port
-
 PROJECT = Path(__file__).resolve().parents[1]
 SERVER_START_TIMEOUT_S = 240  # four cold imports of mlflow on two shared cores
 RUN_NAMES = ("demo_lr1e-3", "demo_lr2e-3")
 
 
 @pytest.fixture(scope="module")
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def store(tmp_path_factory) -> tuple[str, str]:
     """A SQLite store like the project's, with two runs that differ in their learning rate."""
     folder = tmp_path_factory.mktemp("mlflow-ui")
@@ -48,7 +53,7 @@ def store(tmp_path_factory) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def ui_url(store, tmp_path_factory) -> Iterator[str]:
     uri, _ = store
-    port = find_free_port()
+    port = _free_port()
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
     log = (tmp_path_factory.mktemp("mlflow-ui-log") / "server.log").open("w")
     server = subprocess.Popen(
