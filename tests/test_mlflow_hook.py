@@ -18,6 +18,7 @@ from kedro.io import DataCatalog
 from kedro_datasets.json import JSONDataset
 from mlflow import MlflowClient
 
+from frcnn_pipeline.hooks import NotTheMainProcessError
 from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
@@ -83,8 +84,9 @@ def test_tracking_switched_off_by_a_setting_the_pipeline_runs_the_same(tmp_path,
 def test_only_node_0_of_a_multi_node_run_tracks(tmp_path, monkeypatch):
     root = _project(tmp_path / "node1")
     monkeypatch.chdir(root)
-    _run(root, ["ingest"], {**TINY_DEMO, "runtime": {"num_nodes": 2, "node_rank": 1}})
-    assert _runs(root) == []
+    with pytest.raises(NotTheMainProcessError, match="node 1 of 2"):
+        _run(root, ["ingest"], {**TINY_DEMO, "runtime": {"num_nodes": 2, "node_rank": 1}})
+    assert _runs(root) == [], "node 1 neither tracks nor writes the project's store"
     _run(root, ["ingest"], TINY_DEMO)
     assert [run.info.run_name for run in _runs(root)] == ["ingest"]
     assert mlflow.active_run() is None, "the session closed its run"

@@ -23,13 +23,13 @@ SERVER_START_TIMEOUT_S = 240  # four cold imports of mlflow on two shared cores
 RUN_NAMES = ("demo_lr1e-3", "demo_lr2e-3")
 
 
-@pytest.fixture(scope="module")
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="module")
 def store(tmp_path_factory) -> tuple[str, str]:
     """A SQLite store like the project's, with two runs that differ in their learning rate."""
     folder = tmp_path_factory.mktemp("mlflow-ui")

@@ -145,11 +145,6 @@ def test_training_curves_plot():
     assert len(figure.axes[0].lines) == 3
 
 
-def test_training_curves_of_a_node_other_than_node_0_say_so():
-    figure = plot_training_curves(pd.DataFrame())
-    assert figure.axes[0].get_title() == "no metrics (not node 0)"
-
-
 def test_training_curves_gain_the_ap_curve_with_evaluation_during_training():
     rows = [{"iteration": i, "loss_classifier": 1 / i, "total_loss": 2 / i, "lr": 1e-3, "images_per_s": 5.0}
             for i in (20, 40, 60)]  # fmt: skip

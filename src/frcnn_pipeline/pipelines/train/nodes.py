@@ -125,6 +125,9 @@ def plot_training_curves(training_metrics: pd.DataFrame) -> Figure:
         1, 4 if has_eval else 3, figsize=(20 if has_eval else 15, 4), layout="constrained"
     )
     loss_axis, lr_axis, speed_axis = axes[:3]
+    if training_metrics.empty:
+        loss_axis.set_title("no metric rows (fewer iterations than train.log_period)")
+        return figure
     iteration = training_metrics["iteration"]
     losses = [c for c in training_metrics.columns if c.startswith("loss") or c == "total_loss"]
     for column in losses:
