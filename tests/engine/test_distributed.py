@@ -78,12 +78,15 @@ def test_workers_die_with_a_killed_launcher(tmp_path):
         text=True,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
     )
-    lines: list[str] = []
+    output = ""
     deadline = time.monotonic() + 120
-    while sum(line.startswith("WORKER ") for line in lines) < 2:
-        assert time.monotonic() < deadline and launcher.poll() is None, f"workers did not start: {lines}"
+    # Raw reads of the pipe: a buffered readline() could take both workers' lines in one read and leave
+    # select() waiting on an empty pipe.
+    while output.count("WORKER ") < 2:
+        assert time.monotonic() < deadline and launcher.poll() is None, f"workers did not start: {output!r}"
         if select.select([launcher.stdout], [], [], 1.0)[0]:
-            lines.append(launcher.stdout.readline())
+            output += os.read(launcher.stdout.fileno(), 4096).decode()
+    lines = output.splitlines()
     workers = [int(line.split()[1]) for line in lines if line.startswith("WORKER ")]
     launcher.kill()  # SIGKILL: no chance to stop its workers itself
     launcher.wait()
