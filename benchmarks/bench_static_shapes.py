@@ -2,7 +2,7 @@
 
 Copies the project (code and conf, no data) to two temporary folders and runs the default `kedro run` in
 each: once as configured, once with an env that turns `model.static_shapes` on and pads every batch to
-`model.input.fixed_size` (160 × 160: the demo's largest resized image is 144 px). Prints both box APs, both
+`model.input.fixed_size` (96 × 96: the demo resizes its 128 px images to 96 px). Prints both box APs, both
 wall times and the differences; the target is an AP within 1 point (0.01) of the dynamic mode's.
 
     python benchmarks/bench_static_shapes.py [--keep DIR] [--params "train.solver.max_iter=600"]
@@ -21,7 +21,7 @@ from bench_demo import copy_project, kedro_run, latest_coco_metrics
 STATIC_ENV = "static_shapes"
 STATIC_MODEL = """model:
   input:
-    fixed_size: [160, 160]   # the demo's largest resized image: 144 px (min_size_train up to 144)
+    fixed_size: [96, 96]     # the demo's resized images: 96 px (min_size_train and min_size_test)
   static_shapes:
     enabled: true
 """

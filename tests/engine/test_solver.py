@@ -1,5 +1,7 @@
 """Solver: linear scaling, warm-up and steps, weight decay groups."""
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -60,3 +62,28 @@ def test_optimizer_choice():
     assert isinstance(solver.build_optimizer(model, {**base, "optimizer": "adamw"}, 0.1), torch.optim.AdamW)
     with pytest.raises(ValueError, match="must be one of"):
         solver.build_optimizer(model, {**base, "optimizer": "lamb"}, 0.1)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_cpu_optimizers_are_fused_and_step_like_torchs_loop(name):
+    torch.manual_seed(0)
+    # No norm after a conv: its bias would get a ~1e-9 gradient, where Adam's step is all rounding.
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
+    reference = copy.deepcopy(model)
+    cfg = {"optimizer": name, "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0}
+    optimizer = solver.build_optimizer(model, cfg, lr=0.1)
+    assert optimizer.defaults["fused"] is True
+    groups = solver.parameter_groups(reference, 1e-4, 0.0, weight_decay_bias=None)
+    loop = (
+        torch.optim.SGD(groups, lr=0.1, momentum=0.9, foreach=False)
+        if name == "sgd"
+        else torch.optim.AdamW(groups, lr=0.1, foreach=False)
+    )
+    batch, target = torch.randn(2, 3, 8, 8), torch.randn(2, 4, 6, 6)
+    for _ in range(3):
+        for net, opt in ((model, optimizer), (reference, loop)):
+            opt.zero_grad()
+            (net(batch) - target).square().mean().backward()
+            opt.step()
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)

@@ -211,6 +211,22 @@ def test_bad_sections_stop_before_any_work(tmp_path, tiny_tables, section, value
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reporting").exists()
 
 
+def test_channels_last_training_equals_the_default_layout(tmp_path, tiny_tables):
+    # runtime.channels_last once tried to make the 3-D per-image tensors NHWC and crashed on the first step.
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, optimizer="sgd", base_lr=0.02, max_iter=2, warmup_iters=0, steps=[])
+    results = {}
+    for channels_last in (False, True):
+        train["run_name"] = f"channels_last_{channels_last}"
+        runtime = runtime_config(channels_last=channels_last, num_threads=1)
+        results[channels_last] = train_detector(images, annotations, 2, TINY_MODEL, train, runtime)
+    expected, losses = (results[flag]["record"]["final_losses"] for flag in (False, True))
+    for name, value in expected.items():
+        assert losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
+    for key, value in results[False]["state_dict"].items():
+        torch.testing.assert_close(results[True]["state_dict"][key], value, rtol=1e-4, atol=1e-5)
+
+
 def test_a_training_step_with_the_portable_detection_ops_equals_torchvisions(tmp_path, tiny_tables):
     images, annotations = tiny_tables
     train = train_config(tmp_path, optimizer="sgd", base_lr=0.02, max_iter=1, warmup_iters=0, steps=[])

@@ -9,23 +9,14 @@ a temporary name and renamed, and a load says which file, version and sha256 it 
 from __future__ import annotations
 
 import hashlib
-from copy import deepcopy
-from pathlib import PurePosixPath
-from typing import Any
 
-import fsspec
-from kedro.io.core import (
-    AbstractVersionedDataset,
-    DatasetError,
-    Version,
-    get_filepath_str,
-    get_protocol_and_path,
-)
+from kedro.io.core import DatasetError
 
+from frcnn_pipeline.datasets.versioned_fsspec import VersionedFsspecDataset
 from frcnn_pipeline.modeling.saved import SavedDetector
 
 
-class DetectorDataset(AbstractVersionedDataset[SavedDetector, SavedDetector]):
+class DetectorDataset(VersionedFsspecDataset[SavedDetector, SavedDetector]):
     """Loads and saves a `SavedDetector` as safetensors (weights; config, classes and provenance as metadata).
 
     A plain safetensors state dict (written by an earlier version of the project) loads with kind
@@ -37,31 +28,8 @@ class DetectorDataset(AbstractVersionedDataset[SavedDetector, SavedDetector]):
           versioned: true
     """
 
-    def __init__(
-        self,
-        *,
-        filepath: str,
-        version: Version | None = None,
-        credentials: dict[str, Any] | None = None,
-        fs_args: dict[str, Any] | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        fs_args = deepcopy(fs_args) or {}
-        protocol, path = get_protocol_and_path(filepath, version)
-        if protocol == "file":
-            fs_args.setdefault("auto_mkdir", True)
-        self._protocol = protocol
-        self._fs = fsspec.filesystem(protocol, **(deepcopy(credentials) or {}), **fs_args)
-        self.metadata = metadata
-        super().__init__(
-            filepath=PurePosixPath(path),
-            version=version,
-            exists_function=self._fs.exists,
-            glob_function=self._fs.glob,
-        )
-
     def load(self) -> SavedDetector:
-        path = get_filepath_str(self._get_load_path(), self._protocol)
+        path = self._load_path_str()
         data = self._fs.cat_file(path)
         origin = {
             "path": path,
@@ -81,19 +49,4 @@ class DetectorDataset(AbstractVersionedDataset[SavedDetector, SavedDetector]):
             raise DatasetError(
                 f"{self._filepath} expects a SavedDetector (weights with their config), got {type(data)}"
             )
-        path = get_filepath_str(self._get_save_path(), self._protocol)
-        partial = f"{path}.partial"
-        # A crash mid-write leaves a `.partial` file, never a truncated model under the real name.
-        self._fs.pipe_file(partial, data.to_bytes())
-        self._fs.mv(partial, path)
-        self._fs.invalidate_cache(get_filepath_str(self._filepath, self._protocol))
-
-    def _exists(self) -> bool:
-        try:
-            path = get_filepath_str(self._get_load_path(), self._protocol)
-        except DatasetError:
-            return False
-        return self._fs.exists(path)
-
-    def _describe(self) -> dict[str, Any]:
-        return {"filepath": self._filepath, "protocol": self._protocol, "version": self._version}
+        self._write_file_atomically(data.to_bytes())

@@ -106,11 +106,10 @@ class Trainer:
 
     def run_step(self, iteration: int) -> StepOutput:
         device = self.context.device
-        channels_last = bool(self.job.runtime_cfg.get("channels_last", False))
         data_start = step_start = time.perf_counter()
         images, targets = next(self.batches)
         self.bad_images.check(targets)
-        images, targets = _to_device(images, targets, device, channels_last)
+        images, targets = _to_device(images, targets, device)
         data_time = time.perf_counter() - data_start
 
         with self.precision.autocast():
@@ -155,11 +154,11 @@ class Trainer:
         }
 
 
-def _to_device(images, targets, device: torch.device, channels_last: bool):
+def _to_device(images, targets, device: torch.device):
+    # runtime.channels_last needs nothing here: the images are 3-D until the model batches them, and a conv
+    # with channels_last weights gives channels_last activations.
     non_blocking = device.type != "cpu"
     images = [image.to(device, non_blocking=non_blocking) for image in images]
-    if channels_last:
-        images = [image.contiguous(memory_format=torch.channels_last) for image in images]
     targets = [
         {key: value.to(device, non_blocking=non_blocking) for key, value in t.items()} for t in targets
     ]

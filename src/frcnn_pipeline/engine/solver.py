@@ -54,13 +54,31 @@ def build_optimizer(model: nn.Module, solver: dict[str, Any], lr: float) -> torc
     groups = parameter_groups(
         model, solver["weight_decay"], solver["weight_decay_norm"], solver.get("weight_decay_bias")
     )
+    implementation = _fused_where_available(groups)
     if name == "sgd":
         return torch.optim.SGD(
-            groups, lr=lr, momentum=solver["momentum"], nesterov=solver.get("nesterov", False)
+            groups,
+            lr=lr,
+            momentum=solver["momentum"],
+            nesterov=solver.get("nesterov", False),
+            **implementation,
         )
     if name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=tuple(solver.get("betas", (0.9, 0.999))))
+        return torch.optim.AdamW(
+            groups, lr=lr, betas=tuple(solver.get("betas", (0.9, 0.999))), **implementation
+        )
     raise ValueError(f"train.solver.optimizer must be one of {OPTIMIZERS}, got {solver['optimizer']!r}")
+
+
+# torch's fused optimizer kernels (one call per step) exist for these devices; on CPU torch's default is a
+# Python loop over every tensor, which took 15% of the CPU demo's iteration (AdamW, benchmarks/bench_demo.py).
+_FUSED_DEVICES = {"cpu", "cuda"}
+
+
+def _fused_where_available(groups: list[dict[str, Any]]) -> dict[str, bool]:
+    """``fused=True`` when every parameter lives where torch has fused kernels; else torch's default (NPU)."""
+    devices = {parameter.device.type for group in groups for parameter in group["params"]}
+    return {"fused": True} if devices and devices <= _FUSED_DEVICES else {}
 
 
 def lr_milestones(solver: dict[str, Any], iters_per_epoch: int) -> list[int]:
