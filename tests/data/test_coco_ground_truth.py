@@ -2,8 +2,7 @@
 every deviation recorded."""
 
 import pytest
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+from pycocotools_reference import pycocotools_stats
 
 from frcnn_pipeline.data.coco import CocoFormatError, evaluation_ground_truth, read_coco_split
 from frcnn_pipeline.data.coco.findings import ValidationPolicy
@@ -25,18 +24,6 @@ def damaged_val(write_split, coco_doc):
 
 def _read(source):
     return read_coco_split(source, ValidationPolicy())
-
-
-def _pycocotools_stats(annotation_file, detections) -> list[float]:
-    reference_file = COCO(str(annotation_file))
-    for record in reference_file.dataset["annotations"]:  # pycocotools needs the area the file lacks
-        record.setdefault("area", record["bbox"][2] * record["bbox"][3])
-    reference_file.createIndex()
-    reference = COCOeval(reference_file, reference_file.loadRes(detections), "bbox")
-    reference.evaluate()
-    reference.accumulate()
-    reference.summarize()
-    return reference.stats.tolist()
 
 
 def test_an_unreadable_evaluation_image_stops_with_the_file_the_id_and_the_fix(damaged_val):
@@ -83,7 +70,7 @@ def test_scored_as_missed_equals_pycocotools_on_the_original_json(damaged_val, c
         if a["image_id"] in set(split.images["image_id"])
     ]
     ours = evaluate_boxes(ground_truth, detections).metrics()
-    assert list(ours.values()) == _pycocotools_stats(damaged_val.annotation_file, detections)
+    assert list(ours.values()) == pycocotools_stats(damaged_val.annotation_file, detections)
     assert ours["AR100"] < 1.0, "the unreadable image's box counts as missed"
 
 

@@ -120,8 +120,8 @@ def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes
     assert not (tmp_path / "checkpoints" / "too_few").exists()
 
 
-class _LossTurnsNaN(nn.Module):
-    """A real model whose classifier loss becomes NaN from its third training step."""
+class _StepCountingModel(nn.Module):
+    """A real model that counts its training steps; a subclass acts at some step in `at_step`."""
 
     def __init__(self, model: nn.Module):
         super().__init__()
@@ -129,9 +129,19 @@ class _LossTurnsNaN(nn.Module):
         self.calls = 0
 
     def forward(self, images, targets):
-        losses = self.model(images, targets)
         self.calls += 1
-        if self.calls >= 3:
+        return self.at_step(self.calls, images, targets)
+
+    def at_step(self, step: int, images, targets):
+        raise NotImplementedError
+
+
+class _LossTurnsNaN(_StepCountingModel):
+    """A real model whose classifier loss becomes NaN from its third training step."""
+
+    def at_step(self, step: int, images, targets):
+        losses = self.model(images, targets)
+        if step >= 3:
             losses["loss_classifier"] = losses["loss_classifier"] * float("nan")
         return losses
 
@@ -255,17 +265,11 @@ def test_a_training_step_with_the_portable_detection_ops_equals_torchvisions(tmp
         )
 
 
-class _SignalledOnRankOne(nn.Module):
+class _SignalledOnRankOne(_StepCountingModel):
     """A real model; in its third training step, rank 1 (only) receives SIGTERM, as from a pre-emption."""
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-        self.calls = 0
-
-    def forward(self, images, targets):
-        self.calls += 1
-        if self.calls == 3 and torch.distributed.get_rank() == 1:
+    def at_step(self, step: int, images, targets):
+        if step == 3 and torch.distributed.get_rank() == 1:
             os.kill(os.getpid(), signal.SIGTERM)
         return self.model(images, targets)
 
