@@ -1,11 +1,14 @@
-"""Detection-ops benchmark: the portable RoIAlign and NMS against torchvision's kernels on CPU.
+"""Detection-ops benchmark: our RoIAlign and NMS against torchvision's kernels on CPU.
 
-RoIAlign: the box pooler's work for a batch of padded 800×1216 images (FPN maps P2–P5, 256 channels),
-`--rois` proposals per image with COCO-like sizes, each pooled on its level (detectron2's level mapper),
-aligned, adaptive (sampling_ratio 0, the default) and fixed (2) sampling; forward, and forward + backward.
+RoIAlign: the box pooler's work, each RoI pooled on its level (detectron2's level mapper), aligned,
+adaptive (sampling_ratio 0, the default) and fixed (2) sampling; forward, and forward + backward. Two
+workloads: COCO (2 padded 800×1216 images, FPN maps P2–P5 of 256 channels, `--rois` proposals per image,
+sides 16–800 px) and the demo (4 images of 96×96, 64 channels, 64 RoIs per image, sides 8–96 px). Ours:
+the portable op, and on the forward + backward rows also `frcnn_pipeline.layers.roi_align` as training
+on CPU runs it (torchvision's forward, the backward as matrix products where cheaper).
 NMS: RPN-like proposals (clusters around objects, 5 levels as classes) at 2,000–10,000 boxes, IoU 0.7;
 `batched_nms` (per-class, data-dependent) and `nms_keep_mask` (fixed shapes).
-Prints the median seconds of both (their runs alternating), the ratio portable / torchvision and
+Prints the median seconds of both (their runs alternating), the ratio ours / torchvision and
 the largest difference (RoIAlign: max |difference| of the outputs and of the feature gradients; NMS: kept
 indices identical or not).
 
@@ -20,37 +23,54 @@ import math
 import statistics
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import roi_align as tv_roi_align
 from torchvision.ops.poolers import initLevelMapper
 
-from frcnn_pipeline.layers import backend, batched_nms, nms_keep_mask
+from frcnn_pipeline.layers import backend, batched_nms, nms_keep_mask, roi_align
 from frcnn_pipeline.layers.portable_roi_align import portable_roi_align
 
 STRIDES = (4, 8, 16, 32)
 IMAGE_HW = (800, 1216)
 
 
-def _median_seconds(reference: Callable[[], object], portable: Callable[[], object], repeats: int):
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    image_hw: tuple[int, int]
+    images: int
+    channels: int
+    rois_per_image: int
+    box_sides: tuple[float, float]  # px, log-uniform
+
+
+def _median_seconds(reference: Callable[[], object], ours: Callable[[], object], repeats: int):
     """Median seconds of each, the two runs alternating (a busy machine slows both alike)."""
-    reference(), portable()  # warm-up
+    reference(), ours()  # warm-up
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(repeats):
-        for run, samples in zip((reference, portable), times, strict=True):
+        for run, samples in zip((reference, ours), times, strict=True):
             start = time.perf_counter()
             run()
             samples.append(time.perf_counter() - start)
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def _proposals(images: int, per_image: int, generator: torch.Generator) -> list[torch.Tensor]:
-    """COCO-like boxes: sides log-uniform in 16–800 px, aspect 1:3–3:1, inside the image."""
-    height, width = IMAGE_HW
+def _proposals(
+    images: int,
+    per_image: int,
+    generator: torch.Generator,
+    image_hw: tuple[int, int] = IMAGE_HW,
+    sides: tuple[float, float] = (16, 800),
+) -> list[torch.Tensor]:
+    """Boxes with sides log-uniform in `sides` px, aspect 1:3–3:1, inside the image."""
+    height, width = image_hw
     boxes = []
     for _ in range(images):
-        size = torch.exp(torch.empty(per_image).uniform_(math.log(16), math.log(800), generator=generator))
+        size = torch.exp(torch.empty(per_image).uniform_(*map(math.log, sides), generator=generator))
         aspect = torch.exp(torch.empty(per_image).uniform_(-math.log(3), math.log(3), generator=generator))
         w, h = (size * aspect.sqrt()).clamp(max=width), (size / aspect.sqrt()).clamp(max=height)
         x1 = torch.rand(per_image, generator=generator) * (width - w)
@@ -59,18 +79,27 @@ def _proposals(images: int, per_image: int, generator: torch.Generator) -> list[
     return boxes
 
 
-def bench_roi_align(args: argparse.Namespace, generator: torch.Generator) -> list[tuple]:
+def bench_roi_align(workload: Workload, repeats: int, generator: torch.Generator) -> list[tuple]:
     features = [
         torch.randn(
-            args.images, 256, math.ceil(IMAGE_HW[0] / s), math.ceil(IMAGE_HW[1] / s), generator=generator
+            workload.images,
+            workload.channels,
+            math.ceil(workload.image_hw[0] / s),
+            math.ceil(workload.image_hw[1] / s),
+            generator=generator,
         )
         for s in STRIDES
     ]
-    boxes = _proposals(args.images, args.rois, generator)
+    boxes = _proposals(
+        workload.images, workload.rois_per_image, generator, workload.image_hw, workload.box_sides
+    )
     rois = torch.cat([torch.cat([b.new_full((len(b), 1), i), b], dim=1) for i, b in enumerate(boxes)])
     levels = initLevelMapper(2, 5)(boxes)
     per_level = [rois[levels == level] for level in range(len(STRIDES))]
-    print(f"RoIAlign: {len(rois)} RoIs on levels P2–P5: {[len(r) for r in per_level]}, 256 channels, 7×7")
+    print(
+        f"RoIAlign, {workload.name}: {len(rois)} RoIs on levels P2–P5: {[len(r) for r in per_level]}, "
+        f"{workload.channels} channels, 7×7"
+    )
 
     rows = []
     for ratio in (0, 2):
@@ -85,18 +114,20 @@ def bench_roi_align(args: argparse.Namespace, generator: torch.Generator) -> lis
             grad_outputs = [torch.ones_like(p) for p in pooled]
             return pooled, torch.autograd.grad(pooled, inputs, grad_outputs)
 
-        for backward in (False, True):
-            name = f"roi_align sampling_ratio={ratio} " + ("fwd+bwd" if backward else "fwd")
-            reference_s, portable_s = _median_seconds(
-                functools.partial(pool, tv_roi_align, backward),
-                functools.partial(pool, portable_roi_align, backward),
-                args.repeats,
-            )
-            expected, portable = pool(tv_roi_align, backward), pool(portable_roi_align, backward)
-            notes = [_difference("output", expected[0], portable[0])]
+        for ours_name, ours, backward in (
+            ("portable", portable_roi_align, False),
+            ("portable", portable_roi_align, True),
+            ("training on CPU", roi_align, True),
+        ):
+            passes = "fwd+bwd" if backward else "fwd"
+            name = f"{workload.name} sampling {ratio} {passes}, {ours_name}"
+            reference, candidate = (functools.partial(pool, op, backward) for op in (tv_roi_align, ours))
+            reference_s, ours_s = _median_seconds(reference, candidate, repeats)
+            expected, result = pool(tv_roi_align, backward), pool(ours, backward)
+            notes = [_difference("output", expected[0], result[0])]
             if backward:
-                notes.append(_difference("gradient", expected[1], portable[1]))
-            rows.append((name, reference_s, portable_s, "; ".join(notes)))
+                notes.append(_difference("gradient", expected[1], result[1]))
+            rows.append((name, reference_s, ours_s, "; ".join(notes)))
     return rows
 
 
@@ -165,11 +196,16 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), CPU")
     generator = torch.Generator().manual_seed(0)
-    rows = bench_roi_align(args, generator) + bench_nms(args, generator)
-    print(f"{'op':<38} {'torchvision':>12} {'portable':>10} {'ratio':>7}  difference")
-    for name, reference_s, portable_s, difference in rows:
-        ratio = portable_s / reference_s
-        print(f"{name:<38} {reference_s:>10.4f} s {portable_s:>8.4f} s {ratio:>6.1f}×  {difference}")
+    workloads = (
+        Workload("COCO", IMAGE_HW, args.images, 256, args.rois, (16, 800)),
+        Workload("demo", (96, 96), 4, 64, 64, (8, 96)),
+    )
+    rows = [row for w in workloads for row in bench_roi_align(w, args.repeats, generator)]
+    rows += bench_nms(args, generator)
+    print(f"{'op':<50} {'torchvision':>12} {'ours':>10} {'ratio':>7}  difference")
+    for name, reference_s, ours_s, difference in rows:
+        ratio = ours_s / reference_s
+        print(f"{name:<50} {reference_s:>10.4f} s {ours_s:>8.4f} s {ratio:>6.2f}×  {difference}")
 
 
 if __name__ == "__main__":

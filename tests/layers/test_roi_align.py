@@ -10,6 +10,7 @@ import torch
 from torchvision.ops import roi_align as tv_roi_align
 
 from frcnn_pipeline.layers import backend
+from frcnn_pipeline.layers.cpu_roi_align import cpu_roi_align
 from frcnn_pipeline.layers.portable_roi_align import portable_roi_align
 
 # The package exports the function under the module's name.
@@ -37,6 +38,23 @@ def test_cpu_runs_torchvisions_kernel_and_the_portable_setting_the_portable_op(m
     portable = roi_align_module.roi_align(features, rois, 7, 0.25, 0, True)
     assert len(calls) == 1
     torch.testing.assert_close(portable, pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_training_takes_the_faster_backward_inference_and_static_mode_torchvisions_op(monkeypatch):
+    calls = []
+    monkeypatch.setattr(
+        roi_align_module, "cpu_roi_align", lambda *args: calls.append(args) or cpu_roi_align(*args)
+    )
+    features, rois = _inputs()
+    features.requires_grad_(True)
+    pooled = roi_align_module.roi_align(features, rois, 7, 0.25, 0, True)
+    assert len(calls) == 1 and type(pooled.grad_fn).__name__ == "_SeparableBackwardRoIAlignBackward"
+    with torch.no_grad():
+        inferred = roi_align_module.roi_align(features, rois, 7, 0.25, 0, True)
+    assert len(calls) == 1 and torch.equal(inferred, pooled)
+    # The static mode keeps the kernel's backward, whose shapes do not follow the RoIs.
+    static = roi_align_module.roi_align(features, rois, 7, 0.25, 0, True, static_shapes=True)
+    assert len(calls) == 1 and torch.equal(static, pooled)
 
 
 def test_the_torch_npu_adapter_passes_torchvisions_arguments_in_ascends_order(monkeypatch):

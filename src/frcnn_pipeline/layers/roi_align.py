@@ -1,4 +1,6 @@
-"""RoIAlign: torchvision's kernel where the device has one, torch_npu's where it matches, else portable."""
+"""RoIAlign: torchvision's kernel where the device has one, torch_npu's where it matches, else portable.
+
+Training on CPU runs torchvision's forward kernel with a faster backward (`cpu_roi_align`)."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from torch.nn.modules.utils import _pair
 from torchvision.ops import roi_align as tv_roi_align
 
 from frcnn_pipeline.layers import backend
+from frcnn_pipeline.layers.cpu_roi_align import cpu_roi_align
 from frcnn_pipeline.layers.portable_roi_align import portable_roi_align
 
 
@@ -18,10 +21,19 @@ def roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
     spatial_scale: float,
     sampling_ratio: int,
     aligned: bool,
+    *,
+    static_shapes: bool = False,
 ) -> Tensor:
-    """`rois`: [R, 5] (batch index, x1, y1, x2, y2) in image pixels; returns [R, C, *output_size]."""
+    """`rois`: [R, 5] (batch index, x1, y1, x2, y2) in image pixels; returns [R, C, *output_size].
+
+    `static_shapes`: only ops whose shapes do not depend on the RoIs (the model's static mode); that leaves
+    out the CPU training backward's products (their sample grid and per-image split follow the data).
+    """
     implementation = backend.choose("roi_align", features.device.type, npu_native=not aligned)
     if implementation == backend.TORCHVISION:
+        training_on_cpu = features.device.type == "cpu" and features.requires_grad and torch.is_grad_enabled()
+        if training_on_cpu and not static_shapes:
+            return cpu_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
     if implementation == backend.TORCH_NPU:
         config = (_pair(output_size), float(spatial_scale), int(sampling_ratio))

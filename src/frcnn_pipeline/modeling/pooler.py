@@ -56,4 +56,12 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         return result
 
     def _pool(self, feature: Tensor, rois: Tensor, scale: float) -> Tensor:
-        return roi_align(feature, rois, self.output_size, scale, self.sampling_ratio, aligned=self.aligned)
+        return roi_align(
+            feature,
+            rois,
+            self.output_size,
+            scale,
+            self.sampling_ratio,
+            aligned=self.aligned,
+            static_shapes=self.static_shapes,
+        )
