@@ -6,6 +6,9 @@ import math
 
 import torch
 
+from frcnn_pipeline.layers.cpu_roi_align import cpu_roi_align
+from frcnn_pipeline.layers.roi_align_sampling import RoISampling
+
 IMAGE_HW = (160, 224)
 BATCH = 3
 CHANNELS = 5
@@ -74,3 +77,16 @@ def forward_backward(op, features, rois, output_size, stride, ratio, aligned, gr
         return pooled, None
     (grad,) = torch.autograd.grad(pooled, features, grad_output)
     return pooled, grad
+
+
+def cpu_training_roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
+    features: torch.Tensor,
+    rois: torch.Tensor,
+    output_size: int | tuple[int, int],
+    spatial_scale: float,
+    sampling_ratio: int,
+    aligned: bool,
+) -> torch.Tensor:
+    """`cpu_roi_align` with torchvision's arguments."""
+    sampling = RoISampling.of(features, output_size, spatial_scale, sampling_ratio, aligned)
+    return cpu_roi_align(features, rois, sampling)

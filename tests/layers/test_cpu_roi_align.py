@@ -11,11 +11,11 @@ import math
 
 import pytest
 import torch
-from roi_align_cases import BATCH, CHANNELS, features_at, forward_backward, rois_at
+from roi_align_cases import CHANNELS, cpu_training_roi_align, features_at, forward_backward, rois_at
 from torchvision.ops import roi_align as tv_roi_align
 
 from frcnn_pipeline.layers import cpu_roi_align as cpu_module
-from frcnn_pipeline.layers.cpu_roi_align import cpu_roi_align, separable_backward_is_cheaper
+from frcnn_pipeline.layers.cpu_roi_align import separable_backward_is_cheaper
 from frcnn_pipeline.layers.roi_align_sampling import RoISampling
 
 BACKWARD_PATHS = {"products": math.inf, "kernel": 0}
@@ -53,24 +53,11 @@ def test_forward_is_torchvisions_and_the_gradient_equals_its_kernels(
     )
     kernel_calls = _kernel_spy(monkeypatch)
     pooled, grad = forward_backward(
-        cpu_roi_align, features, rois, 7, stride, sampling_ratio, aligned, grad_output
+        cpu_training_roi_align, features, rois, 7, stride, sampling_ratio, aligned, grad_output
     )
     assert torch.equal(pooled, expected)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=2e-5)
     assert kernel_calls == ([len(rois)] if backward_path == "kernel" else [])
-
-
-def test_rectangular_output_and_other_sampling_ratio(backward_path):
-    generator = torch.Generator().manual_seed(1)
-    features, rois = features_at(8, generator), rois_at(8, generator)
-    for aligned in (False, True):
-        grad_output = torch.randn(len(rois), CHANNELS, 5, 3, generator=generator)
-        expected, expected_grad = forward_backward(
-            tv_roi_align, features, rois, (5, 3), 8, 3, aligned, grad_output
-        )
-        pooled, grad = forward_backward(cpu_roi_align, features, rois, (5, 3), 8, 3, aligned, grad_output)
-        assert torch.equal(pooled, expected)
-        torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=2e-5)
 
 
 def test_an_image_without_rois_gets_a_zero_gradient(backward_path):
@@ -79,53 +66,9 @@ def test_an_image_without_rois_gets_a_zero_gradient(backward_path):
     rois = rois[rois[:, 0] != 1]  # image 1 of 3 has none; the others' RoIs stay interleaved
     grad_output = torch.randn(len(rois), CHANNELS, 7, 7, generator=generator)
     _, expected_grad = forward_backward(tv_roi_align, features, rois, 7, 8, 0, True, grad_output)
-    _, grad = forward_backward(cpu_roi_align, features, rois, 7, 8, 0, True, grad_output)
+    _, grad = forward_backward(cpu_training_roi_align, features, rois, 7, 8, 0, True, grad_output)
     torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=2e-5)
     assert torch.equal(grad[1], torch.zeros_like(grad[1])) and grad[0].abs().sum() > 0
-
-
-def test_no_rois_give_an_empty_result_and_a_zero_gradient(backward_path):
-    features = torch.randn(BATCH, 3, 8, 8)
-    no_rois, no_grad_output = torch.zeros(0, 5), torch.zeros(0, 3, 7, 7)
-    pooled, grad = forward_backward(cpu_roi_align, features, no_rois, 7, 2, 0, True, no_grad_output)
-    assert pooled.shape == (0, 3, 7, 7) and torch.equal(grad, torch.zeros_like(features))
-
-
-def test_gradient_is_the_adjoint_of_the_forward_in_float64(monkeypatch):
-    monkeypatch.setattr(cpu_module, "SEPARABLE_MAX_CELLS_PER_SAMPLE", math.inf)
-    generator = torch.Generator().manual_seed(4)
-    features = torch.randn(2, 2, 6, 7, generator=generator, dtype=torch.float64, requires_grad=True)
-    rois = torch.tensor(
-        [[1, 4.0, 3.5, 20.5, 18.0], [0, -3.0, -2.0, 9.0, 11.0], [1, 0.0, 0.0, 27.0, 23.0], [0, 5, 5, 5, 9]],
-        dtype=torch.float64,
-    )
-    for aligned in (False, True):
-        assert torch.autograd.gradcheck(
-            lambda f, aligned=aligned: cpu_roi_align(f, rois, (3, 2), 0.25, 0, aligned), (features,)
-        )
-
-
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_half_precision_features_are_pooled_in_float32(dtype, backward_path):
-    generator = torch.Generator().manual_seed(3)
-    features, rois = features_at(8, generator).to(dtype), rois_at(8, generator)
-    grad_output = torch.randn(len(rois), CHANNELS, 7, 7, generator=generator).to(dtype)
-    pooled, grad = forward_backward(cpu_roi_align, features, rois, 7, 8, 0, True, grad_output)
-    in_float32, grad_float32 = forward_backward(
-        cpu_roi_align, features.float(), rois, 7, 8, 0, True, grad_output.float()
-    )
-    assert pooled.dtype == dtype and grad.dtype == dtype
-    assert torch.equal(pooled, in_float32.to(dtype)) and torch.equal(grad, grad_float32.to(dtype))
-
-
-def test_autocast_does_not_lower_the_precision(backward_path):
-    generator = torch.Generator().manual_seed(6)
-    features, rois = features_at(8, generator), rois_at(8, generator)
-    grad_output = torch.randn(len(rois), CHANNELS, 7, 7, generator=generator)
-    expected = forward_backward(cpu_roi_align, features, rois, 7, 8, 0, True, grad_output)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        pooled = forward_backward(cpu_roi_align, features, rois, 7, 8, 0, True, grad_output)
-    torch.testing.assert_close(pooled, expected, rtol=0, atol=0)
 
 
 def _sampling(channels: int, height: int, width: int) -> RoISampling:

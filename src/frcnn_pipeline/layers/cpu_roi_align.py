@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from frcnn_pipeline.layers.roi_align_sampling import RoISampling
 
@@ -22,23 +21,8 @@ from frcnn_pipeline.layers.roi_align_sampling import RoISampling
 SEPARABLE_MAX_CELLS_PER_SAMPLE = 2000
 
 
-def cpu_roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
-    features: Tensor,
-    rois: Tensor,
-    output_size: int | tuple[int, int],
-    spatial_scale: float,
-    sampling_ratio: int,
-    aligned: bool,
-) -> Tensor:
+def cpu_roi_align(features: Tensor, rois: Tensor, sampling: RoISampling) -> Tensor:
     """torchvision.ops.roi_align, bit for bit; its gradient w.r.t. `features` equal to float rounding."""
-    sampling = RoISampling(
-        tuple(features.shape),
-        _pair(output_size),
-        float(spatial_scale),
-        int(sampling_ratio),
-        bool(aligned),
-        RoISampling.compute_dtype(features.dtype),
-    )
     return _SeparableBackwardRoIAlign.apply(features, rois, sampling)
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.nn.modules.utils import _pair
 
 from frcnn_pipeline.layers.roi_align_sampling import RoISampling
 
@@ -25,14 +24,7 @@ def portable_roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
     aligned: bool,
 ) -> Tensor:
     """torchvision.ops.roi_align's result; differentiable w.r.t. `features` (not `rois`, like torchvision)."""
-    sampling = RoISampling(
-        tuple(features.shape),
-        _pair(output_size),
-        float(spatial_scale),
-        int(sampling_ratio),
-        bool(aligned),
-        RoISampling.compute_dtype(features.dtype),
-    )
+    sampling = RoISampling.of(features, output_size, spatial_scale, sampling_ratio, aligned)
     return _RoIAlign.apply(features, rois, sampling)
 
 

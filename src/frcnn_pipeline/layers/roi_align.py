@@ -12,6 +12,7 @@ from torchvision.ops import roi_align as tv_roi_align
 from frcnn_pipeline.layers import backend
 from frcnn_pipeline.layers.cpu_roi_align import cpu_roi_align
 from frcnn_pipeline.layers.portable_roi_align import portable_roi_align
+from frcnn_pipeline.layers.roi_align_sampling import RoISampling
 
 
 def roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
@@ -33,7 +34,8 @@ def roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
     if implementation == backend.TORCHVISION:
         training_on_cpu = features.device.type == "cpu" and features.requires_grad and torch.is_grad_enabled()
         if training_on_cpu and not static_shapes:
-            return cpu_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned)
+            sampling = RoISampling.of(features, output_size, spatial_scale, sampling_ratio, aligned)
+            return cpu_roi_align(features, rois, sampling)
         return tv_roi_align(features, rois, output_size, spatial_scale, sampling_ratio, aligned=aligned)
     if implementation == backend.TORCH_NPU:
         config = (_pair(output_size), float(spatial_scale), int(sampling_ratio))

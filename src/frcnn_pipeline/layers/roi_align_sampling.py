@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.modules.utils import _pair
 
 # Gathered feature values held at once (64 MiB in float32): RoIs are processed in chunks of this size.
 CHUNK_ELEMENTS = 1 << 24
@@ -58,9 +59,25 @@ class RoISampling:
     aligned: bool
     dtype: torch.dtype
 
-    @staticmethod
-    def compute_dtype(features_dtype: torch.dtype) -> torch.dtype:
-        return torch.float64 if features_dtype == torch.float64 else torch.float32
+    @classmethod
+    def of(
+        cls,
+        features: Tensor,
+        output_size: int | tuple[int, int],
+        spatial_scale: float,
+        sampling_ratio: int,
+        aligned: bool,
+    ) -> RoISampling:
+        """The sampling of torchvision.ops.roi_align(features, rois, output_size, ...), in float32 (float64
+        for float64 features)."""
+        return cls(
+            tuple(features.shape),
+            _pair(output_size),
+            float(spatial_scale),
+            int(sampling_ratio),
+            bool(aligned),
+            torch.float64 if features.dtype == torch.float64 else torch.float32,
+        )
 
     def chunks(self, rois: Tensor) -> Iterator[TapChunk]:
         """The taps of every RoI that has samples, in groups of RoIs with the same grid."""
