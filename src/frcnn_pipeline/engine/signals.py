@@ -8,13 +8,17 @@ except a second SIGINT: a user pressing Ctrl-C again wants to stop at once.
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import threading
 from types import FrameType
 
 from frcnn_pipeline.errors import UserFacingError
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 
 class StopSignals:
@@ -44,11 +48,17 @@ class StopSignals:
         self._previous = {}
 
 
-def ignore_stop_signals() -> None:
-    """For helper processes (DataLoader workers) that their parent stops: Ctrl-C and SLURM's SIGTERM reach
-    every process, but only the training process may decide when to stop."""
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, signal.SIG_IGN)
+def die_with_the_parent() -> None:
+    """Linux: this process is killed when its parent dies (SIGKILL, OOM), not left running alone.
+
+    multiprocessing offers no parent-death signal, hence prctl(PR_SET_PDEATHSIG) through ctypes.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    parent = os.getppid()
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
 
 
 class TrainingStopped(UserFacingError, RuntimeError):

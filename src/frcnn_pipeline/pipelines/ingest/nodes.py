@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import IngestParams
+from frcnn_pipeline.config import IngestParams, ParameterError
 from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
@@ -18,10 +18,15 @@ from frcnn_pipeline.data.coco import (
     read_coco_split,
     summarise_findings,
 )
+from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import anchor_coverage, resolve_model_config
 from frcnn_pipeline.pipelines.splits import TRAIN_SPLIT, evaluation_splits_of
 
 logger = logging.getLogger(__name__)
+
+
+class DataRootNotFoundError(UserFacingError, FileNotFoundError):
+    """`ingest.data_root` names no folder."""
 
 
 def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
@@ -46,7 +51,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
         }
     root = Path(ingest.data_root).expanduser()
     if not root.is_dir():
-        raise FileNotFoundError(
+        raise DataRootNotFoundError(
             f"ingest.data_root {str(root)!r} is not a folder. Fix: point data_root "
             "(conf/<env>/globals.yml or --params ingest.data_root=...) at the dataset, "
             "or set it to null for the demo"
@@ -56,9 +61,10 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
         paths = ingest.splits[split]
         missing = [key for key in ("annotation_file", "image_dir") if not getattr(paths, key)]
         if missing:
-            raise ValueError(
-                f"ingest.splits.{split}: {' and '.join(missing)} not set (paths relative to data_root), e.g. "
-                f"ingest.splits.{split}.annotation_file=annotations/instances_{split}.json"
+            unset = " and ".join(missing)
+            example = f"ingest.splits.{split}.annotation_file=annotations/instances_{split}.json"
+            raise ParameterError(
+                [f"ingest.splits.{split}: {unset} not set (relative to data_root), e.g. {example}"]
             )
         sources[split] = {
             "annotation_file": str(root / paths.annotation_file),
