@@ -1,10 +1,13 @@
 """The project's kedro-mlflow hook: telemetry off, tracking switched off by a setting, node 0 only, artefacts
-and metrics from catalog metadata."""
+and metrics from catalog metadata; a store that cannot be used stops `kedro run` at start-up in a few lines,
+one that fails mid-run does not stop it, and a copied project logs into its own folder."""
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +20,11 @@ from kedro.framework.startup import bootstrap_project
 from kedro.io import DataCatalog
 from kedro_datasets.json import JSONDataset
 from mlflow import MlflowClient
+from tracking_stores import locked_by_another_process, read_only
 
 from frcnn_pipeline.hooks import NotTheMainProcessError
 from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
+from frcnn_pipeline.mlflow_store import TrackingStoreError
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -68,6 +73,90 @@ def _runs(root: Path) -> list:
     client = MlflowClient(f"sqlite:///{root}/data/09_tracking/mlflow.db")
     experiment = client.get_experiment_by_name("frcnn_pipeline")
     return client.search_runs([experiment.experiment_id]) if experiment else []
+
+
+def _kedro_run(root: Path, *args: str, prefix: tuple[str, ...] = ()) -> tuple[int, list[str]]:
+    """`kedro run` in a subprocess, as a user starts it: its exit status and the lines it printed."""
+    env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "1"}
+    env.pop("COLUMNS", None)
+    result = subprocess.run(
+        [*prefix, sys.executable, "-m", "kedro", "run", *args],
+        cwd=root, env=env, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    return result.returncode, (result.stdout + result.stderr).rstrip().splitlines()
+
+
+def _stopped_at_start_up(code: int, lines: list[str], problem: str) -> str:
+    """Checks that the run failed before any node with a few lines; returns the error line."""
+    output = "\n".join(lines)
+    assert code == 1, output
+    assert len(lines) <= 15 and "Traceback" not in output and "Running node" not in output, output
+    error, log_line = lines[-2:]
+    assert error.startswith("Error: The MLflow tracking store sqlite:///") and problem in error, output
+    assert "Fix: " in error and "conf/local/mlflow.yml" in error
+    assert log_line.startswith("Full traceback: logs/error_")
+    return error
+
+
+def test_a_store_locked_by_another_process_stops_the_run_at_start_up_in_a_few_lines(tmp_path):
+    root = _project(tmp_path / "locked")
+    database = root / "data" / "09_tracking" / "mlflow.db"
+    database.parent.mkdir(parents=True)
+    sqlite3.connect(database).close()
+    with locked_by_another_process(database) as pid:
+        code, lines = _kedro_run(root, "--pipeline", "ingest")
+    error = _stopped_at_start_up(code, lines, "is locked: process")
+    assert f"process {pid} (" in error and "Fix: end that process" in error
+
+
+def test_a_read_only_store_stops_the_run_at_start_up_in_a_few_lines(tmp_path):
+    root = _project(tmp_path / "read_only")
+    folder = root / "data" / "09_tracking"
+    folder.mkdir(parents=True)
+    sqlite3.connect(folder / "mlflow.db").close()
+    with read_only(folder) as prefix:
+        code, lines = _kedro_run(root, "--pipeline", "ingest", prefix=tuple(prefix))
+    error = _stopped_at_start_up(code, lines, "cannot be opened or written (attempt to write a readonly")
+    assert f"Fix: make {folder / 'mlflow.db'} and its folder {folder} writable" in error
+
+
+def test_a_folder_in_place_of_the_store_stops_a_tracked_run_and_not_an_untracked_one(tmp_path, monkeypatch):
+    root = _project(tmp_path / "folder")
+    (root / "data" / "09_tracking" / "mlflow.db").mkdir(parents=True)
+    monkeypatch.chdir(root)
+    with pytest.raises(TrackingStoreError, match=r"mlflow.db is a folder, not an SQLite file\. Fix: move"):
+        _run(root, ["ingest"], TINY_DEMO)
+    assert not (root / "data" / "08_reporting" / "validation_summary.json").exists(), "no node ran"
+    # The fix the message offers: tracking switched off, the same run goes on.
+    (root / "conf" / "local" / "mlflow.yml").write_text(
+        "tracking:\n  disable_tracking:\n    pipelines: [ingest]\n"
+    )
+    _run(root, ["ingest"], TINY_DEMO)
+    assert (root / "data" / "08_reporting" / "validation_summary.json").is_file()
+    assert (root / "data" / "09_tracking" / "mlflow.db").is_dir(), "the store was not touched"
+
+
+def test_a_copied_project_logs_its_artifacts_into_the_copy(tmp_path, monkeypatch, caplog):
+    original = _project(tmp_path / "original")
+    monkeypatch.chdir(original)
+    _run(original, ["ingest", "weights"], TINY_DEMO)
+    copy = tmp_path / "copy"
+    shutil.copytree(original, copy)
+    artifacts = Path("data") / "09_tracking" / "artifacts"
+    before = sorted(path.name for path in (original / artifacts).iterdir())
+    monkeypatch.chdir(copy)
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.mlflow_store"):
+        _run(copy, ["weights"], TINY_DEMO)  # logs the data record as an artefact
+        _run(copy, ["weights"], TINY_DEMO)
+    [moved] = [record.getMessage() for record in caplog.records if "copied or moved" in record.getMessage()]
+    assert f"copied or moved from {original}" in moved, "warned once, at the first run in the copy"
+    assert sorted(path.name for path in (original / artifacts).iterdir()) == before
+    runs = {run.info.run_id: run for run in _runs(copy)}
+    new = [run_id for run_id in runs if run_id not in before]
+    assert len(new) == 2
+    for run_id in new:
+        assert (copy / artifacts / run_id / "artifacts" / "data" / "validation_summary.json").is_file()
+    assert all(run.info.artifact_uri.startswith((copy / artifacts).as_uri()) for run in runs.values())
 
 
 def test_tracking_switched_off_by_a_setting_the_pipeline_runs_the_same(tmp_path, monkeypatch):
@@ -172,3 +261,30 @@ def test_a_loaded_model_is_recorded_with_its_file_and_the_run_that_trained_it(st
         "trained_model.version": "2026-01-01T00.00.00.000Z",
     }
     assert run.data.tags["trained_model.mlflow_run_id"] == "a" * 32
+
+
+def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, store, caplog):
+    uri, client, experiment = store
+    metrics = JSONDataset(
+        filepath=str(tmp_path / "coco_metrics.json"),
+        metadata={"mlflow": {"artifact_path": "evaluate", "log_metrics": True}},
+    )
+    hook = ProjectMlflowHook()
+    hook._catalog = DataCatalog({"coco_metrics": metrics})
+    hook._store_uri = uri  # as after_context_created sets it
+
+    def log():
+        run_id = hook.run_id = mlflow.active_run().info.run_id  # as before_pipeline_run sets it
+        client.delete_run(run_id)  # from now on the store refuses to log into this run
+        for value in (0.25, 0.5):
+            metrics.save({"AP": value})
+            hook.after_dataset_saved(dataset_name="coco_metrics", data={"AP": value}, node=None)
+        client.restore_run(run_id)
+
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.mlflow_hook"):
+        run_id = _in_run(uri, experiment, log)
+    [warning] = [record.getMessage() for record in caplog.records]
+    assert f"MLflow: could not log coco_metrics (run {run_id} at {uri}: MlflowException: " in warning
+    assert "the run goes on untracked" in warning
+    assert client.get_run(run_id).data.metrics == {}, "the second save was not tried against the store"
+    assert metrics.load() == {"AP": 0.5}, "the outputs are saved as usual"

@@ -19,8 +19,13 @@ from frcnn_pipeline.parameters import (
 )
 
 ACCELERATOR_ENVS = {"npu1p": ("npu", 1), "npu8p": ("npu", 8), "gpu1p": ("cuda", 1), "gpu8p": ("cuda", 8)}
-# What Ascend needs of the model, not the recipe: one padded size and fixed counts (each new shape compiles).
-NPU_STATIC_SHAPES = {"model.input.fixed_size": [1344, 1344], "model.static_shapes.enabled": True}
+# What Ascend needs of the model, not the recipe: one padded size, fixed counts and a fixed RoIAlign sample
+# grid (each new shape compiles).
+NPU_STATIC_SHAPES = {
+    "model.input.fixed_size": [1344, 1344],
+    "model.roi_heads.pooler_sampling_ratio": 2,
+    "model.static_shapes.enabled": True,
+}
 DEMO_ENVS = ("base", "cpu2p")
 # The model-zoo card's recipe, as its README states it (the test's own copy: the spec, not the code).
 CARD_SOLVER = {
@@ -65,6 +70,7 @@ def test_accelerator_envs_run_the_cards_recipe(env):
     card = default_model_config()  # detectron2's R-50-FPN, every key
     if env.startswith("npu"):
         card["input"]["fixed_size"], card["static_shapes"]["enabled"] = [1344, 1344], True
+        card["roi_heads"]["pooler_sampling_ratio"] = 2
     assert sections["model"] == card
     assert (
         sections["model"]["backbone"]["depth"] == 50

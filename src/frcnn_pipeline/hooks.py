@@ -185,6 +185,13 @@ class NotTheMainProcessError(UserFacingError, RuntimeError):
     """A pipeline that must run on one machine was started on a process other than the job's main one."""
 
 
+class _OutputMemoryDataset(MemoryDataset):
+    """A run output held in memory; a node that `confirms` it has nothing to confirm here."""
+
+    def confirm(self) -> None:
+        """Nothing: the main process confirms what it saved (the train run record, datasets/run_record.py)."""
+
+
 class MainProcessSavesHooks:
     """Outputs of a run in memory only, on every process of a multi-node job but the main one.
 
@@ -217,7 +224,7 @@ class MainProcessSavesHooks:
             )
         with _quiet_replacements():
             for name in sorted(pipeline.all_outputs()):
-                catalog[name] = MemoryDataset()
+                catalog[name] = _OutputMemoryDataset()
         log.info(
             "This process is %s: the outputs of this run (%s) stay in memory here; the main process saves",
             role,

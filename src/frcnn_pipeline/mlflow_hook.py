@@ -19,18 +19,24 @@ kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This
 - on nodes other than node 0 of a multi-node run, nothing: node 0 tracks the run.
 
 The training workers log their live metrics themselves (engine/tracking.py).
+
+The store is checked before anything runs (frcnn_pipeline.mlflow_store): one that cannot be used stops a run
+that tracks with a few lines naming it and the fix, and lets a run with tracking switched off go on. A store
+that fails mid-run costs a warning and the rest of that run's tracking, never the run: its outputs are saved
+as usual. A store copied or moved with the project has its artifact locations moved into this project.
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
+from functools import partial
 from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from kedro.config import MissingConfigException
 from kedro.framework.hooks import hook_impl
 from kedro.io import AbstractDataset
 from mlflow.exceptions import MlflowException
@@ -44,6 +50,17 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.provenance import git_state, package_versions
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
+from frcnn_pipeline.engine.tracking import quiet_store_errors
+from frcnn_pipeline.mlflow_store import (
+    MLFLOW_ERRORS,
+    STORE_ERRORS,
+    TrackingStoreError,
+    check_sqlite_store,
+    configured_store,
+    repoint_moved_project,
+    store_error,
+    use_a_private_store,
+)
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
@@ -57,7 +74,6 @@ log = logging.getLogger(__name__)
 # The dataset that names the data a run was made from; a pipeline that outputs TRAINED_MODEL trains.
 DATA_RECORD = "validation_summary"
 TRAIN_IMAGES, TRAIN_ANNOTATIONS = "train_images", "train_annotations"
-SQLITE_PREFIX = "sqlite:///"
 
 
 def resumed_checkpoint(train: TrainParams) -> Path | None:
@@ -88,28 +104,6 @@ def saved_file(dataset: AbstractDataset) -> Path:
     return Path(inner._filepath)
 
 
-def _create_sqlite_folder(context) -> None:
-    """SQLite creates its database file but not the folder; a fresh checkout or copy may lack it."""
-    try:
-        uri = context.config_loader["mlflow"].get("server", {}).get("mlflow_tracking_uri") or ""
-    except MissingConfigException:
-        return
-    if uri.startswith(SQLITE_PREFIX) and uri != SQLITE_PREFIX + ":memory:":
-        Path(uri.removeprefix(SQLITE_PREFIX)).parent.mkdir(parents=True, exist_ok=True)
-
-
-def _use_a_private_store(context) -> None:
-    """The processes of a multi-node job other than the main one track nothing and may write nothing into the
-    project: kedro-mlflow still opens a store at start-up (and two processes creating one SQLite file race),
-    so theirs is in memory. A config value set on the loader takes precedence over the files."""
-    try:
-        config = context.config_loader["mlflow"]
-    except MissingConfigException:
-        config = {}
-    server = {**config.get("server", {}), "mlflow_tracking_uri": SQLITE_PREFIX + ":memory:"}
-    context.config_loader["mlflow"] = {**config, "server": server}
-
-
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's `MlflowHook` with this project's run record (see the module docstring)."""
 
@@ -123,21 +117,54 @@ class ProjectMlflowHook(MlflowHook):
         # What this run logged from the validated parameters: kedro-mlflow logs each node's raw `params:`
         # inputs again, where a float key written as an integer (120 for 120.0) would be a "changed" param.
         self._logged_params: set[str] = set()
+        # The configured store cannot be used: raised before a run that tracks (None: it can).
+        self._store_error: TrackingStoreError | None = None
+        self._store_uri = ""
+        self._tracking_failed = False  # the store failed mid-run: the run goes on untracked
 
     @hook_impl
     def after_context_created(self, context) -> None:
         self._project_path = Path(context.project_path)
         # conf/base/mlflow.yml places the local store inside the project, wherever kedro is started from.
         OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
-        if WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process:
-            _create_sqlite_folder(context)
-        else:
-            _use_a_private_store(context)
-        super().after_context_created(context)
+        self._store_error, self._tracking_failed = None, False
+        self._store_uri = configured_store(context)
+        is_main = WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process
+        if is_main:
+            try:
+                check_sqlite_store(self._store_uri)
+            except TrackingStoreError as error:
+                self._store_error = error
+        if self._store_error is not None or not is_main:
+            use_a_private_store(context)  # opened by kedro-mlflow whether the pipeline tracks or not
+        try:
+            with quiet_store_errors():
+                super().after_context_created(context)
+        except STORE_ERRORS as error:  # a store other than SQLite, or one that failed after the check
+            self._store_error = store_error(self._store_uri or "(kedro-mlflow's default)", error)
+            use_a_private_store(context)
+            super().after_context_created(context)
         self._params = context.params
         self._env = context.env
-        uri = self.mlflow_config.server.mlflow_tracking_uri
-        log.info("MLflow tracking store: %s", uri)
+        if self._store_error is not None:
+            if self._store_uri:  # what `kedro mlflow ui` opens; this process tracks nothing
+                self.mlflow_config.server.mlflow_tracking_uri = self._store_uri
+            return
+        self._store_uri = self.mlflow_config.server.mlflow_tracking_uri
+        log.info("MLflow tracking store: %s", self._store_uri)
+        if is_main and not self._already_active_mlflow:
+            self._keep_artifacts_in_project()
+
+    def _keep_artifacts_in_project(self) -> None:
+        """A store copied or moved with the project points into the old folder: repointed, with a warning."""
+        experiment = self.mlflow_config.tracking.experiment
+        if experiment._experiment is None:
+            return
+        configured = experiment.create_experiment_kwargs.artifact_location
+        stored = experiment._experiment.artifact_location
+        if repoint_moved_project(self._store_uri, stored, configured, self._project_path):
+            client = self.mlflow_config.server._mlflow_client
+            experiment._experiment = client.get_experiment(experiment._experiment.experiment_id)
 
     @hook_impl
     def after_catalog_created(  # noqa: PLR0917 (Kedro's hook signature)
@@ -162,23 +189,72 @@ class ProjectMlflowHook(MlflowHook):
         self.run_id = None
         self._resumed_params = {}
         self._logged_params = set()
+        self._tracking_failed = False
+        disabled = self.mlflow_config.tracking.disable_tracking.pipelines
+        if self._store_error is not None:
+            if not all(name in disabled for name in names):
+                raise self._store_error
+            log.info("This pipeline does not track, which is as well: %s", self._store_error)
         if not world.is_main_process:
             log.info("%s: the main process tracks the run in MLflow", world.summary())
             self.mlflow_config.tracking.disable_tracking.pipelines = [*names]
-        elif TRAINED_MODEL in pipeline.all_outputs() and not self._already_active_mlflow:
-            self._continue_training_run(pipeline, catalog)
-        super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
-        if self._is_mlflow_enabled:
-            self._record_run(pipeline, catalog)
+        try:
+            with quiet_store_errors():
+                trains = TRAINED_MODEL in pipeline.all_outputs()
+                if world.is_main_process and trains and not self._already_active_mlflow:
+                    self._continue_training_run(pipeline, catalog)
+                super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+                if self._is_mlflow_enabled:
+                    self._record_run(pipeline, catalog)
+        except MLFLOW_ERRORS as error:  # the store failed since the check at start-up
+            raise store_error(self._store_uri, error) from error
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
+        log_params = partial(
+            super().before_node_run, node=node, catalog=catalog, inputs=inputs, is_async=is_async
+        )
+        self._tolerate(f"log the parameters of node {node.name}", log_params)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        super().after_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
+        # Tried even after a failure mid-run: the store may answer again, and the run should not stay open.
+        end = partial(super().after_pipeline_run, run_params=run_params, pipeline=pipeline, catalog=catalog)
+        self._tolerate("end the run", end, after_failure=True)
         # kedro-mlflow re-enters the run before each node and ends it once: with MLflow 3 the run stays on
         # this thread's stack, and a second session in one process (a notebook, a test) would log into it.
+        # mlflow.end_run takes the run off the stack before it tells the store.
         if self._is_mlflow_enabled and not self._already_active_mlflow:
             while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
-                mlflow.end_run()
+                self._tolerate("end the run", mlflow.end_run, after_failure=True)
+
+    @hook_impl
+    def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if self._tracking_failed and mlflow.active_run() is None:
+            return  # the run was not reopened after the store failed (kedro-mlflow expects one)
+        end = partial(super().on_pipeline_error, error, run_params, pipeline, catalog)
+        self._tolerate("mark the run as failed", end, after_failure=True)
+
+    def _tolerate(self, what: str, call: Callable[[], Any], *, after_failure: bool = False) -> None:
+        """A tracking call of this process. A store that fails mid-run costs one warning and the rest of this
+        run's tracking (but its end), never the run: its outputs are on disk either way."""
+        if self._tracking_failed and not after_failure:
+            return
+        try:
+            with quiet_store_errors():
+                call()
+        except STORE_ERRORS as error:
+            if not self._tracking_failed:
+                log.warning(
+                    "MLflow: could not %s (run %s at %s: %s: %s); the run goes on untracked and saves its "
+                    "outputs as usual",
+                    what,
+                    self.run_id,
+                    self._store_uri,
+                    type(error).__name__,
+                    (str(error).strip().splitlines() or [""])[0],
+                )
+            self._tracking_failed = True
 
     def _continue_training_run(self, pipeline, catalog) -> None:
         """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes.
@@ -215,7 +291,9 @@ class ProjectMlflowHook(MlflowHook):
         client = self.mlflow_config.server._mlflow_client
         try:
             previous = client.get_run(run_id)
-        except MlflowException:
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
             log.warning(
                 "The checkpoint of train.run_name %r was tracked in MLflow run %s, which is not in %s: "
                 "the training continues in a new run",
@@ -292,8 +370,10 @@ class ProjectMlflowHook(MlflowHook):
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node) -> None:
-        if not isinstance(data, SavedDetector) or not self._tracking():
-            return
+        if isinstance(data, SavedDetector) and self._tracking():
+            self._tolerate(f"record {dataset_name}", lambda: self._record_model(dataset_name, data))
+
+    def _record_model(self, dataset_name: str, data: SavedDetector) -> None:
         origin = {key: data.origin.get(key) for key in ("sha256", "version")}
         self._log_params({f"{dataset_name}.{key}": value for key, value in origin.items() if value})
         training_run = data.provenance.get("tracking_run_id")
@@ -302,8 +382,10 @@ class ProjectMlflowHook(MlflowHook):
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
-        if data is UNCHANGED or not self._tracking():
-            return
+        if data is not UNCHANGED and self._tracking():
+            self._tolerate(f"log {dataset_name}", lambda: self._log_saved(dataset_name, data))
+
+    def _log_saved(self, dataset_name: str, data: Any) -> None:
         if dataset_name == DATA_RECORD:
             self._log_params(flatten({"data": data.get("fingerprints", {})}))
         dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
@@ -323,4 +405,4 @@ class ProjectMlflowHook(MlflowHook):
             mlflow.log_metrics(numbers)
 
     def _tracking(self) -> bool:
-        return self._is_mlflow_enabled and mlflow.active_run() is not None
+        return self._is_mlflow_enabled and not self._tracking_failed and mlflow.active_run() is not None

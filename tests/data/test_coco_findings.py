@@ -169,6 +169,36 @@ def test_image_size_differs_from_json(write_split, baseline, coco_doc):
     assert_untouched(split, baseline)
 
 
+def test_decode_checks_keep_sixteen_bit_drop_unconvertible_and_report_transparent(
+    write_split, baseline, coco_doc
+):
+    source = write_split(coco_doc)
+    images = {
+        5: ("scan.png", np.full((30, 40), 40000, np.uint16)),
+        6: ("float.tif", np.full((30, 40), 900.0, np.float32)),
+        7: ("logo.png", np.dstack([np.full((30, 40, 3), 200, np.uint8), np.eye(30, 40, 0, np.uint8) * 255])),
+    }
+    for image_id, (file_name, pixels) in images.items():
+        Image.fromarray(pixels).save(source.image_dir / file_name)
+        add_image(coco_doc, source, image_id, file_name, content=False)
+        coco_doc["annotations"].append(annotation(20 + image_id, image_id=image_id))
+    baseline_checks = set(baseline.findings["check"])
+    header_only = read_coco_split(write_split(coco_doc))
+    assert set(header_only.findings["check"]) == baseline_checks, "headers alone find nothing"
+
+    split = read_coco_split(write_split(coco_doc), ValidationPolicy(image_checks="decode"))
+    row = only_row(split, "unconvertible_image")
+    assert (row["severity"], row["image_id"]) == ("dropped", 6)
+    assert "float.tif: mode F (32-bit float) has values 900..900, outside Pillow's 0-255" in row["message"]
+    row = only_row(split, "transparent_image")
+    assert (row["severity"], row["image_id"]) == ("reported", 7)
+    assert "logo.png: 97.5% of its pixels are transparent or translucent: they are shown over black" in str(
+        row["message"]
+    )
+    assert set(split.findings["check"]) - baseline_checks == {"unconvertible_image", "transparent_image"}
+    assert_untouched(split, baseline, extra_annotation_ids=[25, 27], extra_image_ids=[5, 7])
+
+
 @pytest.mark.parametrize(
     "file_name", ["../outside.jpg", "sub/../../outside.jpg", "/tmp/outside.jpg", "C:\\x.jpg"]
 )

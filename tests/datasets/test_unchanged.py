@@ -1,6 +1,7 @@
 """KeepUnchangedDataset: UNCHANGED saves nothing, not even a version; anything else is saved and versioned."""
 
 import inspect
+import logging
 import pickle
 
 import pandas as pd
@@ -58,3 +59,14 @@ def test_versioned_belongs_on_the_wrapper(tmp_path):
 
 def test_unchanged_is_one_object_even_through_pickle():
     assert pickle.loads(pickle.dumps(UNCHANGED)) is UNCHANGED
+
+
+def test_unchanged_without_any_saved_version_says_how_to_save_it_again(tmp_path, caplog):
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.datasets.unchanged"):
+        _dataset(tmp_path, "2026-01-01T00.00.00.000Z").save(UNCHANGED)
+    assert not (tmp_path / "table.csv").exists()
+    [warning] = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warning == (
+        f"Nothing new to save, but {tmp_path / 'table.csv'} holds no saved version (deleted?): delete "
+        "outputs_saved.json in the run's checkpoint folder and run again to save it from the last checkpoint"
+    )

@@ -6,10 +6,12 @@ import types
 
 import pytest
 import torch
+from tiny_training import TINY_MODEL, runtime_config, train_config
 from torch import nn
 
 from frcnn_pipeline.engine import amp as amp_module
 from frcnn_pipeline.engine.amp import AmpUnavailableError, MixedPrecision, build_loss_scaler
+from frcnn_pipeline.engine.trainer import train_detector
 
 CPU = torch.device("cpu")
 # torch.device("npu") exists only once torch_npu is imported; the selection reads `device.type` alone.
@@ -167,4 +169,27 @@ def test_apex_asked_for_but_absent(monkeypatch):
     with pytest.raises(
         AmpUnavailableError, match=r"apex\.amp cannot be imported.*PyPI's `apex` is an unrelated"
     ):
-        MixedPrecision({"enabled": True, "backend": "apex"}, CPU)
+        MixedPrecision({"enabled": True, "backend": "apex"}, torch.device("cuda"))
+
+
+def test_apex_without_cuda_or_npu_is_refused_before_apex_is_imported(monkeypatch):
+    monkeypatch.setattr(amp_module, "_import_apex_amp", lambda: pytest.fail("imported apex"))
+    with pytest.raises(
+        AmpUnavailableError,
+        match=r"^runtime\.amp\.backend is 'apex', which needs a CUDA GPU or an Ascend NPU, but this run's "
+        r"device is cpu\. Set runtime\.amp\.backend: torch .*, or runtime\.amp\.enabled: false\.$",
+    ):
+        MixedPrecision({"enabled": True, "backend": "apex", "dtype": "bfloat16"}, CPU)
+    assert not MixedPrecision({"enabled": False, "backend": "apex"}, CPU).enabled  # apex off: nothing to run
+
+
+def test_training_with_apex_on_cpu_stops_before_the_model_and_the_data(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+
+    def build(model_cfg, num_classes):
+        pytest.fail("the model was built")
+
+    runtime = runtime_config(amp={"enabled": True, "backend": "apex", "dtype": "bfloat16"})
+    with pytest.raises(AmpUnavailableError, match="needs a CUDA GPU or an Ascend NPU"):
+        train_detector(images, annotations, 2, TINY_MODEL, train_config(tmp_path), runtime, build=build)
+    assert not (tmp_path / "reporting").exists()

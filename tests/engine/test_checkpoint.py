@@ -1,5 +1,7 @@
-"""Checkpoints: atomic writes survive a kill mid-write, the last K are kept, bad files fail clearly."""
+"""Checkpoints: atomic writes survive a kill mid-write, the last K are kept, bad files fail clearly, a resume
+takes the newest one that loads, and the record that a checkpoint's outputs are saved."""
 
+import logging
 import os
 import signal
 import subprocess
@@ -10,7 +12,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn_pipeline.engine.checkpoint import CheckpointManager, atomic_save, load_checkpoint
+from frcnn_pipeline.engine.checkpoint import (
+    OUTPUTS_SAVED,
+    CheckpointManager,
+    CheckpointUnreadableError,
+    NoReadableCheckpointError,
+    atomic_save,
+    load_checkpoint,
+    mark_outputs_saved,
+    outputs_saved,
+)
+from frcnn_pipeline.errors import UserFacingError
 
 # Writes checkpoint 2 through a torch.save that stalls after writing part of the file, so the test can kill
 # the process at exactly that moment.
@@ -67,15 +79,86 @@ def test_failed_write_leaves_no_temporary_and_old_file(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
-def test_corrupt_or_unsafe_checkpoint_is_a_clear_error(tmp_path):
+def test_corrupt_or_unsafe_checkpoint_is_a_one_line_error(tmp_path):
     corrupt = tmp_path / "model_0000001.pth"
     corrupt.write_bytes(b"not a checkpoint")
-    with pytest.raises(RuntimeError, match=r"(?s)Cannot load checkpoint .*model_0000001.pth.*resume: false"):
+    with pytest.raises(CheckpointUnreadableError) as raised:
         load_checkpoint(corrupt)
+    assert isinstance(raised.value, UserFacingError) and "\n" not in str(raised.value)
+    assert str(raised.value) == (
+        f"Cannot load checkpoint {corrupt}: not a complete zip archive (truncated or corrupt). Delete it to "
+        "resume from an earlier checkpoint, or delete its run folder to train afresh."
+    )
     unsafe = tmp_path / "model_0000002.pth"
     torch.save({"object": Path("x")}, unsafe)  # an arbitrary class: refused by weights_only
-    with pytest.raises(RuntimeError, match="Cannot load checkpoint"):
+    with pytest.raises(
+        CheckpointUnreadableError, match=r"holds more than tensors .*pathlib\.PosixPath"
+    ) as raised:
         load_checkpoint(unsafe)
+    assert len(str(raised.value).replace(str(unsafe), "")) < 300, "torch's paragraphs of advice are left out"
+
+
+def _truncate(path: Path) -> None:
+    """Cut the file in half, as a copy or a disk that stopped midway would leave it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_resume_skips_an_unreadable_latest_checkpoint_and_sets_it_aside(tmp_path, caplog):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for iteration in (1, 2):
+        manager.save(iteration, {"iteration": iteration, "weights": torch.full((1000,), float(iteration))})
+    _truncate(manager.path(2))
+
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.engine.checkpoint"):
+        path, state = manager.load_latest()
+
+    assert path == manager.path(1) and state["iteration"] == 1
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        f"Skipped checkpoint {manager.path(2)}, which does not load (not a complete zip archive "
+        "(truncated or corrupt)): resuming from model_0000001.pth; the file is kept as "
+        "model_0000002.pth.unreadable"
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model_0000001.pth", "model_0000002.pth.unreadable"]
+    # Set aside, it no longer counts among the kept ones: the next two saves keep 1's successors, not it.
+    manager.save(3, {"iteration": 3})
+    assert [p.name for p in manager.checkpoints()] == ["model_0000001.pth", "model_0000003.pth"]
+    assert manager.latest() == manager.path(3)
+
+
+def test_no_checkpoint_that_loads_is_a_short_error_naming_the_folder_and_the_fix(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    for iteration in (1, 2):
+        manager.save(iteration, {"iteration": iteration})
+        _truncate(manager.path(iteration))
+    with pytest.raises(NoReadableCheckpointError) as raised:
+        manager.load_latest()
+    message = str(raised.value)
+    assert isinstance(raised.value, UserFacingError) and "\n" not in message and len(message) < 400
+    assert message == (
+        f"No checkpoint in {tmp_path} loads (model_0000002.pth, model_0000001.pth; the newest: not a "
+        "complete zip archive (truncated or corrupt)). Delete that folder to train this run afresh, or "
+        "choose a new train.run_name."
+    )
+    assert [p.name for p in manager.checkpoints()] == ["model_0000001.pth", "model_0000002.pth"], "kept"
+    with pytest.raises(NoReadableCheckpointError):
+        manager.latest()
+
+
+def test_an_empty_run_folder_has_nothing_to_resume(tmp_path):
+    assert CheckpointManager(tmp_path / "never_trained").load_latest() == (None, None)
+
+
+def test_outputs_saved_names_one_checkpoint_and_the_next_checkpoint_withdraws_it(tmp_path):
+    manager = CheckpointManager(tmp_path, keep_last=2)
+    first = manager.save(1, {"iteration": 1})
+    assert not outputs_saved(first)
+    mark_outputs_saved(first)
+    assert outputs_saved(first)
+    second = manager.save(2, {"iteration": 2})
+    assert not (tmp_path / OUTPUTS_SAVED).exists() and not outputs_saved(second)
+    (tmp_path / OUTPUTS_SAVED).write_text("{truncated")
+    assert not outputs_saved(second), "an unreadable record claims nothing"
 
 
 def test_keep_last_must_be_positive(tmp_path):

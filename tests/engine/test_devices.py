@@ -1,9 +1,11 @@
 """Device resolution: clear errors for missing NPUs/GPUs, never a silent CPU run."""
 
 import sys
+import types
 
 import pytest
 import torch
+from torch.utils.data import DataLoader, TensorDataset
 
 from frcnn_pipeline.engine import devices
 
@@ -86,3 +88,24 @@ def test_rng_states_round_trip():
     first = torch.rand(3)
     devices.set_rng_states(device, states)
     assert torch.equal(torch.rand(3), first)
+
+
+def test_loader_pins_for_the_training_device_wherever_torch_takes_it():
+    npu, cuda = types.SimpleNamespace(type="npu"), torch.device("cuda", 1)
+    # torch 2.3/2.4 (torch_npu's pairings): without the device the DataLoader pins for CUDA only.
+    for version in ("2.3.1", "2.4.0+cpu", "2.8.0"):
+        assert devices.loader_pinning(npu, True, version) == {"pin_memory": True, "pin_memory_device": "npu"}
+        assert devices.loader_pinning(cuda, True, version) == {
+            "pin_memory": True,
+            "pin_memory_device": "cuda",
+        }
+    # From 2.9 torch pins for the current accelerator and ignores the argument, with a warning.
+    assert devices.loader_pinning(npu, True, "2.9.0") == {"pin_memory": True}
+    assert devices.loader_pinning(npu, False, "2.3.1") == {"pin_memory": False}  # runtime.pin_memory: false
+    assert devices.loader_pinning(torch.device("cpu"), True, "2.3.1") == {"pin_memory": False}
+
+
+def test_the_loader_accepts_the_pinning_arguments_of_this_torch():
+    arguments = devices.loader_pinning(torch.device("cuda"), True)
+    loader = DataLoader(TensorDataset(torch.arange(4.0)), batch_size=2, **arguments)
+    assert loader.pin_memory and loader.pin_memory_device == arguments.get("pin_memory_device", "")

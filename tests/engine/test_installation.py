@@ -52,3 +52,21 @@ def test_detection_ops_report_kernels_that_run_and_those_that_do_not(monkeypatch
         == "none: Could not run 'torchvision::nms' with arguments from the 'PrivateUse1' backend."
     )
     assert probed["roi_align"] == "torchvision kernel"
+
+
+def test_an_op_without_a_kernel_for_the_device_is_not_run():
+    # torch_npu would run it on the CPU through its fallback, which only warns: the probe must not be fooled.
+    assert installation.probe_torchvision_ops(torch.device("xpu")) == {
+        "nms": "none: no torchvision::nms kernel is registered for xpu",
+        "roi_align": "none: no torchvision::roi_align kernel is registered for xpu",
+    }
+
+
+def test_a_kernel_whose_result_comes_back_elsewhere_does_not_count(monkeypatch):
+    roi_align = torchvision.ops.roi_align
+    monkeypatch.setattr(torchvision.ops, "roi_align", lambda *a, **k: roi_align(*a, **k).to("meta"))
+    probed = installation.probe_torchvision_ops(CPU)
+    assert probed == {
+        "nms": "torchvision kernel",
+        "roi_align": "none: its result is on meta, not cpu (it ran elsewhere)",
+    }

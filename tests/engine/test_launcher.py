@@ -1,5 +1,9 @@
 """The world from `runtime:` and the launcher's environment: torchrun, SLURM, by hand; parameters win."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from frcnn_pipeline.config import ParameterError
@@ -133,3 +137,21 @@ def test_from_runtime_reads_the_process_environment(monkeypatch):
         monkeypatch.setenv(name, value)
     assert WorldConfig.from_runtime({}).node_rank == 1
     assert WorldConfig.from_runtime({}).describe()["launcher"] == "slurm"
+
+
+@pytest.mark.parametrize("as_module", [True, False])
+def test_this_command_is_the_command_line_as_typed(tmp_path, as_module):
+    """What an error tells the user to start again: `python -m pkg ...` or the script's name, quoted."""
+    package = tmp_path / "runner"
+    package.mkdir()
+    code = "import sys; from frcnn_pipeline.engine.launcher import this_command; print(this_command())"
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text(code)
+    program = ["-m", "runner"] if as_module else [str(package / "__main__.py")]
+    printed = subprocess.run(
+        [sys.executable, *program, "run", "--params", "a=1,b=two words"],
+        cwd=tmp_path, capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])},
+    ).stdout.strip()  # fmt: skip
+    typed = "python -m runner" if as_module else "__main__.py"
+    assert printed == f"{typed} run --params 'a=1,b=two words'"

@@ -6,6 +6,7 @@ import datetime
 import gc
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import time
 import pytest
 from torch.distributed import TCPStore
 
-from frcnn_pipeline.engine import distributed, rendezvous
+from frcnn_pipeline.engine import distributed, failure_board, rendezvous
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.engine.rendezvous import RendezvousError
 
@@ -23,7 +24,7 @@ from frcnn_pipeline.engine.rendezvous import RendezvousError
 # that spawned workers can import it.
 NODE_SCRIPT = """
 import json, sys, time
-from frcnn_pipeline.engine import distributed, rendezvous
+from frcnn_pipeline.engine import distributed, failure_board, rendezvous
 from frcnn_pipeline.engine.launcher import WorldConfig
 
 def job(context, mode):
@@ -31,6 +32,7 @@ def job(context, mode):
     if mode == "fail" and context.rank == 1:
         raise ValueError("boom on rank 1")
     if mode == "wait":
+        print("IN THE JOB", context.rank, flush=True)
         time.sleep(120)
     distributed.barrier()
     return {"rank": context.rank, "world": context.world_size}
@@ -177,3 +179,34 @@ def test_node_0_gone_before_the_nodes_met_is_named():
     waiting.join(BOUND_S)
     assert len(raised) == 1 and isinstance(raised[0], RendezvousError), raised
     assert "Node 1 lost the rendezvous at 127.0.0.1:" in str(raised[0]) and "node 0 stopped" in str(raised[0])
+
+
+@pytest.mark.parametrize(("num_nodes", "lost"), [(2, 0), (3, 2)])
+def test_a_lost_node_is_named_by_every_other_node_in_one_line_within_seconds(start_node, num_nodes, lost):
+    """Workers that are not in a collective do not notice: the launchers do (node 0's store unreachable, or
+    another launcher's heartbeat still), and print the error alone (no c10d stack traces)."""
+    port = _free_port()
+    nodes = [
+        start_node("wait", num_nodes=num_nodes, node_rank=rank, master_port=port) for rank in range(num_nodes)
+    ]
+    outputs: list[list[str]] = [[] for _ in nodes]
+    readers = [threading.Thread(target=lambda p=process, o=output: o.extend(p.stdout), daemon=True)
+               for process, output in zip(nodes, outputs, strict=True)]  # fmt: skip
+    for reader in readers:
+        reader.start()
+    deadline = time.monotonic() + BOUND_S
+    while sum("IN THE JOB" in line for output in outputs for line in output) < num_nodes:
+        assert time.monotonic() < deadline, outputs
+        time.sleep(0.1)
+    before = [len(output) for output in outputs]
+    nodes[lost].send_signal(signal.SIGKILL)  # its worker dies with it
+    killed = time.monotonic()
+    for rank, process in enumerate(nodes):
+        process.wait(BOUND_S)
+        readers[rank].join(BOUND_S)
+        if rank == lost:
+            continue
+        assert time.monotonic() - killed < failure_board.HEARTBEAT_STALE_S + distributed.GRACE_S + 20
+        after = outputs[rank][before[rank] :]
+        assert process.returncode != 0 and len(after) == 1, after
+        assert after[0].startswith(f"ERROR NodeLostError Node {lost} ") and " was lost: " in after[0]

@@ -1,9 +1,11 @@
 """Resume checks: through real (tiny) trainings, another model, total batch, data or solver stops the resume
-naming the change and the fix, and the accepted changes continue the run and are recorded; on checkpoint
-states alone, what is not known yet (before a run reads its data: the MLflow hook) is not checked."""
+naming the change and the fix, and the accepted changes continue the run and are recorded; a truncated latest
+checkpoint is skipped, and none that loads stops the run; on checkpoint states alone, what is not known yet
+(before a run reads its data: the MLflow hook) is not checked."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,9 +20,10 @@ from tiny_training import (
 )
 
 from frcnn_pipeline.config import TrainParams
-from frcnn_pipeline.engine.checkpoint import CheckpointManager
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, NoReadableCheckpointError
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.trainer import train_detector
+from frcnn_pipeline.errors import UserFacingError
 
 
 def test_resume_refuses_a_checkpoint_of_another_model(tmp_path, tiny_tables):
@@ -79,6 +82,67 @@ def test_resume_refuses_another_solver_except_a_longer_schedule(tmp_path, tiny_t
         "solver.max_iter 2 -> 3",
         "solver.base_lr 0.001 -> 0.002",
     ]
+
+
+def _truncate(path: Path) -> None:
+    """Cut the file in half, as a copy or a disk that stopped midway would leave it."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def test_a_truncated_latest_checkpoint_is_skipped_and_the_run_resumes_from_the_one_before(
+    tmp_path, tiny_tables, caplog
+):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=2)
+    train["checkpoint"]["period"] = 1
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    folder = tmp_path / "checkpoints" / "test"
+    _truncate(folder / "model_0000002.pth")
+
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.engine.checkpoint"):
+        resumed = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+
+    record = resumed["record"]
+    assert (record["resumed_from_iteration"], record["trained_iterations"]) == (1, 1)
+    checkpoint_warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "frcnn_pipeline.engine.checkpoint" and r.levelno >= logging.WARNING
+    ]
+    assert checkpoint_warnings == [
+        f"Skipped checkpoint {folder / 'model_0000002.pth'}, which does not load (not a complete zip archive "
+        "(truncated or corrupt)): resuming from model_0000001.pth; the file is kept as "
+        "model_0000002.pth.unreadable"
+    ]
+    # Iteration 2 trained again and saved afresh beside the set-aside file.
+    assert sorted(p.name for p in folder.glob("model_*")) == [
+        "model_0000001.pth",
+        "model_0000002.pth",
+        "model_0000002.pth.unreadable",
+    ]
+    assert CheckpointManager(folder).load_latest()[1]["iteration"] == 2
+
+
+def test_no_checkpoint_that_loads_stops_before_training_naming_the_folder(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=1)
+    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    folder = tmp_path / "checkpoints" / "test"
+    _truncate(folder / "model_0000001.pth")
+    before = sorted(p.name for p in folder.iterdir())
+
+    train["solver"]["max_iter"] = 2
+    with pytest.raises(NoReadableCheckpointError) as raised:
+        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+
+    assert isinstance(raised.value, UserFacingError)
+    assert str(raised.value) == (
+        f"No checkpoint in {folder} loads (model_0000001.pth; the newest: not a complete zip archive "
+        "(truncated or corrupt)). Delete that folder to train this run afresh, or choose a new "
+        "train.run_name."
+    )
+    assert sorted(p.name for p in folder.iterdir()) == before, "nothing trained, nothing renamed"
 
 
 def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path):

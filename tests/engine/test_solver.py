@@ -1,6 +1,7 @@
 """Solver: linear scaling, warm-up and steps, weight decay groups."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -87,3 +88,50 @@ def test_cpu_optimizers_are_fused_and_step_like_torchs_loop(name):
             opt.step()
     for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_at_torch_2_3_cpu_optimizers_take_torchs_default_loop(monkeypatch, name):
+    """torch 2.3 (our floor) has no fused CPU kernels: its optimizers refuse fused=True for CPU tensors
+    (torch.optim checks the list below). Here torch is made to answer as 2.3 does, both for our check and for
+    its own."""
+    torch_2_3_devices = ["cuda", "xpu", torch._C._get_privateuse1_backend_name()]
+    for module in map(importlib.import_module, ("torch.utils._foreach_utils", "torch.optim.optimizer")):
+        monkeypatch.setattr(module, "_get_fused_kernels_supported_devices", lambda: list(torch_2_3_devices))
+    assert solver.fused_optimizer_devices() == {"cuda"}
+    model = nn.Linear(3, 2)
+    cfg = {"optimizer": name, "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0}
+    optimizer = solver.build_optimizer(model, cfg, lr=0.1)
+    assert not optimizer.defaults["fused"]
+    before = model.weight.detach().clone()
+    model(torch.randn(4, 3)).square().sum().backward()
+    optimizer.step()
+    assert not torch.equal(model.weight, before)
+    with pytest.raises(RuntimeError, match="`fused=True` requires"):  # what fused=True did there
+        fused = torch.optim.SGD(model.parameters(), lr=0.1, fused=True)
+        fused.step()
+
+
+def test_loss_scaled_sgd_survives_a_skipped_first_step_like_torchs_loop():
+    """float16 training: the GradScaler skips the first step (an overflow). torch's fused SGD creates its
+    momentum buffers then (torch.empty_like) without writing them, and the next step adds whatever that memory
+    held to the weights (~1e25 once, here); the loop creates nothing on a skipped step."""
+    torch.manual_seed(0)
+    model = nn.Linear(2, 1)
+    reference = copy.deepcopy(model)
+    cfg = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "weight_decay_norm": 0.0}
+    optimizer = solver.build_optimizer(model, cfg, lr=0.1, loss_scaled=True)
+    loop = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, foreach=False)
+    for net, opt in ((model, optimizer), (reference, loop)):
+        scaler = torch.amp.GradScaler("cpu", init_scale=4.0)
+        for step in range(3):
+            opt.zero_grad()
+            scaler.scale(net(torch.ones(1, 2)).sum()).backward()
+            if step == 0:
+                net.weight.grad[0, 0] = float("inf")  # an fp16 overflow: the scaler skips this step
+            scaler.step(opt)
+            scaler.update()
+            if step == 0:
+                assert not opt.state, "a skipped step left optimizer state"
+    for ours, theirs in zip(model.parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)

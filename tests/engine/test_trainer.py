@@ -26,6 +26,7 @@ from frcnn_pipeline.engine.loop import NonFiniteLossError
 from frcnn_pipeline.engine.signals import TrainingStopped
 from frcnn_pipeline.engine.trainer import load_initial_weights, train_detector
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling.backbone import SyncBatchNormError
 
 
 def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: int):
@@ -289,3 +290,11 @@ def test_sigterm_on_one_rank_stops_every_rank_after_saving_that_iteration(tmp_pa
         train_detector(images, annotations, 2, TINY_MODEL, train, runtime, build=_signalled_model)
     state = load_checkpoint(CheckpointManager(tmp_path / "checkpoints" / "test").latest())
     assert state["iteration"] == 3 and len(state["rng"]) == 2
+
+
+def test_sync_bn_on_one_process_stops_before_the_data_naming_the_fix(tmp_path, tiny_tables):
+    images, annotations = tiny_tables
+    model = merged(TINY_MODEL, backbone={"norm": "sync_bn"})
+    with pytest.raises(SyncBatchNormError, match=r"has one process.*Set model\.backbone\.norm: bn"):
+        train_detector(images, annotations, 2, model, train_config(tmp_path), runtime_config())
+    assert not (tmp_path / "reporting").exists()

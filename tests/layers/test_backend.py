@@ -6,6 +6,7 @@ import importlib.util
 import logging
 
 import pytest
+import torch
 
 from frcnn_pipeline.layers import backend
 
@@ -77,3 +78,21 @@ def test_each_choice_is_logged_once_per_configuration(caplog):
 def test_an_unknown_setting_is_refused_naming_the_key_and_the_choices():
     with pytest.raises(ValueError, match=r"runtime.detection_ops is 'fast'; expected one of auto, portable"):
         backend.configure("fast")
+
+
+def test_torchvisions_own_kernels_are_not_probed():
+    def verify(implementation):
+        pytest.fail(f"probed {implementation}")
+
+    assert backend.choose("roi_align", "cpu", variant="aligned=True", verify=verify) == backend.TORCHVISION
+
+
+def test_describe_reports_each_ops_choice_on_the_device_and_why():
+    cpu = torch.device("cpu")
+    assert backend.describe(cpu) == {
+        "nms": "torchvision (torchvision::nms has a kernel for cpu)",
+        "roi_align (aligned=True)": "torchvision (torchvision::roi_align has a kernel for cpu)",
+        "roi_align (aligned=False)": "torchvision (torchvision::roi_align has a kernel for cpu)",
+    }
+    backend.configure("portable")
+    assert set(backend.describe(cpu).values()) == {"portable (runtime.detection_ops is portable)"}

@@ -8,8 +8,9 @@ from torchvision.ops import batched_nms as tv_batched_nms
 from torchvision.ops import boxes as box_ops
 from torchvision.ops import nms as tv_nms
 
-from frcnn_pipeline.layers import backend, batched_nms, nms_keep_mask
+from frcnn_pipeline.layers import backend, batched_nms, fixed_round_nms, nms_keep_mask
 from frcnn_pipeline.layers import nms as nms_module
+from frcnn_pipeline.modeling.step_trace import trace_step
 
 
 def _random_boxes(count: int, generator: torch.Generator, *, spread: float = 300.0) -> torch.Tensor:
@@ -165,3 +166,61 @@ def test_a_traced_keep_mask_follows_the_data_it_was_not_traced_with():
     for seed in (1, 2):
         assert torch.equal(traced(*case(seed)), keep(*case(seed)))
         assert 0 < int(keep(*case(seed)).sum()) < int(case(seed)[3].sum())  # suppression happened
+
+
+def _batched_problems(seed: int, count: int = 300):
+    generator = torch.Generator().manual_seed(seed)
+    boxes = torch.stack([_random_boxes(count, generator, spread=150.0) for _ in range(6)]).view(
+        2, 3, count, 4
+    )
+    scores = torch.rand(2, 3, count, generator=generator)
+    classes = torch.randint(0, 3, (2, 3, count), generator=generator)
+    return boxes, scores, classes, torch.rand(2, 3, count, generator=generator) > 0.2
+
+
+@pytest.mark.parametrize("with_classes", [True, False])
+def test_fixed_round_nms_keeps_torchvisions_boxes_in_every_problem(with_classes):
+    boxes, scores, classes, valid = _batched_problems(15)
+    idxs = classes if with_classes else torch.zeros_like(classes)
+    keep, unresolved = fixed_round_nms(
+        boxes, scores, 0.5, valid, rounds=20, idxs=classes if with_classes else None
+    )
+    assert keep.shape == valid.shape and keep.dtype == torch.bool and int(unresolved) == 0
+    for problem in range(6):
+        b, s, c, v = (t.flatten(0, 1)[problem] for t in (boxes, scores, idxs, valid))
+        subset = torch.where(v)[0]
+        expected = subset[tv_batched_nms(b[subset], s[subset], c[subset], 0.5)]
+        assert torch.equal(torch.where(keep.flatten(0, 1)[problem])[0], expected.sort().values)
+
+
+def test_fixed_round_nms_keeps_the_boxes_of_a_chain_longer_than_its_rounds():
+    # The chain of test_suppression_chains_across_blocks: 99 rounds resolve it; fewer leave its tail
+    # undecided, counted, and kept (a superset of torchvision's boxes, never a box dropped).
+    x = torch.arange(100, dtype=torch.float32)
+    boxes = torch.stack([x, torch.zeros(100), x + 4, torch.full((100,), 4.0)], dim=1)
+    scores, valid = torch.linspace(1, 0.01, 100), torch.ones(100, dtype=torch.bool)
+    expected = tv_nms(boxes, scores, 0.5).sort().values
+    keep, unresolved = fixed_round_nms(boxes, scores, 0.5, valid, rounds=99)
+    assert torch.equal(torch.where(keep)[0], expected) and int(unresolved) == 0
+    keep, unresolved = fixed_round_nms(boxes, scores, 0.5, valid, rounds=20)
+    # r rounds decide the chain's first r + 1 boxes
+    assert int(unresolved) == 100 - 21 and keep[expected].all() and int(keep.sum()) > len(expected)
+
+
+def test_fixed_round_nms_runs_the_same_ops_on_the_same_shapes_and_reads_nothing_back():
+    traces = []
+    for seed in (16, 17):
+        boxes, scores, classes, valid = _batched_problems(seed)
+        with trace_step() as trace:
+            fixed_round_nms(boxes, scores, 0.7, valid, rounds=8, idxs=classes)
+        traces.append(trace)
+    assert traces[0].ops == traces[1].ops and traces[0].flagged == traces[1].flagged == []
+
+
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning", "ignore::FutureWarning")  # the trace itself
+def test_a_traced_fixed_round_nms_takes_torchvisions_nms_per_problem():
+    def keep(boxes, scores, classes, valid):
+        return fixed_round_nms(boxes, scores, 0.5, valid, rounds=20, idxs=classes)[0]
+
+    traced = torch.jit.trace(keep, _batched_problems(18), check_trace=False)
+    assert torch.equal(traced(*_batched_problems(19)), keep(*_batched_problems(19)))

@@ -15,6 +15,7 @@ from torchvision.ops import roi_align as tv_roi_align
 
 from frcnn_pipeline.layers import roi_align_sampling as sampling_module
 from frcnn_pipeline.layers.portable_roi_align import portable_roi_align
+from frcnn_pipeline.modeling.step_trace import trace_step
 
 
 @pytest.mark.parametrize("aligned", [False, True])
@@ -54,3 +55,20 @@ def test_chunks_give_the_same_result(monkeypatch):
     monkeypatch.setattr(sampling_module, "CHUNK_ELEMENTS", 1000)  # about one RoI per chunk
     chunked = forward_backward(portable_roi_align, features, rois, 7, 16, 0, True, grad_output)
     torch.testing.assert_close(chunked, whole, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+def test_a_fixed_grid_runs_the_same_ops_on_the_same_shapes_whatever_the_rois(aligned):
+    """The static mode's RoIAlign: with a fixed sampling grid, forward and backward depend on the RoIs' count
+    alone, and read nothing back on the host (adaptive sampling groups the RoIs by their grids)."""
+    traces = []
+    for seed in (7, 8):
+        generator = torch.Generator().manual_seed(seed)
+        features, rois = features_at(8, generator), rois_at(8, generator)
+        rois = rois[torch.randperm(len(rois), generator=generator)]
+        grad_output = torch.randn(len(rois), CHANNELS, 7, 7, generator=generator)
+        with trace_step() as trace:
+            forward_backward(portable_roi_align, features, rois, 7, 8, 2, aligned, grad_output)
+        traces.append(trace)
+    assert traces[0].ops == traces[1].ops and len(traces[0].ops) > 50
+    assert traces[0].flagged == traces[1].flagged == []

@@ -1,18 +1,17 @@
-"""The static-shape mode: every op's output shape is the same whatever the data, and the numbers match the
+"""The static-shape mode: a training step (forward, backward, optimizer) and an inference pass run the same
+ops on the same shapes whatever the images and objects, on the ops an NPU without torchvision_npu runs
+(`runtime.detection_ops: portable`, real NMS), and read nothing back on the host; the numbers match the
 dynamic mode's where both see the same samples."""
 
 import copy
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 from torchvision.ops import box_iou
 
+from frcnn_pipeline.layers import backend
 from frcnn_pipeline.modeling import build_model
-from frcnn_pipeline.modeling import roi_heads as roi_heads_module
-from frcnn_pipeline.modeling import rpn as rpn_module
 from frcnn_pipeline.modeling.pooler import LevelRoIAlign
 from frcnn_pipeline.modeling.static import (
     check_gt_box_counts,
@@ -21,6 +20,7 @@ from frcnn_pipeline.modeling.static import (
     sample_fixed,
     strip_padding,
 )
+from frcnn_pipeline.modeling.step_trace import trace_step
 
 TINY = {
     "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 16},
@@ -33,11 +33,20 @@ TINY = {
         "pre_nms_topk_test": 200,
         "post_nms_topk_test": 50,
     },
-    "roi_heads": {"batch_size_per_image": 32, "fc_dim": 32, "detections_per_image": 300},
+    # a fixed sampling grid, as the npu envs: the portable RoIAlign's adaptive one follows the RoIs
+    "roi_heads": {
+        "batch_size_per_image": 32,
+        "fc_dim": 32,
+        "detections_per_image": 300,
+        "pooler_sampling_ratio": 2,
+    },
 }
 STATIC = {"enabled": True, "max_gt_boxes": 8, "detection_candidates": 300}
 # Objects per image in three batches of two images: none, one, many.
 OBJECT_COUNTS = ((0, 0), (1, 1), (7, 3))
+# Their image sizes, all different; each image is resized to a short side drawn from two.
+IMAGE_SIZES = (((64, 80), (50, 64)), ((72, 60), (64, 64)), ((40, 90), (80, 70)))
+VARIED_INPUT = {"min_size_train": [40, 48], "min_size_test": 40, "max_size": 64, "fixed_size": [64, 64]}
 
 
 def tiny_model(static: bool, **overrides) -> torch.nn.Module:
@@ -50,15 +59,15 @@ def tiny_model(static: bool, **overrides) -> torch.nn.Module:
     return build_model(config, num_classes=2)
 
 
-def batch(counts: tuple[int, ...], seed: int):
-    """64×64 images with `count` coloured rectangles each, and their targets."""
+def batch(counts: tuple[int, ...], seed: int, sizes: tuple[tuple[int, int], ...] | None = None):
+    """Images (64×64 unless `sizes`) with `count` coloured rectangles each, and their targets."""
     generator = torch.Generator().manual_seed(seed)
     images, targets = [], []
-    for count in counts:
-        image = torch.randint(0, 60, (3, 64, 64), dtype=torch.uint8, generator=generator)
-        corners = torch.randint(0, 40, (count, 2), generator=generator).float()
-        sides = torch.randint(10, 24, (count, 2), generator=generator).float()
-        boxes = torch.cat([corners, (corners + sides).clamp(max=64)], dim=1)
+    for count, (height, width) in zip(counts, sizes or [(64, 64)] * len(counts), strict=True):
+        image = torch.randint(0, 60, (3, height, width), dtype=torch.uint8, generator=generator)
+        corners = torch.rand(count, 2, generator=generator) * torch.tensor([width, height]) * 0.6
+        sides = 10 + torch.rand(count, 2, generator=generator) * 14
+        boxes = torch.cat([corners, torch.minimum(corners + sides, torch.tensor([width, height]))], dim=1)
         labels = torch.randint(1, 3, (count,), generator=generator)
         for (x1, y1, x2, y2), label in zip(boxes.int().tolist(), labels.tolist(), strict=True):
             image[label, y1:y2, x1:x2] = 220
@@ -67,91 +76,102 @@ def batch(counts: tuple[int, ...], seed: int):
     return images, targets
 
 
-class ShapeRecorder(TorchDispatchMode):
-    """Records (op, output shapes) of every op dispatched.
-
-    `nms_keep_mask` is recorded as one op: it iterates to a fixed point, so its number of rounds depends on
-    the boxes (its shapes do not: they are collected as a set, `nms_ops`).
-    """
-
-    def __init__(self):
-        super().__init__()
-        self.ops: list[tuple[str, list[tuple[int, ...]]]] = []
-        self.nms_ops: set[tuple[str, tuple[tuple[int, ...], ...]]] = set()
-        self.inside_nms = False
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        shapes = [tuple(t.shape) for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        if self.inside_nms:
-            self.nms_ops.add((str(func), tuple(shapes)))
-        else:
-            self.ops.append((str(func), shapes))
-        return out
-
-    def opaque_nms(self, nms_keep_mask):
-        def recorded(boxes, scores, iou_threshold, idxs=None, valid=None):
-            self.inside_nms = True
-            try:
-                keep = nms_keep_mask(boxes, scores, iou_threshold, idxs=idxs, valid=valid)
-            finally:
-                self.inside_nms = False
-            self.ops.append(("nms_keep_mask", [tuple(boxes.shape), tuple(keep.shape)]))
-            return keep
-
-        return recorded
+@pytest.fixture
+def portable_ops():
+    """What an NPU without torchvision_npu runs: the portable NMS and RoIAlign."""
+    backend.configure("portable")
+    yield
+    backend.configure("auto")
 
 
-def record(monkeypatch, step) -> ShapeRecorder:
-    recorder = ShapeRecorder()
-    for module in (rpn_module, roi_heads_module):
-        monkeypatch.setattr(module, "nms_keep_mask", recorder.opaque_nms(module.nms_keep_mask))
-    with recorder:
-        step()
-    monkeypatch.undo()
-    return recorder
-
-
-def training_step_records(monkeypatch, static: bool) -> list[ShapeRecorder]:
-    model = tiny_model(static).train()
+def training_traces(static: bool, **overrides) -> list:
+    """The traces of three training steps on the batches of IMAGE_SIZES and OBJECT_COUNTS. In the static mode
+    the step starts from the batch's `host_batch` (made before it, where the loader's images are)."""
+    model = tiny_model(static, input=VARIED_INPUT, **overrides).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
-
-    def step(images, targets):
-        optimizer.zero_grad()
-        losses = model(images, targets)
-        sum(losses.values()).backward()
-        optimizer.step()
-
-    batches = [batch(counts, seed) for seed, counts in enumerate(OBJECT_COUNTS)]
-    return [record(monkeypatch, lambda b=b: step(*b)) for b in batches]
-
-
-def inference_records(monkeypatch, static: bool) -> list[ShapeRecorder]:
-    model = tiny_model(static).eval()
-    model.transform.padded_detections = True  # the one dynamic step, stripping the padding, comes after
-
-    def forward(images):
-        with torch.no_grad():
-            model(images)
-
-    batches = [batch(counts, seed) for seed, counts in enumerate(OBJECT_COUNTS)]
-    return [record(monkeypatch, lambda images=images: forward(images)) for images, _ in batches]
+    traces = []
+    for seed, (sizes, counts) in enumerate(zip(IMAGE_SIZES, OBJECT_COUNTS, strict=True)):
+        images, targets = batch(counts, seed, sizes)
+        inputs = (model.transform.host_batch(images, targets),) if static else (images, targets)
+        with trace_step() as trace:
+            optimizer.zero_grad()
+            sum(model(*inputs).values()).backward()
+            optimizer.step()
+        traces.append(trace)
+    return traces
 
 
-@pytest.mark.parametrize("records", [training_step_records, inference_records])
-def test_static_mode_runs_the_same_ops_on_the_same_shapes_whatever_the_data(monkeypatch, records):
-    first, *others = records(monkeypatch, static=True)
-    assert len(first.ops) > 200 and any(op == "nms_keep_mask" for op, _ in first.ops)
-    for other in others:
-        assert other.ops == first.ops
-        assert other.nms_ops == first.nms_ops
+def inference_traces(static: bool) -> list:
+    model = tiny_model(static, input=VARIED_INPUT).eval()
+    model.transform.padded_detections = (
+        True  # the one data-dependent step, stripping the padding, comes after
+    )
+    traces = []
+    for seed, (sizes, counts) in enumerate(zip(IMAGE_SIZES, OBJECT_COUNTS, strict=True)):
+        images, _ = batch(counts, seed, sizes)
+        inputs = model.transform.host_batch(images) if static else images
+        with torch.no_grad(), trace_step() as trace:
+            model(inputs)
+        traces.append(trace)
+    return traces
 
 
-@pytest.mark.parametrize("records", [training_step_records, inference_records])
-def test_dynamic_mode_shapes_follow_the_data(monkeypatch, records):
+@pytest.mark.parametrize("traces", [training_traces, inference_traces])
+def test_static_mode_runs_the_same_ops_on_the_same_shapes_and_reads_nothing_back(portable_ops, traces):
+    first, *others = traces(static=True)
+    names = {op for op, _ in first.ops}
+    # the portable ops ran (no torchvision kernel), NMS (its upper-triangular mask) among them
+    assert len(first.ops) > 1000 and "aten.triu.default" in names
+    assert not any(op.startswith("torchvision.") for op in names)
+    for trace in (first, *others):
+        assert trace.flagged_counts() == {}, (
+            "data-dependent ops: no host read, shape from values or host data"
+        )
+        assert trace.ops == first.ops
+
+
+def test_static_training_reads_nothing_back_on_the_default_ops_either():
+    # auto on CPU: torchvision's RoIAlign kernel (adaptive sampling inside it) and the static NMS
+    first, *others = training_traces(static=True, roi_heads={"pooler_sampling_ratio": 0})
+    assert "torchvision.roi_align.default" in {op for op, _ in first.ops}
+    for trace in (first, *others):
+        assert trace.flagged_counts() == {} and trace.ops == first.ops
+
+
+@pytest.mark.parametrize("traces", [training_traces, inference_traces])
+def test_dynamic_mode_shapes_follow_the_data(traces):
     # The recorder sees the difference the static mode removes.
-    first, *others = records(monkeypatch, static=False)
+    first, *others = traces(static=False)
     assert all(other.ops != first.ops for other in others)
+    assert first.flagged_counts()  # the dynamic mode reads values back: NMS, the sampling, the checks
+
+
+def test_a_model_given_the_images_prepares_their_host_batch_itself():
+    images, targets = batch((2, 1), seed=5, sizes=((64, 80), (50, 64)))
+    model = tiny_model(True, input=VARIED_INPUT).train()
+    torch.manual_seed(1)
+    given_images = model(images, targets)
+    torch.manual_seed(1)
+    given_batch = model(model.transform.host_batch(images, targets))
+    torch.testing.assert_close(given_batch, given_images, rtol=0, atol=0)
+
+
+def test_the_host_batch_resizes_into_the_canvas_and_names_what_it_refuses():
+    model = tiny_model(True, input=VARIED_INPUT).eval()
+    images, targets = batch((1, 2), seed=6, sizes=((40, 90), (80, 70)))
+    host = model.transform.host_batch(images, targets)
+    assert host.canvas.shape == (2, 3, 64, 64)
+    # test time: short side 40, capped by max_size 64 on the long side (detectron2's rounding)
+    assert host.sizes.tolist() == [[28, 64], [46, 40]]
+    assert host.original_sizes.tolist() == [[40, 90], [80, 70]]
+    assert (host.canvas[0, :, 28:] == 0).all() and (host.canvas[1, :, :, 40:] == 0).all()
+    assert [t["boxes"].shape for t in host.targets] == [(8, 4)] * 2
+    targets[1]["boxes"][0, 2] = targets[1]["boxes"][0, 0]  # zero width
+    with pytest.raises(ValueError, match=r"positive height and width.*target at index 1"):
+        model.transform.host_batch(images, targets)
+    small_canvas = tiny_model(True, input={**VARIED_INPUT, "fixed_size": [32, 32]}).eval()
+    with pytest.raises(ValueError, match=r"resized image\(s\) \[\(32, 64\)\] exceed model.input.fixed_size"):
+        small_canvas.transform.host_batch([torch.zeros(3, 50, 100, dtype=torch.uint8)])
 
 
 # Sampling everything (batch sizes above the candidate counts, all positives allowed) leaves nothing random,

@@ -18,8 +18,9 @@ class ExportCheckParams(Section):
     max_ap_difference: float = Field(
         0.001,
         ge=0,
-        description="COCO AP (0-1) by which ONNX Runtime may differ from PyTorch; more fails the export "
-        "(0.001 = 0.1 points)",
+        description="COCO AP (0-1) by which each graph in ONNX Runtime may differ from PyTorch in the "
+        "graph's mode, and from the PyTorch model at evaluate's settings (evaluate.inference); more fails "
+        "the export (0.001 = 0.1 points)",
     )
 
 
@@ -35,8 +36,9 @@ class ExportParams(Section):
         None,
         min_length=2,
         max_length=2,
-        description="[H, W] of the fixed-shape graph's input canvas; null: the model's max_size rounded up "
-        "to size_divisibility, square, which holds every image after the test-time resize",
+        description="[H, W] of the fixed-shape graph's input canvas; null: the smallest that holds the check "
+        "split's images after the test-time resize, rounded up to size_divisibility (padding the model never "
+        "saw costs AP: 96 x 96 for the demo)",
     )
     score_threshold: float = Field(0.05, ge=0, le=1, description="baked into the graphs (score cut)")
     nms_threshold: float = Field(0.5, gt=0, le=1, description="baked into the graphs (per-class NMS IoU)")

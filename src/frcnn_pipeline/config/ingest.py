@@ -49,10 +49,16 @@ class SeverityParams(Section):
     )
     missing_image_file: Literal["dropped", "fatal"] = Field("dropped", description="no such image file")
     unreadable_image: Literal["dropped", "fatal"] = Field("dropped", description="image file not readable")
+    unconvertible_image: Literal["dropped", "fatal"] = Field(
+        "dropped", description="pixels with no faithful 8-bit RGB form, e.g. float data (decode checks)"
+    )
     image_size_mismatch: Literal["dropped", "fatal"] = Field(
         "dropped", description="image size differs from the JSON's width and height"
     )
     clipped_bbox: Literal["fixed", "fatal"] = Field("fixed", description="bbox past the border: clipped")
+    transparent_image: Literal["reported", "fatal"] = Field(
+        "reported", description="transparent pixels: shown over black (decode checks)"
+    )
     image_without_annotations: Literal["reported", "fatal"] = Field(
         "reported", description="image with no annotation (see drop_images_without_annotations)"
     )

@@ -19,8 +19,10 @@ def _one_size_as_list(value):
 
 class BackboneParams(Section):
     depth: Literal[18, 34, 50, 101] = Field(50, description="ResNet depth")
-    norm: Literal["frozen_bn", "bn", "gn"] = Field(
-        "frozen_bn", description="frozen_bn (detectron2, for pretrained weights), bn, or gn (32 groups)"
+    norm: Literal["frozen_bn", "bn", "sync_bn", "gn"] = Field(
+        "frozen_bn",
+        description="frozen_bn (detectron2, for pretrained weights), bn, sync_bn (bn whose training "
+        "statistics span every worker: several CUDA/NPU workers only), or gn (32 groups)",
     )
     freeze_at: int = Field(2, ge=0, le=5, description="stages frozen: 0 none, 1 stem, 2 stem+res2 ... 5 all")
     stride_in_1x1: bool = Field(
@@ -106,6 +108,12 @@ class StaticShapeParams(Section):
     )
     detection_candidates: int = Field(
         2000, ge=1, description="test: best (box, class) pairs per image entering NMS"
+    )
+    nms_rounds: int = Field(
+        32,
+        ge=1,
+        description="rounds of every NMS: exact where no chain of suppressions is longer; a box on a longer "
+        "one is kept (counted in the RPN's and box head's `unresolved_nms_boxes`)",
     )
 
 

@@ -51,13 +51,16 @@ class ImageFolderDataset(
         if self._fs.exists(partial):
             self._fs.rm(partial, recursive=True)
         # Written aside, then renamed: a crash leaves a `.partial` folder, never a half-filled run folder.
-        self._fs.makedirs(partial, exist_ok=True)
+        with self._writing(partial, folder):
+            self._fs.makedirs(partial, exist_ok=True)
         for name, image in data.items():
             if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
                 raise DatasetError(f"image name {name!r} would be written outside {folder}")
             picture = image() if callable(image) else image
             buffer = io.BytesIO()
             picture.save(buffer, format="PNG")
-            self._fs.pipe_file(f"{partial}/{name}{self.SUFFIX}", buffer.getvalue())
-        self._fs.mv(partial, folder, recursive=True)
+            with self._writing(partial, folder):
+                self._fs.pipe_file(f"{partial}/{name}{self.SUFFIX}", buffer.getvalue())
+        with self._writing(partial, folder):
+            self._fs.mv(partial, folder, recursive=True)
         self._saved()

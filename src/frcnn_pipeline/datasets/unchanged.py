@@ -11,6 +11,9 @@ its outputs is declared through this wrapper, which skips that save; loading sti
       dataset:
         type: frcnn_pipeline.datasets.DetectorDataset
         filepath: data/06_models/trained_model.safetensors
+
+A save that fails for want of room or rights (an OSError) ends with a short `OutputWriteError`, and what it
+wrote under this run's version is removed: a truncated file is never the latest version.
 """
 
 from __future__ import annotations
@@ -18,9 +21,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from kedro.io.core import VERSIONED_FLAG_KEY, AbstractDataset, Version
+from kedro.io.core import VERSIONED_FLAG_KEY, AbstractDataset, AbstractVersionedDataset, Version
+
+from frcnn_pipeline.datasets.versioned_fsspec import OutputWriteError, remove_failed_write
 
 log = logging.getLogger(__name__)
+
+# A train rerun with nothing left to train saves the outputs a failed save lost (pipelines/train/nodes.py).
+_AFTER_A_FAILED_SAVE = (
+    "run the same command again: it saves the run's outputs from its last checkpoint, without training again"
+)
 
 
 class _Unchanged:
@@ -58,6 +68,7 @@ class KeepUnchangedDataset(AbstractDataset):
                 "(the wrapper passes the session's load and save versions on)."
             )
         config = {**dataset, VERSIONED_FLAG_KEY: True} if version else dict(dataset)
+        self._versioned = version is not None
         self._dataset = AbstractDataset.from_config(
             "wrapped", config, *((version.load, version.save) if version else ())
         )
@@ -75,9 +86,35 @@ class KeepUnchangedDataset(AbstractDataset):
 
     def save(self, data: Any) -> None:
         if data is UNCHANGED:
+            if not self._dataset.exists():
+                log.warning(
+                    "Nothing new to save, but %s holds no saved version (deleted?): delete "
+                    "outputs_saved.json in the run's checkpoint folder and run again to save it from the "
+                    "last checkpoint",
+                    getattr(self._dataset, "_filepath", self._dataset),
+                )
+                return
             log.info("Nothing new to save: the latest %s stays as it is", type(self._dataset).__name__)
             return
-        self._dataset.save(data)
+        try:
+            self._dataset.save(data)
+        except Exception as error:
+            cause = _os_error_in(error)
+            if cause is None:
+                raise
+            path = self._save_path()
+            filesystem = getattr(self._dataset, "_fs", None)
+            if path is not None and filesystem is not None:
+                remove_failed_write(filesystem, path, versioned=True)
+            raise OutputWriteError(path or repr(self._dataset), cause, then=_AFTER_A_FAILED_SAVE) from error
+
+    def _save_path(self) -> str | None:
+        """The file this session's version goes to (None when not versioned: the path holds older data)."""
+        inner = self._dataset
+        if self._versioned and isinstance(inner, AbstractVersionedDataset):
+            # `_get_save_path()` refuses a path that exists: the failed write's own file.
+            return str(inner._get_versioned_path(inner.resolve_save_version()))
+        return None
 
     def _exists(self) -> bool:
         return self._dataset.exists()
@@ -87,3 +124,15 @@ class KeepUnchangedDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {"dataset": self._dataset._describe(), "skips": "UNCHANGED"}
+
+
+def _os_error_in(error: BaseException) -> OSError | None:
+    """The first OSError in `error`'s chain (kedro-datasets wrap theirs in a DatasetError)."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        if isinstance(current, OSError):
+            return current
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return None

@@ -11,7 +11,8 @@ loss_scale: dynamic|<number>}.
 | cpu    | float16  | refused: CPU autocast is bf16 only here                              |
 
 A numeric `loss_scale` is truly static: an overflowing step is still detected and skipped, and the scale is
-put back to that number after every step, never halved or grown. apex keeps its own scaler (see `initialize`).
+put back to that number after every step, never halved or grown. apex keeps its own scaler (see `initialize`)
+and needs CUDA or an NPU: elsewhere it is refused when the run starts.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from frcnn_pipeline.errors import UserFacingError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 DEFAULT_INITIAL_SCALE = 2.0**16
+APEX_DEVICES = ("cuda", "npu")  # NVIDIA's apex, and Ascend's
 
 
 class AmpUnavailableError(UserFacingError, RuntimeError):
@@ -115,6 +117,14 @@ def _check_config(amp: dict[str, Any], device_type: str) -> None:
         isinstance(loss_scale, bool) or not isinstance(loss_scale, int | float) or loss_scale <= 0
     ):
         raise ValueError(f"runtime.amp.loss_scale must be 'dynamic' or a positive number, got {loss_scale!r}")
+    if amp.get("enabled") and amp.get("backend") == "apex" and device_type not in APEX_DEVICES:
+        # apex's loss scaler and its O1 casts run CUDA (or, Ascend's build, NPU) kernels: on CPU the run would
+        # stop at its first step, after the data and the model were loaded.
+        raise AmpUnavailableError(
+            f"runtime.amp.backend is 'apex', which needs a CUDA GPU or an Ascend NPU, but this run's "
+            f"device is {device_type}. Set runtime.amp.backend: torch (bfloat16 autocast on CPU), or "
+            "runtime.amp.enabled: false."
+        )
     if amp.get("enabled") and device_type == "cpu" and amp.get("dtype") == "float16":
         raise AmpUnavailableError(
             "runtime.amp.dtype float16 is not supported on CPU: use bfloat16, or runtime.amp.enabled: false"

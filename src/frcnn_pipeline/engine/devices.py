@@ -10,6 +10,7 @@ import importlib
 import os
 
 import torch
+from torch.torch_version import TorchVersion
 
 from frcnn_pipeline.errors import UserFacingError
 
@@ -156,6 +157,34 @@ def setup_device(kind: str, local_rank: int) -> torch.device:
         torch.cuda.set_device(local_rank)
         return torch.device("cuda", local_rank)
     return torch.device("cpu")
+
+
+def current_device(kind: str) -> torch.device:
+    """The device `setup_device` bound this process to: its current accelerator, or the CPU."""
+    if kind == "cpu":
+        return torch.device("cpu")
+    return torch.device(kind, getattr(torch, kind).current_device())
+
+
+# torch's DataLoader pins batches for CUDA only unless told the device (`pin_memory_device`) up to torch 2.5,
+# so on NPU with torch_npu for torch 2.3/2.4 `pin_memory=True` alone pinned nothing, silently. From 2.6 it
+# pins for the current accelerator when not told (pytorch#131858), and from 2.9 it ignores the argument with
+# a warning (pytorch#158323).
+PIN_MEMORY_DEVICE_IGNORED_FROM = (2, 9)
+
+
+def loader_pinning(
+    device: torch.device, pin_memory: bool, torch_version: str = torch.__version__
+) -> dict[str, bool | str]:
+    """The DataLoader's pinning arguments for batches bound for `device` (`runtime.pin_memory`).
+
+    Accelerators only; the device named wherever this torch still takes `pin_memory_device`.
+    """
+    if device.type == "cpu" or not pin_memory:
+        return {"pin_memory": False}
+    if TorchVersion(torch_version) >= PIN_MEMORY_DEVICE_IGNORED_FROM:
+        return {"pin_memory": True}
+    return {"pin_memory": True, "pin_memory_device": device.type}
 
 
 def dist_backend(kind: str) -> str:

@@ -6,19 +6,18 @@ in every launching process (each node's Kedro process gets the same outputs; onl
 - torchrun: this process is one worker; the process group is made once and kept for the life of the process;
 - otherwise (by hand, SLURM): this process spawns its node's workers, after meeting the other nodes' launchers
   (`rendezvous.check_in`). While they run it replays their log records, forwards SIGTERM/SIGINT to them (they
-  save a checkpoint and stop), and stops them as soon as a rank anywhere posts a failure, naming that rank.
+  save a checkpoint and stop), and stops them as soon as a rank anywhere posts a failure, naming that rank, or
+  a node is lost (node 0's store unreachable, or another launcher's heartbeat stopped), naming that node.
 """
 
 from __future__ import annotations
 
 import atexit
-import ctypes
 import datetime
 import itertools
 import logging
 import os
 import signal
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -30,10 +29,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessContext, ProcessException, ProcessExitedException
 
-from frcnn_pipeline.engine import devices, rendezvous, worker_logs
-from frcnn_pipeline.engine.launcher import WorldConfig
-from frcnn_pipeline.engine.rendezvous import Failure, FailureBoard
-from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
+from frcnn_pipeline.engine import devices, failure_board, rendezvous, worker_logs
+from frcnn_pipeline.engine.failure_board import Failure, FailureBoard
+from frcnn_pipeline.engine.launcher import WorldConfig, this_command
+from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, die_with_the_parent
+from frcnn_pipeline.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
@@ -43,14 +43,17 @@ GRACE_S = 3.0
 # Error texts of a collective whose peer went away (gloo raises plain RuntimeErrors).
 _LOST_PEER_TEXTS = ("connection reset by peer", "connection closed by peer", "broken pipe", "gloo/transport")
 
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
 # The n-th distributed launch of this process; every node runs the same pipeline, so the numbers match.
 _launches = itertools.count(1)
 
 
-class WorkerFailedError(RuntimeError):
-    """A worker of this job failed or died; the message names the rank that failed first."""
+class WorkerFailedError(UserFacingError, RuntimeError):
+    """A worker of this job failed or died elsewhere; the message names the rank that failed first (its
+    traceback is on its own node) and how to go on."""
+
+
+class NodeLostError(WorkerFailedError):
+    """A node's launcher went away mid-run (killed, out of memory, its machine or network down)."""
 
 
 @dataclass(frozen=True)
@@ -133,11 +136,18 @@ def _spawn_node_workers(fn: Callable[..., Any], world: WorldConfig, args: tuple)
             join=False,
             start_method="spawn",
         )
+        # Node 0 hosts the store; the other nodes' launchers are its clients.
+        board = FailureBoard(
+            job_store, None if world.node_rank == 0 else (world.master_addr, world.master_port)
+        )
         try:
-            _supervise(processes, world, FailureBoard(job_store), stop, errors)
-        except BaseException:
+            _supervise(processes, world, board, stop, errors)
+        except BaseException as error:
             _kill(processes)
+            if not isinstance(error, TrainingStopped | KeyboardInterrupt):
+                _leave_after_a_failure(board, world)
             raise
+        board.leave(world.node_rank)
         # weights_only: the result holds tensors, numbers, strings, lists and dicts only.
         return torch.load(result_path, weights_only=True)
 
@@ -148,6 +158,9 @@ def _supervise(
     """Wait for the local workers; forward a stop request; stop early when another node's rank failed."""
     local_ranks = range(world.node_rank * world.nproc_per_node, (world.node_rank + 1) * world.nproc_per_node)
     forwarded = False
+    # Node 0 watches the other launchers (which watch node 0 through its store): workers on NCCL or HCCL
+    # may wait for a lost peer until runtime.timeout_minutes, not fail.
+    heartbeats = failure_board.Heartbeats(board, world) if world.node_rank == 0 else None
     while True:
         try:
             if processes.join(timeout=POLL_S, grace_period=GRACE_S):
@@ -160,22 +173,28 @@ def _supervise(
                 )
                 _signal_alive(processes, signal.SIGTERM)
                 forwarded = True
+            board.beat(world.node_rank)
+            if heartbeats is not None and (lost := heartbeats.lost()):
+                board.report_lost(lost)
             remote = board.cause()
-            # Another node's rank failed: the local workers get a moment to fail on their own (their error
-            # keeps its type), then they are stopped.
-            if (
-                remote is not None
-                and remote.rank not in local_ranks
-                and not processes.join(timeout=GRACE_S, grace_period=GRACE_S)
-            ):
+            # Another node's rank failed, or node 0 is gone (its store is unreachable): the local workers get
+            # a moment to fail on their own (their error keeps its type), then they are stopped.
+            elsewhere = (remote is not None and remote.rank not in local_ranks) or not board.reachable
+            if elsewhere and not processes.join(timeout=GRACE_S, grace_period=GRACE_S):
                 _kill(processes)
-                raise WorkerFailedError(f"{remote.describe()}. This node's workers were stopped.")
+                raise _failed_elsewhere(remote, world)
         except ProcessException as error:
-            raise _failure(error, world, board, stop, errors) from None
+            # Chained: the log file gets the worker's traceback (the terminal, a UserFacingError's message).
+            raise _failure(error, world, board, stop, errors, heartbeats) from error
 
 
-def _failure(
-    error: ProcessException, world: WorldConfig, board: FailureBoard, stop: StopSignals, errors
+def _failure(  # noqa: PLR0917 (the supervision's state)
+    error: ProcessException,
+    world: WorldConfig,
+    board: FailureBoard,
+    stop: StopSignals,
+    errors,
+    heartbeats: failure_board.Heartbeats | None,
 ) -> BaseException:
     """The exception that tells the user what happened, for a local worker that failed."""
     failed_rank = world.node_rank * world.nproc_per_node + error.error_index
@@ -197,14 +216,45 @@ def _failure(
             return WorkerFailedError(f"Stopped by {stop.requested} outside the training loop ({died})")
         board.post(Failure(failed_rank, rendezvous.where(world, error.error_index), died))
     causes = {rank: exc for rank, exc, is_cause in local_errors if is_cause}
-    first = board.first(wait_s=0.0 if causes else rendezvous.FAILURE_REPORT_WAIT_S)
+    # Only lost peers here: wait for the cause, or find the node that was lost.
+    wait_s = failure_board.FAILURE_REPORT_WAIT_S
+    first = board.first() if causes else failure_board.await_cause(board, world, wait_s, heartbeats)
     if first is not None and first.rank in causes:
         return causes[first.rank]
     if first is None and causes:
         return next(iter(causes.values()))
-    if first is not None:
-        return WorkerFailedError(f"{first.describe()}. Rank {failed_rank} stopped with it.")
-    return WorkerFailedError(f"Rank {failed_rank} ({rendezvous.where(world)}) failed: {_summary(error)}")
+    if first is not None or not board.reachable:
+        return _failed_elsewhere(first, world)
+    detail = _summary(local_errors[0][1] if local_errors else error)
+    return WorkerFailedError(f"Rank {failed_rank} ({rendezvous.where(world)}) failed: {detail}")
+
+
+def _failed_elsewhere(failure: Failure | None, world: WorldConfig) -> WorkerFailedError:
+    """The error for a failure posted by another rank, or (None) for node 0's store gone unreachable."""
+    if failure is None:
+        what = (
+            f"Node 0 ({world.master_addr}:{world.master_port}, the rendezvous host) was lost: its connection "
+            "closed mid-run (killed, out of memory, or its machine or network went down)"
+        )
+    else:
+        what = failure.describe()
+    error_type = NodeLostError if failure is None or failure.lost_nodes else WorkerFailedError
+    again = f"every node's command again (this node's: `{this_command()}`)"
+    if world.num_nodes == 1:
+        again = f"`{this_command()}` again"
+    return error_type(
+        f"{what}. This node's workers were stopped; once that is dealt with, start {again}: a training "
+        "resumes from its last checkpoint."
+    )
+
+
+def _leave_after_a_failure(board: FailureBoard, world: WorldConfig) -> None:
+    """Node 0, which hosts the board, waits for the other nodes to leave first: else they would find the
+    store gone before reading the failure, and name node 0 as lost."""
+    board.leave(world.node_rank)
+    if world.node_rank == 0:
+        cause = board.cause()
+        board.wait_until_left(world.num_nodes - len(cause.lost_nodes if cause else ()))
 
 
 def _signal_alive(processes: ProcessContext, signum: int) -> None:
@@ -239,30 +289,17 @@ def _report(errors, rank: int, error: BaseException, is_cause: bool) -> None:
         errors.put((rank, RuntimeError(_summary(error)), is_cause))
 
 
-def _die_with_the_launcher() -> None:
-    """Linux: a worker whose Kedro process is killed (SIGKILL, OOM) is killed too, not left training alone.
-
-    torch.multiprocessing offers no parent-death signal, hence prctl(PR_SET_PDEATHSIG) through ctypes.
-    """
-    if not sys.platform.startswith("linux"):
-        return
-    parent = os.getppid()
-    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the launcher died before prctl took effect
-        os._exit(1)
-
-
 def _worker_entry(  # noqa: PLR0917 (start_processes passes arguments by position)
     local_rank, fn, world: WorldConfig, generation: int, args, errors, log_queue, levels, result_path: str
 ) -> None:
-    _die_with_the_launcher()
+    die_with_the_parent()
     rank = world.node_rank * world.nproc_per_node + local_rank
     worker_logs.send_logs_to(log_queue, rank, levels)
     board = None
     initialized = False
     try:
         store = rendezvous.launch_store(rendezvous.connect_store(world, f"Rank {rank}"), generation)
-        board = FailureBoard(store)
+        board = FailureBoard(store, (world.master_addr, world.master_port))
         device = devices.setup_device(world.device, local_rank)
         # For libraries that read the usual variables.
         os.environ.update(

@@ -243,6 +243,10 @@ class TrackingHook(HookBase):
         if trainer.context.is_main:
             self._log_new(trainer.state)
 
+    def after_train(self, trainer: Trainer) -> None:
+        # The logger sends off the training thread: what it still holds goes now (or is counted).
+        self.logger.close()
+
     def _log_new(self, state: TrainState) -> None:
         for row in state.metrics[self._rows_logged :]:
             values = {key: value for key, value in row.items() if key not in ("iteration", "eta_s")}

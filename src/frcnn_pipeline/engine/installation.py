@@ -19,6 +19,7 @@ import torchvision
 
 import frcnn_pipeline
 from frcnn_pipeline.engine import devices
+from frcnn_pipeline.layers import backend
 
 ENVIRONMENT_VARIABLES = (
     "ASCEND_TOOLKIT_HOME",
@@ -75,10 +76,17 @@ def describe_installation(device_kind: str) -> dict[str, Any]:
 
 
 def probe_torchvision_ops(device: torch.device) -> dict[str, str]:
-    """Whether torchvision's NMS and RoIAlign kernels run on `device` (on NPU they need torchvision_npu)."""
-    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device)
+    """Whether torchvision's NMS and RoIAlign kernels run on `device` (on NPU they need torchvision_npu).
+
+    An op with no kernel registered for the device is not run: torch_npu would run it on the CPU through its
+    fallback, which only warns. An op that runs must leave its result on `device`.
+    """
     probes = {
-        "nms": lambda: torchvision.ops.nms(boxes, torch.tensor([0.9, 0.8], device=device), 0.5),
+        "nms": lambda: torchvision.ops.nms(
+            torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 11.0, 11.0]], device=device),
+            torch.tensor([0.9, 0.8], device=device),
+            0.5,
+        ),
         "roi_align": lambda: torchvision.ops.roi_align(
             torch.rand(1, 1, 8, 8, device=device),
             torch.tensor([[0.0, 0.0, 0.0, 4.0, 4.0]], device=device),
@@ -88,20 +96,24 @@ def probe_torchvision_ops(device: torch.device) -> dict[str, str]:
     }
     results = {}
     for name, probe in probes.items():
+        if not backend.has_torchvision_kernel(name, device.type):
+            results[name] = f"none: no torchvision::{name} kernel is registered for {device.type}"
+            continue
         try:
-            probe()
-            results[name] = "torchvision kernel"
+            output = probe()
         except (RuntimeError, NotImplementedError) as error:
             results[name] = f"none: {str(error).splitlines()[0][:200]}"
+            continue
+        if output.device == device:
+            results[name] = "torchvision kernel"
+        else:
+            results[name] = f"none: its result is on {output.device}, not {device} (it ran elsewhere)"
     return results
 
 
 def describe_detection_ops(device: torch.device) -> dict[str, Any]:
-    ops: dict[str, Any] = {"torchvision": probe_torchvision_ops(device)}
-    # The project's device-portable ops choose an implementation per device (frcnn_pipeline.layers.backend);
-    # their own description is reported where that module provides one.
-    if importlib.util.find_spec("frcnn_pipeline.layers.backend") is not None:
-        backend = importlib.import_module("frcnn_pipeline.layers.backend")
-        describe = getattr(backend, "describe", None)
-        ops["frcnn_pipeline.layers"] = describe(device) if callable(describe) else "present (no describe())"
-    return ops
+    """torchvision's kernels that run on `device`, and the implementation each of the project's detection ops
+    takes there and why (frcnn_pipeline.layers.backend; on NPU that runs the RoIAlign parity probe)."""
+    # The backend first: on NPU it imports torchvision_npu, which registers torchvision's NPU kernels.
+    layers = backend.describe(device)
+    return {"torchvision": probe_torchvision_ops(device), "frcnn_pipeline.layers": layers}

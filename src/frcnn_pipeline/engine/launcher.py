@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -119,6 +121,17 @@ class WorldConfig:
         described = {key: value for key, value in asdict(self).items() if value is not None}
         described["world_size"] = self.world_size
         return described
+
+
+def this_command() -> str:
+    """This process's command line as typed (`kedro run ...`, `python -m kedro run ...`), for a message that
+    says to start it again."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        program = ["python", "-m", spec.name.removesuffix(".__main__")]
+    else:
+        program = [os.path.basename(sys.argv[0])]
+    return shlex.join([*program, *sys.argv[1:]])
 
 
 def detect_launcher(environ: Mapping[str, str]) -> str:

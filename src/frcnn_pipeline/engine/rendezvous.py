@@ -4,7 +4,8 @@ Node 0's Kedro process hosts the store for its whole lifetime (as torchrun's age
 launcher checks in there before it spawns workers, and the workers build their process group on it. Checking
 in turns torch's cryptic rendezvous failures (a client that retries until a timeout, a port in use, two nodes
 with the same rank that block each other, nodes waiting for different world sizes) into messages that name
-the setting to fix. The failure board records the first rank that failed, so every node can name it.
+the setting to fix. A node that finds a problem posts it on the failure board (failure_board.py), so that
+the nodes waiting with it stop too.
 """
 
 from __future__ import annotations
@@ -17,19 +18,16 @@ import logging
 import os
 import socket
 import time
-from dataclasses import dataclass
 from typing import NoReturn
 
 from torch.distributed import DistError, PrefixStore, Store, TCPStore
 
+from frcnn_pipeline.engine.failure_board import FAILURE_REPORT_WAIT_S, POLL_S, Failure, FailureBoard
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
 
 log = logging.getLogger(__name__)
 
-POLL_S = 0.2
-# How long a node that lost its peers waits for the rank that failed first to say why.
-FAILURE_REPORT_WAIT_S = 10.0
 # Counts the nodes that have read a rendezvous failure (node 0 waits for them before it stops hosting).
 _FAILURE_SEEN = "failure_seen"
 
@@ -101,61 +99,6 @@ def _warn_if_not_local(address: str) -> None:
                     "the rendezvous that the other nodes look for there (fine behind NAT, wrong otherwise)",
                     address,
                 )
-
-
-@dataclass(frozen=True)
-class Failure:
-    """A rank's failure as posted on the board."""
-
-    rank: int | None
-    where: str
-    message: str
-    # False: the rank only lost its connection to the others (the cause is elsewhere).
-    cause: bool = True
-
-    def describe(self) -> str:
-        who = "The launcher" if self.rank is None else f"Rank {self.rank}"
-        if self.cause:
-            return f"{who} ({self.where}) failed first: {self.message}"
-        return (
-            f"{who} ({self.where}) lost its connection to the other ranks and no rank reported a cause "
-            f"(a node or its network went down?): {self.message}"
-        )
-
-
-class FailureBoard:
-    """First failures of one launch, on the store. A rank's own error is a *cause*; an error that only says
-    a peer went away (a collective whose connection closed) is a *lost peer*, shown if no cause was posted."""
-
-    CAUSE, LOST_PEER = "first_cause", "first_lost_peer"
-
-    def __init__(self, store: Store):
-        self.store = store
-
-    def post(self, failure: Failure) -> None:
-        record = json.dumps({"rank": failure.rank, "where": failure.where, "message": failure.message[:2000]})
-        try:
-            self.store.compare_set(self.CAUSE if failure.cause else self.LOST_PEER, "", record)
-        except DistError:
-            log.debug("The failure board is gone (node 0 stopped); not posting %s", failure)
-
-    def _read(self, key: str) -> Failure | None:
-        try:
-            if not self.store.check([key]):
-                return None
-            return Failure(**json.loads(self.store.get(key)), cause=key == self.CAUSE)
-        except DistError:
-            return None
-
-    def cause(self) -> Failure | None:
-        return self._read(self.CAUSE)
-
-    def first(self, wait_s: float = 0.0) -> Failure | None:
-        """The first cause (waiting up to `wait_s` for one), else the first lost peer."""
-        deadline = time.monotonic() + wait_s
-        while (found := self.cause()) is None and time.monotonic() < deadline:
-            time.sleep(POLL_S)
-        return found or self._read(self.LOST_PEER)
 
 
 def where(world: WorldConfig, local_rank: int | None = None) -> str:

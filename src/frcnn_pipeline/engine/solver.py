@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.utils import _foreach_utils
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,17 @@ def parameter_groups(
     return [{"params": params, "weight_decay": value} for value, params in decay.items()]
 
 
-def build_optimizer(model: nn.Module, solver: dict[str, Any], lr: float) -> torch.optim.Optimizer:
-    """`train.solver.optimizer`: "sgd" (the card's recipe) or "adamw" (learns much faster on the CPU demo)."""
+def build_optimizer(
+    model: nn.Module, solver: dict[str, Any], lr: float, *, loss_scaled: bool = False
+) -> torch.optim.Optimizer:
+    """`train.solver.optimizer`: "sgd" (the card's recipe) or "adamw" (learns much faster on the CPU demo).
+
+    `loss_scaled`: a GradScaler steps it (float16). SGD is then not fused: torch's fused SGD, given the
+    scaler's overflow flag on the first step, skips the update but leaves its new momentum buffer
+    uninitialised, and the next step adds that garbage to the weights (measured with torch 2.14 on CPU;
+    tests/engine/test_solver.py). The first step is where a dynamic scale of 2^16 overflows. Fused AdamW
+    skips cleanly.
+    """
     name = solver["optimizer"].lower()
     groups = parameter_groups(
         model, solver["weight_decay"], solver["weight_decay_norm"], solver.get("weight_decay_bias")
@@ -61,7 +71,7 @@ def build_optimizer(model: nn.Module, solver: dict[str, Any], lr: float) -> torc
             lr=lr,
             momentum=solver["momentum"],
             nesterov=solver.get("nesterov", False),
-            **implementation,
+            **({} if loss_scaled else implementation),
         )
     if name == "adamw":
         return torch.optim.AdamW(
@@ -70,15 +80,24 @@ def build_optimizer(model: nn.Module, solver: dict[str, Any], lr: float) -> torc
     raise ValueError(f"train.solver.optimizer must be one of {OPTIMIZERS}, got {solver['optimizer']!r}")
 
 
-# torch's fused optimizer kernels (one call per step) exist for these devices; on CPU torch's default is a
-# Python loop over every tensor, which took 15% of the CPU demo's iteration (AdamW, benchmarks/bench_demo.py).
+# torch's fused optimizer kernels (one call per step) for these devices, where the installed torch has them:
+# CUDA's from torch 2.3 (SGD; AdamW earlier), CPU's from 2.4. On CPU torch's default is a Python loop over
+# every tensor, which took 15% of the CPU demo's iteration (AdamW, benchmarks/bench_demo.py). NPU: torch's
+# default (torch_npu's fused kernels are not used here).
 _FUSED_DEVICES = {"cpu", "cuda"}
 
 
+def fused_optimizer_devices() -> set[str]:
+    """The device types whose fused SGD/AdamW kernels this torch has, of those this project fuses on."""
+    # The list torch's optimizers check `fused=True` against (torch 2.3: cuda, xpu and the PrivateUse1
+    # backend; cpu and mps from 2.4); private, and the only place torch says it.
+    return _FUSED_DEVICES & set(_foreach_utils._get_fused_kernels_supported_devices())
+
+
 def _fused_where_available(groups: list[dict[str, Any]]) -> dict[str, bool]:
-    """``fused=True`` when every parameter lives where torch has fused kernels; else torch's default (NPU)."""
+    """``fused=True`` when every parameter lives where this torch has fused kernels; else torch's default."""
     devices = {parameter.device.type for group in groups for parameter in group["params"]}
-    return {"fused": True} if devices and devices <= _FUSED_DEVICES else {}
+    return {"fused": True} if devices and devices <= fused_optimizer_devices() else {}
 
 
 def lr_milestones(solver: dict[str, Any], iters_per_epoch: int) -> list[int]:

@@ -12,6 +12,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,9 +34,9 @@ from frcnn_pipeline.data.dataset import (
     seed_worker,
 )
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
-from frcnn_pipeline.engine import devices, distributed, solver
+from frcnn_pipeline.engine import devices, distributed, memory_budget, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
+from frcnn_pipeline.engine.checkpoint import CheckpointManager
 from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.hooks import (
     BestCheckpointHook,
@@ -49,14 +50,16 @@ from frcnn_pipeline.engine.hooks import (
     load_best_weights,
 )
 from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.engine.loader_workers import LoaderWorkers, worker_count
 from frcnn_pipeline.engine.loop import Trainer
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.provenance import package_versions
 from frcnn_pipeline.engine.resume import check_resume
-from frcnn_pipeline.engine.signals import ignore_stop_signals
+from frcnn_pipeline.engine.run_lock import RunFolderLock
 from frcnn_pipeline.engine.tracking import MlflowRunLogger, TrackingTarget
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling.backbone import convert_to_sync_batchnorm
 from frcnn_pipeline.modeling.static import check_gt_box_counts
 
 log = logging.getLogger(__name__)
@@ -123,8 +126,12 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
         evaluator,
         tracking,
     )
-    started = time.time()
-    result = distributed.launch(_train_worker, WorldConfig.from_runtime(runtime_cfg), job)
+    world = WorldConfig.from_runtime(runtime_cfg)
+    run_dir = Path(train_cfg["checkpoint"]["dir"]) / train_cfg["run_name"]
+    # The main process holds the run folder for the whole run, whoever writes into it.
+    with RunFolderLock(run_dir, train_cfg["run_name"]) if world.is_main_process else nullcontext():
+        started = time.time()
+        result = distributed.launch(_train_worker, world, job)
     result["record"]["wall_time_s"] = round(time.time() - started, 2)
     return result
 
@@ -202,12 +209,6 @@ def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | 
     return None
 
 
-def _init_loader_worker(worker_id: int) -> None:
-    seed_worker(worker_id)
-    # The training process stops its loader workers itself, after saving a checkpoint.
-    ignore_stop_signals()
-
-
 def _build_hooks(trainer: Trainer, manager: CheckpointManager, writer: MetricsWriter) -> list[HookBase]:
     """In this order: metrics, evaluation, best checkpoint (needs the evaluation), periodic checkpoint
     (keeps both), tracking (logs what the others recorded)."""
@@ -234,6 +235,11 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     if threads:
         torch.set_num_threads(threads)
     detection_ops.configure(runtime["detection_ops"])
+    # First: a precision this device cannot run (apex without CUDA/NPU) stops the run before any loading.
+    precision = MixedPrecision(runtime.get("amp"), device)
+    # Here, where each worker knows its device (the launcher creates no accelerator context): an input size
+    # and batch that cannot fit stop the run before the model, the data and the loader's workers.
+    memory_budget.check_training_memory(job.model_cfg, job.num_classes, train, runtime, device)
     seed = int(runtime["seed"])
     if runtime.get("deterministic"):
         torch.use_deterministic_algorithms(True, warn_only=True)
@@ -242,6 +248,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     _seed_everything(seed)
     model = job.build(job.model_cfg, job.num_classes)
     load_initial_weights(model, job.initial_weights)
+    norm = job.model_cfg["backbone"]["norm"]
+    model = convert_to_sync_batchnorm(model, norm, context.world_size, device.type)  # the group exists here
     channels_last = bool(runtime.get("channels_last", False))
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     model.train()
@@ -259,8 +267,7 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
             context.world_size,
             batch_per_device,
         )
-    optimizer = solver.build_optimizer(model, solver_cfg, lr)
-    precision = MixedPrecision(runtime.get("amp"), device)
+    optimizer = solver.build_optimizer(model, solver_cfg, lr, loss_scaled=precision.scaler is not None)
     model, optimizer = precision.initialize(model, optimizer)
 
     dataset = DetectionDataset(job.images, job.annotations, train=True)
@@ -275,7 +282,8 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
     checkpoint_cfg = train["checkpoint"]
     manager = CheckpointManager(Path(checkpoint_cfg["dir"]) / train["run_name"], checkpoint_cfg["keep_last"])
     train_state = TrainState(iteration=0, max_iter=max_iter)
-    latest = manager.latest() if checkpoint_cfg.get("resume", True) else None
+    # The newest checkpoint that loads (newer unreadable ones are set aside with a warning).
+    latest, state = manager.load_latest() if checkpoint_cfg.get("resume", True) else (None, None)
     if latest is None and manager.checkpoints():
         # A fresh run would interleave its checkpoints with the old ones (keep_last prunes by number).
         raise FileExistsError(
@@ -285,7 +293,6 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         )
     start_iter = 0
     if latest is not None:
-        state = load_checkpoint(latest)
         changes = check_resume(
             state,
             latest,
@@ -338,14 +345,14 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         flip_prob=train["flip_prob"],
         start_batch=start_iter,
     )
-    num_workers = int(runtime.get("num_workers", 0))
+    num_workers = worker_count(int(runtime.get("num_workers", 0)), context.world.nproc_per_node)
     loader = DataLoader(
         dataset,
         batch_sampler=sampler,
         collate_fn=collate,
         num_workers=num_workers,
-        pin_memory=device.type != "cpu" and runtime.get("pin_memory", True),
-        worker_init_fn=_init_loader_worker,
+        **devices.loader_pinning(device, runtime.get("pin_memory", True)),
+        worker_init_fn=seed_worker,
         generator=loader_generator(seed, context.rank),
         persistent_workers=num_workers > 0,
     )
@@ -359,23 +366,24 @@ def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | Non
         history=train_state.metrics,
     )
     train_state.metrics = writer.rows  # one list: the writer appends, checkpoints and trackers read
-    trainer = Trainer(
-        context,
-        model,
-        ddp_model,
-        optimizer,
-        scheduler,
-        precision,
-        iter(loader),
-        train_state,
-        job,
-        lambda: {"torch": devices.rng_states(device), **_python_rng_states()},
-        BadImageBudget(train["max_bad_images"]),
-        data_fingerprint,
-        last_checkpoint=latest,
-    )
-    trainer.hooks = _build_hooks(trainer, manager, writer)
-    trainer.train()
+    with LoaderWorkers(loader) as batches:
+        trainer = Trainer(
+            context,
+            model,
+            ddp_model,
+            optimizer,
+            scheduler,
+            precision,
+            batches,
+            train_state,
+            job,
+            lambda: {"torch": devices.rng_states(device), **_python_rng_states()},
+            BadImageBudget(train["max_bad_images"]),
+            data_fingerprint,
+            last_checkpoint=latest,
+        )
+        trainer.hooks = _build_hooks(trainer, manager, writer)
+        trainer.train()
 
     if not context.is_main:
         return None

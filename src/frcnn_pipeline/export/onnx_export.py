@@ -37,6 +37,7 @@ from frcnn_pipeline.export.deployment import (
     METADATA_KEY,
     default_canvas,
     describe_graph,
+    fitting_canvas,
 )
 from frcnn_pipeline.export.graph import CanvasDetector, ImageDetector
 from frcnn_pipeline.layers import backend as detection_ops
@@ -75,9 +76,16 @@ class ExportedDetector:
 
 
 def export_detector(
-    saved: SavedDetector, model_cfg: dict[str, Any], options: ExportParams | None = None
+    saved: SavedDetector,
+    model_cfg: dict[str, Any],
+    options: ExportParams | None = None,
+    *,
+    image_sizes: list[tuple[int, int]] | None = None,
 ) -> ExportedDetector:
     """Both graphs of ``saved``, built with ``model_cfg`` (see `modeling.saved.inference_model_config`).
+
+    The fixed-shape graph's canvas: ``export.fixed_size``; else the smallest that holds the images of
+    ``image_sizes`` ((height, width) each) after the test-time resize; else one that holds any image.
 
     Raises:
         UnexportableOpError: an op without an ONNX translation, named, with the fix.
@@ -92,13 +100,15 @@ def export_detector(
     )
     config = resolve_model_config(test_time.applied_to(model_cfg))
     require_exportable_ops(config, options.opset)
-    canvas = list(options.fixed_size or default_canvas(config["input"]))
+    canvas, canvas_from = choose_canvas(config["input"], options.fixed_size, image_sizes)
     dynamic_config, fixed_config = graph_config(config, DYNAMIC), graph_config(config, FIXED, canvas)
     source = {key: value for key, value in saved.describe("").items() if key != "model_config_from"}
     shared = {"opset": options.opset, "source": source}
     deployment = {
         DYNAMIC: describe_graph(DYNAMIC, dynamic_config, categories, canvas=None, **shared),
-        FIXED: describe_graph(FIXED, fixed_config, categories, canvas=canvas, **shared),
+        FIXED: describe_graph(
+            FIXED, fixed_config, categories, canvas=canvas, canvas_from=canvas_from, **shared
+        ),
     }
 
     image_detector = ImageDetector(inference_model(saved.state_dict, dynamic_config, len(categories)))
@@ -142,6 +152,20 @@ def export_detector(
         saved.name, len(dynamic.graph.node), *canvas, len(fixed.graph.node), options.opset,
     )  # fmt: skip
     return ExportedDetector(dynamic, fixed, deployment)
+
+
+def choose_canvas(
+    input_cfg: dict[str, Any], fixed_size: list[int] | None, image_sizes: list[tuple[int, int]] | None
+) -> tuple[list[int], str]:
+    """The fixed-shape graph's canvas [H, W], and how it was chosen (the deployment description says)."""
+    if fixed_size:
+        return list(fixed_size), "export.fixed_size"
+    if image_sizes:
+        return fitting_canvas(input_cfg, image_sizes), (
+            f"the smallest that holds the {len(image_sizes)} images it was exported for (the export "
+            "pipeline's: its check split) after the test-time resize; larger resized images do not fit"
+        )
+    return default_canvas(input_cfg), "max_size rounded up to size_divisibility, square: holds any image"
 
 
 def graph_config(model_cfg: dict[str, Any], variant: str, canvas: list[int] | None = None) -> dict[str, Any]:

@@ -49,8 +49,8 @@ def require_exported_from(description: dict[str, Any], saved: SavedDetector) -> 
         raise UserFacingError(
             f"The ONNX graph was exported from {source['kind']} version {source['version']} (sha256 "
             f"{source['sha256'][:12]}…), not from {saved.name} (sha256 {expected[:12]}…): export that model "
-            "first (`kedro run --pipeline export`, or export_initial_weights), or load the matching versions "
-            "(`--load-versions`)."
+            "first (`kedro run --pipeline export`, export_best_model or export_initial_weights), or load the "
+            "matching versions (`--load-versions`)."
         )
 
 
@@ -68,8 +68,9 @@ def canvas_inputs(image: Tensor, description: dict[str, Any]) -> dict[str, np.nd
     if new_h > canvas_h or new_w > canvas_w:
         raise ValueError(
             f"an image of {height}x{width} resizes to {new_h}x{new_w}, which does not fit the fixed-shape "
-            f"graph's {canvas_h}x{canvas_w} canvas: export with a larger export.fixed_size (null: a square "
-            "canvas that holds every image)"
+            f"graph's {canvas_h}x{canvas_w} canvas: export again with export.fixed_size: "
+            f"[{max(new_h, canvas_h)}, {max(new_w, canvas_w)}] or more (null: the smallest canvas that holds "
+            "the check split's images)"
         )
     resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
     canvas = torch.zeros((1, 3, canvas_h, canvas_w), dtype=torch.float32)

@@ -5,13 +5,16 @@
    `torchvision_npu` adapter, imported here if installed, has registered its kernels);
 2. torch_npu's own op on NPU, for the cases whose semantics match torchvision's (the caller says which);
 3. otherwise the portable implementation, ordinary tensor ops that run wherever torch runs.
-``portable`` always takes 3. Each choice is logged once per worker.
+``portable`` always takes 3. A caller may pass a parity check: then a kernel that torchvision did not write
+(anything on a device other than CPU and CUDA: Ascend's) is taken only if it passes, else the next one
+(roi_align.py says why). Each choice is logged once per worker; `describe` reports them.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+from collections.abc import Callable
 from functools import cache
 
 import torch
@@ -23,8 +26,12 @@ TORCHVISION = "torchvision"
 TORCH_NPU = "torch_npu"
 PORTABLE = "portable"
 
+# torchvision's own kernels: the reference the portable ops are tested against (tests/layers).
+TORCHVISIONS_OWN_DEVICES = frozenset({"cpu", "cuda"})
+
 _state = {"setting": "auto"}
-_choices: dict[tuple[str, str, str, bool], str] = {}
+# (setting, op, device type, variant, npu_native) -> (implementation, reason)
+_choices: dict[tuple[str, str, str, str, bool], tuple[str, str]] = {}
 
 
 def configure(setting: str) -> None:
@@ -38,29 +45,71 @@ def configure(setting: str) -> None:
     _choices.clear()
 
 
-def choose(op: str, device_type: str, *, npu_native: bool = False) -> str:
+def choose(
+    op: str,
+    device_type: str,
+    *,
+    variant: str = "",
+    npu_native: bool = False,
+    verify: Callable[[str], str | None] | None = None,
+) -> str:
     """The implementation of torchvision op `op` (e.g. "nms", "roi_align") for tensors on `device_type`.
 
+    `variant`: the call's settings that may change the choice (e.g. "aligned=True"), decided apart.
     `npu_native`: torch_npu has an op with exactly this call's semantics (see the op's module).
+    `verify(implementation)`: None if that implementation matches the portable one on this device, else why
+    not; asked about the kernels torchvision did not write, once.
     Returns TORCHVISION, TORCH_NPU or PORTABLE.
     """
-    key = (_state["setting"], op, device_type, npu_native)
+    key = (_state["setting"], op, device_type, variant, npu_native)
     if key not in _choices:
-        choice, reason = _decide(op, device_type, npu_native)
-        _choices[key] = choice
-        logger.info("Detection op %s on %s: %s implementation (%s)", op, device_type, choice, reason)
-    return _choices[key]
+        choice, reason = _decide(op, device_type, npu_native, verify)
+        _choices[key] = choice, reason
+        call = f"{op} ({variant})" if variant else op
+        logger.info("Detection op %s on %s: %s implementation (%s)", call, device_type, choice, reason)
+    return _choices[key][0]
 
 
-def _decide(op: str, device_type: str, npu_native: bool) -> tuple[str, str]:
+def describe(device: torch.device) -> dict[str, str]:
+    """Each detection op's implementation on `device` and why, as the model calls them (for reports)."""
+    # Imported here: the op modules import this one, and the RoIAlign choice needs its parity check.
+    from frcnn_pipeline.layers.roi_align import roi_align_implementation
+
+    choose("nms", device.type)
+    for aligned in (True, False):
+        roi_align_implementation(device, aligned)
+    return {
+        f"{op} ({variant})" if variant else op: f"{choice} ({reason})"
+        for (setting, op, device_type, variant, _), (choice, reason) in _choices.items()
+        if setting == _state["setting"] and device_type == device.type
+    }
+
+
+def _decide(
+    op: str, device_type: str, npu_native: bool, verify: Callable[[str], str | None] | None
+) -> tuple[str, str]:
     if _state["setting"] == "portable":
         return PORTABLE, "runtime.detection_ops is portable"
     if device_type == "npu":
         _import_torchvision_npu()
+    candidates = []
     if has_torchvision_kernel(op, device_type):
-        return TORCHVISION, f"torchvision::{op} has a kernel for {device_type}"
+        candidates.append((TORCHVISION, f"torchvision::{op} has a kernel for {device_type}"))
     if device_type == "npu" and npu_native and _torch_npu_available():
-        return TORCH_NPU, "no torchvision kernel for npu; torch_npu's op matches this call's semantics"
+        candidates.append((TORCH_NPU, "torch_npu's op matches this call's semantics"))
+    rejected = []
+    for choice, reason in candidates:
+        if verify is None or device_type in TORCHVISIONS_OWN_DEVICES:
+            return choice, reason
+        mismatch = verify(choice)
+        if mismatch is None:
+            return choice, f"{reason}; it matches the portable implementation on the parity probe"
+        logger.warning(
+            "Detection op %s on %s: %s implementation not used: %s", op, device_type, choice, mismatch
+        )
+        rejected.append(f"{choice}: {mismatch}")
+    if rejected:
+        return PORTABLE, "; ".join(rejected)
     return PORTABLE, f"no torchvision kernel for {device_type}"
 
 

@@ -7,10 +7,16 @@ IoU > threshold, the IoU computed with the kernel's float operations in the kern
 uses it where no device kernel exists. On NPU that includes torch_npu's `npu_nms_v4`: it is TensorFlow's
 NonMaxSuppressionV4 (a score threshold, an output cap, an undocumented order among equal scores), so it
 cannot promise torchvision's indices.
+
+`fixed_round_nms` is the static-shape mode's: the same greedy rule over batched problems with a fixed op
+sequence and no value read back on the host.
 """
 
 from __future__ import annotations
 
+from functools import cache
+
+import numpy as np
 import torch
 from torch import Tensor
 from torchvision.ops import boxes as box_ops
@@ -82,6 +88,68 @@ def _traced_keep_mask(
     return mask if valid is None else mask & valid
 
 
+def fixed_round_nms(
+    boxes: Tensor,
+    scores: Tensor,
+    iou_threshold: float,
+    valid: Tensor,
+    *,
+    rounds: int,
+    idxs: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Greedy NMS over the last dimension with the same ops on the same shapes whatever the boxes.
+
+    boxes [..., N, 4]; scores, valid and idxs [..., N]: independent problems along the leading dimensions,
+    with `nms_keep_mask`'s rule (ranking, IoU, threshold, classes, invalid boxes). The IoU of every ranked
+    pair at once ([..., N, N]), then `rounds` rounds of `nms_keep_mask`'s fixed-point iteration over the whole
+    list: after r rounds every box whose chain of suppressions (a kept box suppresses one, which then cannot
+    suppress the next, ...) is at most r long is decided as greedy NMS decides it. A box on a longer chain is
+    `unresolved`, and kept: from "all kept", every other round keeps a superset of the greedy result.
+
+    Returns:
+        the kept mask (the input's shape) and the number of unresolved boxes (an int64 scalar, on the device:
+        reading it is the caller's choice, as it waits for the device).
+    """
+    if torch.jit.is_tracing():  # an ONNX export: NonMaxSuppression per problem, as `nms_keep_mask` does
+        problems = valid.flatten(0, -2)
+        classes = [None] * problems.shape[0] if idxs is None else idxs.flatten(0, -2)
+        keep = [
+            _traced_keep_mask(b, s, iou_threshold, c, v)
+            for b, s, c, v in zip(boxes.flatten(0, -3), scores.flatten(0, -2), classes, problems, strict=True)
+        ]
+        return torch.stack(keep).view(valid.shape), valid.new_zeros((), dtype=torch.int64)
+    count = boxes.shape[-2]
+    order = torch.argsort(scores.masked_fill(~valid, float("-inf")), dim=-1, descending=True, stable=True)
+    ranked = boxes.gather(-2, order[..., None].expand(*order.shape, boxes.shape[-1]))
+    if not ranked.is_floating_point() or ranked.dtype in (torch.float16, torch.bfloat16):
+        ranked = ranked.float()
+    overlaps = _all_pairs_iou(ranked) > _fp_threshold(iou_threshold, ranked.dtype)
+    # suppresses[..., j, i]: box j, ranked before box i, overlaps it beyond the threshold, in the same class
+    suppresses = overlaps & torch.ones(count, count, dtype=torch.bool, device=boxes.device).triu(1)
+    if idxs is not None:
+        classes = idxs.gather(-1, order)
+        suppresses &= classes[..., :, None] == classes[..., None, :]
+    candidates = valid.gather(-1, order)
+    kept = candidates
+    for _ in range(rounds):
+        kept = candidates & ~(suppresses & kept[..., :, None]).any(dim=-2)
+    following = candidates & ~(suppresses & kept[..., :, None]).any(dim=-2)
+    unresolved = (kept ^ following).sum(dtype=torch.int64)
+    kept = kept | following  # the iterate of an even round: never drops a box that greedy NMS keeps
+    return torch.zeros_like(kept).scatter(-1, order, kept), unresolved
+
+
+def _all_pairs_iou(boxes: Tensor) -> Tensor:
+    """[..., N, N] IoU of boxes [..., N, 4] with each other, with `_pairwise_iou`'s float operations."""
+    x1, y1, x2, y2 = (coordinate[..., :, None] for coordinate in boxes.unbind(-1))
+    other_x1, other_y1, other_x2, other_y2 = (coordinate[..., None, :] for coordinate in boxes.unbind(-1))
+    width = (torch.minimum(x2, other_x2) - torch.maximum(x1, other_x1)).clamp_(min=0)
+    height = (torch.minimum(y2, other_y2) - torch.maximum(y1, other_y1)).clamp_(min=0)
+    inter = width.mul_(height)
+    area, other_area = (x2 - x1) * (y2 - y1), (other_x2 - other_x1) * (other_y2 - other_y1)
+    return inter / (area + other_area - inter)
+
+
 def _greedy_nms(
     boxes: Tensor, scores: Tensor, iou_threshold: float, idxs: Tensor | None, valid: Tensor | None
 ) -> tuple[Tensor, Tensor]:
@@ -136,13 +204,16 @@ def _resolve_block(suppresses: Tensor, candidates: Tensor) -> Tensor:
     return kept
 
 
+@cache
 def _fp_threshold(iou_threshold: float, dtype: torch.dtype) -> float:
     """The `dtype` value t with `iou > t` ⟺ `float64(iou) > iou_threshold`, as the kernel compares.
 
     torch compares a float32 tensor with a Python float in float32, which rounds e.g. 0.3 up; the kernel
-    promotes the IoU to double instead.
+    promotes the IoU to double instead. Rounded on the host (numpy): a tensor would be a device round trip.
     """
-    rounded = torch.tensor(iou_threshold, dtype=dtype)
-    if rounded.item() > iou_threshold:
-        rounded = torch.nextafter(rounded, torch.tensor(float("-inf"), dtype=dtype))
-    return rounded.item()
+    if dtype == torch.float64:
+        return float(iou_threshold)
+    rounded = np.float32(iou_threshold)  # the IoU's dtype: float32 (half-precision boxes are promoted)
+    if float(rounded) > iou_threshold:  # in double: numpy would compare in float32
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)

@@ -28,10 +28,17 @@ def portable_roi_align(  # noqa: PLR0917 (torchvision.ops.roi_align's signature)
     return _RoIAlign.apply(features, rois, sampling)
 
 
+# The batched products as the ATen op: apex O1 replaces torch.bmm and Tensor.bmm with wrappers that cast
+# their inputs to float16 (apex/amp/lists/torch_overrides.py), autocast or not; the backward's float16
+# product would then meet its float32 buffer in index_add_, which refuses mixed dtypes.
+_bmm = torch.ops.aten.bmm
+
+
 class _RoIAlign(torch.autograd.Function):
     """Forward gathers the taps; backward scatters the gradient into one buffer, chunk by chunk.
 
-    Both run with autocast off: it would turn the float32 matrix products into float16/bfloat16 ones.
+    Both run in float32 (float64 for float64 features) whatever the features' dtype, with autocast off and
+    past apex O1's patches (`_bmm`): either would turn the matrix products into float16/bfloat16 ones.
     """
 
     @staticmethod
@@ -56,7 +63,7 @@ class _RoIAlign(torch.autograd.Function):
         for chunk in sampling.chunks(rois):
             k, pooled_w, taps_x, pooled_h, taps_y = chunk.index.shape
             values = flat.index_select(0, chunk.index.flatten())
-            along_x = torch.bmm(
+            along_x = _bmm(
                 chunk.weight_x.reshape(k * pooled_w, 1, taps_x),
                 values.view(k * pooled_w, taps_x, pooled_h * taps_y * channels),
             ).view(k, pooled_w, pooled_h, taps_y, channels)
@@ -74,7 +81,7 @@ class _RoIAlign(torch.autograd.Function):
         for chunk in sampling.chunks(rois):
             k, pooled_w, taps_x, pooled_h, taps_y = chunk.index.shape
             along_y = grad[chunk.positions][:, :, :, None, :] * chunk.weight_y[:, None, :, :, None]
-            spread = torch.bmm(
+            spread = _bmm(
                 chunk.weight_x.reshape(k * pooled_w, taps_x, 1),
                 along_y.reshape(k * pooled_w, 1, pooled_h * taps_y * channels),
             )

@@ -164,8 +164,9 @@ class RoISampling:
 
 def _divide(values: Tensor, divisor: int) -> Tensor:
     # A tensor divisor, so that no device turns the division into a multiplication by 1/divisor
-    # (CUDA does for scalars): in float32, 21 * (1 / 7) rounds above 3 and its ceil is 4.
-    return values / values.new_tensor(float(divisor))
+    # (CUDA does for scalars): in float32, 21 * (1 / 7) rounds above 3 and its ceil is 4. Filled on the
+    # device: a tensor of host data would be a copy that waits for the device.
+    return values / torch.full((), float(divisor), dtype=values.dtype, device=values.device)
 
 
 def _sample_coordinates(start: Tensor, bin_size: Tensor, pooled: int, grid: int | Tensor) -> Tensor:
@@ -178,7 +179,11 @@ def _sample_coordinates(start: Tensor, bin_size: Tensor, pooled: int, grid: int 
     samples = (int(grid.max()) if len(grid) else 0) if per_roi else grid
     steps = torch.arange(samples, device=start.device, dtype=start.dtype) + 0.5
     bins = torch.arange(pooled, device=start.device, dtype=start.dtype)
-    divisor = grid.to(start.dtype)[:, None, None] if per_roi else bin_size.new_tensor(float(grid))
+    divisor = (
+        grid.to(start.dtype)[:, None, None]
+        if per_roi
+        else torch.full((), float(grid), dtype=bin_size.dtype, device=bin_size.device)
+    )
     offset = start[:, None, None] + bins[None, :, None] * bin_size[:, None, None]
     coordinates = offset + steps[None, None, :] * bin_size[:, None, None] / divisor
     if per_roi:

@@ -44,12 +44,24 @@ class FixedStrideAnchorGenerator(AnchorGenerator):
                 unrounded_cell_anchors(size, ratios)
                 for size, ratios in zip(self.sizes, self.aspect_ratios, strict=True)
             ]
+        # Buffers, so that `.to(device)` moves them with the model rather than the first step copying them
+        # from the host (not persistent: configuration, not weights).
+        for level, cell_anchors in enumerate(self.cell_anchors):
+            self.register_buffer(f"cell_anchors_{level}", cell_anchors, persistent=False)
+
+    def set_cell_anchors(self, dtype: torch.dtype, device: torch.device) -> None:
+        self.cell_anchors = [
+            getattr(self, f"cell_anchors_{level}").to(dtype=dtype, device=device)
+            for level in range(len(self.strides))
+        ]
 
     def forward(self, image_list: ImageList, feature_maps: list[Tensor]) -> list[Tensor]:
         device = feature_maps[0].device
         # float32 even under autocast: half-precision anchors are off by pixels at 1333 px.
         self.set_cell_anchors(torch.float32, device)
         grid_sizes = [list(feature_map.shape[-2:]) for feature_map in feature_maps]
-        strides = [[torch.tensor(stride, device=device)] * 2 for stride in self.strides]
+        # Python ints, not tensors: torchvision multiplies an int32 arange by them (the same values), and a
+        # tensor made here would be a host-to-device copy in every step.
+        strides = [[stride, stride] for stride in self.strides]
         anchors = torch.cat(self.grid_anchors(grid_sizes, strides))
         return [anchors] * len(image_list.image_sizes)

@@ -12,6 +12,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_pipeline.errors import UserFacingError
+
 # Feature map names and strides of P2..P6, as BackboneWithFPN names them ("pool" is LastLevelMaxPool's P6).
 FEATURE_NAMES = ("0", "1", "2", "3", "pool")
 FEATURE_STRIDES = (4, 8, 16, 32, 64)
@@ -31,7 +33,42 @@ def _norm_layer(norm: str) -> Callable[[int], nn.Module]:
         return FrozenBatchNorm2d
     if norm == "gn":
         return partial(nn.GroupNorm, 32)
+    # sync_bn too: its layers are BatchNorm2d (the same weights) until training converts them.
     return nn.BatchNorm2d
+
+
+class SyncBatchNormError(UserFacingError, ValueError):
+    """`model.backbone.norm: sync_bn` in a training run that cannot synchronise batch statistics."""
+
+
+# torch's SyncBatchNorm refuses CPU inputs in training (torch/nn/modules/batchnorm.py); NPU is torch_npu's
+# PrivateUse1 backend, which it accepts.
+SYNC_BATCHNORM_DEVICES = ("cuda", "npu")
+
+
+def convert_to_sync_batchnorm(model: nn.Module, norm: str, world_size: int, device_type: str) -> nn.Module:
+    """`model.backbone.norm: sync_bn`, in a training worker once the process group exists: every BatchNorm2d
+    (the trainable ones; frozen stages hold FrozenBatchNorm2d) becomes a SyncBatchNorm, whose batch
+    statistics are those of all the workers' images (detectron2's SyncBN). Other norms: `model` unchanged.
+
+    Raises:
+        SyncBatchNormError: one process (nothing to synchronise with), or a device SyncBatchNorm refuses.
+    """
+    if norm != "sync_bn":
+        return model
+    if world_size == 1:
+        raise SyncBatchNormError(
+            "model.backbone.norm is sync_bn, but this training run has one process: there is nothing to "
+            "synchronise the batch statistics with. Set model.backbone.norm: bn (the same layers, statistics "
+            "of this process's images), or train on several devices (runtime.nproc_per_node, num_nodes)."
+        )
+    if device_type not in SYNC_BATCHNORM_DEVICES:
+        raise SyncBatchNormError(
+            f"model.backbone.norm is sync_bn, but this run trains on {device_type}: torch's SyncBatchNorm "
+            f"runs on {' and '.join(SYNC_BATCHNORM_DEVICES)} only. Set model.backbone.norm: bn (each worker "
+            "normalises over its own images)."
+        )
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
 def _move_stride_to_1x1(body: resnet.ResNet) -> None:

@@ -2,6 +2,7 @@
 
 from typing import Any
 
+from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
@@ -10,6 +11,7 @@ from frcnn_pipeline.modeling.config import resolve_model_config
 from frcnn_pipeline.modeling.pooler import LevelRoIAlign
 from frcnn_pipeline.modeling.roi_heads import DetectronRoIHeads, StaticRoIHeads, box_head_and_predictor
 from frcnn_pipeline.modeling.rpn import DetectronRPN, Float32RPNHead, StaticRPN
+from frcnn_pipeline.modeling.static import StaticBatch
 from frcnn_pipeline.modeling.transform import DetectronTransform
 
 
@@ -24,6 +26,31 @@ class FasterRCNN(GeneralizedRCNN):
         self.num_classes = num_classes
 
 
+class StaticFasterRCNN(FasterRCNN):
+    """FasterRCNN of the static-shape mode (`model.static_shapes`).
+
+    `images` may be the images (a list, on the host ideally) or their `StaticBatch`, made beforehand by
+    `model.transform.host_batch(images, targets)`: the one part whose shapes follow the images. From the
+    batch's move to the model's device on, a training step (forward and backward) runs the same ops on the
+    same shapes whatever the images and objects, and reads no value back on the host
+    (tests/modeling/test_static_shapes.py); so does an inference pass up to `postprocess`'s strip.
+    """
+
+    def forward(
+        self, images: list[Tensor] | StaticBatch, targets: list[dict[str, Tensor]] | None = None
+    ) -> dict[str, Tensor] | list[dict[str, Tensor]]:
+        batch = images if isinstance(images, StaticBatch) else self.transform.host_batch(images, targets)
+        batch = batch.to(self.transform.pixel_mean.device)
+        image_list, targets = self.transform(batch)
+        features = self.backbone(image_list.tensors)
+        proposals, proposal_losses = self.rpn(image_list, features, targets)
+        detections, detector_losses = self.roi_heads(features, proposals, image_list.image_sizes, targets)
+        if self.training:
+            return {**detector_losses, **proposal_losses}  # GeneralizedRCNN's order
+        original_sizes = [tuple(size.unbind()) for size in batch.original_sizes.unbind()]
+        return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
+
+
 def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCNN:
     """Faster R-CNN with a ResNet-FPN backbone, randomly initialised (load weights afterwards).
 
@@ -36,8 +63,11 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
     cfg = resolve_model_config(model_cfg)
     inputs, anchors, rpn_cfg, roi_cfg = cfg["input"], cfg["anchors"], cfg["rpn"], cfg["roi_heads"]
     static = cfg["static_shapes"]
-    # The static-shape mode swaps in variants of the RPN and box head with the same weights.
-    static_kwargs = {"detection_candidates": static["detection_candidates"]} if static["enabled"] else {}
+    # The static-shape mode swaps in variants of the model, RPN and box head with the same weights.
+    static_rpn = {"nms_rounds": static["nms_rounds"]} if static["enabled"] else {}
+    static_heads = (
+        {**static_rpn, "detection_candidates": static["detection_candidates"]} if static_rpn else {}
+    )
 
     backbone = build_resnet_fpn_backbone(cfg["backbone"])
     anchor_generator = FixedStrideAnchorGenerator(
@@ -55,6 +85,7 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         post_nms_top_n={"training": rpn_cfg["post_nms_topk_train"], "testing": rpn_cfg["post_nms_topk_test"]},
         nms_thresh=rpn_cfg["nms_thresh"],
         smooth_l1_beta=rpn_cfg["smooth_l1_beta"],
+        **static_rpn,
     )
     box_head, box_predictor = box_head_and_predictor(
         backbone.out_channels, roi_cfg["pooler_resolution"], roi_cfg["fc_dim"], num_classes
@@ -80,7 +111,7 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         detections_per_img=roi_cfg["detections_per_image"],
         smooth_l1_beta=roi_cfg["smooth_l1_beta"],
         label_smoothing=roi_cfg["label_smoothing"],
-        **static_kwargs,
+        **static_heads,
     )
     transform = DetectronTransform(
         min_size_train=inputs["min_size_train"],
@@ -94,4 +125,5 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         fixed_size=inputs["fixed_size"],
         max_gt_boxes=static["max_gt_boxes"] if static["enabled"] else None,
     )
-    return FasterRCNN(backbone, rpn, roi_heads, transform, config=cfg, num_classes=num_classes)
+    model_class = StaticFasterRCNN if static["enabled"] else FasterRCNN
+    return model_class(backbone, rpn, roi_heads, transform, config=cfg, num_classes=num_classes)

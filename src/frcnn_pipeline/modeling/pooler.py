@@ -5,7 +5,8 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from torchvision.ops.poolers import MultiScaleRoIAlign, initLevelMapper
+from torchvision.ops.boxes import box_area
+from torchvision.ops.poolers import LevelMapper, MultiScaleRoIAlign
 
 from frcnn_pipeline.layers import roi_align
 
@@ -33,7 +34,7 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         self.static_shapes = static_shapes
         self.scales = [1.0 / stride for stride in strides]
         levels = [round(math.log2(stride)) for stride in strides]
-        self.map_levels = initLevelMapper(levels[0], levels[-1])
+        self.map_levels = (StaticLevelMapper if static_shapes else LevelMapper)(levels[0], levels[-1])
 
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -65,3 +66,14 @@ class LevelRoIAlign(MultiScaleRoIAlign):
             aligned=self.aligned,
             static_shapes=self.static_shapes,
         )
+
+
+class StaticLevelMapper(LevelMapper):
+    """torchvision's LevelMapper with its eps added as a Python float: the same float32 sum, without the
+    tensor of host data it makes in every call (a host-to-device copy on a device)."""
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        s = torch.sqrt(torch.cat([box_area(boxlist) for boxlist in boxlists]))
+        target_lvls = torch.floor(self.lvl0 + torch.log2(s / self.s0) + self.eps)
+        target_lvls = torch.clamp(target_lvls, min=self.k_min, max=self.k_max)
+        return target_lvls.to(torch.int64) - self.k_min

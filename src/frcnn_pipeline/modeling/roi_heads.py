@@ -7,9 +7,10 @@ from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHe
 from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
-from frcnn_pipeline.layers import batched_nms, nms_keep_mask
+from frcnn_pipeline.layers import batched_nms, fixed_round_nms
 from frcnn_pipeline.modeling.static import (
     PaddedBoxes,
+    StaticBoxCoder,
     box_sizes_at_least,
     clip_to_sizes,
     gather_boxes,
@@ -151,13 +152,17 @@ class StaticRoIHeads(DetectronRoIHeads):
 
     Takes `PaddedBoxes` proposals and padded targets; samples exactly batch_size_per_image ROIs per image
     (unsampled slots weigh 0 in the losses). At test time the `detection_candidates` best (box, class)
-    pairs per image enter a masked NMS, and detections_per_img padded detections leave with a `valid`
-    mask; `DetectronTransform.postprocess` strips them.
+    pairs per image enter a masked NMS of `nms_rounds` rounds (`fixed_round_nms`; `unresolved_nms_boxes`: the
+    last pass's count of boxes it left undecided, on the device), and detections_per_img padded detections
+    leave with a `valid` mask; `DetectronTransform.postprocess` strips them.
     """
 
-    def __init__(self, *args, detection_candidates: int, **kwargs) -> None:
+    def __init__(self, *args, detection_candidates: int, nms_rounds: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.detection_candidates = detection_candidates
+        self.nms_rounds = nms_rounds
+        self.box_coder = StaticBoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
+        self.unresolved_nms_boxes: Tensor | None = None
 
     def forward(
         self,
@@ -238,11 +243,8 @@ class StaticRoIHeads(DetectronRoIHeads):
         scores = scores.reshape(num_images, -1)
         top, valid = top_valid(scores, valid, self.detection_candidates)
         boxes, scores, labels = gather_boxes(boxes, top), scores.gather(1, top), labels.gather(1, top)
-        keep = torch.stack(
-            [
-                nms_keep_mask(b, s, self.nms_thresh, idxs=c, valid=v)
-                for b, s, c, v in zip(boxes, scores, labels, valid, strict=True)
-            ]
+        keep, self.unresolved_nms_boxes = fixed_round_nms(
+            boxes, scores, self.nms_thresh, valid, rounds=self.nms_rounds, idxs=labels
         )
         top, valid = top_valid(scores, keep, self.detections_per_img)
         return gather_boxes(boxes, top), scores.gather(1, top), labels.gather(1, top), valid

@@ -6,16 +6,19 @@ from torch import Tensor
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
-from frcnn_pipeline.layers import batched_nms, nms_keep_mask
+from frcnn_pipeline.layers import batched_nms, fixed_round_nms
 from frcnn_pipeline.modeling.static import (
     PaddedBoxes,
+    StaticBoxCoder,
     box_sizes_at_least,
     clip_to_sizes,
     gather_boxes,
     match_padded,
     pad_invalid,
     sample_fixed,
+    stack_levels,
     top_valid,
+    unstack_levels,
 )
 
 
@@ -105,7 +108,15 @@ class StaticRPN(DetectronRPN):
     Targets come padded with a `valid` mask (`pad_targets`); proposals leave as `PaddedBoxes` of exactly
     post_nms_top_n per image. Small and low-scoring boxes and NMS are masks instead of removals, anchor
     sampling fills exactly batch_size_per_image slots, and the losses are weighted sums over the slots.
+    NMS runs `nms_rounds` rounds (`fixed_round_nms`); `unresolved_nms_boxes` holds the last forward's count
+    of boxes left undecided, on the device (reading it waits for the device).
     """
+
+    def __init__(self, *args, nms_rounds: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.nms_rounds = nms_rounds
+        self.box_coder = StaticBoxCoder(self.box_coder.weights, self.box_coder.bbox_xform_clip)
+        self.unresolved_nms_boxes: Tensor | None = None
 
     def filter_proposals(
         self,
@@ -117,22 +128,17 @@ class StaticRPN(DetectronRPN):
         boxes, scores, _ = self.top_candidates(proposals, objectness, num_anchors_per_level)
         boxes = clip_to_sizes(boxes, image_shapes)
         valid = box_sizes_at_least(boxes, self.min_size) & (scores >= self.score_thresh)
-        # NMS per image and level: the candidates come level by level, a fixed count each, and one call per
-        # level costs the sum of the squared counts instead of the square of their sum.
+        # NMS per image and level: the candidates come level by level, a fixed count each; as [images, levels,
+        # count] problems they cost the levels times the squared count instead of the square of their sum.
         per_level = [min(self.pre_nms_top_n(), n) for n in num_anchors_per_level]
-        keep = []
-        for level_boxes, level_scores, level_valid in zip(
-            boxes.split(per_level, 1), scores.split(per_level, 1), valid.split(per_level, 1), strict=True
-        ):
-            keep.append(
-                torch.stack(
-                    [
-                        nms_keep_mask(b, s, self.nms_thresh, valid=ok)
-                        for b, s, ok in zip(level_boxes, level_scores, level_valid, strict=True)
-                    ]
-                )
-            )
-        top, valid = top_valid(scores, torch.cat(keep, dim=1), self.post_nms_top_n())
+        keep, self.unresolved_nms_boxes = fixed_round_nms(
+            stack_levels(boxes, per_level),
+            stack_levels(scores, per_level),
+            self.nms_thresh,
+            stack_levels(valid, per_level),
+            rounds=self.nms_rounds,
+        )
+        top, valid = top_valid(scores, unstack_levels(keep, per_level), self.post_nms_top_n())
         return PaddedBoxes(pad_invalid(gather_boxes(boxes, top), valid), valid), scores.gather(1, top)
 
     def assign_targets_to_anchors(

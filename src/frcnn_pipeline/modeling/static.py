@@ -3,7 +3,9 @@
 Every tensor keeps a shape set by the configuration, never by the data: ground truth is padded to
 `max_gt_boxes` rows, and where the dynamic mode removes rows (small boxes, low scores, NMS, sampling) the
 static mode keeps them and carries a validity mask. Masked slots hold finite stand-in values, so that box
-coding, IoU and losses stay finite and a zero weight removes them exactly.
+coding, IoU and losses stay finite and a zero weight removes them exactly. The images' own sizes meet the
+model once, where a `StaticBatch` is made (on the host); after it nothing reads a value back on the host or
+makes a tensor from host data (either waits for the device), so a step queues without waiting.
 """
 
 from __future__ import annotations
@@ -13,11 +15,34 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.models.detection._utils import Matcher
+from torchvision.models.detection._utils import BoxCoder, Matcher
 
-# Stand-in for a padded box: finite and non-degenerate, so it passes GeneralizedRCNN's degenerate-box check
-# and encodes to finite regression targets; masks keep it out of every result.
+# Stand-in for a padded box: finite and non-degenerate, so it passes the degenerate-box check and encodes to
+# finite regression targets; masks keep it out of every result.
 PAD_BOX = (0.0, 0.0, 1.0, 1.0)
+
+
+class StaticBatch(NamedTuple):
+    """A batch in the static mode's fixed shapes, made where the images are (`DetectronTransform.host_batch`).
+
+    canvas [B, 3, H, W] float32 (H, W: `input.fixed_size`): each image as it came (RGB, 0-255) resized by the
+    model's rule into the top-left corner, zeros around; sizes and original_sizes int64 [B, 2], (h, w) of each
+    resized and original image; targets (training) in canvas pixels, padded to `max_gt_boxes` rows.
+    """
+
+    canvas: Tensor
+    sizes: Tensor
+    original_sizes: Tensor
+    targets: list[dict[str, Tensor]] | None = None
+
+    def to(self, device: torch.device) -> StaticBatch:
+        """The batch on `device`: one copy per tensor, of the same shapes in every step."""
+
+        def moved(tensor: Tensor) -> Tensor:
+            return tensor.to(device, non_blocking=True)
+
+        targets = self.targets and [{key: moved(value) for key, value in t.items()} for t in self.targets]
+        return StaticBatch(moved(self.canvas), moved(self.sizes), moved(self.original_sizes), targets)
 
 
 class PaddedBoxes(NamedTuple):
@@ -146,7 +171,19 @@ def box_sizes_at_least(boxes: Tensor, min_size: float) -> Tensor:
 
 def pad_invalid(boxes: Tensor, valid: Tensor) -> Tensor:
     """Replace the boxes of invalid slots by PAD_BOX."""
-    return torch.where(valid[..., None], boxes, boxes.new_tensor(PAD_BOX))
+    return torch.where(valid[..., None], boxes, pad_box_like(boxes))
+
+
+def stack_levels(values: Tensor, counts: list[int]) -> Tensor:
+    """[B, sum(counts), ...] level by level -> [B, levels, max(counts), ...], each level zero-padded."""
+    width, trailing = max(counts), (0, 0) * (values.dim() - 2)
+    parts = values.split(counts, dim=1)
+    return torch.stack([F.pad(part, (*trailing, 0, width - part.shape[1])) for part in parts], dim=1)
+
+
+def unstack_levels(values: Tensor, counts: list[int]) -> Tensor:
+    """`stack_levels` undone: [B, levels, max(counts), ...] -> [B, sum(counts), ...]."""
+    return torch.cat([values[:, level, :count] for level, count in enumerate(counts)], dim=1)
 
 
 def gather_boxes(boxes: Tensor, indices: Tensor) -> Tensor:
@@ -161,3 +198,47 @@ def strip_padding(detections: dict[str, Tensor]) -> dict[str, Tensor]:
     """
     count = int(detections["valid"].sum())
     return {key: value[:count] for key, value in detections.items() if key != "valid"}
+
+
+def pad_box_like(boxes: Tensor) -> Tensor:
+    """PAD_BOX [4] in the dtype and on the device of `boxes`, from device ops: a tensor of host data would be
+    a host-to-device copy, which waits for the device."""
+    return (torch.arange(4, device=boxes.device) >= 2).to(boxes.dtype)
+
+
+class StaticBoxCoder(BoxCoder):
+    """torchvision's BoxCoder with the same float operations, without the tensors it makes from host data in
+    every call (its weights, a 0.5): on a device each is a host-to-device copy that waits for the device."""
+
+    def encode_single(self, reference_boxes: Tensor, proposals: Tensor) -> Tensor:
+        """torchvision's `encode_boxes`, with the weights as Python floats (the same float32 products)."""
+        wx, wy, ww, wh = self.weights
+        ex_x1, ex_y1, ex_x2, ex_y2 = (proposals[:, i, None] for i in range(4))
+        gt_x1, gt_y1, gt_x2, gt_y2 = (reference_boxes[:, i, None] for i in range(4))
+        ex_widths, ex_heights = ex_x2 - ex_x1, ex_y2 - ex_y1
+        ex_ctr_x, ex_ctr_y = ex_x1 + 0.5 * ex_widths, ex_y1 + 0.5 * ex_heights
+        gt_widths, gt_heights = gt_x2 - gt_x1, gt_y2 - gt_y1
+        gt_ctr_x, gt_ctr_y = gt_x1 + 0.5 * gt_widths, gt_y1 + 0.5 * gt_heights
+        return torch.cat(
+            (
+                wx * (gt_ctr_x - ex_ctr_x) / ex_widths,
+                wy * (gt_ctr_y - ex_ctr_y) / ex_heights,
+                ww * torch.log(gt_widths / ex_widths),
+                wh * torch.log(gt_heights / ex_heights),
+            ),
+            dim=1,
+        )
+
+    def decode_single(self, rel_codes: Tensor, boxes: Tensor) -> Tensor:
+        """torchvision's, with its two tensors of 0.5 as Python floats (an exact product either way)."""
+        boxes = boxes.to(rel_codes.dtype)
+        widths, heights = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+        ctr_x, ctr_y = boxes[:, 0] + 0.5 * widths, boxes[:, 1] + 0.5 * heights
+        wx, wy, ww, wh = self.weights
+        dx, dy = rel_codes[:, 0::4] / wx, rel_codes[:, 1::4] / wy
+        dw = torch.clamp(rel_codes[:, 2::4] / ww, max=self.bbox_xform_clip)
+        dh = torch.clamp(rel_codes[:, 3::4] / wh, max=self.bbox_xform_clip)
+        pred_ctr_x, pred_ctr_y = dx * widths[:, None] + ctr_x[:, None], dy * heights[:, None] + ctr_y[:, None]
+        half_w, half_h = 0.5 * (torch.exp(dw) * widths[:, None]), 0.5 * (torch.exp(dh) * heights[:, None])
+        corners = (pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h)
+        return torch.stack(corners, dim=2).flatten(1)

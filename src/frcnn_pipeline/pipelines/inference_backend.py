@@ -12,10 +12,12 @@ from __future__ import annotations
 TORCH = "torch"
 ONNXRUNTIME = "onnxruntime"
 
-# The exported graph each model entry is run from with onnxruntime (the export pipelines' outputs).
-EXPORTED_GRAPHS = {
-    "trained_model": "export.onnx_model",
-    "initial_weights": "export_initial_weights.onnx_model",
+# The export pipeline (and namespace) of each model entry evaluate or predict runs: with onnxruntime they
+# read its `<namespace>.onnx_model` (tests/pipelines/test_inference_backend.py holds every pipeline to it).
+EXPORT_NAMESPACES = {
+    "trained_model": "export",
+    "best_model": "export_best_model",
+    "initial_weights": "export_initial_weights",
 }
 
 _backend = TORCH
@@ -34,6 +36,20 @@ def use_inference_backend(name: str) -> bool:
     return changed
 
 
+def exported_graph(model: str) -> str:
+    """The catalog entry of ``model``'s dynamic graph, which its export pipeline writes.
+
+    Raises:
+        ValueError: ``model`` has no export pipeline (a pipeline added without one: give it one).
+    """
+    if model not in EXPORT_NAMESPACES:
+        raise ValueError(
+            f"{model!r} has no export pipeline, so evaluate and predict cannot run it on onnxruntime: add "
+            "one (as pipelines/export_best_model) and its namespace to inference_backend.EXPORT_NAMESPACES"
+        )
+    return f"{EXPORT_NAMESPACES[model]}.onnx_model"
+
+
 def graph_input(model: str) -> list[str]:
     """The extra input of an inference node on ``model``: its exported graph with onnxruntime, else none."""
-    return [EXPORTED_GRAPHS[model]] if _backend == ONNXRUNTIME else []
+    return [exported_graph(model)] if _backend == ONNXRUNTIME else []

@@ -1,4 +1,5 @@
-"""The train pipeline: wiring, the per-env parameters, the npu env's clear error on a machine without NPUs."""
+"""The train pipeline: wiring, the per-env parameters, the npu env's clear error on a machine without NPUs,
+what a rerun with nothing left to train returns."""
 
 import sys
 
@@ -7,6 +8,8 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from frcnn_pipeline.datasets import UNCHANGED
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
 from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.modeling import resolve_model_config
@@ -26,6 +29,7 @@ def test_pipeline_wiring():
                             "params:model", "params:train", "params:runtime", "params:evaluate"]  # fmt: skip
     outputs = ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"]
     assert train.outputs == outputs and pipeline.all_outputs() == set(outputs)
+    assert train.confirms == ["training_run"], "the record marks the outputs saved once all of them are"
     assert all("train" in node.tags for node in pipeline.nodes)
 
 
@@ -133,6 +137,37 @@ def test_the_trained_and_best_models_carry_their_config_classes_and_provenance(m
     assert best_model.kind == "best_model" and best_model.state_dict is best_weights
     assert (best_model.model_config, best_model.categories) == (trained.model_config, trained.categories)
     assert best_model.provenance["best"] == {"metric": "AP", "value": 0.5, "iteration": 2}
+
+
+def test_a_rerun_with_nothing_to_train_saves_nothing_only_once_every_output_was_saved(monkeypatch, tmp_path):
+    checkpoint = CheckpointManager(tmp_path / "demo").save(4, {"iteration": 4})
+    record = {
+        "run_name": "demo", "iterations": 4, "resumed_from_iteration": 4, "trained_iterations": 0,
+        "train_images": 2, "train_data_sha256": "f" * 64, "resume_changes": [],
+        "last_checkpoint": str(checkpoint), "tracking_run_id": None, "best": None,
+    }  # fmt: skip
+    row = {"iteration": 4, "total_loss": 1.0, "lr": 1e-3, "images_per_s": 5.0}
+    result = {
+        "state_dict": {"w": torch.ones(2)}, "best_state_dict": {}, "metrics": [row], "evaluations": [],
+        "record": record,
+    }  # fmt: skip
+    monkeypatch.setattr(train_nodes, "train_detector", lambda *args, **kwargs: result)
+    parameters = load_parameters("base")
+    train = {**parameters["train"], "eval_period": 0}
+    categories = pd.DataFrame({"label": [0], "category_id": [1], "name": ["a"], "supercategory": "s"})
+    initial = SavedDetector({}, INITIAL_WEIGHTS)
+
+    def rerun():
+        return train_model(
+            pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame(), {},
+            parameters["model"], train, parameters["runtime"], parameters["evaluate"], split="val",
+        )  # fmt: skip
+
+    # An earlier save failed: every output again, from the checkpoint.
+    trained, _, metrics, returned, _ = rerun()
+    assert trained.state_dict is result["state_dict"] and returned is record and len(metrics) == 1
+    mark_outputs_saved(checkpoint)
+    assert rerun() == (UNCHANGED,) * 5
 
 
 def test_training_curves_plot():

@@ -22,6 +22,10 @@ DEFAULT_SEVERITY: dict[str, str] = {
 }
 
 IMAGE_CHECK_MODES = ("none", "header", "decode")
+# The image checks that drop a declared image: it cannot be run through the model.
+UNUSABLE_IMAGE_CHECKS = (
+    "unsafe_file_name", "missing_image_file", "unreadable_image", "unconvertible_image", "image_size_mismatch"
+)  # fmt: skip
 REPORT_COLUMNS = ["split", "severity", "check", "image_id", "annotation_id", "message"]
 
 

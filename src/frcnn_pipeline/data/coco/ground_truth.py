@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from frcnn_pipeline.data.coco.findings import UNUSABLE_IMAGE_CHECKS
 from frcnn_pipeline.data.coco.json_file import _fatal
 from frcnn_pipeline.data.coco.split import CocoSplit
 
@@ -95,8 +96,6 @@ def published_ground_truth(annotation_file: str | Path) -> tuple[dict[str, Any],
     }, (filled_areas)
 
 
-# The image checks that drop a declared image: it cannot be run through the model.
-UNUSABLE_IMAGE_CHECKS = ("unsafe_file_name", "missing_image_file", "unreadable_image", "image_size_mismatch")
 _LISTED_IMAGES = 5
 
 

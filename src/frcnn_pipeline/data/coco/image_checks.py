@@ -9,7 +9,7 @@ import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
-from frcnn_pipeline.data.images import oriented_size
+from frcnn_pipeline.data.images import UnconvertibleImageError, oriented_size, rgb_pixels
 
 _PROGRESS_MIN_IMAGES = 2000  # below this, image checks finish too fast for a progress bar to help
 
@@ -22,14 +22,18 @@ def _unsafe_file_names(file_names: pd.Series) -> np.ndarray:
 
 
 def _probe_image(path: str, width: int, height: int, decode: bool) -> tuple[str, str] | None:
-    """None when the image is usable, else (check, reason)."""
+    """None when the image is usable, else (check, reason). ``decode`` converts the pixels as training does
+    (frcnn_pipeline.data.images.rgb_pixels); its note on transparent pixels comes back as a reported check."""
+    note = ""
     try:
         with Image.open(path) as image:
             size = oriented_size(image)
             if decode:
-                image.load()
+                _, note = rgb_pixels(image)
     except FileNotFoundError:
         return "missing_image_file", f"file not found: {path}"
+    except UnconvertibleImageError as error:
+        return "unconvertible_image", f"{path}: {error}"
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return "unreadable_image", f"cannot decode {path}: {error}"
     if size != (width, height):
@@ -37,7 +41,7 @@ def _probe_image(path: str, width: int, height: int, decode: bool) -> tuple[str,
             "image_size_mismatch",
             f"{path} is {size[0]}x{size[1]} (EXIF orientation applied) but the JSON says {width}x{height}",
         )
-    return None
+    return ("transparent_image", f"{path}: {note}") if note else None
 
 
 def _probe_images(paths: list[str], widths, heights, *, decode: bool, workers: int, split: str) -> list:

@@ -14,7 +14,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from frcnn_pipeline.data.coco.findings import DEFAULT_SEVERITY, ValidationPolicy, _Findings, _raise_escalated
+from frcnn_pipeline.data.coco.findings import (
+    DEFAULT_SEVERITY,
+    UNUSABLE_IMAGE_CHECKS,
+    ValidationPolicy,
+    _Findings,
+    _raise_escalated,
+)
 from frcnn_pipeline.data.coco.image_checks import _probe_images, _unsafe_file_names
 from frcnn_pipeline.data.coco.json_file import (
     _MAX_LISTED,
@@ -143,6 +149,7 @@ def read_coco_split(
     image_paths = (image_dir + "/" + file_names).astype("str")
     image_alive = np.ones(len(image_ids), dtype=bool)
     image_drop_reason: dict[int, tuple[str, str]] = {}
+    image_reported: dict[int, tuple[str, str]] = {}  # kept images with a reported finding (transparency)
 
     unsafe = _unsafe_file_names(file_names)
     for position in np.flatnonzero(unsafe):
@@ -169,7 +176,8 @@ def read_coco_split(
         )
         for position, probe in zip(to_probe, probes, strict=True):
             if probe is not None:
-                image_drop_reason[position] = probe
+                kept = DEFAULT_SEVERITY[probe[0]] == "reported"
+                (image_reported if kept else image_drop_reason)[position] = probe
     if image_drop_reason:
         image_alive[list(image_drop_reason)] = False
 
@@ -234,7 +242,7 @@ def read_coco_split(
     on_dropped_image = alive & (image_index >= 0) & ~image_alive[np.maximum(image_index, 0)]
     dropped_per_image = np.bincount(image_index[on_dropped_image], minlength=len(image_ids))
     alive &= ~on_dropped_image
-    for check in ("unsafe_file_name", "missing_image_file", "unreadable_image", "image_size_mismatch"):
+    for check in UNUSABLE_IMAGE_CHECKS:
         positions = [p for p, (c, _) in image_drop_reason.items() if c == check]
         findings.add(
             check,
@@ -246,6 +254,15 @@ def read_coco_split(
                 for p in positions
             ],
         )
+    findings.add(
+        "transparent_image",
+        image_ids[list(image_reported)],
+        [None] * len(image_reported),
+        [
+            f"image {image_ids[p]} ({file_names[p]}): {reason}; kept"
+            for p, (_, reason) in image_reported.items()
+        ],
+    )
 
     # Clip to the image (fixed), then drop boxes that end up empty (entirely outside the image).
     safe_index = np.maximum(image_index, 0)

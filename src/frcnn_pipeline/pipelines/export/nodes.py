@@ -8,22 +8,28 @@ from typing import Any
 import onnx
 import pandas as pd
 
-from frcnn_pipeline.config import ExportParams
+from frcnn_pipeline.config import EvaluateParams, ExportParams
 from frcnn_pipeline.evaluation.export_check import check_export
 from frcnn_pipeline.export import DYNAMIC, FIXED, ExportedDetector, export_detector
-from frcnn_pipeline.modeling.saved import SavedDetector, check_same_categories, inference_model_config
+from frcnn_pipeline.modeling.saved import (
+    SavedDetector,
+    check_same_categories,
+    inference_model_config,
+    require_weights,
+)
 
 log = logging.getLogger(__name__)
 
 
 def export_onnx(
-    model: SavedDetector, model_params: dict[str, Any], export: dict[str, Any]
+    model: SavedDetector, images: pd.DataFrame, model_params: dict[str, Any], export: dict[str, Any]
 ) -> ExportedDetector:
-    """Both graphs of the model (built from its saved config) with their descriptions, not yet checked."""
-    if not model.state_dict:
-        raise ValueError(f"{model.name} holds no weights (a placeholder of a multi-node run's node > 0?)")
+    """Both graphs of the model (built from its saved config) with their descriptions, not yet checked; the
+    fixed-shape graph's canvas holds the split's ``images`` (unless ``export.fixed_size`` is set)."""
+    require_weights(model)
     config, _ = inference_model_config(model, model_params)
-    return export_detector(model, config, ExportParams.parse(export, "export"))
+    sizes = list(zip(images["height"].astype(int), images["width"].astype(int), strict=True))
+    return export_detector(model, config, ExportParams.parse(export, "export"), image_sizes=sizes)
 
 
 def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
@@ -34,12 +40,14 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
     categories: pd.DataFrame,
     model_params: dict[str, Any],
     export: dict[str, Any],
+    evaluate: dict[str, Any],
     runtime: dict[str, Any],
     *,
     split: str,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, Any], dict[str, Any]]:
-    """ONNX Runtime against PyTorch on the split's first ``export.check.max_images`` images (by id); the
-    graphs and their descriptions are handed on to be saved only when both pass, with the check report.
+    """ONNX Runtime against PyTorch (in each graph's mode, and at evaluate's settings) on the split's first
+    ``export.check.max_images`` images (by id); the graphs and their descriptions are handed on to be saved
+    only when both pass, with the check report.
 
     Raises:
         ExportCheckError: an AP difference above ``export.check.max_ap_difference`` (the report is saved).
@@ -56,6 +64,7 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
         ground_truth,
         runtime=runtime,
         options=options,
+        evaluation=EvaluateParams.parse(evaluate, "evaluate").inference,
         split=split,
     )
     return exported.dynamic, exported.fixed, exported.deployment, report

@@ -1,27 +1,34 @@
 """The export pipeline: the model as ONNX graphs, checked on the first evaluation split, then saved.
 
-Outputs live in the namespace ``export`` (``export_initial_weights`` for `initial_weights`):
-``<namespace>.onnx_model`` (dynamic graph), ``.onnx_model_fixed`` (fixed-shape graph), ``.deployment`` (their
-descriptions, the sidecar JSON) and ``.check_report``, each versioned. The graphs are saved only when the
-check passes; a failed check still saves its report.
+Outputs live in the exported model's namespace (`inference_backend.EXPORT_NAMESPACES`: ``export`` for
+`trained_model`, ``export_best_model``, ``export_initial_weights``): ``<namespace>.onnx_model`` (dynamic
+graph), ``.onnx_model_fixed`` (fixed-shape graph), ``.deployment`` (their descriptions, the sidecar JSON)
+and ``.check_report``, each versioned. The graphs are saved only when the check passes; a failed check
+still saves its report.
 """
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.inference_backend import EXPORT_NAMESPACES
 from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
 
 from .nodes import check_onnx_export, export_onnx
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``model`` (keyword): the catalog entry to export, ``trained_model`` by default; ``namespace``: the
-    namespace (and folder) of its outputs, ``export`` by default."""
+    """``model`` (keyword): the catalog entry to export, ``trained_model`` by default; its outputs go to its
+    namespace (and folder) in `EXPORT_NAMESPACES`, which evaluate and predict read on onnxruntime."""
     model = kwargs.get("model", "trained_model")
-    namespace = kwargs.get("namespace", "export")
+    namespace = EXPORT_NAMESPACES[model]
     split = evaluation_splits()[0]
     return Pipeline(
         [
-            Node(export_onnx, ["model", "params:model", "params:export"], "exported", name="export_onnx"),
+            Node(
+                export_onnx,
+                ["model", "images", "params:model", "params:export"],
+                "exported",
+                name="export_onnx",
+            ),
             Node(
                 for_split(check_onnx_export, split),
                 [
@@ -32,6 +39,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "categories",
                     "params:model",
                     "params:export",
+                    "params:evaluate",
                     "params:runtime",
                 ],
                 ["onnx_model", "onnx_model_fixed", "deployment", "check_report"],
@@ -44,7 +52,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             "ground_truth": f"{split}_ground_truth",
             "categories": "categories",
         },
-        parameters={"params:model", "params:export", "params:runtime"},
+        parameters={"params:model", "params:export", "params:evaluate", "params:runtime"},
         namespace=namespace,
         tags=namespace,
     )

@@ -8,4 +8,4 @@ from frcnn_pipeline.pipelines.export.pipeline import create_pipeline as create_e
 
 def create_pipeline(**kwargs) -> Pipeline:
     """`initial_weights` as ONNX graphs: outputs `export_initial_weights.*`."""
-    return create_export_pipeline(model="initial_weights", namespace="export_initial_weights")
+    return create_export_pipeline(model="initial_weights")

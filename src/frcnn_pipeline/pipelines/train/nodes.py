@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import matplotlib.pyplot as plt
@@ -11,6 +12,7 @@ from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
+from frcnn_pipeline.engine.checkpoint import outputs_saved
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
@@ -41,8 +43,9 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     Returns the trained model and the best evaluated one (each with its config, classes and provenance; the
     best holds no weights without evaluation), the metric table (one row per logging window, with the
     evaluations' AP columns), the run record and the training curves; all `UNCHANGED` when the checkpoint
-    already holds every iteration, so a rerun writes nothing. The MLflow run kedro-mlflow opened (if any) is
-    handed to the workers, which log into it live.
+    already holds every iteration and its outputs were saved (the run record's `confirm()`), so a rerun writes
+    nothing. When an earlier save failed, the rerun returns them again from the checkpoint, without training.
+    The MLflow run kedro-mlflow opened (if any) is handed to the workers, which log into it live.
     """
     model_config = resolve_model_config(model)
     evaluator = None
@@ -63,13 +66,22 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     )
     record = result["record"]
     if record["trained_iterations"] == 0:
-        log.info(
-            "Run %r already holds all %d iterations: its model, reports and MLflow run stay as they are "
-            "(raise train.solver.max_iter to train further, or choose a new train.run_name)",
+        checkpoint = record["last_checkpoint"]
+        if checkpoint is not None and outputs_saved(Path(checkpoint)):
+            log.info(
+                "Run %r already holds all %d iterations: its model, reports and MLflow run stay as they are "
+                "(raise train.solver.max_iter to train further, or choose a new train.run_name)",
+                record["run_name"],
+                record["iterations"],
+            )
+            return (UNCHANGED,) * 5
+        log.warning(
+            "Run %r holds all %d iterations in %s but its outputs were not all saved (a save failed or was "
+            "interrupted): saving them from that checkpoint, without training",
             record["run_name"],
             record["iterations"],
+            checkpoint,
         )
-        return (UNCHANGED,) * 5
     provenance = {
         **{key: record[key] for key in _PROVENANCE_KEYS},
         "initial_weights": {

@@ -28,6 +28,8 @@ def create_pipeline(**kwargs) -> Pipeline:
                 ],
                 ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"],
                 name="train_detector",
+                # Once every output is saved, the run record marks the checkpoint's outputs saved.
+                confirms="training_run",
             ),
         ],
         tags="train",
