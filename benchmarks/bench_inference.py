@@ -3,8 +3,8 @@
 One run, one table. The reference is torchvision's fasterrcnn_resnet50_fpn as it ships (frozen BN and our
 proposal counts: references.py), fp32, at 800 px. Ours is the detectron2 R-50-FPN (the card's model) at
 800/1333, random weights, batch of one, on the same random images:
-- torch fp32: the model as built, contiguous memory;
-- torch optimised: norms folded into the convs, channels_last (the evaluate/predict defaults);
+- torch fp32: the model as built, contiguous memory (the evaluate/predict defaults);
+- torch optimised: norms folded into the convs, channels_last (opt-in: `fold_batch_norm`, `channels_last`);
 - torch optimised bf16: the same with a bf16-autocast backbone (only where the CPU has AVX512-BF16 or AMX:
   elsewhere bf16 is emulated; `--force-bf16` measures it anyway);
 - onnxruntime: the dynamic ONNX graph (`frcnn_pipeline.export`) in ONNX Runtime, fp32.
@@ -33,10 +33,11 @@ from frcnn_pipeline.modeling import build_model, default_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 REFERENCE = "torchvision stock fp32"
+OPTIMISED = {"fold_batch_norm": True, "channels_last": True}
 TORCH_BACKENDS = {
-    "torch fp32": InferenceParams(fold_batch_norm=False, channels_last=False, cpu_precision="float32"),
-    "torch optimised fp32": InferenceParams(channels_last=True, cpu_precision="float32"),
-    "torch optimised bf16": InferenceParams(channels_last=True, cpu_precision="bfloat16"),
+    "torch fp32": InferenceParams(),
+    "torch optimised fp32": InferenceParams(**OPTIMISED, cpu_precision="float32"),
+    "torch optimised bf16": InferenceParams(**OPTIMISED, cpu_precision="bfloat16"),
 }
 ONNXRUNTIME = "onnxruntime fp32"
 NUM_CLASSES = 80

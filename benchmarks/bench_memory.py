@@ -32,14 +32,14 @@ import json, resource, sys
 import psutil, torch
 from frcnn_pipeline.modeling import build_model
 torch.set_num_threads(1)
-cfg, size, images = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+cfg, size, images, steps = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start = psutil.Process().memory_info().rss
 model = build_model(cfg, 3).train()
 optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
 box = [[8.0, 8.0, size / 2, size / 2], [size / 3, size / 4, size - 5.0, size - 9.0]]
 targets = [{"boxes": torch.tensor(box), "labels": torch.tensor([1, 2])} for _ in range(images)]
 batch = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(images)]
-for _ in range(3):
+for _ in range(steps):
     losses = model(batch, targets)
     optimizer.zero_grad(set_to_none=True)
     sum(losses.values()).backward()
@@ -48,11 +48,13 @@ print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - sta
 """
 
 
-def measured_peak(cfg: dict, size: int, images: int) -> int:
+def measured_peak(cfg: dict, size: int, images: int, steps: int = 3) -> int:
+    """Peak resident-set growth of `steps` SGD steps in a fresh process (tests/engine/test_memory_budget.py
+    uses it too)."""
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
     result = subprocess.run(
-        [sys.executable, "-c", _STEP, json.dumps(cfg), str(size), str(images)],
-        capture_output=True, text=True, env=env, check=True,
+        [sys.executable, "-c", _STEP, json.dumps(cfg), str(size), str(images), str(steps)],
+        capture_output=True, text=True, env=env, check=True, timeout=600,
     )  # fmt: skip
     return json.loads(result.stdout.splitlines()[-1])
 

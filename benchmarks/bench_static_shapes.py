@@ -31,7 +31,7 @@ from bench_demo import copy_project, kedro_run, latest_coco_metrics
 
 from frcnn_pipeline.layers import backend
 from frcnn_pipeline.modeling import build_model
-from frcnn_pipeline.modeling.step_trace import StepTrace, trace_step
+from frcnn_pipeline.modeling.step_trace import StepTrace, traced_training_step
 
 STATIC_ENV = "static_shapes"
 STATIC_MODEL = """model:
@@ -98,11 +98,7 @@ def trace_mode(mode: str, steps: int, device: torch.device) -> list[StepTrace]:
                 [image.to(device) for image in images],
                 [{k: v.to(device) for k, v in t.items()} for t in targets],
             )
-        with trace_step() as trace:
-            optimizer.zero_grad()
-            sum(model(*inputs).values()).backward()
-            optimizer.step()
-        traces.append(trace)
+        traces.append(traced_training_step(model, optimizer, inputs))
     return traces
 
 

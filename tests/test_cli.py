@@ -51,7 +51,7 @@ def test_misspelt_pipeline_lists_the_valid_names(project):
     assert "No pipeline named 'ingset'. Did you mean 'ingest'?" in output
     names = (
         "evaluate, evaluate_best_model, evaluate_initial_weights, export, export_best_model, "
-        "export_initial_weights, ingest, predict, train, weights"
+        "export_initial_weights, ingest, predict, predict_initial_weights, train, weights"
     )
     assert names in output
     assert len(output.splitlines()) <= 15 and "ImportError" not in output

@@ -288,3 +288,26 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
     assert "the run goes on untracked" in warning
     assert client.get_run(run_id).data.metrics == {}, "the second save was not tried against the store"
     assert metrics.load() == {"AP": 0.5}, "the outputs are saved as usual"
+
+
+def test_a_failed_run_is_closed_in_one_line_however_many_nodes_reentered_it(store, caplog):
+    uri, client, experiment = store
+    hook = ProjectMlflowHook()
+    hook._is_mlflow_enabled, hook._already_active_mlflow = True, False  # as before_pipeline_run sets them
+    previous_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        run_id = hook.run_id = mlflow.start_run(experiment_id=experiment).info.run_id
+        for _ in range(3):
+            mlflow.start_run(run_id=run_id, nested=True)  # kedro-mlflow's before_node_run, at each node
+        with caplog.at_level(logging.INFO):
+            hook.on_pipeline_error(RuntimeError("a node failed"), {}, None, None)
+        left_open = mlflow.active_run()
+    finally:
+        while mlflow.active_run():
+            mlflow.end_run()
+        mlflow.set_tracking_uri(previous_uri)
+    closing = [message for message in caplog.messages if "closed because of an error" in message]
+    assert closing == [f"The run '{run_id}' was closed because of an error in the pipeline."]
+    assert left_open is None
+    assert client.get_run(run_id).info.status == "FAILED"

@@ -71,6 +71,19 @@ with warnings.catch_warnings(record=True):
 
 log = logging.getLogger(__name__)
 
+
+class _EachMessageOnce(logging.Filter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        first = message not in self.seen
+        self.seen.add(message)
+        return first
+
+
 # The dataset that names the data a run was made from; a pipeline that outputs TRAINED_MODEL trains.
 DATA_RECORD = "validation_summary"
 TRAIN_IMAGES, TRAIN_ANNOTATIONS = "train_images", "train_annotations"
@@ -233,7 +246,13 @@ class ProjectMlflowHook(MlflowHook):
         if self._tracking_failed and mlflow.active_run() is None:
             return  # the run was not reopened after the store failed (kedro-mlflow expects one)
         end = partial(super().on_pipeline_error, error, run_params, pipeline, catalog)
-        self._tolerate("mark the run as failed", end, after_failure=True)
+        # kedro-mlflow re-enters the run before each node and, on an error, says "closed" once per entry.
+        kedro_mlflow_log, once = logging.getLogger(MlflowHook.__module__), _EachMessageOnce()
+        kedro_mlflow_log.addFilter(once)
+        try:
+            self._tolerate("mark the run as failed", end, after_failure=True)
+        finally:
+            kedro_mlflow_log.removeFilter(once)
 
     def _tolerate(self, what: str, call: Callable[[], Any], *, after_failure: bool = False) -> None:
         """A tracking call of this process. A store that fails mid-run costs one warning and the rest of this

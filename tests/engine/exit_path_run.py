@@ -1,7 +1,8 @@
 """A training process for the exit-path tests: `python exit_path_run.py FOLDER MODE NPROC NUM_WORKERS`.
 
 MODE `error`: the model raises at its third forward (after writing the time to FOLDER/error_time);
-MODE `run`: trains until a signal stops it. Kedro-free, as the train node runs it, with DataLoader workers.
+MODE `run`: trains until a signal stops it; MODE `static`: the same in the static-shape mode.
+Kedro-free, as the train node runs it, with DataLoader workers.
 """
 
 from __future__ import annotations
@@ -12,11 +13,15 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tiny_training import TINY_MODEL, runtime_config, train_config, write_tiny_dataset
+from tiny_training import TINY_MODEL, merged, runtime_config, train_config, write_tiny_dataset
 from torch import nn
 
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.modeling import build_model
+
+STATIC_MODEL = merged(
+    TINY_MODEL, input={"fixed_size": [64, 64]}, static_shapes={"enabled": True, "max_gt_boxes": 4}
+)
 
 
 class FailsOnThirdStep(nn.Module):
@@ -42,7 +47,8 @@ def main(folder: Path, mode: str, nproc: int, num_workers: int) -> None:
     train = train_config(folder, max_iter=100_000, steps=[])
     train["images_per_device"] = 1
     runtime = runtime_config(nproc_per_node=nproc, num_threads=1, num_workers=num_workers)
-    train_detector(images, annotations, 2, TINY_MODEL, train, runtime, build=partial(build, folder, mode))
+    model_cfg = STATIC_MODEL if mode == "static" else TINY_MODEL
+    train_detector(images, annotations, 2, model_cfg, train, runtime, build=partial(build, folder, mode))
 
 
 if __name__ == "__main__":

@@ -98,14 +98,17 @@ def test_an_error_in_a_step_ends_the_run_within_30_s_and_no_process_is_left(tmp_
     _assert_none_left(processes)
 
 
-# Ctrl-C on one worker, SLURM's SIGTERM on two (test_multinode sends each to `kedro run` with two workers).
+# Ctrl-C on one worker, SLURM's SIGTERM on two (test_multinode sends each to `kedro run` with two workers);
+# SIGTERM in the static-shape mode (the NPU envs'), whose batches are made on the host.
 @pytest.mark.parametrize(
-    ("stop", "nproc", "num_workers"),
-    [(signal.SIGINT, 1, 2), (signal.SIGTERM, 2, 1)],
-    ids=["Ctrl-C, 1 worker", "SIGTERM, 2 workers"],
+    ("stop", "mode", "nproc", "num_workers"),
+    [(signal.SIGINT, "run", 1, 2), (signal.SIGTERM, "run", 2, 1), (signal.SIGTERM, "static", 1, 1)],
+    ids=["Ctrl-C, 1 worker", "SIGTERM, 2 workers", "SIGTERM, static shapes"],
 )
-def test_a_stop_signal_saves_a_checkpoint_and_ends_the_run_within_30_s(tmp_path, stop, nproc, num_workers):
-    run = _start(tmp_path, "run", nproc, num_workers)
+def test_a_stop_signal_saves_a_checkpoint_and_ends_the_run_within_30_s(
+    tmp_path, stop, mode, nproc, num_workers
+):
+    run = _start(tmp_path, mode, nproc, num_workers)
     metrics = tmp_path / "reporting" / "test.jsonl"
     _wait_for(lambda: metrics.is_file() and len(metrics.read_text().splitlines()) >= 2, "two iterations", run)
     processes = _descendants(run.pid)

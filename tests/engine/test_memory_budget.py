@@ -3,15 +3,12 @@ sizes that cannot fit."""
 
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
+from bench_memory import measured_peak
 from tiny_training import TINY_MODEL, merged, runtime_config, train_config
 
 from frcnn_pipeline.engine.memory_budget import (
@@ -64,37 +61,10 @@ def test_estimate_counts_activations_per_image_and_pixel_and_the_optimizer_state
     assert adamw - one.model_bytes == one.model_bytes - plain > 0
 
 
-_MEASURE_STEP = """
-import json, resource, sys
-import psutil, torch
-from frcnn_pipeline.modeling import build_model
-torch.set_num_threads(1)
-cfg, size, images = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
-start = psutil.Process().memory_info().rss
-model = build_model(cfg, 3).train()
-optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
-box = [[8.0, 8.0, size / 2, size / 2], [size / 3, size / 4, size - 5.0, size - 9.0]]
-targets = [{"boxes": torch.tensor(box), "labels": torch.tensor([1, 2])} for _ in range(images)]
-batch = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8) for _ in range(images)]
-for _ in range(2):
-    losses = model(batch, targets)
-    optimizer.zero_grad(set_to_none=True)
-    sum(losses.values()).backward()
-    optimizer.step()
-print(json.dumps(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - start))
-"""
-
-
 def test_estimate_is_a_lower_bound_of_a_measured_training_step():
     size, images = 256, 2
     cfg = merged(DEMO_LIKE, input={"min_size_train": [size], "max_size": size})
-    # glibc returns freed blocks at once: the peak resident set follows the live tensors.
-    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}
-    result = subprocess.run(
-        [sys.executable, "-c", _MEASURE_STEP, json.dumps(cfg), str(size), str(images)],
-        capture_output=True, text=True, timeout=120, env=env, check=True,
-    )  # fmt: skip
-    measured = json.loads(result.stdout.splitlines()[-1])
+    measured = measured_peak(cfg, size, images, steps=2)
     estimate = estimate_training_step(cfg, 3, images).total_bytes
     # Alone, the peak is 1.06-1.24x the estimate (benchmarks/bench_memory.py); inside the whole suite the
     # allocator's state has been seen at 4.3x. The refusal relies on the lower bound only; the upper one says

@@ -43,6 +43,8 @@ from frcnn_pipeline.pipelines.evaluate.nodes import compute_coco_metrics, predic
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Guards against hangs; the runs themselves take seconds to a minute on two busy cores.
 RUN_BOUND_S = 300
+# The issue's bound for a stop signal: checkpoint, message and exit within 30 s.
+SIGNAL_EXIT_BOUND_S = 30
 CATEGORIES = pd.DataFrame(
     {"label": [0, 1], "category_id": [1, 2], "name": ["red", "green"], "supercategory": ["box", "box"]}
 )
@@ -414,6 +416,34 @@ def test_a_signal_to_kedro_saves_the_current_iteration_stops_the_workers_and_res
             "streams are reseeded",
             f"solver.max_iter 100000 -> {iteration + 1}",
         ]
+
+
+def test_ctrl_c_on_one_node_stops_both_after_the_same_iteration_with_its_checkpoint(project):
+    """Ctrl-C in node 1's terminal: the stop travels with the losses, so node 0 (which writes the checkpoints)
+    saves that iteration and both nodes end within the bound, naming why."""
+    log = project / "data" / "08_reporting" / "train_logs" / "tiny.jsonl"
+    port = _free_port()
+    nodes = [_kedro(project, "train", _two_nodes(rank, port) + "," + _long_run(checkpoint_period=1000))
+             for rank in (0, 1)]  # fmt: skip
+    _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2, "two iterations")
+    workers = [worker for node in nodes for worker in _spawned_workers(node.pid)]
+    sent = time.monotonic()
+    os.kill(nodes[1].pid, signal.SIGINT)
+    outputs = [process.communicate(timeout=RUN_BOUND_S)[0] for process in nodes]
+    took = time.monotonic() - sent
+
+    assert all(process.returncode != 0 for process in nodes)
+    assert took < SIGNAL_EXIT_BOUND_S, f"the nodes exited {took:.0f} s after Ctrl-C"
+    stopped = [next(x for x in output.splitlines() if "Training stopped by" in x) for output in outputs]
+    other_rank = "Training stopped by a stop signal on another rank after iteration"
+    assert other_rank in stopped[0], outputs[0][-3000:]
+    assert "Training stopped by SIGINT after iteration" in stopped[1], outputs[1][-3000:]
+    iterations = {int(line.split("after iteration ")[1].split()[0]) for line in stopped}
+    (iteration,) = iterations
+    checkpoint = project / "data" / "06_models" / "checkpoints" / "tiny" / f"model_{iteration:07d}.pth"
+    assert load_checkpoint(checkpoint)["iteration"] == iteration
+    assert not any(_running(pid) for pid in workers), "no worker is left training"
+    print(f"both nodes stopped {took:.1f} s after Ctrl-C on node 1, at iteration {iteration}")
 
 
 class _Lines:

@@ -21,6 +21,21 @@ def test_first_signal_is_a_request_repeats_are_ignored_and_handlers_come_back():
     assert signal.getsignal(signal.SIGTERM) is before
 
 
+def test_a_worker_on_its_way_out_after_a_request_ignores_the_late_forwarded_sigterm():
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        with StopSignals(on_the_way_out=True):
+            pass  # no request: the handlers come back
+        assert signal.getsignal(signal.SIGTERM) is before
+        with StopSignals(on_the_way_out=True):
+            os.kill(os.getpid(), signal.SIGTERM)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # the launcher's copy, after the loop: this process lives on
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler, "a Ctrl-C still stops it"
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
 def test_a_second_ctrl_c_stops_at_once():
     with StopSignals() as stop, pytest.raises(KeyboardInterrupt):
         os.kill(os.getpid(), signal.SIGINT)

@@ -25,8 +25,9 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.loop import NonFiniteLossError
 from frcnn_pipeline.engine.signals import TrainingStopped
 from frcnn_pipeline.engine.trainer import load_initial_weights, train_detector
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import SyncBatchNormError
+from frcnn_pipeline.modeling.static import StaticBatch
 
 
 def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: int):
@@ -119,6 +120,24 @@ def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes
     with pytest.raises(ValueError, match=message):
         train_detector(images, annotations, 2, too_few, train, runtime_config())
     assert not (tmp_path / "checkpoints" / "too_few").exists()
+
+
+def test_static_training_steps_get_their_batch_made_on_the_host(tmp_path, tiny_tables, monkeypatch):
+    """The loop resizes into the canvas before the device: the model's step sees one shape every time."""
+    received = []
+    forward = StaticFasterRCNN.forward
+
+    def recording(self, images, targets=None):
+        received.append((self.training, type(images), tuple(getattr(images, "canvas", images[0]).shape)))
+        return forward(self, images, targets)
+
+    monkeypatch.setattr(StaticFasterRCNN, "forward", recording)
+    images, annotations = tiny_tables
+    train = train_config(tmp_path, max_iter=2)
+    train_detector(images, annotations, 2, STATIC_MODEL, train, runtime_config())
+    batch = train["images_per_device"]
+    steps = [call for call in received if call[0]]
+    assert steps == [(True, StaticBatch, (batch, 3, 64, 64))] * 2
 
 
 class _StepCountingModel(nn.Module):

@@ -9,17 +9,20 @@ from detection_ops_probe import probe_detection_ops
 from PIL import Image
 
 from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.inference import (
     aspect_grouped_order,
     category_ids_by_label,
     coco_results,
+    describe_arithmetic,
     prepare_for_inference,
     require_test_time_options,
     run_inference,
     run_onnx_inference,
 )
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
+from frcnn_pipeline.modeling.static import StaticBatch
 from frcnn_pipeline.parameters import load_parameters
 
 
@@ -127,6 +130,60 @@ def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
     assert all(f.dtype == torch.float32 for f in features.values())
     records = run_inference(weights, model_cfg, 3, image_paths, options=options)
     assert all(r["boxes"].dtype == torch.float32 for r in records if not r["error"])
+
+
+def _direct_predictions(model_cfg, weights, paths):
+    """The records' detections computed the plain way: the model as built, in eval mode, no options."""
+    model = build_model(model_cfg, 3)
+    model.load_state_dict(weights)
+    model.eval()
+    with torch.no_grad():
+        return [model([read_rgb(path)])[0] for path in paths]
+
+
+def test_by_default_evaluation_runs_the_models_own_arithmetic(weights, model_cfg, image_paths):
+    readable = [image_paths[0], image_paths[1], image_paths[3]]
+    records = run_inference(weights, model_cfg, 3, readable, options=InferenceParams(batch_size=1))
+    for record, expected in zip(records, _direct_predictions(model_cfg, weights, readable), strict=True):
+        assert torch.equal(record["boxes"], expected["boxes"])
+        assert torch.equal(record["scores"], expected["scores"])
+        assert torch.equal(record["labels"], expected["labels"])
+    assert describe_arithmetic(None, InferenceParams()) == "float32, the model's own arithmetic"
+    fast = InferenceParams(cpu_precision="bfloat16", fold_batch_norm=True, channels_last=True)
+    assert describe_arithmetic(None, fast) == (
+        "backbone in bfloat16, heads in float32; norms folded into the convs; channels_last"
+    )
+    onnx_runtime = {"inference_backend": "onnxruntime"}
+    assert describe_arithmetic(onnx_runtime, fast) == "float32, the exported graph in ONNX Runtime"
+
+
+def test_static_shape_inference_resizes_on_the_host_and_equals_the_models_own_call(
+    weights, model_cfg, image_paths, monkeypatch
+):
+    static_cfg = {**model_cfg, "input": {**model_cfg["input"], "fixed_size": [96, 96]}}
+    static_cfg["static_shapes"] = {"enabled": True}
+    received = []
+    forward = StaticFasterRCNN.forward
+
+    def recording(self, images, targets=None):
+        received.append((type(images), tuple(images.canvas.shape)))
+        return forward(self, images, targets)
+
+    readable = [image_paths[0], image_paths[1]]
+    expected = _direct_predictions(static_cfg, weights, readable)
+    monkeypatch.setattr(StaticFasterRCNN, "forward", recording)
+    records = run_inference(weights, static_cfg, 3, readable, options=InferenceParams(batch_size=2))
+    assert received == [(StaticBatch, (2, 3, 96, 96))]
+    for record, direct in zip(records, expected, strict=True):
+        torch.testing.assert_close(record["boxes"], direct["boxes"])
+        assert torch.equal(record["labels"], direct["labels"])
+
+
+def test_inference_workers_take_runtime_num_threads(weights, model_cfg, image_paths, monkeypatch):
+    threads = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)
+    run_inference(weights, model_cfg, 3, image_paths[:1], runtime={"num_threads": 1})
+    assert threads == [1]
 
 
 def test_batches_group_landscape_and_portrait_images(image_paths):

@@ -101,3 +101,21 @@ def test_torchs_sync_batch_norm_refuses_cpu_training_in_a_process_group(tmp_path
             norm(torch.randn(2, 4, 3, 3))
     finally:
         torch.distributed.destroy_process_group()
+
+
+@pytest.mark.parametrize(
+    ("backbone", "frozen_eps"),
+    [
+        ({"norm": "frozen_bn"}, 1e-5),
+        ({"norm": "frozen_bn", "frozen_bn_eps": 0.0, "frozen_bn_arithmetic": "torchvision"}, 0.0),
+        ({"norm": "bn", "freeze_at": 2, "frozen_bn_eps": 0.0}, 0.0),  # frozen stages; the rest BN's 1e-5
+    ],
+)
+def test_frozen_norms_take_frozen_bn_eps(backbone, frozen_eps):
+    """torchvision's COCO weights run with eps 0 (its builder's overwrite_eps(model, 0.0))."""
+    with torch.device("meta"):
+        model = build_model({"backbone": {"depth": 18, **backbone}}, num_classes=3)
+    frozen = [m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
+    trainable = [m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert frozen and set(frozen) == {frozen_eps}
+    assert set(trainable) <= {1e-5}

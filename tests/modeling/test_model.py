@@ -19,6 +19,7 @@ def test_defaults_are_detectron2_r50_fpn():
     config = default_model_config()
     assert config["backbone"] == {
         "depth": 50, "norm": "frozen_bn", "freeze_at": 2, "stride_in_1x1": True, "fpn_channels": 256,
+        "frozen_bn_arithmetic": "detectron2", "frozen_bn_eps": 1e-5,
     }  # fmt: skip
     assert config["input"]["min_size_train"] == list(range(640, 801, 32))
     assert (config["input"]["max_size"], config["input"]["min_size_test"]) == (1333, 800)

@@ -20,7 +20,7 @@ from frcnn_pipeline.modeling.static import (
     sample_fixed,
     strip_padding,
 )
-from frcnn_pipeline.modeling.step_trace import trace_step
+from frcnn_pipeline.modeling.step_trace import trace_step, traced_training_step
 
 TINY = {
     "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 16},
@@ -93,11 +93,7 @@ def training_traces(static: bool, **overrides) -> list:
     for seed, (sizes, counts) in enumerate(zip(IMAGE_SIZES, OBJECT_COUNTS, strict=True)):
         images, targets = batch(counts, seed, sizes)
         inputs = (model.transform.host_batch(images, targets),) if static else (images, targets)
-        with trace_step() as trace:
-            optimizer.zero_grad()
-            sum(model(*inputs).values()).backward()
-            optimizer.step()
-        traces.append(trace)
+        traces.append(traced_training_step(model, optimizer, inputs))
     return traces
 
 

@@ -24,6 +24,9 @@ def _transform(**overrides):
         "input_format": "BGR",
         "size_divisibility": 32,
         "resize_rounding": "detectron2",
+        "resize_interpolation": "detectron2",
+        "clip_detections": True,
+        "drop_empty_detections": True,
         "fixed_size": None,
     }
     return DetectronTransform(**{**kwargs, **overrides}).eval()

@@ -13,6 +13,7 @@ import pytest
 from kedro.framework.project import configure_project, find_pipelines
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro_params import TINY_DEMO, nested
 
 from frcnn_pipeline.pipelines.inference_backend import (
     EXPORT_NAMESPACES,
@@ -24,16 +25,8 @@ from frcnn_pipeline.pipelines.inference_backend import (
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = {
-    "ingest.demo.image_size": 64,
-    "ingest.demo.num_train_images": 8,
-    "ingest.demo.num_val_images": 4,
-    "model.input.min_size_train": [64],
-    "model.input.min_size_test": 64,
-    "model.input.max_size": 96,
-    "train.images_per_device": 2,
+    **TINY_DEMO,
     "train.solver.max_iter": 2,
-    "train.solver.warmup_iters": 1,
-    "train.solver.steps": [],
     "train.eval_period": 0,
     "train.checkpoint.period": 2,
     # float32, one image per pass: what the export check holds the dynamic graph to
@@ -71,17 +64,6 @@ def test_a_model_without_an_export_pipeline_is_named_with_the_fix():
         exported_graph("ema_model")
 
 
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
-
-
 def _latest(root: Path, pattern: str) -> dict[str, Any]:
     return json.loads(sorted(root.glob(pattern))[-1].read_text())
 
@@ -97,7 +79,7 @@ def runs(tmp_path_factory) -> dict[str, Any]:
     bootstrap_project(root)
 
     def run(pipelines: list[str], **params: Any) -> None:
-        with KedroSession.create(root, runtime_params=_nested({**TINY, **params})) as session:
+        with KedroSession.create(root, runtime_params=nested({**TINY, **params})) as session:
             session.run(pipeline_names=pipelines)
 
     images = str(root / "data" / "01_raw" / "demo" / "val2017")

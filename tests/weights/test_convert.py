@@ -9,6 +9,7 @@ from c2_layout import c2_from_torchvision, c2_resnet_shapes
 
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.weights import WeightsConversionError, convert_state_dict, load_checkpoint
+from frcnn_pipeline.weights.convert import FROZEN_BN_BATCH_COUNT
 
 MSRA_R50 = {"backbone": {"depth": 50, "norm": "frozen_bn", "stride_in_1x1": True}}
 
@@ -148,6 +149,65 @@ def test_torchvision_detector_state_dict_round_trips_including_legacy_names():
     assert len(our_detections[0]["boxes"]) > 0
     for key in ("boxes", "scores", "labels"):
         torch.testing.assert_close(our_detections[0][key], reference_detections[0][key], rtol=1e-5, atol=1e-5)
+
+
+# BatchNorm2d layers of a ResNet-50: the stem's, 3 per bottleneck (16), one per stage's shortcut (4).
+R50_BATCH_NORMS = 53
+
+
+def _saved_by_torchvision(kind: str, path) -> dict[str, torch.Tensor]:
+    """What torchvision saves with BatchNorm2d (its choice without pretrained weights): a detector or a
+    ResNet-50, each with a num_batches_tracked per norm; written by torch.save."""
+    torch.manual_seed(0)
+    if kind == "detector":
+        module = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+            weights=None, weights_backbone=None, num_classes=4
+        )
+    else:
+        module = torchvision.models.resnet50(weights=None)
+    torch.save(module.state_dict(), path)
+    return module.state_dict()
+
+
+@pytest.mark.parametrize("kind", ["detector", "resnet50"])
+def test_frozen_bn_ignores_the_batch_counts_torchvision_saves(kind, tmp_path):
+    saved = _saved_by_torchvision(kind, tmp_path / f"{kind}.pth")
+    assert sum(key.endswith("num_batches_tracked") for key in saved) == R50_BATCH_NORMS
+    model = build_model({"backbone": {"depth": 50, "stride_in_1x1": False}}, num_classes=3)
+    state, report = convert_state_dict(
+        load_checkpoint(tmp_path / f"{kind}.pth"), model.state_dict(), source_name=f"{kind}.pth"
+    )
+    counts = report[report.source_key.str.endswith("num_batches_tracked")]
+    assert len(counts) == R50_BATCH_NORMS
+    assert set(counts.status) == {"expected_unused"} and set(counts.note) == {FROZEN_BN_BATCH_COUNT}
+    assert counts.target_key.str.startswith("backbone.body.").all()
+    model.load_state_dict(state)  # strict: every key of the model, none extra
+    for key, value in saved.items():
+        target = key if kind == "detector" else f"backbone.body.{key}"
+        if target in state:
+            assert torch.equal(state[target], value), key
+    if kind == "detector":
+        assert set(report.status) == {"mapped", "expected_unused"}
+    else:  # an ImageNet ResNet: the classifier is left out, FPN and heads keep their initialisation
+        assert set(report.source_key[report.status == "expected_unused"]) - set(counts.source_key) == {
+            "fc.weight",
+            "fc.bias",
+        }
+        assert not report.target_key[report.status == "missing"].str.startswith("backbone.body.").any()
+
+
+def test_trainable_bn_takes_the_batch_counts_and_frozen_stages_ignore_theirs(tmp_path):
+    """norm: bn with freeze_at 2: the stem's and res2's norms are frozen, the later stages' train."""
+    saved = _saved_by_torchvision("detector", tmp_path / "detector.pth")
+    saved["backbone.body.layer4.2.bn3.num_batches_tracked"].fill_(7)
+    model = build_model({"backbone": {"depth": 50, "norm": "bn", "stride_in_1x1": False}}, num_classes=3)
+    state, report = convert_state_dict(saved, model.state_dict())
+    counts = report[report.source_key.str.endswith("num_batches_tracked")]
+    frozen = counts.target_key.str.match(r"backbone\.body\.(bn1|layer1)\.")
+    assert set(counts.status[frozen]) == {"expected_unused"} and frozen.sum() == 1 + 3 * 3 + 1
+    assert set(counts.status[~frozen]) == {"mapped"}
+    assert state["backbone.body.layer4.2.bn3.num_batches_tracked"] == 7
+    model.load_state_dict(state)
 
 
 def _d2_block(m: re.Match[str]) -> str:

@@ -20,14 +20,20 @@ class InferenceParams(Section):
     )
     nms_threshold: float = Field(0.5, gt=0, le=1, description="overrides model.roi_heads.nms_thresh_test")
     detections_per_image: int = Field(100, ge=1, description="overrides model.roi_heads.detections_per_image")
-    amp: bool = Field(True, description="fp16 backbone on NPU/GPU (the heads stay fp32)")
+    # The speed-ups below change the arithmetic (float rounding, or bf16/fp16), so they are opt-in: by default
+    # evaluate and predict run the trained model's own arithmetic, as detectron2 evaluates.
+    amp: bool = Field(False, description="opt-in: fp16 backbone on NPU/GPU (the heads stay fp32)")
     cpu_precision: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto",
-        description="backbone precision on CPU; auto: bfloat16 where the CPU has AVX512-BF16 or AMX, else "
-        "float32 (the heads stay float32)",
+        "float32",
+        description="backbone precision on CPU; opt-in auto: bfloat16 where the CPU has AVX512-BF16 or AMX, "
+        "else float32 (the heads stay float32)",
     )
-    channels_last: bool = Field(True, description="NHWC: faster on CPU (benchmarks/bench_inference.py)")
-    fold_batch_norm: bool = Field(True, description="fold the backbone's norms into its convs")
+    channels_last: bool = Field(
+        False, description="opt-in NHWC: faster on CPU (benchmarks/bench_inference.py), other rounding"
+    )
+    fold_batch_norm: bool = Field(
+        False, description="opt-in: fold the backbone's norms into its convs (other rounding)"
+    )
     group_by_aspect: bool = Field(True, description="batch landscape and portrait images apart: less padding")
     num_workers: int = Field(0, ge=0, description="image decoding processes per worker")
 

@@ -29,16 +29,42 @@ class BackboneParams(Section):
         True, description="MSRA weights stride on the 1×1 conv; false for torchvision weights (R-50/101)"
     )
     fpn_channels: int = Field(256, ge=1, description="FPN, RPN and pooler width")
+    frozen_bn_arithmetic: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="frozen norms: detectron2 calls F.batch_norm where no gradient flows (x * scale + shift "
+        "where one does); torchvision always x * scale + shift (about 1e-5 relative apart)",
+    )
+    frozen_bn_eps: float = Field(
+        1e-5,
+        ge=0,
+        description="eps of frozen norms (added to running_var): 1e-5 as BatchNorm2d; 0 for torchvision's "
+        "COCO detector weights (its builder calls overwrite_eps(model, 0.0))",
+    )
 
 
 class InputParams(Section):
     format: Literal["BGR", "RGB"] = Field(
         "BGR", description="channel order the first conv expects (images always arrive RGB 0-255)"
     )
-    pixel_mean: list[float] = Field(
-        [103.53, 116.28, 123.675], min_length=3, max_length=3, description="in `format` order, 0-255 scale"
+    pixel_scale: Literal[255, 1] = Field(
+        255,
+        description="255: pixels normalised as they come, 0-255 (detectron2); 1: divided by 255 first, "
+        "then normalised (torchvision, bit for bit: (x / 255 - mean) / std)",
     )
-    pixel_std: list[float] = Field([1.0, 1.0, 1.0], min_length=3, max_length=3, description="as pixel_mean")
+    pixel_mean: list[float] = Field(
+        [103.53, 116.28, 123.675],
+        min_length=3,
+        max_length=3,
+        description="in `format` order, on `pixel_scale`'s scale: ImageNet's RGB mean is "
+        "[123.675, 116.28, 103.53] at 255, [0.485, 0.456, 0.406] at 1 (equal only to float rounding)",
+    )
+    pixel_std: list[float] = Field(
+        [1.0, 1.0, 1.0],
+        min_length=3,
+        max_length=3,
+        description="as pixel_mean: ImageNet's RGB std is [58.395, 57.12, 57.375] at 255, "
+        "[0.229, 0.224, 0.225] at 1",
+    )
     min_size_train: Annotated[list[int], BeforeValidator(_one_size_as_list)] = Field(
         [640, 672, 704, 736, 768, 800], min_length=1, description="shorter side, one drawn per image"
     )
@@ -46,6 +72,11 @@ class InputParams(Section):
     max_size: int = Field(1333, ge=1, description="long-side cap")
     resize_rounding: Literal["detectron2", "torchvision"] = Field(
         "detectron2", description="detectron2 rounds sizes to nearest, torchvision floors"
+    )
+    resize_interpolation: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="detectron2: the image as it came, before normalising (uint8: PIL bilinear, antialiased "
+        "when shrinking, rounded to uint8, on the host); torchvision: bilinear on the normalised float image",
     )
     size_divisibility: int = Field(32, ge=1, description="batch padding multiple")
     fixed_size: list[int] | None = Field(
@@ -59,6 +90,11 @@ class AnchorParams(Section):
     )
     aspect_ratios: list[float] = Field([0.5, 1.0, 2.0], min_length=1, description="height / width")
     round: bool = Field(False, description="torchvision rounds cell anchors, detectron2 does not")
+    stride_rule: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="detectron2: each level's true stride (4 ... 64); torchvision: padded size // cells, "
+        "which differs on P6 when the padded side / 32 is odd (800 px: 800 // 13 = 61, not 64)",
+    )
 
 
 class RpnParams(Section):
@@ -73,6 +109,15 @@ class RpnParams(Section):
     post_nms_topk_test: int = Field(1000, ge=1, description="as post_nms_topk_train, at test time")
     nms_thresh: float = Field(0.7, gt=0, le=1, description="proposal NMS IoU")
     smooth_l1_beta: float = Field(0.0, ge=0, description="0 = L1 (detectron2); torchvision 1/9")
+    rank_on: Literal["logits", "probabilities"] = Field(
+        "logits",
+        description="proposals ranked by NMS and the top-k cut on objectness logits (detectron2) or their "
+        "float32 sigmoid (torchvision: saturates at 1.0, whose ties reorder proposals)",
+    )
+    small_boxes: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="proposals kept before NMS: detectron2 width and height > 0; torchvision >= 1e-3",
+    )
 
 
 class RoiHeadsParams(Section):
@@ -82,6 +127,11 @@ class RoiHeadsParams(Section):
     pooler_resolution: int = Field(7, ge=1, description="RoIAlign output size")
     pooler_sampling_ratio: int = Field(0, ge=0, description="RoIAlign samples per bin; 0 adaptive")
     pooler_aligned: bool = Field(True, description="ROIAlignV2 (detectron2); false = torchvision's RoIAlign")
+    pooler_level_rule: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="RoI level floor(4 + log2(sqrt(area) / 224 + 1e-8)) (detectron2) or "
+        "floor(4 + log2(sqrt(area) / 224) + 1e-6) (torchvision): boxes just under 112/224/448 px differ",
+    )
     fc_dim: int = Field(1024, ge=1, description="box head width")
     bbox_reg_weights: list[float] = Field(
         [10.0, 10.0, 5.0, 5.0], min_length=4, max_length=4, description="box coder weights (x, y, w, h)"
@@ -96,6 +146,26 @@ class RoiHeadsParams(Section):
     score_thresh_test: float = Field(0.05, ge=0, le=1, description="test-time score cut")
     nms_thresh_test: float = Field(0.5, gt=0, le=1, description="test-time NMS IoU")
     detections_per_image: int = Field(100, ge=1, description="test-time detections kept")
+    softmax_background: Literal["last", "first"] = Field(
+        "last",
+        description="class probabilities from a softmax with background last (detectron2's layout) or first "
+        "(torchvision's): the same logits, sums in another order (1 ulp apart)",
+    )
+    nms_class_ids: Literal["from_zero", "from_one"] = Field(
+        "from_zero",
+        description="class ids given to batched NMS, whose box offsets follow them: 0..K-1 (detectron2) or "
+        "1..K (torchvision); pairs at IoU ≈ nms_thresh_test can flip",
+    )
+    small_boxes: Literal["detectron2", "torchvision"] = Field(
+        "detectron2",
+        description="detectron2: every box enters NMS, empty ones (width or height 0) dropped after the "
+        "rescale to the image; torchvision: boxes under 1e-2 px dropped before NMS",
+    )
+    clip_after_rescale: bool = Field(
+        True,
+        description="clip detections to the original image after rescaling them (detectron2); torchvision "
+        "clips only in the resized image (480.00003 instead of 480)",
+    )
 
 
 class StaticShapeParams(Section):

@@ -231,3 +231,12 @@ def set_rng_states(device: torch.device, states: dict[str, torch.Tensor]) -> Non
     module = device_module(device)
     if module is not None and device.type in states:
         module.set_rng_state(states[device.type], device)
+
+
+def set_threads_per_worker(num_threads: int | None, device: torch.device, nproc_per_node: int) -> None:
+    """torch's intra-op threads for this worker: `runtime.num_threads` where set; else CPU workers split the
+    cores (oversubscription slows every worker down); else torch's default."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
+    elif device.type == "cpu" and nproc_per_node > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // nproc_per_node))

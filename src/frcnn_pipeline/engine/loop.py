@@ -23,6 +23,7 @@ from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.hooks import HookBase, TrainState
 from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.modeling.model import StaticFasterRCNN
 
 if TYPE_CHECKING:
     from frcnn_pipeline.engine.trainer import TrainJob
@@ -88,7 +89,7 @@ class Trainer:
         for hook in self.hooks:
             hook.before_train(self)
         try:
-            with StopSignals() as self.signals:
+            with StopSignals(on_the_way_out=True) as self.signals:
                 for iteration in range(self.state.iteration, self.state.max_iter):
                     self.last_step = self.run_step(iteration)
                     self.state.iteration = iteration + 1
@@ -109,11 +110,11 @@ class Trainer:
         data_start = step_start = time.perf_counter()
         images, targets = next(self.batches)
         self.bad_images.check(targets)
-        images, targets = _to_device(images, targets, device)
+        inputs = _step_inputs(self.model, images, targets, device)
         data_time = time.perf_counter() - data_start
 
         with self.precision.autocast():
-            loss_dict = self.ddp_model(images, targets)
+            loss_dict = self.ddp_model(*inputs)
         total = sum(loss_dict.values())
         # A stop request on any rank travels with the losses: all ranks stop after the same iteration.
         requested = self.signals is not None and self.signals.requested is not None
@@ -152,6 +153,18 @@ class Trainer:
             "solver": self.job.train_cfg["solver"],
             **self.state.to_checkpoint(),
         }
+
+
+def _step_inputs(model: nn.Module, images, targets, device: torch.device) -> tuple:
+    """What the step calls the model with, on `device`.
+
+    In the static-shape mode the batch is made here, on the host (`transform.host_batch`: the resize into the
+    fixed canvas, whose shapes follow each image), so that the device sees the same shapes every step and the
+    forward and backward hold no data-dependent op.
+    """
+    if isinstance(model, StaticFasterRCNN):
+        return (model.transform.host_batch(images, targets).to(device),)
+    return _to_device(images, targets, device)
 
 
 def _to_device(images, targets, device: torch.device):

@@ -28,8 +28,12 @@ class StopSignals:
     their current behaviour).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, on_the_way_out: bool = False) -> None:
+        """on_the_way_out: a process that ends once the block ends on a request (a training worker) keeps
+        ignoring SIGTERM after it: the launcher's forwarded copy of the same request may arrive late, and
+        would kill the worker before it reports that it stopped."""
         self.requested: str | None = None
+        self.on_the_way_out = on_the_way_out
         self._previous: dict[int, object] = {}
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
@@ -44,7 +48,8 @@ class StopSignals:
 
     def __exit__(self, *exc_info: object) -> None:
         for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+            keep_ignoring = signum == signal.SIGTERM and self.on_the_way_out and self.requested
+            signal.signal(signum, signal.SIG_IGN if keep_ignoring else handler)
         self._previous = {}
 
 

@@ -31,6 +31,7 @@ from frcnn_pipeline.engine import devices, distributed
 from frcnn_pipeline.engine.fallback_watch import FallbackWarnings
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling.static import StaticBatch
 
 # What a rank does in each phase it records (the watchdog's message quotes these).
 PHASES = {
@@ -183,7 +184,10 @@ class RankAudit:
         if module is self.model and module.training:
             self.record["iteration"] += 1
             images = args[0] if args else []
-            self.record["image_sizes"].append([list(image.shape[-2:]) for image in images])
+            if isinstance(images, StaticBatch):  # made on the host by the loop: the images' own sizes
+                self.record["image_sizes"].append(images.original_sizes.tolist())
+            else:
+                self.record["image_sizes"].append([list(image.shape[-2:]) for image in images])
             self.set_phase("forward")
 
     def _leave(self, name: str, module: nn.Module, args: tuple, output: Any) -> None:

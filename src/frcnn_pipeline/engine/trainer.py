@@ -8,7 +8,6 @@ its hooks (hooks.py): metric rows, evaluation, best and periodic checkpoints, ML
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 from collections.abc import Callable
@@ -200,15 +199,6 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _threads_per_worker(runtime: dict[str, Any], device: torch.device) -> int | None:
-    if runtime.get("num_threads"):
-        return int(runtime["num_threads"])
-    if device.type == "cpu" and runtime.get("nproc_per_node", 1) > 1:
-        # CPU workers share the cores: oversubscription slows every worker down.
-        return max(1, (os.cpu_count() or 1) // runtime["nproc_per_node"])
-    return None
-
-
 def _build_hooks(trainer: Trainer, manager: CheckpointManager, writer: MetricsWriter) -> list[HookBase]:
     """In this order: metrics, evaluation, best checkpoint (needs the evaluation), periodic checkpoint
     (keeps both), tracking (logs what the others recorded)."""
@@ -231,9 +221,7 @@ def _build_hooks(trainer: Trainer, manager: CheckpointManager, writer: MetricsWr
 def _train_worker(context: WorkerContext, job: TrainJob) -> dict[str, Any] | None:
     train, runtime, solver_cfg = job.train_cfg, job.runtime_cfg, job.train_cfg["solver"]
     device = context.device
-    threads = _threads_per_worker(runtime, device)
-    if threads:
-        torch.set_num_threads(threads)
+    devices.set_threads_per_worker(runtime.get("num_threads"), device, runtime.get("nproc_per_node", 1))
     detection_ops.configure(runtime["detection_ops"])
     # First: a precision this device cannot run (apex without CUDA/NPU) stops the run before any loading.
     precision = MixedPrecision(runtime.get("amp"), device)

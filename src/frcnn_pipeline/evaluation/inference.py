@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from frcnn_pipeline.config import InferenceParams, RuntimeParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.engine.devices import set_threads_per_worker
 from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
@@ -31,7 +32,7 @@ from frcnn_pipeline.evaluation.cpu_precision import cpu_dtype
 from frcnn_pipeline.export import OnnxDetector, read_description
 from frcnn_pipeline.export.session import require_exported_from
 from frcnn_pipeline.layers import backend as detection_ops
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 from frcnn_pipeline.modeling.saved import SavedDetector, category_mapping
 
@@ -85,13 +86,31 @@ def prepare_for_inference(model: nn.Module, device: torch.device, options: Infer
         fold_norms_into_convs(model.backbone.body)
     if options.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if device.type == "cpu":
-        reduced = cpu_dtype(options.cpu_precision)
-        if reduced != torch.float32:
-            model.backbone = _AutocastBackbone(model.backbone, device.type, reduced)
-    elif options.amp:
-        model.backbone = _AutocastBackbone(model.backbone, device.type, torch.float16)
+    reduced = backbone_dtype(device.type, options)
+    if reduced != torch.float32:
+        model.backbone = _AutocastBackbone(model.backbone, device.type, reduced)
     return model
+
+
+def backbone_dtype(device_type: str, options: InferenceParams) -> torch.dtype:
+    """The backbone's dtype with ``options`` on this kind of device (the heads always run in float32)."""
+    if device_type == "cpu":
+        return cpu_dtype(options.cpu_precision)
+    return torch.float16 if options.amp else torch.float32
+
+
+def describe_arithmetic(runtime: dict[str, Any] | None, options: InferenceParams) -> str:
+    """What an inference run computes with, for its report: the model's own arithmetic, or the speed-ups."""
+    if RuntimeParams.parse(runtime, "runtime").inference_backend == "onnxruntime":
+        return "float32, the exported graph in ONNX Runtime"
+    device_type = WorldConfig.from_runtime(runtime).device
+    dtype = str(backbone_dtype(device_type, options)).removeprefix("torch.")
+    changes = [f"backbone in {dtype}, heads in float32"] if dtype != "float32" else []
+    changes += ["norms folded into the convs"] * options.fold_batch_norm
+    changes += ["channels_last"] * options.channels_last
+    if not changes:
+        return "float32, the model's own arithmetic"
+    return "; ".join(changes)
 
 
 def aspect_grouped_order(paths: list[str]) -> list[int]:
@@ -166,7 +185,7 @@ def predict_images(
             readable = [(position, image) for position, image, _ in batch if image is not None]
             outputs = []
             if readable:
-                outputs = model([image.to(device, non_blocking=True) for _, image in readable])
+                outputs = model(_device_batch(model, [image for _, image in readable], device))
             for (position, image), output in zip(readable, outputs, strict=True):
                 results.append(
                     {
@@ -187,6 +206,13 @@ def predict_images(
     return sorted((r for rank_results in gathered for r in rank_results), key=lambda r: r["position"])
 
 
+def _device_batch(model: nn.Module, images: list[torch.Tensor], device: torch.device):
+    # The static-shape mode resizes into its canvas on the host: the device then sees one shape (loop.py).
+    if isinstance(model, StaticFasterRCNN):
+        return model.transform.host_batch(images).to(device)
+    return [image.to(device, non_blocking=True) for image in images]
+
+
 def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     context: WorkerContext,
     state_dict: dict[str, torch.Tensor],
@@ -195,9 +221,11 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     paths: list[str],
     options: dict[str, Any],
     order: list[int],
-    detection_ops_setting: str,
+    settings: RuntimeParams,
 ) -> list[dict[str, Any]]:
-    detection_ops.configure(detection_ops_setting)
+    # The threads as in training: a CPU's rounding follows its thread count (the two-node test relies on it).
+    set_threads_per_worker(settings.num_threads, context.device, settings.nproc_per_node)
+    detection_ops.configure(settings.detection_ops)
     opts = InferenceParams.model_validate(options)
     model = build_inference_model(state_dict, model_cfg, num_classes, context.device, opts)
     return predict_images(model, paths, order, opts, context)
@@ -237,7 +265,7 @@ def run_inference(
         paths,
         options.model_dump(),
         inference_order(paths, options),
-        RuntimeParams.parse(runtime, "runtime").detection_ops,
+        RuntimeParams.parse(runtime, "runtime"),
     )
     _report_unreadable(records, paths)
     return records

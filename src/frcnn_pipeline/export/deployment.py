@@ -24,6 +24,15 @@ _ROUNDING = {
 }
 
 
+# model.input.resize_interpolation, as a deployer reproduces it
+_INTERPOLATION = {
+    "detectron2": "the uint8 RGB image resized as Pillow's Image.resize((new_w, new_h), Image.BILINEAR) does "
+    "(antialiased when shrinking, rounded to uint8), before any normalising",
+    "torchvision": "bilinear with half-pixel centres and no antialiasing (PyTorch "
+    "interpolate(mode='bilinear', align_corners=False), OpenCV INTER_LINEAR)",
+}
+
+
 def default_canvas(input_cfg: dict[str, Any]) -> list[int]:
     """The square canvas that holds any image after the test-time resize: max_size rounded up to
     size_divisibility on both sides (1344 x 1344 for max_size 1333)."""
@@ -62,8 +71,8 @@ def resize_rule(input_cfg: dict[str, Any]) -> dict[str, Any]:
             f"h, w: the image's size; scale = {short_side} / min(h, w); if max(h, w) * scale > {max_size}: "
             f"scale = {max_size} / max(h, w); {_ROUNDING[rounding]} (double precision)"
         ),
-        "interpolation": "bilinear with half-pixel centres and no antialiasing (PyTorch "
-        "interpolate(mode='bilinear', align_corners=False), OpenCV INTER_LINEAR)",
+        "interpolation": input_cfg["resize_interpolation"],
+        "method": _INTERPOLATION[input_cfg["resize_interpolation"]],
     }
 
 
@@ -80,9 +89,14 @@ def _normalisation(input_cfg: dict[str, Any]) -> list[str]:
 
 def _postprocessing(model_cfg: dict[str, Any]) -> dict[str, Any]:
     roi = model_cfg["roi_heads"]
+    steps = "boxes scaled to the original image"
+    if roi["clip_after_rescale"]:
+        steps += " and clipped to it"
+    if roi["small_boxes"] == "detectron2":
+        steps += ", empty ones dropped"
     return {
         "in_graph": "RPN proposals (per-level top-k, NMS per level), box head, box decoding, clipping to the "
-        "image, score threshold, per-class NMS, top-k by score, boxes scaled to the original image",
+        f"image, score threshold, per-class NMS, top-k by score, {steps}",
         "score_threshold": roi["score_thresh_test"],
         "nms_threshold": roi["nms_thresh_test"],
         "detections_per_image": roi["detections_per_image"],
@@ -158,7 +172,7 @@ def describe_graph(
             "outside_graph": "none",
             "in_graph": [
                 *_normalisation(input_cfg),
-                f"resize: {resize_rule(input_cfg)['rule']}; bilinear",
+                f"resize: {resize_rule(input_cfg)['rule']}; {resize_rule(input_cfg)['method']}",
                 f"zero padding (after normalising) on the bottom and right to multiples of "
                 f"{input_cfg['size_divisibility']}",
             ],

@@ -19,7 +19,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection.image_list import ImageList
 
+from frcnn_pipeline.export.pil_resize import pil_bilinear_resize
 from frcnn_pipeline.modeling import FasterRCNN
+from frcnn_pipeline.modeling.static import clip_to_sizes, nonempty
+from frcnn_pipeline.modeling.transform import valid_first
 
 
 def resized_size(size: Tensor, short_side: int, max_size: int, rounding: str) -> Tensor:
@@ -60,6 +63,16 @@ class _Detector(nn.Module):
         detections, _ = self.roi_heads(features, proposals, image_sizes)
         return detections[0]
 
+    def to_original(self, boxes: Tensor, resized: Tensor, original: Tensor) -> tuple[Tensor, Tensor]:
+        """Boxes in the original image's pixels, clipped to it where the model clips (`clip_after_rescale`),
+        and the mask of those to keep: nonempty ones where the model drops empty ones, else all."""
+        boxes = boxes_to_original(boxes, resized, original)
+        if self.transform.clip_detections:
+            boxes = clip_to_sizes(boxes[None], [(original[0], original[1])])[0]
+        if self.transform.drop_empty_detections:
+            return boxes, nonempty(boxes)
+        return boxes, torch.ones_like(boxes[:, 0], dtype=torch.bool)
+
 
 class ImageDetector(_Detector):
     """image uint8 [3, H, W] RGB -> boxes float32 [N, 4] (xyxy, the image's pixels), scores [N], labels int64
@@ -71,16 +84,24 @@ class ImageDetector(_Detector):
         resized = resized_size(
             original, transform.min_size_test, transform.max_size, transform.resize_rounding
         )
-        normalized = transform.normalize(image)
-        batch = F.interpolate(
-            normalized[None], size=(resized[0], resized[1]), mode="bilinear", align_corners=False
-        )
+        if (
+            transform.resize_interpolation == "detectron2"
+        ):  # the uint8 image as PIL resizes it, then normalised
+            batch = transform.normalize(pil_bilinear_resize(image, resized).to(torch.uint8))[None]
+        else:
+            batch = F.interpolate(
+                transform.normalize(image)[None],
+                size=(resized[0], resized[1]),
+                mode="bilinear",
+                align_corners=False,
+            )
         divisor = transform.size_divisible
         padding = torch.div(resized + divisor - 1, divisor, rounding_mode="floor") * divisor - resized
         batch = F.pad(batch, (0, padding[1], 0, padding[0]))
         detections = self.detect(batch, resized)
-        boxes = boxes_to_original(detections["boxes"], resized, original)
-        return boxes, detections["scores"], detections["labels"]
+        boxes, keep = self.to_original(detections["boxes"], resized, original)
+        keep = torch.where(keep)[0]
+        return boxes[keep], detections["scores"][keep], detections["labels"][keep]
 
 
 class CanvasDetector(_Detector):
@@ -104,8 +125,10 @@ class CanvasDetector(_Detector):
         # Zero beyond the image, after normalising: the model's own padding.
         batch = (self.transform.normalize(canvas[0]) * inside)[None]
         detections = self.detect(batch, resized_size)
+        boxes, keep = self.to_original(detections["boxes"], resized_size, original_size)
+        detections = valid_first({**detections, "boxes": boxes, "valid": detections["valid"] & keep})
         valid = detections["valid"]
-        boxes = boxes_to_original(detections["boxes"], resized_size, original_size) * valid[:, None]
+        boxes = detections["boxes"] * valid[:, None]
         return (
             boxes,
             detections["scores"] * valid,

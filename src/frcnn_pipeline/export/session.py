@@ -19,7 +19,7 @@ from torch import Tensor
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.export.deployment import DYNAMIC, FORMAT, METADATA_KEY
 from frcnn_pipeline.modeling.saved import SavedDetector
-from frcnn_pipeline.modeling.transform import resized_shape
+from frcnn_pipeline.modeling.transform import resize_as_detectron2, resized_shape
 
 
 def read_description(graph: onnx.ModelProto) -> dict[str, Any]:
@@ -72,7 +72,12 @@ def canvas_inputs(image: Tensor, description: dict[str, Any]) -> dict[str, np.nd
             f"[{max(new_h, canvas_h)}, {max(new_w, canvas_w)}] or more (null: the smallest canvas that holds "
             "the check split's images)"
         )
-    resized = F.interpolate(image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False)
+    if resize.get("interpolation") == "detectron2":
+        resized = resize_as_detectron2(image, (new_h, new_w))
+    else:  # torchvision's, as every graph exported before the setting existed
+        resized = F.interpolate(
+            image[None].float(), size=(new_h, new_w), mode="bilinear", align_corners=False
+        )
     canvas = torch.zeros((1, 3, canvas_h, canvas_w), dtype=torch.float32)
     canvas[..., :new_h, :new_w] = resized
     return {

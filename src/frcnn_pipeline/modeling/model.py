@@ -71,7 +71,11 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
 
     backbone = build_resnet_fpn_backbone(cfg["backbone"])
     anchor_generator = FixedStrideAnchorGenerator(
-        anchors["sizes"], anchors["aspect_ratios"], FEATURE_STRIDES, round_cell_anchors=anchors["round"]
+        anchors["sizes"],
+        anchors["aspect_ratios"],
+        FEATURE_STRIDES,
+        round_cell_anchors=anchors["round"],
+        stride_rule=anchors["stride_rule"],
     )
     background_iou, foreground_iou = rpn_cfg["iou_thresholds"]
     rpn = (StaticRPN if static["enabled"] else DetectronRPN)(
@@ -85,6 +89,8 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         post_nms_top_n={"training": rpn_cfg["post_nms_topk_train"], "testing": rpn_cfg["post_nms_topk_test"]},
         nms_thresh=rpn_cfg["nms_thresh"],
         smooth_l1_beta=rpn_cfg["smooth_l1_beta"],
+        rank_on=rpn_cfg["rank_on"],
+        small_boxes=rpn_cfg["small_boxes"],
         **static_rpn,
     )
     box_head, box_predictor = box_head_and_predictor(
@@ -97,6 +103,7 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
             roi_cfg["pooler_resolution"],
             roi_cfg["pooler_sampling_ratio"],
             aligned=roi_cfg["pooler_aligned"],
+            level_rule=roi_cfg["pooler_level_rule"],
             static_shapes=static["enabled"],
         ),
         box_head,
@@ -111,6 +118,9 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         detections_per_img=roi_cfg["detections_per_image"],
         smooth_l1_beta=roi_cfg["smooth_l1_beta"],
         label_smoothing=roi_cfg["label_smoothing"],
+        softmax_background=roi_cfg["softmax_background"],
+        nms_class_ids=roi_cfg["nms_class_ids"],
+        small_boxes=roi_cfg["small_boxes"],
         **static_heads,
     )
     transform = DetectronTransform(
@@ -119,9 +129,13 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         max_size=inputs["max_size"],
         pixel_mean=inputs["pixel_mean"],
         pixel_std=inputs["pixel_std"],
+        pixel_scale=inputs["pixel_scale"],
         input_format=inputs["format"],
         size_divisibility=inputs["size_divisibility"],
         resize_rounding=inputs["resize_rounding"],
+        resize_interpolation=inputs["resize_interpolation"],
+        clip_detections=roi_cfg["clip_after_rescale"],
+        drop_empty_detections=roi_cfg["small_boxes"] == "detectron2",
         fixed_size=inputs["fixed_size"],
         max_gt_boxes=static["max_gt_boxes"] if static["enabled"] else None,
     )

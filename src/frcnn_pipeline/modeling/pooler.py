@@ -15,8 +15,10 @@ class LevelRoIAlign(MultiScaleRoIAlign):
     """MultiScaleRoIAlign with known level strides and detectron2's `aligned` (ROIAlignV2) option.
 
     torchvision's pooler hard-codes aligned=False and infers the scales from the first batch.
-    With `static_shapes`, every level pools every box (the boxes of other levels shrunk to empty ones,
-    which cost one sample) and a mask keeps each box's own level, instead of selecting each level's boxes.
+    `level_rule` "detectron2" assigns levels by detectron2's formula (`DetectronLevelMapper`), "torchvision"
+    by torchvision's LevelMapper. With `static_shapes`, every level pools every box (the boxes of other
+    levels shrunk to empty ones, which cost one sample) and a mask keeps each box's own level, instead of
+    selecting each level's boxes.
     """
 
     def __init__(
@@ -27,6 +29,7 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         sampling_ratio: int,
         *,
         aligned: bool,
+        level_rule: str = "detectron2",
         static_shapes: bool = False,
     ) -> None:
         super().__init__(list(featmap_names), output_size, sampling_ratio)
@@ -34,7 +37,10 @@ class LevelRoIAlign(MultiScaleRoIAlign):
         self.static_shapes = static_shapes
         self.scales = [1.0 / stride for stride in strides]
         levels = [round(math.log2(stride)) for stride in strides]
-        self.map_levels = (StaticLevelMapper if static_shapes else LevelMapper)(levels[0], levels[-1])
+        if level_rule == "detectron2":
+            self.map_levels = DetectronLevelMapper(levels[0], levels[-1])
+        else:
+            self.map_levels = (StaticLevelMapper if static_shapes else LevelMapper)(levels[0], levels[-1])
 
     def forward(
         self, x: dict[str, Tensor], boxes: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -77,3 +83,15 @@ class StaticLevelMapper(LevelMapper):
         target_lvls = torch.floor(self.lvl0 + torch.log2(s / self.s0) + self.eps)
         target_lvls = torch.clamp(target_lvls, min=self.k_min, max=self.k_max)
         return target_lvls.to(torch.int64) - self.k_min
+
+
+class DetectronLevelMapper(LevelMapper):
+    """detectron2's `assign_boxes_to_levels` (modeling/poolers.py:51-59): the 1e-8 inside the log, where
+    torchvision adds 1e-6 after it, so a box just under 112, 224 or 448 px goes one level lower. Its
+    constant is a Python float: no tensor of host data (a copy to the device) per call."""
+
+    def __call__(self, boxlists: list[Tensor]) -> Tensor:
+        box_sizes = torch.sqrt(torch.cat([box_area(boxlist) for boxlist in boxlists]))
+        levels = torch.floor(self.lvl0 + torch.log2(box_sizes / self.s0 + 1e-8))
+        levels = torch.clamp(levels, min=self.k_min, max=self.k_max)
+        return levels.to(torch.int64) - self.k_min

@@ -8,6 +8,7 @@ from torchvision.models.detection.roi_heads import RoIHeads
 from torchvision.ops import boxes as box_ops
 
 from frcnn_pipeline.layers import batched_nms, fixed_round_nms
+from frcnn_pipeline.modeling.anchors import box_dtype
 from frcnn_pipeline.modeling.static import (
     PaddedBoxes,
     StaticBoxCoder,
@@ -19,8 +20,23 @@ from frcnn_pipeline.modeling.static import (
     top_valid,
 )
 
-# torchvision's RoIHeads drops detections narrower or shorter than this
+# torchvision's RoIHeads drops detections narrower or shorter than this (small_boxes: torchvision)
 MIN_DETECTION_SIZE = 1e-2
+
+
+def class_probabilities(class_logits: Tensor, background: str) -> Tensor:
+    """Softmax over [background, class 1..K] logits, in that layout. `background` "last" computes it as
+    detectron2 does, on [class 1..K, background] (fast_rcnn.py:568; the sums run in that order, 1 ulp apart
+    from "first", torchvision's)."""
+    if background == "first":
+        return F.softmax(class_logits, -1)
+    probabilities = F.softmax(torch.cat([class_logits[:, 1:], class_logits[:, :1]], dim=1), -1)
+    return torch.cat([probabilities[:, -1:], probabilities[:, :-1]], dim=1)
+
+
+def nms_ids(labels: Tensor, class_ids: str) -> Tensor:
+    """The class ids batched NMS offsets boxes by: detectron2's 0..K-1 ("from_zero") or the labels 1..K."""
+    return labels - 1 if class_ids == "from_zero" else labels
 
 
 def fast_rcnn_losses(
@@ -71,21 +87,39 @@ def masked_fast_rcnn_losses(
 
 class DetectronRoIHeads(RoIHeads):
     """Box-only RoIHeads with `fast_rcnn_losses` (beta, label smoothing) and NMS from
-    `frcnn_pipeline.layers` (a kernel for every device)."""
+    `frcnn_pipeline.layers` (a kernel for every device).
 
-    def __init__(self, *args, smooth_l1_beta: float, label_smoothing: float, **kwargs) -> None:
+    Test time follows detectron2's fast_rcnn_inference_single_image (fast_rcnn.py:137-171) or torchvision's
+    postprocess_detections per option: `softmax_background` (`class_probabilities`), `nms_class_ids`
+    (`nms_ids`) and `small_boxes`: "torchvision" drops boxes under MIN_DETECTION_SIZE before NMS,
+    "detectron2" none (the transform drops empty ones after the rescale, as detector_postprocess does).
+    """
+
+    def __init__(
+        self,
+        *args,
+        smooth_l1_beta: float,
+        label_smoothing: float,
+        softmax_background: str,
+        nms_class_ids: str,
+        small_boxes: str,
+        **kwargs,
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
         self.label_smoothing = label_smoothing
+        self.softmax_background = softmax_background
+        self.nms_class_ids = nms_class_ids
+        self.small_boxes = small_boxes
 
     def box_predictions(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
     ) -> tuple[Tensor, Tensor]:
         """Class logits and box deltas of the proposals, in float32 even under autocast (detectron2 decodes
-        and scores in float32: fp16 boxes are off by pixels)."""
+        and scores in float32: fp16 boxes are off by pixels); float64 in a float64 model."""
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
-        return class_logits.float(), box_regression.float()
+        return class_logits.to(box_dtype(class_logits)), box_regression.to(box_dtype(box_regression))
 
     def forward(
         self,
@@ -124,7 +158,7 @@ class DetectronRoIHeads(RoIHeads):
         num_classes = class_logits.shape[-1]
         boxes_per_image = [boxes.shape[0] for boxes in proposals]  # not len(): a trace would freeze it
         pred_boxes = self.box_coder.decode(box_regression, proposals).split(boxes_per_image)
-        pred_scores = F.softmax(class_logits, -1).split(boxes_per_image)
+        pred_scores = class_probabilities(class_logits, self.softmax_background).split(boxes_per_image)
         all_boxes, all_scores, all_labels = [], [], []
         for image_boxes, image_scores, image_shape in zip(pred_boxes, pred_scores, image_shapes, strict=True):
             boxes = box_ops.clip_boxes_to_image(image_boxes, image_shape)
@@ -137,10 +171,12 @@ class DetectronRoIHeads(RoIHeads):
             )
             keep = torch.where(scores > self.score_thresh)[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            keep = box_ops.remove_small_boxes(boxes, min_size=MIN_DETECTION_SIZE)
-            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            if self.small_boxes == "torchvision":
+                keep = box_ops.remove_small_boxes(boxes, min_size=MIN_DETECTION_SIZE)
+                boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             # NMS independently per class, then the best detections_per_img
-            keep = batched_nms(boxes, scores, labels, self.nms_thresh)[: self.detections_per_img]
+            ids = nms_ids(labels, self.nms_class_ids)
+            keep = batched_nms(boxes, scores, ids, self.nms_thresh)[: self.detections_per_img]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
             all_labels.append(labels[keep])
@@ -234,17 +270,24 @@ class StaticRoIHeads(DetectronRoIHeads):
         num_classes = class_logits.shape[-1]
         boxes = self.box_coder.decode(box_regression, list(proposals.boxes))
         boxes = clip_to_sizes(boxes.reshape(num_images, num_proposals, num_classes, 4), image_shapes)
-        scores = F.softmax(class_logits, -1).reshape(num_images, num_proposals, num_classes)
+        scores = class_probabilities(class_logits, self.softmax_background)
+        scores = scores.reshape(num_images, num_proposals, num_classes)
         # one candidate per (box, foreground class)
         boxes, scores = boxes[:, :, 1:].reshape(num_images, -1, 4), scores[:, :, 1:]
         labels = torch.arange(1, num_classes, device=scores.device).expand_as(scores).reshape(num_images, -1)
         valid = ((scores > self.score_thresh) & proposals.valid[..., None]).reshape(num_images, -1)
-        valid = valid & box_sizes_at_least(boxes, MIN_DETECTION_SIZE)
+        if self.small_boxes == "torchvision":
+            valid = valid & box_sizes_at_least(boxes, MIN_DETECTION_SIZE)
         scores = scores.reshape(num_images, -1)
         top, valid = top_valid(scores, valid, self.detection_candidates)
         boxes, scores, labels = gather_boxes(boxes, top), scores.gather(1, top), labels.gather(1, top)
         keep, self.unresolved_nms_boxes = fixed_round_nms(
-            boxes, scores, self.nms_thresh, valid, rounds=self.nms_rounds, idxs=labels
+            boxes,
+            scores,
+            self.nms_thresh,
+            valid,
+            rounds=self.nms_rounds,
+            idxs=nms_ids(labels, self.nms_class_ids),
         )
         top, valid = top_valid(scores, keep, self.detections_per_img)
         return gather_boxes(boxes, top), scores.gather(1, top), labels.gather(1, top), valid

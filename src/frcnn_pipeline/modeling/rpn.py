@@ -7,6 +7,7 @@ from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.ops import boxes as box_ops
 
 from frcnn_pipeline.layers import batched_nms, fixed_round_nms
+from frcnn_pipeline.modeling.anchors import box_dtype
 from frcnn_pipeline.modeling.static import (
     PaddedBoxes,
     StaticBoxCoder,
@@ -14,6 +15,7 @@ from frcnn_pipeline.modeling.static import (
     clip_to_sizes,
     gather_boxes,
     match_padded,
+    nonempty,
     pad_invalid,
     sample_fixed,
     stack_levels,
@@ -23,25 +25,42 @@ from frcnn_pipeline.modeling.static import (
 
 
 class Float32RPNHead(RPNHead):
-    """RPNHead whose outputs are float32 under autocast, so proposals are decoded in full precision."""
+    """RPNHead whose outputs are float32 under autocast, so proposals are decoded in full precision (float64
+    in a float64 model)."""
 
     def forward(self, x: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
         logits, deltas = super().forward(x)
-        return [t.float() for t in logits], [t.float() for t in deltas]
+        return [t.to(box_dtype(t)) for t in logits], [t.to(box_dtype(t)) for t in deltas]
 
 
 class DetectronRPN(RegionProposalNetwork):
     """RegionProposalNetwork whose box loss is smooth-L1 with a configurable beta (0 = L1, detectron2) and
-    whose NMS is `frcnn_pipeline.layers.batched_nms` (a kernel for every device)."""
+    whose NMS is `frcnn_pipeline.layers.batched_nms` (a kernel for every device).
 
-    def __init__(self, *args, smooth_l1_beta: float, **kwargs) -> None:
+    `rank_on` "logits" ranks proposals by their objectness logits and keeps every nonempty box
+    (`small_boxes` "detectron2"), as detectron2's find_top_rpn_proposals (proposal_utils.py:79-129);
+    "probabilities" and "torchvision" are torchvision's float32 sigmoid (with its score_thresh) and 1e-3 px.
+    """
+
+    def __init__(self, *args, smooth_l1_beta: float, rank_on: str, small_boxes: str, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.smooth_l1_beta = smooth_l1_beta
+        self.rank_on = rank_on
+        self.small_boxes = small_boxes
+
+    def kept_before_nms(self, boxes: Tensor, scores: Tensor) -> Tensor:
+        """Mask of the clipped candidates that enter NMS: large enough and, on probabilities, above
+        score_thresh (detectron2 has no score cut)."""
+        if self.small_boxes == "detectron2":
+            keep = nonempty(boxes)
+        else:
+            keep = box_sizes_at_least(boxes, self.min_size)
+        return keep if self.rank_on == "logits" else keep & (scores >= self.score_thresh)
 
     def top_candidates(
         self, proposals: Tensor, objectness: Tensor, num_anchors_per_level: list[int]
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """The pre_nms_top_n best proposals of each level: boxes [B, K, 4], probabilities, levels [B, K]."""
+        """The pre_nms_top_n best proposals of each level: boxes [B, K, 4], scores by `rank_on`, levels."""
         num_images, device = proposals.shape[0], proposals.device
         objectness = objectness.detach().reshape(num_images, -1)  # no backprop through the selection
         levels = torch.cat(
@@ -52,9 +71,10 @@ class DetectronRPN(RegionProposalNetwork):
         ).expand_as(objectness)
         top_n_idx = self._get_top_n_idx(objectness, num_anchors_per_level)
         batch_idx = torch.arange(num_images, device=device)[:, None]
+        scores = objectness[batch_idx, top_n_idx]
         return (
             proposals[batch_idx, top_n_idx],
-            objectness[batch_idx, top_n_idx].sigmoid(),
+            scores if self.rank_on == "logits" else scores.sigmoid(),
             levels[batch_idx, top_n_idx],
         )
 
@@ -71,10 +91,8 @@ class DetectronRPN(RegionProposalNetwork):
             *candidates, image_shapes, strict=True
         ):
             boxes = box_ops.clip_boxes_to_image(image_boxes, image_shape)
-            keep = box_ops.remove_small_boxes(boxes, self.min_size)
+            keep = torch.where(self.kept_before_nms(boxes, image_scores))[0]
             boxes, scores, levels = boxes[keep], image_scores[keep], image_levels[keep]
-            keep = torch.where(scores >= self.score_thresh)[0]
-            boxes, scores, levels = boxes[keep], scores[keep], levels[keep]
             # NMS independently per level, then the best post_nms_top_n
             keep = batched_nms(boxes, scores, levels, self.nms_thresh)[: self.post_nms_top_n()]
             final_boxes.append(boxes[keep])
@@ -91,7 +109,7 @@ class DetectronRPN(RegionProposalNetwork):
         sampled_pos, sampled_neg = self.fg_bg_sampler(labels)
         positive = torch.where(torch.cat(sampled_pos))[0]
         sampled = torch.cat([positive, torch.where(torch.cat(sampled_neg))[0]])
-        labels_t = torch.cat(labels)
+        labels_t = torch.cat(labels).to(objectness.dtype)  # float32 from torchvision, also in a float64 model
         box_loss = F.smooth_l1_loss(
             pred_bbox_deltas[positive],
             torch.cat(regression_targets)[positive],
@@ -127,7 +145,7 @@ class StaticRPN(DetectronRPN):
     ) -> tuple[PaddedBoxes, Tensor]:
         boxes, scores, _ = self.top_candidates(proposals, objectness, num_anchors_per_level)
         boxes = clip_to_sizes(boxes, image_shapes)
-        valid = box_sizes_at_least(boxes, self.min_size) & (scores >= self.score_thresh)
+        valid = self.kept_before_nms(boxes, scores)
         # NMS per image and level: the candidates come level by level, a fixed count each; as [images, levels,
         # count] problems they cost the levels times the squared count instead of the square of their sum.
         per_level = [min(self.pre_nms_top_n(), n) for n in num_anchors_per_level]
@@ -163,7 +181,7 @@ class StaticRPN(DetectronRPN):
         labels: list[Tensor],
         regression_targets: list[Tensor],
     ) -> tuple[Tensor, Tensor]:
-        labels_t = torch.stack(labels)  # [B, A]
+        labels_t = torch.stack(labels).to(objectness.dtype)  # [B, A]
         num_images, num_anchors = labels_t.shape
         sampler = self.fg_bg_sampler
         slots, sampled = sample_fixed(labels_t, sampler.batch_size_per_image, sampler.positive_fraction)

@@ -169,6 +169,11 @@ def box_sizes_at_least(boxes: Tensor, min_size: float) -> Tensor:
     return (boxes[..., 2] - boxes[..., 0] >= min_size) & (boxes[..., 3] - boxes[..., 1] >= min_size)
 
 
+def nonempty(boxes: Tensor) -> Tensor:
+    """detectron2's `Boxes.nonempty()` (structures/boxes.py:199-213) as a mask: width and height > 0."""
+    return (boxes[..., 2] - boxes[..., 0] > 0) & (boxes[..., 3] - boxes[..., 1] > 0)
+
+
 def pad_invalid(boxes: Tensor, valid: Tensor) -> Tensor:
     """Replace the boxes of invalid slots by PAD_BOX."""
     return torch.where(valid[..., None], boxes, pad_box_like(boxes))

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
@@ -76,6 +77,15 @@ def trace_step() -> Iterator[StepTrace]:
     trace = StepTrace()
     with _PythonReads(trace), _AtenOps(trace):
         yield trace
+
+
+def traced_training_step(model: nn.Module, optimizer: torch.optim.Optimizer, inputs: tuple) -> StepTrace:
+    """One training step, `model(*inputs)` then the backward and the optimizer's step, traced."""
+    with trace_step() as trace:
+        optimizer.zero_grad()
+        sum(model(*inputs).values()).backward()
+        optimizer.step()
+    return trace
 
 
 class _AtenOps(TorchDispatchMode):

@@ -7,7 +7,7 @@ in a report: mapped, missing, unused, shape_mismatch or expected_unused.
 import logging
 import re
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.weights.coco_rows import PREDICTOR_KEYS, is_coco_predictor, select_coco_rows
 from frcnn_pipeline.weights.safe_pickle import load_weights_pickle
 
 logger = logging.getLogger(__name__)
@@ -26,6 +27,8 @@ REPORT_COLUMNS = ["status", "source_key", "target_key", "source_shape", "target_
 # FrozenBatchNorm2d's eps: a folded MSRA scale s is stored with running_var = 1 - eps, so that
 # s / sqrt(running_var + eps) == s and the layer is Detectron's AffineChannel exactly.
 FROZEN_BN_EPS = 1e-5
+# torchvision and detectron2 save BatchNorm2d's count of training batches; a frozen BN has no use for it.
+FROZEN_BN_BATCH_COUNT = "ignored: a frozen BN (FrozenBatchNorm2d) keeps no count of training batches"
 
 
 class WeightsConversionError(UserFacingError, ValueError):
@@ -288,6 +291,8 @@ def convert_state_dict(
     *,
     source_name: str = "checkpoint",
     bn_fold: str = "exact",
+    categories: Sequence[tuple[int, str]] | None = None,
+    frozen_bn_eps: float = FROZEN_BN_EPS,
 ) -> tuple[dict[str, torch.Tensor], pd.DataFrame]:
     """Turn a loaded checkpoint into a complete state dict for the model whose state is `model_state`.
 
@@ -300,6 +305,9 @@ def convert_state_dict(
         bn_fold: for MSRA's folded BN (`_bn_s`/`_bn_b`): "exact" stores running_var = 1 - eps so the frozen
             BN equals Detectron's AffineChannel; "detectron2" stores running_var = 1 as detectron2 does (a
             relative scale error of 5e-6 per layer).
+        categories: the model's (COCO category id, name) by label 1..K; a torchvision detector with COCO's
+            91 classes then gives its box predictor rows by category id (`coco_rows`).
+        frozen_bn_eps: the model's `backbone.frozen_bn_eps`, for "exact" folding.
 
     Returns:
         The state dict, and the report (one row per key, columns REPORT_COLUMNS).
@@ -312,6 +320,11 @@ def convert_state_dict(
         raise ValueError(f"weights.bn_fold must be 'exact' or 'detectron2', got {bn_fold!r}")
     state, source_format = unwrap_checkpoint(checkpoint, source_name)
     naming = _NAMING[source_format.split("/")[0]]
+    row_notes: dict[str, str] = {}
+    if categories is not None and source_format == "torchvision_detector" and is_coco_predictor(state):
+        ids, names = [i for i, _ in categories], [name for _, name in categories]
+        state, rows_note = select_coco_rows(state, ids, names, source_name)
+        row_notes = dict.fromkeys(PREDICTOR_KEYS, rows_note)
     converted = {key: value.clone() for key, value in model_state.items()}
     rows: list[dict[str, str]] = []
     assigned: set[str] = set()
@@ -337,7 +350,10 @@ def convert_state_dict(
             continue
         row["target_key"] = target.key
         if target.key not in model_state:
-            rows.append({**row, "status": "unused", "note": "the model has no such key"})
+            if _is_frozen_norm_batch_count(target.key, model_state):
+                rows.append({**row, "status": "expected_unused", "note": FROZEN_BN_BATCH_COUNT})
+            else:
+                rows.append({**row, "status": "unused", "note": "the model has no such key"})
             continue
         tensor = _TRANSFORMS[target.transform](_as_tensor(value)) if target.transform in _TRANSFORMS else None
         tensor = _as_tensor(value) if tensor is None else tensor
@@ -349,10 +365,12 @@ def convert_state_dict(
         converted[target.key] = tensor.to(expected.dtype).clone()
         assigned.add(target.key)
         note = {"bg_first": "background logit moved first", "bg_rows": "zero background rows added"}
-        rows.append({**row, "status": "mapped", "note": note.get(target.transform, "")})
+        rows.append({**row, "status": "mapped", "note": row_notes.get(name, note.get(target.transform, ""))})
         if target.transform == "fold_bn":
             folded_norms[target.key.rsplit(".", 1)[0]] = name
-    rows += _fill_folded_statistics(folded_norms, converted, assigned, bn_fold, source_name)
+    rows += _fill_folded_statistics(
+        folded_norms, converted, assigned, bn_fold, source_name, frozen_bn_eps=frozen_bn_eps
+    )
     for key, value in model_state.items():
         if key not in assigned and not key.endswith("num_batches_tracked"):
             rows.append(
@@ -365,12 +383,20 @@ def convert_state_dict(
     return converted, report
 
 
+def _is_frozen_norm_batch_count(target_key: str, model_state: Mapping[str, torch.Tensor]) -> bool:
+    """A BatchNorm2d's `num_batches_tracked` aimed at a norm the model has frozen (statistics, no count)."""
+    norm, _, buffer = target_key.rpartition(".")
+    return buffer == "num_batches_tracked" and f"{norm}.running_var" in model_state
+
+
 def _fill_folded_statistics(
     folded_norms: dict[str, str],
     converted: dict[str, torch.Tensor],
     assigned: set[str],
     bn_fold: str,
     source_name: str,
+    *,
+    frozen_bn_eps: float,
 ) -> list[dict[str, str]]:
     trainable = sorted(norm for norm in folded_norms if f"{norm}.num_batches_tracked" in converted)
     if trainable:
@@ -379,7 +405,7 @@ def _fill_folded_statistics(
             f"{trainable[0]} and {len(trainable) - 1} more are trainable BatchNorm2d; set "
             "model.backbone.norm: frozen_bn"
         )
-    running_var = 1.0 - FROZEN_BN_EPS if bn_fold == "exact" else 1.0
+    running_var = 1.0 - frozen_bn_eps if bn_fold == "exact" else 1.0
     rows = []
     for norm, source_key in folded_norms.items():
         for statistic, fill in (("running_mean", 0.0), ("running_var", running_var)):

@@ -157,6 +157,7 @@ def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
         "model_config_from": "saved",
         "provenance": None,
         "inference_backend": "torch",
+        "arithmetic": "float32, the model's own arithmetic",  # the default: no speed-up changes the rounding
     }
     assert record["model"]["provenance"] == {"run_name": "conftest", "iterations": 4}
     protocol = demo_split["ground_truth"]["info"]["protocol"]

@@ -16,31 +16,23 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro_params import TINY_DEMO, cli_params, nested
 
 from frcnn_pipeline.engine.checkpoint import OUTPUTS_SAVED, load_checkpoint, outputs_saved
 from frcnn_pipeline.modeling.saved import SavedDetector
 
 PROJECT = Path(__file__).resolve().parents[3]
 TINY = {
-    "ingest.demo.image_size": 64,
-    "ingest.demo.num_train_images": 8,
-    "ingest.demo.num_val_images": 4,
-    "model.input.min_size_train": [64],
-    "model.input.min_size_test": 64,
-    "model.input.max_size": 96,
-    "train.images_per_device": 2,
+    **TINY_DEMO,
     "train.log_period": 1,
     "train.eval_period": 1,
     "train.checkpoint.period": 1,
     "train.solver.max_iter": 1,
-    "train.solver.warmup_iters": 1,
-    "train.solver.steps": [],
 }
 # Above every report and log the failing run writes, below the model (ResNet-18: ~49 MB).
 FILE_SIZE_LIMIT = 8 * 2**20
@@ -72,24 +64,9 @@ main()
 """
 
 
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
-
-
-def _cli_params(dotted: dict[str, Any]) -> str:
-    return ",".join(f"{key}={str(value).replace(' ', '')}" for key, value in dotted.items())
-
-
 def _run(root: Path, pipelines: list[str]) -> None:
     bootstrap_project(root)
-    with KedroSession.create(root, runtime_params=_nested(TINY)) as session:
+    with KedroSession.create(root, runtime_params=nested(TINY)) as session:
         session.run(pipeline_names=pipelines)
 
 
@@ -116,7 +93,7 @@ def test_a_disk_full_while_saving_the_model_loses_nothing_and_the_rerun_restores
     env.pop("COLUMNS", None)
     failed = subprocess.run(
         [sys.executable, "-c", DISK_FULL_AFTER_TRAINING, str(FILE_SIZE_LIMIT),
-         "run", "--pipeline", "train", "--params", _cli_params(TINY)],
+         "run", "--pipeline", "train", "--params", cli_params(TINY)],
         cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300,
         check=False,
     )  # fmt: skip
@@ -177,7 +154,7 @@ def test_a_disk_full_while_saving_the_model_loses_nothing_and_the_rerun_restores
 
     # What evaluate checks before it starts (MissingInputsHook), and what it loads.
     bootstrap_project(project)
-    with KedroSession.create(project, runtime_params=_nested(TINY)) as session:
+    with KedroSession.create(project, runtime_params=nested(TINY)) as session:
         catalog = session.load_context().catalog
         assert catalog.exists("trained_model")
         assert catalog.load("trained_model").origin["version"] == trained_version

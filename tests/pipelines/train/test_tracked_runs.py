@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
+from kedro_params import TINY_DEMO, nested
 from mlflow import MlflowClient
 
 from frcnn_pipeline.config import InferenceParams
@@ -32,33 +33,16 @@ from frcnn_pipeline.modeling.saved import SavedDetector
 
 PROJECT = Path(__file__).resolve().parents[3]
 TINY = {
-    "ingest.demo.image_size": 64,
+    **TINY_DEMO,
     "ingest.demo.num_train_images": 12,
     "ingest.demo.num_val_images": 6,
-    "model.input.min_size_train": [64],
-    "model.input.min_size_test": 64,
-    "model.input.max_size": 96,
-    "train.images_per_device": 2,
     "train.log_period": 1,
     "train.eval_period": 2,
     "train.checkpoint.period": 2,
-    "train.solver.warmup_iters": 1,
-    "train.solver.steps": [],
     "evaluate.inference.batch_size": 2,
     "evaluate.inference.score_threshold": 0.0,
 }
 TRAIN_REPORTS = ("training_metrics.csv", "training_curves.png", "training_run.json")
-
-
-def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for key, value in dotted.items():
-        *parents, leaf = key.split(".")
-        node = nested
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return nested
 
 
 def _files(folder: Path) -> dict[str, str]:
@@ -83,7 +67,7 @@ class Project:
 
     def run(self, pipelines: list[str], **params: Any) -> None:
         bootstrap_project(self.root)
-        with KedroSession.create(self.root, runtime_params=_nested({**TINY, **params})) as session:
+        with KedroSession.create(self.root, runtime_params=nested({**TINY, **params})) as session:
             session.run(pipeline_names=pipelines)
 
     @property

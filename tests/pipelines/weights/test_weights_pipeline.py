@@ -22,7 +22,7 @@ from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.weights import create_pipeline
 from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
 from frcnn_pipeline.weights import WeightsFetchError
-from frcnn_pipeline.weights.convert import WeightsConversionError
+from frcnn_pipeline.weights.convert import FROZEN_BN_BATCH_COUNT, WeightsConversionError
 
 CONF = Path(__file__).parents[3] / "conf" / "base"
 CATEGORIES = pd.DataFrame(
@@ -182,3 +182,49 @@ def test_a_failed_conversion_still_writes_its_report(tmp_path):
         SequentialRunner().run(create_pipeline(), catalog, hooks)
     report = pd.read_csv(tmp_path / "weights_conversion_report.csv")
     assert (report["status"] == "missing").sum() > 0 and report["target_key"].str.contains("layer").any()
+
+
+def test_torchvisions_own_state_dict_loads_under_the_torchvision_recipe(tmp_path, caplog):
+    """fasterrcnn_resnet50_fpn as torchvision saves it (BatchNorm2d without pretrained weights, so one
+    num_batches_tracked per norm) into the recipe's frozen-BN R-50: every weight loads, and the report lists
+    the 53 batch counts as ignored, with the reason."""
+    torch.manual_seed(0)
+    saved = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=len(CATEGORIES) + 1
+    ).state_dict()
+    path = tmp_path / "fasterrcnn_resnet50_fpn.pth"
+    torch.save(saved, path)
+    catalog = _catalog(tmp_path, {**_parameters("weights"), "source": str(path), "retries": 0})
+    catalog["params:model"] = MemoryDataset(_parameters("_recipes")["torchvision"]["model"])
+    with caplog.at_level(logging.WARNING):
+        SequentialRunner().run(create_pipeline(), catalog)
+    assert "weights expect" not in caplog.text and "weights need" not in caplog.text
+    report = catalog.load("weights_conversion_report")
+    counts = report[report.source_key.str.endswith("num_batches_tracked")]
+    assert len(counts) == 53 and set(counts.status) == {"expected_unused"}
+    assert set(counts.note) == {FROZEN_BN_BATCH_COUNT}
+    assert set(report.status) == {"mapped", "expected_unused"}
+    state = catalog.load("initial_weights").state_dict
+    assert all(torch.equal(state[key], value) for key, value in saved.items() if key in state)
+    assert state.keys() == {key for key in saved if not key.endswith("num_batches_tracked")}
+
+
+@pytest.mark.parametrize(("recipe", "eps_warned"), [("torchvision", True), ("torchvision_coco", False)])
+def test_torchvisions_coco_weights_take_the_rows_of_the_categories_ids(tmp_path, caplog, recipe, eps_warned):
+    """A 91-class torchvision detector: the predictor rows of the categories' COCO ids (1, 2, 5), a warning
+    for each name that is not COCO's, and one for frozen BN eps unless it is 0, as torchvision runs them."""
+    torch.manual_seed(0)
+    saved = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91
+    ).state_dict()
+    path = tmp_path / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    torch.save(saved, path)
+    catalog = _catalog(tmp_path, {**_parameters("weights"), "source": str(path), "retries": 0})
+    catalog["params:model"] = MemoryDataset(_parameters("_recipes")[recipe]["model"])
+    with caplog.at_level(logging.WARNING):
+        SequentialRunner().run(create_pipeline(), catalog)
+    assert ("frozen_bn_eps: 0" in caplog.text) == eps_warned
+    assert "category 'circle' has id 1, COCO's 'person'" in caplog.text
+    state = catalog.load("initial_weights").state_dict
+    scores = "roi_heads.box_predictor.cls_score.weight"
+    assert torch.equal(state[scores], saved[scores][[0, 1, 2, 5]])

@@ -22,6 +22,7 @@ from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_brea
 from frcnn_pipeline.evaluation.inference import (
     category_ids_by_label,
     coco_results,
+    describe_arithmetic,
     run_model_inference,
 )
 from frcnn_pipeline.evaluation.matching import match_detections
@@ -51,17 +52,20 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
+    options = EvaluateParams.parse(evaluate, "evaluate").inference
     records = run_model_inference(
         model,
         config,
         len(categories),
         images["path"].tolist(),
         runtime=runtime,
-        options=EvaluateParams.parse(evaluate, "evaluate").inference,
+        options=options,
         graph=onnx_model,
     )
     evaluated = model.describe(config_from)
     evaluated["inference_backend"] = RuntimeParams.parse(runtime, "runtime").inference_backend
+    evaluated["arithmetic"] = describe_arithmetic(runtime, options)
+    log.info("Evaluated in %s", evaluated["arithmetic"])
     unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(

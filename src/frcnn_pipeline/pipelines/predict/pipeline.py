@@ -8,9 +8,13 @@ from .nodes import build_prediction_results, draw_prediction_images, list_predic
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    """``model`` (keyword): the catalog entry of the model to use, ``trained_model`` by default."""
+    """Keywords: ``model``, the catalog entry of the model to use (``trained_model`` by default);
+    ``namespace``, ``predict`` by default, whose datasets keep their plain names (``prediction_results``...),
+    while any other namespace prefixes them (``predict_initial_weights.prediction_results``), so that each
+    model's predictions have their own catalog entries and folders."""
     model = kwargs.get("model", "trained_model")
-    return Pipeline(
+    namespace = kwargs.get("namespace", "predict")
+    nodes = Pipeline(
         [
             Node(
                 list_prediction_images,
@@ -43,8 +47,14 @@ def create_pipeline(**kwargs) -> Pipeline:
                 "prediction_images",
                 name="draw_prediction_images",
             ),
-        ],
-        tags="predict",
-        namespace="predict",
-        prefix_datasets_with_namespace=False,
+        ]
+    )
+    if namespace == "predict":
+        return Pipeline(nodes, tags=namespace, namespace=namespace, prefix_datasets_with_namespace=False)
+    return Pipeline(
+        nodes,
+        inputs={model, *graph_input(model)},
+        parameters={"params:model", "params:predict", "params:runtime"},
+        tags=namespace,
+        namespace=namespace,
     )

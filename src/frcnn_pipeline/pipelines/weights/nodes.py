@@ -10,6 +10,7 @@ from frcnn_pipeline.config import WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
+from frcnn_pipeline.weights.coco_rows import is_coco_predictor
 from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
 
 logger = logging.getLogger(__name__)
@@ -62,11 +63,23 @@ def convert_pretrained_weights(
         logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
         return _initial_weights(dict(model_state), categories, pretrained, params.seed), report
     checkpoint = load_checkpoint(pretrained["path"])
+    model_cfg = resolve_model_config(model)
     state, report = convert_state_dict(
-        checkpoint, model_state, source_name=pretrained["path"], bn_fold=params.bn_fold
+        checkpoint,
+        model_state,
+        source_name=pretrained["path"],
+        bn_fold=params.bn_fold,
+        categories=[(entry["category_id"], entry["name"]) for entry in category_mapping(categories)],
+        frozen_bn_eps=model_cfg["backbone"]["frozen_bn_eps"],
     )
-    _, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
-    for warning in convention_warnings(source_format, resolve_model_config(model)):
+    source_state, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
+    warnings = convention_warnings(source_format, model_cfg)
+    if is_coco_predictor(source_state) and model_cfg["backbone"]["frozen_bn_eps"] != 0:
+        warnings.append(
+            "torchvision's COCO detector weights (91 classes) run with frozen BN eps 0: set "
+            "model.backbone.frozen_bn_eps: 0 (the torchvision_coco recipe does)"
+        )
+    for warning in warnings:
         logger.warning("%s: %s", pretrained["source"], warning)
     return _initial_weights(state, categories, pretrained, params.seed), report
 

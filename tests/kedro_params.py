@@ -1,0 +1,36 @@
+"""Parameters of the tests that run the project's pipelines through Kedro on a tiny demo: written dotted, as
+on the command line, and handed to a `KedroSession` nested."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Small images keep a training step well under a second on two shared cores; each test adds its own keys.
+TINY_DEMO = {
+    "ingest.demo.image_size": 64,
+    "ingest.demo.num_train_images": 8,
+    "ingest.demo.num_val_images": 4,
+    "model.input.min_size_train": [64],
+    "model.input.min_size_test": 64,
+    "model.input.max_size": 96,
+    "train.images_per_device": 2,
+    "train.solver.warmup_iters": 1,
+    "train.solver.steps": [],
+}
+
+
+def nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """`{"a.b": 1}` -> `{"a": {"b": 1}}`: Kedro's runtime parameters."""
+    tree: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = tree
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return tree
+
+
+def cli_params(dotted: dict[str, Any]) -> str:
+    """The same for `kedro run --params`."""
+    return ",".join(f"{key}={str(value).replace(' ', '')}" for key, value in dotted.items())

@@ -1,0 +1,206 @@
+"""torchvision's COCO checkpoint through Kedro: `weights` then `predict_initial_weights` under the
+`torchvision_coco` recipe give torchvision's own detections on a user's photos, bit for bit.
+
+The real checkpoint (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) cannot be downloaded here, so the test saves
+one with its exact layout: the model torchvision's builder makes for COCO_V1 weights (frozen BN, eps 0 from
+`overwrite_eps`, 91 classes by COCO category id), with seeded weights in a trained model's ranges.
+"""
+
+import copy
+import json
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+from kedro_params import nested
+from PIL import Image
+from torchvision.models import resnet50
+from torchvision.models.detection import FasterRCNN, FasterRCNN_ResNet50_FPN_Weights
+from torchvision.models.detection._utils import overwrite_eps
+from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
+from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
+from torchvision.ops import FrozenBatchNorm2d
+
+PROJECT = Path(__file__).resolve().parents[3]
+COCO_NAMES = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # by category id, 0: background
+NOT_IN_COCO_2017 = [category_id for category_id, name in enumerate(COCO_NAMES) if name == "N/A"]
+# COCO 2017's 80 categories, as ingest writes them from instances_*.json: labels 0..79 in id order.
+COCO_IDS = [i for i, name in enumerate(COCO_NAMES) if i and name != "N/A"]
+CATEGORIES = pd.DataFrame(
+    {
+        "label": range(len(COCO_IDS)),
+        "category_id": COCO_IDS,
+        "name": [COCO_NAMES[i] for i in COCO_IDS],
+        "supercategory": "coco",
+    }
+)
+# H x W; at 288 px padded to 448 x 288 and 288 x 448: 9 cells of 32 (P6's inferred stride is off) and 14.
+PHOTOS = {"portrait": (600, 400), "landscape": (400, 600)}
+# Smaller than the recipe's 800 px and 1,000 proposals to stay fast; the same on both sides.
+MIN_SIZE, MAX_SIZE, PROPOSALS = 288, 480, 300
+
+
+def coco_detector() -> FasterRCNN:
+    """fasterrcnn_resnet50_fpn as its builder makes it for COCO_V1 weights, with seeded weights: frozen BN
+    statistics far from 0 and 1 (eps 0 then matters), centred class rows sharp enough for confident scores,
+    and the rows of the ids COCO 2017 never used low, as training leaves them."""
+    torch.manual_seed(0)
+    body = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
+    model = FasterRCNN(
+        _resnet_fpn_extractor(body, 3),
+        num_classes=91,
+        min_size=MIN_SIZE,
+        max_size=MAX_SIZE,
+        rpn_post_nms_top_n_test=PROPOSALS,
+    )
+    overwrite_eps(model, 0.0)
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, FrozenBatchNorm2d):
+                layer.weight.uniform_(0.3, 1.0)
+                layer.bias.uniform_(-0.2, 0.2)
+                layer.running_mean.uniform_(-0.3, 0.3)
+                layer.running_var.uniform_(0.5, 2.0)
+            elif isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) and layer.bias is not None:
+                layer.bias.uniform_(-0.05, 0.05)
+        scores = model.roi_heads.box_predictor.cls_score
+        scores.weight.sub_(scores.weight.mean(1, keepdim=True)).mul_(100)
+        scores.weight[NOT_IN_COCO_2017] = 0.0
+        scores.bias[NOT_IN_COCO_2017] = -10.0
+    return model.eval()
+
+
+def with_rows_of(model: FasterRCNN, category_ids: list[int]) -> FasterRCNN:
+    """torchvision's model with its box predictor cut to the background and `category_ids`' rows."""
+    rows = torch.tensor([0, *category_ids])
+    source = model.roi_heads.box_predictor
+    predictor = FastRCNNPredictor(source.cls_score.in_features, len(rows))
+    with torch.no_grad():
+        blocks = (rows[:, None] * 4 + torch.arange(4)).flatten()
+        predictor.cls_score.weight.copy_(source.cls_score.weight[rows])
+        predictor.cls_score.bias.copy_(source.cls_score.bias[rows])
+        predictor.bbox_pred.weight.copy_(source.bbox_pred.weight[blocks])
+        predictor.bbox_pred.bias.copy_(source.bbox_pred.bias[blocks])
+    cut = copy.deepcopy(model)
+    cut.roi_heads.box_predictor = predictor
+    return cut.eval()
+
+
+def photo(height: int, width: int, seed: int) -> torch.Tensor:
+    """uint8 RGB [3, H, W]: smooth shading, overlapping rectangles, sensor noise."""
+    generator = torch.Generator().manual_seed(seed)
+    rows, columns = torch.linspace(0, 1, height)[:, None], torch.linspace(0, 1, width)[None, :]
+    image = 60 + 120 * torch.stack(torch.broadcast_tensors(rows * columns, rows, 1 - columns))
+    for _ in range(8):
+        top, left = (torch.rand(2, generator=generator) * torch.tensor([height, width]) * 0.8).long()
+        box_h, box_w = (torch.rand(2, generator=generator) * torch.tensor([height, width]) / 3).long() + 30
+        image[:, top : top + box_h, left : left + box_w] = torch.rand(3, 1, 1, generator=generator) * 255
+    image += torch.randn(image.shape, generator=generator) * 6
+    return image.clamp(0, 255).round().to(torch.uint8)
+
+
+@pytest.fixture(scope="module")
+def predicted(tmp_path_factory):
+    """The checkpoint saved as torchvision's file, the photos, and `predict_initial_weights`' results JSON."""
+    tmp = tmp_path_factory.mktemp("coco_checkpoint")
+    checkpoint = tmp / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
+    model = coco_detector()
+    torch.save(model.state_dict(), checkpoint)
+    photos = {}
+    (tmp / "photos").mkdir()
+    for seed, (orientation, size) in enumerate(PHOTOS.items()):
+        photos[orientation] = photo(*size, seed)
+        Image.fromarray(photos[orientation].permute(1, 2, 0).numpy()).save(
+            tmp / "photos" / f"{orientation}.png"
+        )
+    root = project_with_coco_categories(tmp / "project")
+    params = {
+        "weights.source": str(checkpoint),
+        "model.input.min_size_test": MIN_SIZE,
+        "model.input.max_size": MAX_SIZE,
+        "model.rpn.post_nms_topk_test": PROPOSALS,
+        "predict.images": str(tmp / "photos"),
+        "predict.score_threshold": 0.0,  # every detection the model returns
+        "predict.inference.batch_size": 1,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(root)
+        for pipeline in ("weights", "predict_initial_weights"):
+            with KedroSession.create(root, env="coco", runtime_params=nested(params)) as session:
+                session.run(pipeline_names=[pipeline])
+    [results] = root.glob("data/07_model_output/predict_initial_weights/prediction_results.json/*/*")
+    report = pd.read_csv(root / "data/08_reporting/weights_conversion_report.csv")
+    return model, photos, json.loads(results.read_text()), report, root
+
+
+def project_with_coco_categories(root: Path) -> Path:
+    """A project copy whose env `coco` picks the torchvision_coco recipe, with COCO's categories table where
+    ingest writes it (the photos are the user's, so nothing else of ingest is needed)."""
+    shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
+    (root / "conf" / "local").mkdir()
+    (root / "conf" / "coco").mkdir()
+    (root / "conf" / "coco" / "globals.yml").write_text("recipe: torchvision_coco\n")
+    (root / "src").mkdir()  # the package itself is the one under test, already on the path
+    shutil.copy2(PROJECT / "pyproject.toml", root)
+    (root / "data" / "03_primary").mkdir(parents=True)
+    CATEGORIES.to_parquet(root / "data" / "03_primary" / "categories.parquet")
+    bootstrap_project(root)
+    return root
+
+
+def detections_of(results: dict, orientation: str) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    [image] = [image for image in results["images"] if Path(image["path"]).stem == orientation]
+    found = image["detections"]
+    boxes = torch.tensor([d["bbox_xyxy"] for d in found], dtype=torch.float32)
+    return (
+        boxes,
+        torch.tensor([d["score"] for d in found], dtype=torch.float32),
+        [d["category_id"] for d in found],
+    )
+
+
+@pytest.mark.parametrize("orientation", PHOTOS)
+def test_predictions_are_torchvisions_bit_for_bit(predicted, orientation):
+    """Against torchvision's model on `image / 255`, one image per call, with the checkpoint's rows of the
+    80 categories (the classes the converted model has): boxes, scores and category ids identical."""
+    model, photos, results, _, _ = predicted
+    with torch.no_grad():
+        [reference] = with_rows_of(model, COCO_IDS)([photos[orientation] / 255])
+    boxes, scores, category_ids = detections_of(results, orientation)
+    assert len(category_ids) == 100 and len(set(category_ids)) > 1
+    assert torch.equal(boxes, reference["boxes"])
+    assert torch.equal(scores, reference["scores"])
+    assert category_ids == [COCO_IDS[label - 1] for label in reference["labels"].tolist()]
+
+
+@pytest.mark.parametrize("orientation", PHOTOS)
+def test_against_all_91_rows_only_the_softmax_sum_differs(predicted, orientation):
+    """torchvision's full model normalises its scores over 91 rows, ours over 81: where the ten unused rows
+    score ~0 (as in the real checkpoint) the same boxes and classes come out, scores within float32 rounding
+    of the softmax's sum."""
+    model, photos, results, _, _ = predicted
+    with torch.no_grad():
+        [reference] = model([photos[orientation] / 255])
+    boxes, scores, category_ids = detections_of(results, orientation)
+    assert torch.equal(boxes, reference["boxes"])
+    assert category_ids == reference["labels"].tolist()  # torchvision's labels are COCO category ids
+    torch.testing.assert_close(scores, reference["scores"], rtol=1e-6, atol=0)
+
+
+def test_the_report_maps_the_coco_rows_and_predict_keeps_its_own_outputs(predicted):
+    _, _, results, report, root = predicted
+    rows = report[report.target_key.str.startswith("roi_heads.box_predictor.")]
+    assert len(rows) == 4 and set(rows.status) == {"mapped"}
+    assert set(rows.note) == {
+        f"COCO rows by category id: 91 -> 81 (background row 0, then ids {COCO_IDS} by label)"
+    }
+    assert set(report.status) == {"mapped"}
+    assert results["model"]["kind"] == "initial_weights"
+    assert not (root / "data/07_model_output/predict").exists(), "predict's outputs are left alone"
+    assert (
+        len(list(root.glob("data/07_model_output/predict_initial_weights/prediction_images/*/*/*.png"))) == 2
+    )
