@@ -383,39 +383,38 @@ def test_a_killed_worker_stops_the_other_node_naming_it_and_keeps_the_last_check
     assert not _trained_versions(project), "an unfinished run saves no model"
 
 
-@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT])
-def test_a_signal_to_kedro_saves_the_current_iteration_stops_the_workers_and_resume_continues(project, stop):
+# SLURM's SIGTERM; Ctrl-C: to one node of two below, and to two workers in test_loader_workers.py.
+def test_sigterm_to_kedro_saves_the_iteration_stops_the_workers_and_the_resubmitted_job_resumes(project):
     log = project / "data" / "08_reporting" / "train_logs" / "tiny.jsonl"
     run = _kedro(project, "train", "runtime.nproc_per_node=2," + _long_run(checkpoint_period=1000))
     _wait_until(lambda: log.is_file() and len(log.read_text().splitlines()) >= 2, "two iterations")
     workers = _spawned_workers(run.pid)
     assert len(workers) == 2
-    os.kill(run.pid, stop)
+    os.kill(run.pid, signal.SIGTERM)
     output = run.communicate(timeout=RUN_BOUND_S)[0]
 
     assert run.returncode != 0
     message = next(line for line in output.splitlines() if "Training stopped by" in line)
-    assert f"Training stopped by {stop.name} after iteration" in message, output[-4000:]
+    assert "Training stopped by SIGTERM after iteration" in message, output[-4000:]
     iteration = int(message.split("after iteration ")[1].split()[0])
     checkpoint = project / "data" / "06_models" / "checkpoints" / "tiny" / f"model_{iteration:07d}.pth"
     assert checkpoint.is_file() and load_checkpoint(checkpoint)["iteration"] == iteration
     assert not any(_running(pid) for pid in workers), "no worker is left training"
     assert "iter 1/100000" in output, "rank 0's periodic lines reach the console"
-    if stop == signal.SIGTERM:
-        # The resubmitted job continues from there, here on 1 worker × 2 images: the same total batch. (The
-        # shorter schedule, to end the test soon, is a solver change that must be allowed.)
-        resume = (
-            f"train.images_per_device=2,train.solver.max_iter={iteration + 1},"
-            "train.checkpoint.allow_solver_change=true"
-        )
-        (resumed,) = _finish(_kedro(project, "train", resume))
-        record = _training_run(project)
-        assert record["resumed_from_iteration"] == iteration and record["total_batch"] == 2, resumed[-3000:]
-        assert [entry["change"] for entry in record["resume_changes"]] == [
-            "world size 2 -> 1 with the same total batch 2: the schedule is unchanged; per-rank random "
-            "streams are reseeded",
-            f"solver.max_iter 100000 -> {iteration + 1}",
-        ]
+    # The resubmitted job continues from there, here on 1 worker × 2 images: the same total batch. (The
+    # shorter schedule, to end the test soon, is a solver change that must be allowed.)
+    resume = (
+        f"train.images_per_device=2,train.solver.max_iter={iteration + 1},"
+        "train.checkpoint.allow_solver_change=true"
+    )
+    (resumed,) = _finish(_kedro(project, "train", resume))
+    record = _training_run(project)
+    assert record["resumed_from_iteration"] == iteration and record["total_batch"] == 2, resumed[-3000:]
+    assert [entry["change"] for entry in record["resume_changes"]] == [
+        "world size 2 -> 1 with the same total batch 2: the schedule is unchanged; per-rank random "
+        "streams are reseeded",
+        f"solver.max_iter 100000 -> {iteration + 1}",
+    ]
 
 
 def test_ctrl_c_on_one_node_stops_both_after_the_same_iteration_with_its_checkpoint(project):

@@ -15,6 +15,7 @@ from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFa
 from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision_like import photo, realistic_
 
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
@@ -50,35 +51,6 @@ def torchvision_recipe(tmp_path) -> dict:
     return load_parameters("torchvision_env", conf_source=conf)["model"]
 
 
-def _realistic_(module: torch.nn.Module) -> None:
-    """Seeded weights in a trained model's ranges: frozen BN statistics and affine far from 0 and 1, small
-    nonzero biases. (With 3 classes, every class scores above the 0.05 cut: 100 detections per image.)"""
-    with torch.no_grad():
-        for layer in module.modules():
-            if isinstance(layer, FrozenBatchNorm2d):
-                layer.weight.uniform_(0.3, 1.0)
-                layer.bias.uniform_(-0.2, 0.2)
-                layer.running_mean.uniform_(-0.3, 0.3)
-                layer.running_var.uniform_(0.5, 2.0)
-            elif isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) and layer.bias is not None:
-                layer.bias.uniform_(-0.05, 0.05)
-
-
-def _photo(height: int, width: int, seed: int) -> torch.Tensor:
-    """A uint8 RGB image with a photo's structure: smooth shading, overlapping objects, sensor noise."""
-    generator = torch.Generator().manual_seed(seed)
-    rows = torch.linspace(0, 1, height)[:, None]
-    columns = torch.linspace(0, 1, width)[None, :]
-    shading = torch.broadcast_tensors(rows * columns, rows, 1 - columns)
-    image = 60 + 120 * torch.stack(shading)
-    for _ in range(12):
-        top, left = (torch.rand(2, generator=generator) * torch.tensor([height, width]) * 0.8).long()
-        box_h, box_w = (torch.rand(2, generator=generator) * torch.tensor([height, width]) / 3).long() + 40
-        image[:, top : top + box_h, left : left + box_w] = torch.rand(3, 1, 1, generator=generator) * 255
-    image += torch.randn(image.shape, generator=generator) * 6
-    return image.clamp(0, 255).round().to(torch.uint8)
-
-
 def _record(model: torch.nn.Module, image: torch.Tensor) -> dict[str, list[torch.Tensor]]:
     """Each stage's output tensors on one image, and the detections."""
     outputs, hooks = {}, []
@@ -107,7 +79,7 @@ def _build_both(recipe: dict, depth: int) -> tuple[torch.nn.Module, torch.nn.Mod
         backbone_name=f"resnet{depth}", weights=None, norm_layer=FrozenBatchNorm2d, trainable_layers=3
     )
     reference = TorchvisionFasterRCNN(backbone, num_classes=NUM_CLASSES + 1).eval()
-    _realistic_(reference)
+    realistic_(reference)
     ours = build_model({**recipe, "backbone": {**recipe["backbone"], "depth": depth}}, NUM_CLASSES).eval()
     state, report = convert_state_dict(reference.state_dict(), ours.state_dict())
     assert set(report.status) == {"mapped"}
@@ -131,7 +103,7 @@ def recorded(both_models):
     reference, ours = both_models
     runs = {}
     for seed, (orientation, size) in enumerate(IMAGE_SIZES.items()):
-        image = _photo(*size, seed)
+        image = photo(*size, seed)
         # torchvision takes 0-1 floats, made the usual way (ToTensor, convert_image_dtype): uint8 / 255
         runs[orientation] = (_record(reference, image.float() / 255), _record(ours, image))
     return runs
@@ -187,7 +159,7 @@ def test_float64_matches_torchvision_in_float64(recipe):
     ours.transform.min_size_test, ours.transform.max_size = 64, 96
     for model in (reference, ours):
         model.rpn._post_nms_top_n["testing"] = 100
-    image = _photo(80, 120, seed=7)
+    image = photo(80, 120, seed=7)
     with torch.no_grad():
         (theirs,) = reference([image.double() / 255])
         (mine,) = ours([image])
@@ -232,7 +204,7 @@ def test_pixel_scale_1_normalises_as_torchvision_in_either_shape_mode(recipe, st
         "static_shapes": {"enabled": static},
     }
     transform = build_model(config, NUM_CLASSES).eval().transform
-    image = _photo(64, 96, seed=3)
+    image = photo(64, 96, seed=3)
     reference = GeneralizedRCNNTransform(64, 96, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     with torch.no_grad():
         expected = reference.normalize(image.float() / 255)

@@ -24,6 +24,7 @@ from torchvision.models.detection._utils import overwrite_eps
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor
 from torchvision.ops import FrozenBatchNorm2d
+from torchvision_like import photo, realistic_
 
 PROJECT = Path(__file__).resolve().parents[3]
 COCO_NAMES = FasterRCNN_ResNet50_FPN_Weights.COCO_V1.meta["categories"]  # by category id, 0: background
@@ -58,15 +59,8 @@ def coco_detector() -> FasterRCNN:
         rpn_post_nms_top_n_test=PROPOSALS,
     )
     overwrite_eps(model, 0.0)
+    realistic_(model)
     with torch.no_grad():
-        for layer in model.modules():
-            if isinstance(layer, FrozenBatchNorm2d):
-                layer.weight.uniform_(0.3, 1.0)
-                layer.bias.uniform_(-0.2, 0.2)
-                layer.running_mean.uniform_(-0.3, 0.3)
-                layer.running_var.uniform_(0.5, 2.0)
-            elif isinstance(layer, (torch.nn.Conv2d, torch.nn.Linear)) and layer.bias is not None:
-                layer.bias.uniform_(-0.05, 0.05)
         scores = model.roi_heads.box_predictor.cls_score
         scores.weight.sub_(scores.weight.mean(1, keepdim=True)).mul_(100)
         scores.weight[NOT_IN_COCO_2017] = 0.0
@@ -90,19 +84,6 @@ def with_rows_of(model: FasterRCNN, category_ids: list[int]) -> FasterRCNN:
     return cut.eval()
 
 
-def photo(height: int, width: int, seed: int) -> torch.Tensor:
-    """uint8 RGB [3, H, W]: smooth shading, overlapping rectangles, sensor noise."""
-    generator = torch.Generator().manual_seed(seed)
-    rows, columns = torch.linspace(0, 1, height)[:, None], torch.linspace(0, 1, width)[None, :]
-    image = 60 + 120 * torch.stack(torch.broadcast_tensors(rows * columns, rows, 1 - columns))
-    for _ in range(8):
-        top, left = (torch.rand(2, generator=generator) * torch.tensor([height, width]) * 0.8).long()
-        box_h, box_w = (torch.rand(2, generator=generator) * torch.tensor([height, width]) / 3).long() + 30
-        image[:, top : top + box_h, left : left + box_w] = torch.rand(3, 1, 1, generator=generator) * 255
-    image += torch.randn(image.shape, generator=generator) * 6
-    return image.clamp(0, 255).round().to(torch.uint8)
-
-
 @pytest.fixture(scope="module")
 def predicted(tmp_path_factory):
     """The checkpoint saved as torchvision's file, the photos, and `predict_initial_weights`' results JSON."""
@@ -113,7 +94,7 @@ def predicted(tmp_path_factory):
     photos = {}
     (tmp / "photos").mkdir()
     for seed, (orientation, size) in enumerate(PHOTOS.items()):
-        photos[orientation] = photo(*size, seed)
+        photos[orientation] = photo(*size, seed, objects=8, min_side=30)
         Image.fromarray(photos[orientation].permute(1, 2, 0).numpy()).save(
             tmp / "photos" / f"{orientation}.png"
         )
