@@ -14,7 +14,12 @@ from frcnn_pipeline.config.section import Section
 
 
 class InferenceParams(Section):
-    batch_size: int = Field(4, ge=1, description="images per worker and forward pass")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        description="images per worker and forward pass; 1 as detectron2 evaluates (a batch pads its images "
+        "to a common size, which moves features near the borders and hence the detections)",
+    )
     score_threshold: float = Field(
         0.05, ge=0, le=1, description="overrides model.roi_heads.score_thresh_test"
     )

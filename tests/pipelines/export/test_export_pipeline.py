@@ -79,7 +79,7 @@ def test_export_writes_both_graphs_their_description_and_a_passing_check_report(
 
     report = json.loads(written(exported, "08_reporting", "check_report.json").read_text())
     assert report["passed"] and report["split"] == "val" and report["images"] == len(demo_split["val"].images)
-    assert report["pytorch_at_evaluate"]["settings"]["batch_size"] == 4  # evaluate's, from conf/base
+    assert report["pytorch_at_evaluate"]["settings"]["batch_size"] == 1  # evaluate's, from conf/base
     for variant in ("dynamic", "fixed"):
         graph = report["graphs"][variant]
         assert abs(graph["ap_difference"]) <= report["max_ap_difference"]
