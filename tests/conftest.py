@@ -2,6 +2,7 @@
 
 import os
 import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -32,3 +33,21 @@ def project(tmp_path):
     for split in ("train", "val"):
         (coco / "annotations" / f"instances_{split}2017.json").write_text(DUPLICATE_IMAGE_IDS)
     return root, coco
+
+
+@pytest.fixture(scope="module")
+def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """`module_tmp("name")` makes a new folder for a module's shared fixtures, removed once the module's tests
+    are done unless one of them failed. The suite writes 13 GB of checkpoints and runs; pytest's own
+    module-scoped folders would keep all of it until the session ends, which once filled CI's disk."""
+    base = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    failures_before = request.session.testsfailed
+
+    def make(name: str) -> Path:
+        folder = base / name
+        folder.mkdir()
+        return folder
+
+    yield make
+    if request.session.testsfailed == failures_before:
+        shutil.rmtree(base, ignore_errors=True)

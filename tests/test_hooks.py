@@ -57,8 +57,8 @@ for env, params in json.loads(sys.argv[1]):
 
 
 @pytest.fixture(scope="module")
-def sessions(tmp_path_factory) -> dict:
-    project = tmp_path_factory.mktemp("project")
+def sessions(module_tmp) -> dict:
+    project = module_tmp("project")
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))

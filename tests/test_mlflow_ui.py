@@ -30,9 +30,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory) -> tuple[str, str]:
+def store(module_tmp) -> tuple[str, str]:
     """A SQLite store like the project's, with two runs that differ in their learning rate."""
-    folder = tmp_path_factory.mktemp("mlflow-ui")
+    folder = module_tmp("mlflow-ui")
     uri = f"sqlite:///{folder}/mlflow.db"
     client = MlflowClient(uri)
     settings = yaml.safe_load((PROJECT / "conf" / "base" / "mlflow.yml").read_text())
@@ -51,11 +51,11 @@ def store(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def ui_url(store, tmp_path_factory) -> Iterator[str]:
+def ui_url(store, module_tmp) -> Iterator[str]:
     uri, _ = store
     port = _free_port()
     mlflow = shutil.which("mlflow", path=str(Path(sys.executable).parent)) or "mlflow"
-    log = (tmp_path_factory.mktemp("mlflow-ui-log") / "server.log").open("w")
+    log = (module_tmp("mlflow-ui-log") / "server.log").open("w")
     server = subprocess.Popen(
         [
             mlflow,

@@ -130,8 +130,8 @@ class VizBuild:
 
 
 @pytest.fixture(scope="module")
-def viz(tmp_path_factory: pytest.TempPathFactory) -> VizBuild:
-    return VizBuild(_copy_project(tmp_path_factory.mktemp("viz") / "project"))
+def viz(module_tmp) -> VizBuild:
+    return VizBuild(_copy_project(module_tmp("viz") / "project"))
 
 
 # ------------------------------------------------------------------------------------------------- browser
@@ -209,16 +209,14 @@ def _assert_stayed_on_machine(page: RenderedPage) -> None:
 
 
 @pytest.fixture(scope="module")
-def overview(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> RenderedPage:
+def overview(site_url: str, module_tmp) -> RenderedPage:
     """The default view: each top-level namespace collapsed into one modular-pipeline node."""
-    return _render(site_url, "?pid=__default__", tmp_path_factory.mktemp("chromium-overview"))
+    return _render(site_url, "?pid=__default__", module_tmp("chromium-overview"))
 
 
 @pytest.fixture(scope="module")
-def expanded(site_url: str, tmp_path_factory: pytest.TempPathFactory) -> RenderedPage:
-    return _render(
-        site_url, "?pid=__default__&expandAllPipelines=true", tmp_path_factory.mktemp("chromium-expanded")
-    )
+def expanded(site_url: str, module_tmp) -> RenderedPage:
+    return _render(site_url, "?pid=__default__&expandAllPipelines=true", module_tmp("chromium-expanded"))
 
 
 # --------------------------------------------------------------------------------------------------- tests

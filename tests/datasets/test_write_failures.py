@@ -62,8 +62,8 @@ print(json.dumps(results))
 
 
 @pytest.fixture(scope="module")
-def failed(tmp_path_factory) -> dict:
-    folder = tmp_path_factory.mktemp("full")
+def failed(module_tmp) -> dict:
+    folder = module_tmp("full")
     DetectorDataset(filepath=f"{folder}/model.safetensors", version=Version(None, FIRST)).save(
         SavedDetector({"w": torch.zeros(4)}, TRAINED_MODEL)
     )

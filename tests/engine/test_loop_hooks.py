@@ -44,9 +44,9 @@ def _train(tmp_path, tables, name: str, max_iter: int, **kwargs):
 
 
 @pytest.fixture(scope="module")
-def tracking_store(tmp_path_factory):
+def tracking_store(module_tmp):
     """A local MLflow store with one experiment (SQLite, as the project's default)."""
-    folder = tmp_path_factory.mktemp("mlflow")
+    folder = module_tmp("mlflow")
     uri = f"sqlite:///{folder}/mlflow.db"
     client = MlflowClient(uri)
     experiment = client.create_experiment("hooks", artifact_location=(folder / "artifacts").as_uri())

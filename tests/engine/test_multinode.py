@@ -82,9 +82,9 @@ def _parameters(project: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory) -> Path:
+def template(module_tmp) -> Path:
     """A project copy with the tiny env and its ingest/weights outputs in place (copied again per test)."""
-    project = tmp_path_factory.mktemp("template") / "project"
+    project = module_tmp("template") / "project"
     ignore = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc")
     shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
@@ -121,12 +121,12 @@ def project(template, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="module")
-def reference(template, tmp_path_factory) -> dict:
+def reference(template, module_tmp) -> dict:
     """One worker × 2 images, in this process: the single-node run that the nodes must reproduce."""
     parameters = _parameters(template)
     data = template / "data"
     train = {**parameters["train"], "run_name": "reference", "images_per_device": 2}
-    train["checkpoint"] = {**train["checkpoint"], "dir": str(tmp_path_factory.mktemp("reference"))}
+    train["checkpoint"] = {**train["checkpoint"], "dir": str(module_tmp("reference"))}
     train["metrics_dir"] = train["checkpoint"]["dir"]
     weights = DetectorDataset(filepath=str(data / "06_models" / "initial_weights.safetensors")).load()
     images = pd.read_parquet(data / "03_primary" / "train_images.parquet")

@@ -21,8 +21,8 @@ WAIT_S = 120  # for the sender thread on two shared cores; a deadline against ha
 
 
 @pytest.fixture(scope="module")
-def experiment(tmp_path_factory) -> tuple[Path, MlflowClient, str]:
-    folder = tmp_path_factory.mktemp("tracking")
+def experiment(module_tmp) -> tuple[Path, MlflowClient, str]:
+    folder = module_tmp("tracking")
     client = MlflowClient(f"sqlite:///{folder}/mlflow.db")
     return folder / "mlflow.db", client, client.create_experiment("tracking", (folder / "artifacts").as_uri())
 

@@ -28,8 +28,8 @@ EVALUATE = {"metric_backend": "numpy", "inference": {"batch_size": 2, "score_thr
 
 
 @pytest.fixture(scope="module")
-def tiny_split(tmp_path_factory):
-    images, annotations = write_tiny_dataset(tmp_path_factory.mktemp("tiny"), count=6, seed=5)
+def tiny_split(module_tmp):
+    images, annotations = write_tiny_dataset(module_tmp("tiny"), count=6, seed=5)
     return images, annotations, ground_truth(images, annotations)
 
 

@@ -78,7 +78,7 @@ TINY_INPUT = {"min_size_test": 64, "max_size": 96}
 
 
 @pytest.fixture(scope="module")
-def padded_export(tmp_path_factory):
+def padded_export(module_tmp):
     """A tiny random detector, its graphs (a 96 x 96 canvas around 64 x 64 images) and four such images."""
     model = load_parameters("base")["model"]
     config = resolve_model_config({**model, "input": {**model["input"], **TINY_INPUT}})
@@ -87,7 +87,7 @@ def padded_export(tmp_path_factory):
         build_model(config, len(CATEGORIES)).state_dict(), TRAINED_MODEL, model_config=config,
         categories=CATEGORIES, origin={"version": "2025-05-01T00.00.00.000Z", "sha256": "ab" * 32},
     )  # fmt: skip
-    folder = tmp_path_factory.mktemp("images")
+    folder = module_tmp("images")
     generator = torch.Generator().manual_seed(1)
     paths = []
     for image_id in range(4):

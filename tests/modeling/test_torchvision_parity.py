@@ -88,8 +88,8 @@ def _build_both(recipe: dict, depth: int) -> tuple[torch.nn.Module, torch.nn.Mod
 
 
 @pytest.fixture(scope="module")
-def recipe(tmp_path_factory):
-    return torchvision_recipe(tmp_path_factory.mktemp("recipe"))
+def recipe(module_tmp):
+    return torchvision_recipe(module_tmp("recipe"))
 
 
 @pytest.fixture(scope="module")

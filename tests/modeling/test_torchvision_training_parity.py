@@ -141,9 +141,9 @@ KERNEL = {"torchvision's RoIAlign backward": 0}
 
 
 @pytest.fixture(scope="module")
-def steps(tmp_path_factory) -> tuple[dict, dict]:
+def steps(module_tmp) -> tuple[dict, dict]:
     """torchvision's training step and ours, from the same saved weights, images, targets and seed."""
-    tmp_path = tmp_path_factory.mktemp("training_parity")
+    tmp_path = module_tmp("training_parity")
     # runtime.detection_ops' default, as a training run sets it (an earlier test may have left "portable")
     detection_ops.configure("auto")
     images = _images()

@@ -25,8 +25,8 @@ def project_config(kind: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def demo_split(tmp_path_factory):
-    root = tmp_path_factory.mktemp("demo") / "demo"
+def demo_split(module_tmp):
+    root = module_tmp("demo") / "demo"
     generate_demo_dataset(root, DemoConfig(image_size=64, num_train_images=16, num_val_images=6))
     train = read_coco_split(SplitSource("train", annotation_file(root, "train"), image_dir(root, "train")))
     val = read_coco_split(

@@ -69,9 +69,9 @@ def _latest(root: Path, pattern: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, Any]:
+def runs(module_tmp) -> dict[str, Any]:
     """A project copy trained for two iterations and exported, then evaluate and predict on each backend."""
-    root = tmp_path_factory.mktemp("backends") / "project"
+    root = module_tmp("backends") / "project"
     shutil.copytree(PROJECT / "conf", root / "conf", ignore=shutil.ignore_patterns("local"))
     (root / "conf" / "local").mkdir()
     (root / "src").mkdir()  # the package itself is the one under test, already on the path

@@ -48,9 +48,9 @@ def inputs(trained_model, demo_split, model_params, parameters) -> dict:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory, inputs, catalog_config) -> Path:
+def exported(module_tmp, inputs, catalog_config) -> Path:
     """One export pipeline run (the slow part: two traces), its files under the returned folder."""
-    root = tmp_path_factory.mktemp("export")
+    root = module_tmp("export")
     SequentialRunner().run(create_pipeline(), catalog_in(root, catalog_config, inputs))
     return root
 

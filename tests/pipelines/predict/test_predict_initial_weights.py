@@ -85,9 +85,9 @@ def with_rows_of(model: FasterRCNN, category_ids: list[int]) -> FasterRCNN:
 
 
 @pytest.fixture(scope="module")
-def predicted(tmp_path_factory):
+def predicted(module_tmp):
     """The checkpoint saved as torchvision's file, the photos, and `predict_initial_weights`' results JSON."""
-    tmp = tmp_path_factory.mktemp("coco_checkpoint")
+    tmp = module_tmp("coco_checkpoint")
     checkpoint = tmp / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
     model = coco_detector()
     torch.save(model.state_dict(), checkpoint)

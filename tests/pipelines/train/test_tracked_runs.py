@@ -100,8 +100,8 @@ class Project:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Project:
-    return Project(tmp_path_factory.mktemp("tracked") / "project")
+def project(module_tmp) -> Project:
+    return Project(module_tmp("tracked") / "project")
 
 
 @pytest.fixture(scope="module")
