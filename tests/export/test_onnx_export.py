@@ -142,3 +142,25 @@ def test_each_graph_runs_its_own_mode_whatever_mode_the_model_was_trained_in():
     assert not dynamic["static_shapes"]["enabled"] and dynamic["input"]["fixed_size"] is None
     assert fixed["static_shapes"]["enabled"] and fixed["input"]["fixed_size"] == [96, 96]
     assert trained_static["input"]["fixed_size"] == [128, 128], "the saved config is left as it was"
+
+
+def test_coco_category_rows_export_and_detect_what_pytorch_does():
+    """predictor_rows coco_category_ids (91 rows, labels on the rows of ids 10, 11, 12): both graphs map the
+    rows back to labels and leave out the other rows' candidates, as the PyTorch model does."""
+    config = tiny_config()
+    config["roi_heads"].update(predictor_rows="coco_category_ids", score_thresh_test=0.0)
+    saved = saved_detector(config)
+    saved.state_dict["roi_heads.label_rows"] = torch.tensor([0, 10, 11, 12])
+    exported = export_detector(saved, config, ExportParams(score_threshold=0.0))
+    for graph, static in ((exported.dynamic, False), (exported.fixed, True)):
+        model_config = copy.deepcopy(config)
+        if static:
+            model_config["input"]["fixed_size"] = [96, 96]
+            model_config["static_shapes"]["enabled"] = True
+        model = inference_model(saved.state_dict, model_config, len(CATEGORIES))
+        detector = OnnxDetector(graph)
+        with torch.no_grad():
+            for image in images(SIZES[:3]):
+                expected = model([image])[0]
+                assert set(expected["labels"].tolist()) <= {1, 2, 3}
+                assert_same_detections(detector(image), expected)

@@ -202,6 +202,29 @@ def test_static_and_dynamic_detections_agree():
     assert len(expected[0]["boxes"]) != len(expected[1]["boxes"])  # the padding is stripped per image
 
 
+def test_static_and_dynamic_agree_on_coco_category_rows():
+    """predictor_rows coco_category_ids (91 rows; labels 1, 2 on rows 5, 44): both modes train the same
+    losses and detect the same (every score kept), and only labels 1 and 2 come out, the valid slots first."""
+    coco = {**SAMPLE_ALL["roi_heads"], "predictor_rows": "coco_category_ids", "score_thresh_test": 0.0}
+    images, targets = batch((7, 3), seed=3)
+    models = [tiny_model(static, **{**SAMPLE_ALL, "roi_heads": coco}) for static in (False, True)]
+    for model in models:
+        assert model.roi_heads.box_predictor.cls_score.out_features == 91
+        model.roi_heads.label_rows.copy_(torch.tensor([0, 5, 44]))
+    losses = [model.train()(images, targets) for model in models]
+    torch.testing.assert_close(losses[1], losses[0], rtol=1e-5, atol=1e-7)
+    with torch.no_grad():
+        expected, got = (model.eval()(images) for model in models)
+        models[1].transform.padded_detections = True
+        padded = models[1](images)
+    for want, have, fixed in zip(expected, got, padded, strict=True):
+        assert len(want["labels"]) and set(want["labels"].tolist()) <= {1, 2}
+        count = int(fixed["valid"].sum())
+        assert count == len(want["boxes"]) and fixed["valid"][:count].all()
+        for key in ("boxes", "scores", "labels"):
+            torch.testing.assert_close(have[key], want[key])
+
+
 def test_strip_padding_keeps_the_valid_prefix():
     detections = {
         "boxes": torch.arange(16.0).view(4, 4),

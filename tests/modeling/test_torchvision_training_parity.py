@@ -77,16 +77,19 @@ def _images() -> list[torch.Tensor]:
     return [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=generator) for h, w in IMAGE_SIZES]
 
 
-def _targets() -> list[dict[str, torch.Tensor]]:
-    return [{"boxes": torch.tensor(t["boxes"]), "labels": torch.tensor(t["labels"])} for t in TARGETS]
+def _targets(label_ids: list[int] | None = None) -> list[dict[str, torch.Tensor]]:
+    """TARGETS, each label k replaced by `label_ids[k]` where given."""
+    ids = label_ids or list(range(NUM_CLASSES + 1))
+    return [{"boxes": torch.tensor(t["boxes"]), "labels": torch.tensor(t["labels"]).apply_(ids.__getitem__)}
+            for t in TARGETS]  # fmt: skip
 
 
-def _saved_state_dict(path) -> dict[str, torch.Tensor]:
+def _saved_state_dict(path, num_classes: int = NUM_CLASSES + 1) -> dict[str, torch.Tensor]:
     """fasterrcnn_resnet50_fpn without pretrained weights (so BatchNorm2d), saved and loaded as a user would,
     its BN statistics those of small images like the test's: activations keep their scale, as when trained."""
     torch.manual_seed(0)
     source = torchvision.models.detection.fasterrcnn_resnet50_fpn(
-        weights=None, weights_backbone=None, num_classes=NUM_CLASSES + 1
+        weights=None, weights_backbone=None, num_classes=num_classes
     )
     for layer in source.modules():
         if isinstance(layer, torch.nn.BatchNorm2d):
@@ -97,12 +100,14 @@ def _saved_state_dict(path) -> dict[str, torch.Tensor]:
     return load_checkpoint(path)
 
 
-def _torchvision_model(state: dict[str, torch.Tensor]) -> TorchvisionFasterRCNN:
+def _torchvision_model(
+    state: dict[str, torch.Tensor], num_classes: int = NUM_CLASSES + 1
+) -> TorchvisionFasterRCNN:
     """What fasterrcnn_resnet50_fpn builds for pretrained weights: FrozenBatchNorm2d, layer2-4 trainable."""
     body = torchvision.models.resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
     model = TorchvisionFasterRCNN(
         _resnet_fpn_extractor(body, trainable_layers=3),
-        num_classes=NUM_CLASSES + 1,
+        num_classes=num_classes,
         min_size=MIN_SIZE,
         max_size=MAX_SIZE,
     )
@@ -110,14 +115,16 @@ def _torchvision_model(state: dict[str, torch.Tensor]) -> TorchvisionFasterRCNN:
     return model
 
 
-def _training_step(model, images: list[torch.Tensor], backwards: dict[str, int]) -> dict:
+def _training_step(
+    model, images: list[torch.Tensor], backwards: dict[str, int], targets: list[dict] | None = None
+) -> dict:
     """Losses, the anchors and RoIs drawn, and the gradients of the losses' sum: one set per entry of
     `backwards`, RoIAlign's CPU backward taking its products up to that many map cells per sample."""
     model.train()
     model.rpn.fg_bg_sampler = RecordingSampler(model.rpn.fg_bg_sampler)
     model.roi_heads.fg_bg_sampler = RecordingSampler(model.roi_heads.fg_bg_sampler)
     torch.manual_seed(SEED)
-    losses = model(images, _targets())
+    losses = model(images, targets or _targets())
     names, parameters = zip(*((n, p) for n, p in model.named_parameters() if p.requires_grad), strict=True)
     gradients = {}
     for position, (backward, cells) in enumerate(backwards.items()):
@@ -190,3 +197,40 @@ def test_with_torchvisions_roi_align_backward_every_gradient_is_bit_identical(st
     (expected,) = reference["gradients"].values()
     differences = _relative_differences(ours["gradients"][next(iter(KERNEL))], expected)
     assert set(differences.values()) == {0.0}, {name: d for name, d in differences.items() if d}
+
+
+# COCO category ids (and torchvision's names) of labels 1..3 in the coco_category_ids test
+COCO_CATEGORIES = [(3, "car"), (17, "cat"), (88, "teddy bear")]
+COCO_ROWS = 91
+
+
+@pytest.fixture(scope="module")
+def coco_steps(module_tmp) -> tuple[dict, dict]:
+    """A 91-class torchvision detector trained on labels that are COCO category ids, and ours with
+    `predictor_rows: coco_category_ids` on labels 1..3, from the same saved weights, images and seed."""
+    tmp_path = module_tmp("coco_rows")
+    detection_ops.configure("auto")
+    images = _images()
+    state = _saved_state_dict(tmp_path / "fasterrcnn_resnet50_fpn_91.pth", COCO_ROWS)
+    reference_targets = _targets([0, *(category_id for category_id, _ in COCO_CATEGORIES)])
+    reference = _training_step(
+        _torchvision_model(state, COCO_ROWS), [image / 255 for image in images], KERNEL, reference_targets
+    )
+    recipe = torchvision_recipe(tmp_path)
+    recipe["roi_heads"]["predictor_rows"] = "coco_category_ids"
+    model = build_model(recipe, NUM_CLASSES)
+    converted, report = convert_state_dict(state, model.state_dict(), categories=COCO_CATEGORIES)
+    model.load_state_dict(converted)
+    return _training_step(model, images, KERNEL), reference, report
+
+
+def test_coco_category_rows_train_as_torchvision_on_category_ids(coco_steps):
+    """All 91 rows stay; labels 1..3 train the rows of ids 3, 17, 88: the same losses and gradients."""
+    ours, reference, report = coco_steps
+    assert all(torch.equal(ours["losses"][n], reference["losses"][n]) for n in LOSSES)
+    assert all(torch.equal(a, b) for a, b in zip(ours["RoIs drawn"], reference["RoIs drawn"], strict=True))
+    (expected,) = reference["gradients"].values()
+    differences = _relative_differences(ours["gradients"][next(iter(KERNEL))], expected)
+    assert set(differences.values()) == {0.0}, {name: d for name, d in differences.items() if d}
+    [rows] = report[report.target_key == "roi_heads.label_rows"].itertuples()
+    assert rows.status == "mapped" and rows.note.endswith("ids [3, 17, 88] by label")

@@ -166,6 +166,12 @@ class RoiHeadsParams(Section):
         description="clip detections to the original image after rescaling them (detectron2); torchvision "
         "clips only in the resized image (480.00003 instead of 480)",
     )
+    predictor_rows: Literal["labels", "coco_category_ids"] = Field(
+        "labels",
+        description="box predictor rows: background and one per ingested category (labels), or COCO's 91 "
+        "indexed by category id (torchvision's COCO detectors: the softmax runs over all 91; rows of no "
+        "ingested category are never detected). coco_category_ids needs ids in 1..90",
+    )
 
 
 class StaticShapeParams(Section):

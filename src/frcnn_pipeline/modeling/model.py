@@ -2,6 +2,7 @@
 
 from typing import Any
 
+import torch
 from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
@@ -9,7 +10,12 @@ from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_NAMES, FEATURE_STRIDES, build_resnet_fpn_backbone
 from frcnn_pipeline.modeling.config import resolve_model_config
 from frcnn_pipeline.modeling.pooler import LevelRoIAlign
-from frcnn_pipeline.modeling.roi_heads import DetectronRoIHeads, StaticRoIHeads, box_head_and_predictor
+from frcnn_pipeline.modeling.roi_heads import (
+    COCO_PREDICTOR_ROWS,
+    DetectronRoIHeads,
+    StaticRoIHeads,
+    box_head_and_predictor,
+)
 from frcnn_pipeline.modeling.rpn import DetectronRPN, Float32RPNHead, StaticRPN
 from frcnn_pipeline.modeling.static import StaticBatch
 from frcnn_pipeline.modeling.transform import DetectronTransform
@@ -93,8 +99,15 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         small_boxes=rpn_cfg["small_boxes"],
         **static_rpn,
     )
+    # coco_category_ids: the weights pipeline writes the labels' rows (by category id) into the state dict
+    coco_rows = roi_cfg["predictor_rows"] == "coco_category_ids"
+    if coco_rows and num_classes >= COCO_PREDICTOR_ROWS:
+        raise ValueError(f"predictor_rows coco_category_ids holds at most 90 classes, got {num_classes}")
     box_head, box_predictor = box_head_and_predictor(
-        backbone.out_channels, roi_cfg["pooler_resolution"], roi_cfg["fc_dim"], num_classes
+        backbone.out_channels,
+        roi_cfg["pooler_resolution"],
+        roi_cfg["fc_dim"],
+        COCO_PREDICTOR_ROWS - 1 if coco_rows else num_classes,
     )
     roi_heads = (StaticRoIHeads if static["enabled"] else DetectronRoIHeads)(
         LevelRoIAlign(
@@ -121,6 +134,7 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         softmax_background=roi_cfg["softmax_background"],
         nms_class_ids=roi_cfg["nms_class_ids"],
         small_boxes=roi_cfg["small_boxes"],
+        label_rows=torch.arange(num_classes + 1) if coco_rows else None,
         **static_heads,
     )
     transform = DetectronTransform(

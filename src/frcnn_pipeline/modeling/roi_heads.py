@@ -22,6 +22,8 @@ from frcnn_pipeline.modeling.static import (
 
 # torchvision's RoIHeads drops detections narrower or shorter than this (small_boxes: torchvision)
 MIN_DETECTION_SIZE = 1e-2
+# torchvision's COCO detectors: background and COCO category ids 1..90 (ten of them unused by COCO 2017)
+COCO_PREDICTOR_ROWS = 91
 
 
 def class_probabilities(class_logits: Tensor, background: str) -> Tensor:
@@ -93,6 +95,11 @@ class DetectronRoIHeads(RoIHeads):
     postprocess_detections per option: `softmax_background` (`class_probabilities`), `nms_class_ids`
     (`nms_ids`) and `small_boxes`: "torchvision" drops boxes under MIN_DETECTION_SIZE before NMS,
     "detectron2" none (the transform drops empty ones after the rescale, as detector_postprocess does).
+
+    `label_rows` (predictor_rows: coco_category_ids): the box predictor row of each label 0..K, the buffer
+    `roi_heads.label_rows` of the state dict. The losses, softmax, box decoding and NMS then run over the
+    predictor's rows, as torchvision runs its COCO detectors on labels that are category ids; candidates of a
+    row no label has are dropped with those under the score threshold, and rows map back to labels.
     """
 
     def __init__(
@@ -103,6 +110,7 @@ class DetectronRoIHeads(RoIHeads):
         softmax_background: str,
         nms_class_ids: str,
         small_boxes: str,
+        label_rows: Tensor | None = None,
         **kwargs,
     ) -> None:
         super().__init__(*args, **kwargs)
@@ -111,6 +119,21 @@ class DetectronRoIHeads(RoIHeads):
         self.softmax_background = softmax_background
         self.nms_class_ids = nms_class_ids
         self.small_boxes = small_boxes
+        self.register_buffer("label_rows", label_rows)
+
+    def targets_in_rows(self, targets: list[dict[str, Tensor]] | None) -> list[dict[str, Tensor]] | None:
+        """`targets` with each label replaced by its predictor row (unchanged without `label_rows`)."""
+        if self.label_rows is None or targets is None:
+            return targets
+        return [{**target, "labels": self.label_rows[target["labels"]]} for target in targets]
+
+    def label_of_row(self, rows: Tensor) -> Tensor:
+        """The label of each predictor row in `rows`; -1 for a row no label has."""
+        if self.label_rows is None:
+            return rows
+        table = torch.full((self.box_predictor.cls_score.out_features,), -1, device=rows.device)
+        labels = torch.arange(len(self.label_rows), device=rows.device)
+        return table.index_copy(0, self.label_rows.to(rows.device), labels)[rows]
 
     def box_predictions(
         self, features: dict[str, Tensor], proposals: list[Tensor], image_shapes: list[tuple[int, int]]
@@ -129,7 +152,9 @@ class DetectronRoIHeads(RoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if self.training:
-            proposals, _, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, _, labels, regression_targets = self.select_training_samples(
+                proposals, self.targets_in_rows(targets)
+            )
         class_logits, box_regression = self.box_predictions(features, proposals, image_shapes)
         if self.training:
             loss_classifier, loss_box_reg = fast_rcnn_losses(
@@ -169,17 +194,17 @@ class DetectronRoIHeads(RoIHeads):
                 image_scores[:, 1:].flatten(),
                 labels[:, 1:].flatten(),
             )
-            keep = torch.where(scores > self.score_thresh)[0]
+            keep = torch.where((scores > self.score_thresh) & (self.label_of_row(labels) >= 0))[0]
             boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
             if self.small_boxes == "torchvision":
                 keep = box_ops.remove_small_boxes(boxes, min_size=MIN_DETECTION_SIZE)
                 boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
-            # NMS independently per class, then the best detections_per_img
+            # NMS independently per class (per row), then the best detections_per_img
             ids = nms_ids(labels, self.nms_class_ids)
             keep = batched_nms(boxes, scores, ids, self.nms_thresh)[: self.detections_per_img]
             all_boxes.append(boxes[keep])
             all_scores.append(scores[keep])
-            all_labels.append(labels[keep])
+            all_labels.append(self.label_of_row(labels[keep]))
         return all_boxes, all_scores, all_labels
 
 
@@ -208,7 +233,9 @@ class StaticRoIHeads(DetectronRoIHeads):
         targets: list[dict[str, Tensor]] | None = None,
     ) -> tuple[list[dict[str, Tensor]], dict[str, Tensor]]:
         if self.training:
-            proposals, labels, regression_targets = self.select_training_samples(proposals, targets)
+            proposals, labels, regression_targets = self.select_training_samples(
+                proposals, self.targets_in_rows(targets)
+            )
         class_logits, box_regression = self.box_predictions(features, list(proposals.boxes), image_shapes)
         if self.training:
             loss_classifier, loss_box_reg = masked_fast_rcnn_losses(
@@ -276,6 +303,7 @@ class StaticRoIHeads(DetectronRoIHeads):
         boxes, scores = boxes[:, :, 1:].reshape(num_images, -1, 4), scores[:, :, 1:]
         labels = torch.arange(1, num_classes, device=scores.device).expand_as(scores).reshape(num_images, -1)
         valid = ((scores > self.score_thresh) & proposals.valid[..., None]).reshape(num_images, -1)
+        valid = valid & (self.label_of_row(labels) >= 0)
         if self.small_boxes == "torchvision":
             valid = valid & box_sizes_at_least(boxes, MIN_DETECTION_SIZE)
         scores = scores.reshape(num_images, -1)
@@ -290,13 +318,15 @@ class StaticRoIHeads(DetectronRoIHeads):
             idxs=nms_ids(labels, self.nms_class_ids),
         )
         top, valid = top_valid(scores, keep, self.detections_per_img)
-        return gather_boxes(boxes, top), scores.gather(1, top), labels.gather(1, top), valid
+        labels = self.label_of_row(labels.gather(1, top)).clamp(min=0)
+        return gather_boxes(boxes, top), scores.gather(1, top), labels, valid
 
 
 def box_head_and_predictor(
     in_channels: int, resolution: int, fc_dim: int, num_classes: int
 ) -> tuple[TwoMLPHead, FastRCNNPredictor]:
-    """Two 1024-d FCs and the classifier/regressor, initialised as detectron2 does."""
+    """Two 1024-d FCs and the classifier/regressor for `num_classes` and the background, initialised as
+    detectron2 does."""
     head = TwoMLPHead(in_channels * resolution**2, fc_dim)
     for layer in (head.fc6, head.fc7):
         nn.init.kaiming_uniform_(layer.weight, a=1)  # detectron2's c2_xavier_fill

@@ -1,7 +1,9 @@
 """torchvision's COCO box predictor rows for the ingested categories.
 
 torchvision's COCO detectors have 91 classes indexed by COCO category id (0 the background, ten ids "N/A":
-COCO 2017 never used them); this model has K + 1, background first, then the categories table by label.
+COCO 2017 never used them). This model has K + 1 rows, background first, then the categories table by label
+(`select_coco_rows` cuts a COCO predictor to them), or with `predictor_rows: coco_category_ids` all 91 and the
+row of each label in its `roi_heads.label_rows` buffer (`coco_label_rows`).
 """
 
 import logging
@@ -22,6 +24,7 @@ PREDICTOR_KEYS = {
     "roi_heads.box_predictor.bbox_pred.weight": 4,
     "roi_heads.box_predictor.bbox_pred.bias": 4,
 }
+LABEL_ROWS_KEY = "roi_heads.label_rows"
 
 
 class CocoCategoryError(UserFacingError, ValueError):
@@ -34,11 +37,8 @@ def is_coco_predictor(state: Mapping[str, Any]) -> bool:
     return scores is not None and scores.shape[0] == len(COCO_NAMES)
 
 
-def select_coco_rows(
-    state: Mapping[str, torch.Tensor], category_ids: Sequence[int], names: Sequence[str], source_name: str
-) -> tuple[dict[str, torch.Tensor], str]:
-    """`state` with its box predictor cut to this model's rows (background row 0, then the row of each
-    category's COCO id, in label order), and the note the report gives those keys.
+def coco_label_rows(category_ids: Sequence[int], names: Sequence[str], source_name: str) -> torch.Tensor:
+    """The COCO predictor row of each label: 0 for the background, then each category's id, in label order.
 
     Raises:
         CocoCategoryError: a category id outside COCO's 1..90.
@@ -62,7 +62,15 @@ def select_coco_rows(
                 coco_name,
                 coco_name,
             )
-    rows = [0, *(int(i) for i in category_ids)]
+    return torch.tensor([0, *(int(i) for i in category_ids)])
+
+
+def select_coco_rows(
+    state: Mapping[str, torch.Tensor], category_ids: Sequence[int], names: Sequence[str], source_name: str
+) -> tuple[dict[str, torch.Tensor], str]:
+    """`state` with its box predictor cut to this model's rows (`coco_label_rows`), and the note the report
+    gives those keys."""
+    rows = coco_label_rows(category_ids, names, source_name).tolist()
     selected = dict(state)
     for key, width in PREDICTOR_KEYS.items():
         index = torch.tensor([row * width + offset for row in rows for offset in range(width)])
@@ -72,3 +80,15 @@ def select_coco_rows(
         f"{rows[1:]} by label)"
     )
     return selected, note
+
+
+def label_rows_report_row(label_rows: torch.Tensor) -> dict[str, str]:
+    """The conversion report's row for `roi_heads.label_rows`, which the categories table gives."""
+    return {
+        "status": "mapped",
+        "source_key": "categories",
+        "target_key": LABEL_ROWS_KEY,
+        "source_shape": "",
+        "target_shape": str(tuple(label_rows.shape)),
+        "note": f"rows by COCO category id: background 0, then ids {label_rows.tolist()[1:]} by label",
+    }

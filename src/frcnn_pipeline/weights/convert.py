@@ -17,7 +17,14 @@ import pandas as pd
 import torch
 
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.weights.coco_rows import PREDICTOR_KEYS, is_coco_predictor, select_coco_rows
+from frcnn_pipeline.weights.coco_rows import (
+    LABEL_ROWS_KEY,
+    PREDICTOR_KEYS,
+    coco_label_rows,
+    is_coco_predictor,
+    label_rows_report_row,
+    select_coco_rows,
+)
 from frcnn_pipeline.weights.safe_pickle import load_weights_pickle
 
 logger = logging.getLogger(__name__)
@@ -306,7 +313,8 @@ def convert_state_dict(
             BN equals Detectron's AffineChannel; "detectron2" stores running_var = 1 as detectron2 does (a
             relative scale error of 5e-6 per layer).
         categories: the model's (COCO category id, name) by label 1..K; a torchvision detector with COCO's
-            91 classes then gives its box predictor rows by category id (`coco_rows`).
+            91 classes then gives its box predictor rows by category id (`coco_rows`): all 91 to a model
+            with `roi_heads.label_rows` (predictor_rows: coco_category_ids), which the categories fill.
         frozen_bn_eps: the model's `backbone.frozen_bn_eps`, for "exact" folding.
 
     Returns:
@@ -321,13 +329,19 @@ def convert_state_dict(
     state, source_format = unwrap_checkpoint(checkpoint, source_name)
     naming = _NAMING[source_format.split("/")[0]]
     row_notes: dict[str, str] = {}
-    if categories is not None and source_format == "torchvision_detector" and is_coco_predictor(state):
-        ids, names = [i for i, _ in categories], [name for _, name in categories]
-        state, rows_note = select_coco_rows(state, ids, names, source_name)
-        row_notes = dict.fromkeys(PREDICTOR_KEYS, rows_note)
     converted = {key: value.clone() for key, value in model_state.items()}
     rows: list[dict[str, str]] = []
     assigned: set[str] = set()
+    if LABEL_ROWS_KEY in model_state:
+        if categories is None:
+            raise ValueError("a model with predictor_rows coco_category_ids needs the categories")
+        converted[LABEL_ROWS_KEY] = coco_label_rows(*zip(*categories, strict=True), source_name)
+        assigned.add(LABEL_ROWS_KEY)
+        rows.append(label_rows_report_row(converted[LABEL_ROWS_KEY]))
+    elif categories is not None and source_format == "torchvision_detector" and is_coco_predictor(state):
+        ids, names = [i for i, _ in categories], [name for _, name in categories]
+        state, rows_note = select_coco_rows(state, ids, names, source_name)
+        row_notes = dict.fromkeys(PREDICTOR_KEYS, rows_note)
     folded_norms: dict[str, str] = {}  # norm module prefix -> the source key that was folded into it
     for name, value in state.items():
         target = naming(name)

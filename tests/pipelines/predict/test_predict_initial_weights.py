@@ -1,5 +1,7 @@
 """torchvision's COCO checkpoint through Kedro: `weights` then `predict_initial_weights` under the
-`torchvision_coco` recipe give torchvision's own detections on a user's photos, bit for bit.
+`torchvision_coco` recipe give torchvision's own detections on a user's photos, bit for bit; with
+`predictor_rows: labels` (the rows of the ingested categories only), those of torchvision's model cut to
+the same rows.
 
 The real checkpoint (fasterrcnn_resnet50_fpn_coco-258fb6c6.pth) cannot be downloaded here, so the test saves
 one with its exact layout: the model torchvision's builder makes for COCO_V1 weights (frozen BN, eps 0 from
@@ -84,10 +86,11 @@ def with_rows_of(model: FasterRCNN, category_ids: list[int]) -> FasterRCNN:
     return cut.eval()
 
 
-@pytest.fixture(scope="module")
-def predicted(module_tmp):
-    """The checkpoint saved as torchvision's file, the photos, and `predict_initial_weights`' results JSON."""
-    tmp = module_tmp("coco_checkpoint")
+@pytest.fixture(scope="module", params=["coco_category_ids", "labels"])
+def predicted(request, module_tmp):
+    """The checkpoint saved as torchvision's file, the photos, and `predict_initial_weights`' results JSON,
+    for each `predictor_rows`."""
+    tmp = module_tmp(request.param)
     checkpoint = tmp / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
     model = coco_detector()
     torch.save(model.state_dict(), checkpoint)
@@ -107,6 +110,7 @@ def predicted(module_tmp):
         "predict.images": str(tmp / "photos"),
         "predict.score_threshold": 0.0,  # every detection the model returns
         "predict.inference.batch_size": 1,
+        "model.roi_heads.predictor_rows": request.param,
     }
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)
@@ -115,7 +119,9 @@ def predicted(module_tmp):
                 session.run(pipeline_names=[pipeline])
     [results] = root.glob("data/07_model_output/predict_initial_weights/prediction_results.json/*/*")
     report = pd.read_csv(root / "data/08_reporting/weights_conversion_report.csv")
-    return model, photos, json.loads(results.read_text()), report, root
+    if request.param == "labels":
+        model = with_rows_of(model, COCO_IDS)
+    return model, photos, json.loads(results.read_text()), report, root, request.param
 
 
 def project_with_coco_categories(root: Path) -> Path:
@@ -146,39 +152,35 @@ def detections_of(results: dict, orientation: str) -> tuple[torch.Tensor, torch.
 
 @pytest.mark.parametrize("orientation", PHOTOS)
 def test_predictions_are_torchvisions_bit_for_bit(predicted, orientation):
-    """Against torchvision's model on `image / 255`, one image per call, with the checkpoint's rows of the
-    80 categories (the classes the converted model has): boxes, scores and category ids identical."""
-    model, photos, results, _, _ = predicted
+    """Against torchvision's model on `image / 255`, one image per call: with all 91 rows (the checkpoint
+    as it is) or cut to the 80 categories' rows (`predictor_rows: labels`), boxes, scores and category ids
+    identical."""
+    model, photos, results, _, _, predictor_rows = predicted
     with torch.no_grad():
-        [reference] = with_rows_of(model, COCO_IDS)([photos[orientation] / 255])
+        [reference] = model([photos[orientation] / 255])
+    expected_ids = reference["labels"].tolist()  # torchvision's labels: COCO category ids, or rows 1..80
+    if predictor_rows == "labels":
+        expected_ids = [COCO_IDS[row - 1] for row in expected_ids]
     boxes, scores, category_ids = detections_of(results, orientation)
     assert len(category_ids) == 100 and len(set(category_ids)) > 1
     assert torch.equal(boxes, reference["boxes"])
     assert torch.equal(scores, reference["scores"])
-    assert category_ids == [COCO_IDS[label - 1] for label in reference["labels"].tolist()]
-
-
-@pytest.mark.parametrize("orientation", PHOTOS)
-def test_against_all_91_rows_only_the_softmax_sum_differs(predicted, orientation):
-    """torchvision's full model normalises its scores over 91 rows, ours over 81: where the ten unused rows
-    score ~0 (as in the real checkpoint) the same boxes and classes come out, scores within float32 rounding
-    of the softmax's sum."""
-    model, photos, results, _, _ = predicted
-    with torch.no_grad():
-        [reference] = model([photos[orientation] / 255])
-    boxes, scores, category_ids = detections_of(results, orientation)
-    assert torch.equal(boxes, reference["boxes"])
-    assert category_ids == reference["labels"].tolist()  # torchvision's labels are COCO category ids
-    torch.testing.assert_close(scores, reference["scores"], rtol=1e-6, atol=0)
+    assert category_ids == expected_ids
 
 
 def test_the_report_maps_the_coco_rows_and_predict_keeps_its_own_outputs(predicted):
-    _, _, results, report, root = predicted
+    _, _, results, report, root, predictor_rows = predicted
     rows = report[report.target_key.str.startswith("roi_heads.box_predictor.")]
     assert len(rows) == 4 and set(rows.status) == {"mapped"}
-    assert set(rows.note) == {
-        f"COCO rows by category id: 91 -> 81 (background row 0, then ids {COCO_IDS} by label)"
-    }
+    if predictor_rows == "labels":
+        assert set(rows.note) == {
+            f"COCO rows by category id: 91 -> 81 (background row 0, then ids {COCO_IDS} by label)"
+        }
+        assert "roi_heads.label_rows" not in set(report.target_key)
+    else:
+        assert set(rows.source_shape) == {"(91, 1024)", "(91,)", "(364, 1024)", "(364,)"}
+        [label_rows] = report[report.target_key == "roi_heads.label_rows"].itertuples()
+        assert label_rows.note == f"rows by COCO category id: background 0, then ids {COCO_IDS} by label"
     assert set(report.status) == {"mapped"}
     assert results["model"]["kind"] == "initial_weights"
     assert not (root / "data/07_model_output/predict").exists(), "predict's outputs are left alone"

@@ -209,10 +209,12 @@ def test_torchvisions_own_state_dict_loads_under_the_torchvision_recipe(tmp_path
     assert state.keys() == {key for key in saved if not key.endswith("num_batches_tracked")}
 
 
-@pytest.mark.parametrize(("recipe", "eps_warned"), [("torchvision", True), ("torchvision_coco", False)])
-def test_torchvisions_coco_weights_take_the_rows_of_the_categories_ids(tmp_path, caplog, recipe, eps_warned):
-    """A 91-class torchvision detector: the predictor rows of the categories' COCO ids (1, 2, 5), a warning
-    for each name that is not COCO's, and one for frozen BN eps unless it is 0, as torchvision runs them."""
+@pytest.mark.parametrize(("recipe", "coco_rows"), [("torchvision", False), ("torchvision_coco", True)])
+def test_torchvisions_coco_weights_take_the_rows_of_the_categories_ids(tmp_path, caplog, recipe, coco_rows):
+    """A 91-class torchvision detector: the predictor rows of the categories' COCO ids (1, 2, 5), or all 91
+    with those ids in `roi_heads.label_rows` (torchvision_coco); a warning for each name that is not COCO's;
+    one for frozen BN eps unless it is 0, and one for the scores unless all rows are kept, as torchvision
+    runs them."""
     torch.manual_seed(0)
     saved = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=91
@@ -223,8 +225,31 @@ def test_torchvisions_coco_weights_take_the_rows_of_the_categories_ids(tmp_path,
     catalog["params:model"] = MemoryDataset(_parameters("_recipes")[recipe]["model"])
     with caplog.at_level(logging.WARNING):
         SequentialRunner().run(create_pipeline(), catalog)
-    assert ("frozen_bn_eps: 0" in caplog.text) == eps_warned
+    assert ("frozen_bn_eps: 0" in caplog.text) != coco_rows
+    assert ("predictor_rows: coco_category_ids for its scores" in caplog.text) != coco_rows
     assert "category 'circle' has id 1, COCO's 'person'" in caplog.text
     state = catalog.load("initial_weights").state_dict
     scores = "roi_heads.box_predictor.cls_score.weight"
-    assert torch.equal(state[scores], saved[scores][[0, 1, 2, 5]])
+    if coco_rows:
+        assert torch.equal(state[scores], saved[scores])
+        assert state["roi_heads.label_rows"].tolist() == [0, 1, 2, 5]
+    else:
+        assert torch.equal(state[scores], saved[scores][[0, 1, 2, 5]])
+        assert "roi_heads.label_rows" not in state
+
+
+def test_coco_category_rows_from_random_weights_need_coco_ids(tmp_path):
+    """`weights.source: none` with predictor_rows coco_category_ids: the rows come from the categories too,
+    and a category id outside 1..90 is an error naming it."""
+    model = {"backbone": {"depth": 18}, "roi_heads": {"predictor_rows": "coco_category_ids"}}
+    catalog = _catalog(tmp_path, {**_parameters("weights"), "source": "none"})
+    catalog["params:model"] = MemoryDataset(model)
+    SequentialRunner().run(create_pipeline(), catalog)
+    assert catalog.load("initial_weights").state_dict["roi_heads.label_rows"].tolist() == [0, 1, 2, 5]
+    report = catalog.load("weights_conversion_report")
+    assert report.set_index("target_key").loc["roi_heads.label_rows", "source_key"] == "categories"
+    categories = catalog.load("categories")
+    categories.loc[0, "category_id"] = 91
+    catalog["categories"] = MemoryDataset(categories)
+    with pytest.raises(Exception, match=r"category ids 1-90 only.*id\(s\) \[91\]"):
+        SequentialRunner().run(create_pipeline(), catalog)

@@ -10,7 +10,12 @@ from frcnn_pipeline.config import WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
-from frcnn_pipeline.weights.coco_rows import is_coco_predictor
+from frcnn_pipeline.weights.coco_rows import (
+    LABEL_ROWS_KEY,
+    coco_label_rows,
+    is_coco_predictor,
+    label_rows_report_row,
+)
 from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
 
 logger = logging.getLogger(__name__)
@@ -57,11 +62,19 @@ def convert_pretrained_weights(
     if pretrained["path"] is None:
         note = f"weights.source none, seed {params.seed}"
         rows = [
-            ("random_init", "", key, "", str(tuple(value.shape)), note) for key, value in model_state.items()
-        ]
+            {"status": "random_init", "source_key": "", "target_key": key, "source_shape": "",
+             "target_shape": str(tuple(value.shape)), "note": note}
+            for key, value in model_state.items() if key != LABEL_ROWS_KEY
+        ]  # fmt: skip
+        state = dict(model_state)
+        if LABEL_ROWS_KEY in state:
+            mapping = category_mapping(categories)
+            ids, names = [entry["category_id"] for entry in mapping], [entry["name"] for entry in mapping]
+            state[LABEL_ROWS_KEY] = coco_label_rows(ids, names, "weights.source none")
+            rows.append(label_rows_report_row(state[LABEL_ROWS_KEY]))
         report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
         logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
-        return _initial_weights(dict(model_state), categories, pretrained, params.seed), report
+        return _initial_weights(state, categories, pretrained, params.seed), report
     checkpoint = load_checkpoint(pretrained["path"])
     model_cfg = resolve_model_config(model)
     state, report = convert_state_dict(
@@ -78,6 +91,13 @@ def convert_pretrained_weights(
         warnings.append(
             "torchvision's COCO detector weights (91 classes) run with frozen BN eps 0: set "
             "model.backbone.frozen_bn_eps: 0 (the torchvision_coco recipe does)"
+        )
+    if is_coco_predictor(source_state) and model_cfg["roi_heads"]["predictor_rows"] == "labels":
+        warnings.append(
+            "torchvision's COCO detector weights keep only the rows of the ingested categories, so scores "
+            "differ from torchvision's by the softmax's sum (~4e-7 relative): set "
+            "model.roi_heads.predictor_rows: coco_category_ids for its scores bit for bit (the "
+            "torchvision_coco recipe does)"
         )
     for warning in warnings:
         logger.warning("%s: %s", pretrained["source"], warning)
