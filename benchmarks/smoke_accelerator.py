@@ -50,16 +50,16 @@ from smoke_setup import (
 )
 from torch import nn
 
-from frcnn_pipeline.engine import devices
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.engine.fallback_watch import (
+from frcnn_pipeline.layers import backend as detection_ops
+from frcnn_pipeline.runtime import devices
+from frcnn_pipeline.runtime.fallback_watch import (
     TORCH_NPU_WARNINGS_VARIABLE,
     FallbackWarnings,
     StderrCapture,
     merge,
 )
-from frcnn_pipeline.engine.installation import describe_detection_ops, describe_installation
-from frcnn_pipeline.layers import backend as detection_ops
+from frcnn_pipeline.runtime.installation import describe_detection_ops, describe_installation
 
 REPORT_DIR = PROJECT_ROOT / "data" / "08_reporting" / "smoke"  # data/ is git-ignored
 DEFAULT_ENVS = {"npu": "npu1p", "cuda": "gpu1p", "cpu": "npu1p"}

@@ -14,13 +14,13 @@ import torch
 from smoke_setup import NUM_CLASSES, SmokeFailure, calibrate_frozen_norms, read_images, write_synthetic_images
 from torch import nn
 
-from frcnn_pipeline.engine import devices
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
 from frcnn_pipeline.engine.stall_watch import StallWatchdog, read_records
 from frcnn_pipeline.engine.step_audit import StepAudit, close_audits
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.runtime import devices
 
 AUDIT_FOLDER = "audit"
 

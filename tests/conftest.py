@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from tiny_training import write_tiny_dataset
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 # Before anything imports mlflow (its telemetry client starts on import); settings.py does the same for runs.
@@ -51,3 +52,9 @@ def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
     yield make
     if request.session.testsfailed == failures_before:
         shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_tables(tmp_path_factory):
+    """Eight tiny generated images and their tables, shared by the engine and runtime tests."""
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny_images"), count=8)

@@ -22,7 +22,6 @@ from test_cli import kedro_run
 
 from frcnn_pipeline import hooks
 from frcnn_pipeline.config import ParameterError
-from frcnn_pipeline.engine.launcher import LauncherConfigError
 from frcnn_pipeline.hooks import MainProcessSavesHooks, NotTheMainProcessError
 from frcnn_pipeline.pipelines.evaluate_initial_weights import (
     create_pipeline as create_evaluate_initial_weights_pipeline,
@@ -34,6 +33,7 @@ from frcnn_pipeline.pipelines.splits import (
     evaluation_splits,
     use_evaluation_splits,
 )
+from frcnn_pipeline.runtime.world import LauncherConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}

@@ -20,10 +20,10 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.config import IngestParams, ParameterError, RuntimeParams, validate_parameters
-from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.pipelines.inference_backend import use_inference_backend
 from frcnn_pipeline.pipelines.splits import evaluation_splits_of, use_evaluation_splits
+from frcnn_pipeline.runtime.world import WorldConfig
 
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext

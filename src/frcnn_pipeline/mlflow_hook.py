@@ -47,8 +47,6 @@ from frcnn_pipeline.config import TrainParams, flatten, validate_parameters
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.launcher import WorldConfig
-from frcnn_pipeline.engine.provenance import git_state, package_versions
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.tracking import quiet_store_errors
 from frcnn_pipeline.mlflow_store import (
@@ -63,6 +61,8 @@ from frcnn_pipeline.mlflow_store import (
 )
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+from frcnn_pipeline.runtime.provenance import git_state, package_versions
+from frcnn_pipeline.runtime.world import WorldConfig
 
 # kedro-mlflow's pipeline model (unused here) makes mlflow warn about its type hints on import, under a
 # "once" filter of mlflow's own that no filter of ours can precede: the warning is recorded and dropped.

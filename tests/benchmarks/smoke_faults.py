@@ -14,7 +14,7 @@ from collections.abc import Callable
 from torch import nn
 from torch.utils._pytree import tree_map
 
-from frcnn_pipeline.engine import distributed
+from frcnn_pipeline.runtime import distributed
 
 PYTHON_FALLBACK = "box_head's op will fall back to CPU (injected by the smoke test's test)"
 # What torch_npu's C++ warning handler writes straight to file descriptor 2 (not a Python warning).

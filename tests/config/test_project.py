@@ -15,7 +15,7 @@ from frcnn_pipeline.config import (
     validate_parameters,
 )
 from frcnn_pipeline.data.coco import DEFAULT_SEVERITY, resolve_severity
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime.world import WorldConfig
 
 
 def test_every_section_present_is_validated_and_templating_blocks_are_skipped():

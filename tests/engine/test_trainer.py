@@ -23,11 +23,11 @@ from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import SplitSource, read_coco_split
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.loop import NonFiniteLossError
-from frcnn_pipeline.engine.signals import TrainingStopped
 from frcnn_pipeline.engine.trainer import load_initial_weights, train_detector
 from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import SyncBatchNormError
 from frcnn_pipeline.modeling.static import StaticBatch
+from frcnn_pipeline.runtime.signals import TrainingStopped
 
 
 def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: int):

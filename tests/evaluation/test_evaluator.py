@@ -3,12 +3,9 @@ worker and spread over two (gloo)."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
 from tiny_training import (
     TINY_MODEL,
     ground_truth,

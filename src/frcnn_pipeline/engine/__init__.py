@@ -1,1 +1,2 @@
-"""Layer 4: devices, distribution, solver, mixed precision, checkpoints and the training loop (Kedro-free)."""
+"""Training (Kedro-free): the loop and its hooks, the solver, mixed precision, checkpoints and resuming, on
+the process runtime of frcnn_pipeline.runtime."""

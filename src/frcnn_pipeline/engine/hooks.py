@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from frcnn_pipeline.engine import devices, distributed
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, atomic_save
-from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.tracking import MlflowRunLogger
+from frcnn_pipeline.runtime import devices, distributed
+from frcnn_pipeline.runtime.distributed import WorkerContext
 
 if TYPE_CHECKING:
     from frcnn_pipeline.engine.loop import Trainer

@@ -17,13 +17,13 @@ import torch
 from torch import nn
 
 from frcnn_pipeline.data.dataset import BadImageBudget
-from frcnn_pipeline.engine import distributed
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.hooks import HookBase, TrainState
-from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling.model import StaticFasterRCNN
+from frcnn_pipeline.runtime import distributed
+from frcnn_pipeline.runtime.distributed import WorkerContext
+from frcnn_pipeline.runtime.signals import StopSignals, TrainingStopped
 
 if TYPE_CHECKING:
     from frcnn_pipeline.engine.trainer import TrainJob

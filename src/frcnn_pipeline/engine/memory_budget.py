@@ -29,9 +29,9 @@ from typing import Any
 import psutil
 import torch
 
-from frcnn_pipeline.engine import devices
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.runtime import devices
 
 _GIB = 2**30
 _FP32_BYTES = 4

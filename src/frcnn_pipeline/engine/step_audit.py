@@ -27,11 +27,11 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optimizers
 
-from frcnn_pipeline.engine import devices, distributed
-from frcnn_pipeline.engine.fallback_watch import FallbackWarnings
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.static import StaticBatch
+from frcnn_pipeline.runtime import devices, distributed
+from frcnn_pipeline.runtime.fallback_watch import FallbackWarnings
 
 # What a rank does in each phase it records (the watchdog's message quotes these).
 PHASES = {

@@ -33,10 +33,9 @@ from frcnn_pipeline.data.dataset import (
     seed_worker,
 )
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
-from frcnn_pipeline.engine import devices, distributed, memory_budget, solver
+from frcnn_pipeline.engine import memory_budget, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.engine.checkpoint import CheckpointManager
-from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.engine.hooks import (
     BestCheckpointHook,
     EvalHook,
@@ -48,18 +47,20 @@ from frcnn_pipeline.engine.hooks import (
     TrainState,
     load_best_weights,
 )
-from frcnn_pipeline.engine.launcher import WorldConfig
-from frcnn_pipeline.engine.loader_workers import LoaderWorkers, worker_count
 from frcnn_pipeline.engine.loop import Trainer
 from frcnn_pipeline.engine.metrics import MetricsWriter
-from frcnn_pipeline.engine.provenance import package_versions
 from frcnn_pipeline.engine.resume import check_resume
-from frcnn_pipeline.engine.run_lock import RunFolderLock
 from frcnn_pipeline.engine.tracking import MlflowRunLogger, TrackingTarget
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.backbone import convert_to_sync_batchnorm
 from frcnn_pipeline.modeling.static import check_gt_box_counts
+from frcnn_pipeline.runtime import devices, distributed
+from frcnn_pipeline.runtime.distributed import WorkerContext
+from frcnn_pipeline.runtime.loader_workers import LoaderWorkers, worker_count
+from frcnn_pipeline.runtime.provenance import package_versions
+from frcnn_pipeline.runtime.run_lock import RunFolderLock
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 

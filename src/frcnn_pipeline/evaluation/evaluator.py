@@ -15,7 +15,6 @@ import pandas as pd
 from torch import nn
 
 from frcnn_pipeline.config import EvaluateParams, InferenceParams
-from frcnn_pipeline.engine.distributed import WorkerContext
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import (
     build_inference_model,
@@ -24,6 +23,7 @@ from frcnn_pipeline.evaluation.inference import (
     inference_order,
     predict_images,
 )
+from frcnn_pipeline.runtime.distributed import WorkerContext
 
 
 @dataclass(frozen=True)

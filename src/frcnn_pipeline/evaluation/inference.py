@@ -1,6 +1,6 @@
 """Batched, distributed inference of the detector over a list of image files, gathered on rank 0.
 
-Workers come from ``frcnn_pipeline.engine.distributed.launch`` (as in training): each builds the model,
+Workers come from ``frcnn_pipeline.runtime.distributed.launch`` (as in training): each builds the model,
 takes a contiguous share of the images, and rank 0 gathers every share. Images that cannot be decoded are
 reported, not fatal. AMP (fp16 autocast) on NPU/GPU; on CPU bf16 autocast where the CPU has bf16
 instructions (`cpu_precision`), and channels_last. `run_onnx_inference` runs an exported graph instead, in
@@ -23,10 +23,6 @@ from tqdm.auto import tqdm
 
 from frcnn_pipeline.config import InferenceParams, RuntimeParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
-from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.devices import set_threads_per_worker
-from frcnn_pipeline.engine.distributed import WorkerContext
-from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.cpu_precision import cpu_dtype
 from frcnn_pipeline.export import OnnxDetector, read_description
@@ -35,6 +31,10 @@ from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 from frcnn_pipeline.modeling.saved import SavedDetector, category_mapping
+from frcnn_pipeline.runtime import distributed
+from frcnn_pipeline.runtime.devices import set_threads_per_worker
+from frcnn_pipeline.runtime.distributed import WorkerContext
+from frcnn_pipeline.runtime.world import WorldConfig
 
 logger = logging.getLogger(__name__)
 

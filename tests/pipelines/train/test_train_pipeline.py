@@ -10,7 +10,6 @@ from matplotlib.figure import Figure
 
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
-from frcnn_pipeline.engine.devices import DeviceUnavailableError
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
@@ -19,6 +18,7 @@ from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evalu
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train import nodes as train_nodes
 from frcnn_pipeline.pipelines.train.nodes import metrics_table, plot_training_curves, train_model
+from frcnn_pipeline.runtime.devices import DeviceUnavailableError
 
 
 def test_pipeline_wiring():

@@ -6,7 +6,7 @@ import signal
 
 import pytest
 
-from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped
+from frcnn_pipeline.runtime.signals import StopSignals, TrainingStopped
 
 
 def test_first_signal_is_a_request_repeats_are_ignored_and_handlers_come_back():

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
-from frcnn_pipeline.engine.loader_workers import stop_processes, worker_count
+from frcnn_pipeline.runtime.loader_workers import stop_processes, worker_count
 
 HERE = Path(__file__).parent
 # The bound: exit within 30 s of the error or the signal.

@@ -14,12 +14,12 @@ import sys
 import pytest
 from tiny_training import TINY_MODEL, runtime_config, train_config
 
-from frcnn_pipeline.engine.run_lock import RunFolderLock, RunFolderLockedError
 from frcnn_pipeline.engine.trainer import train_detector
+from frcnn_pipeline.runtime.run_lock import RunFolderLock, RunFolderLockedError
 
 HOLD = """
 import sys, time
-from frcnn_pipeline.engine.run_lock import RunFolderLock
+from frcnn_pipeline.runtime.run_lock import RunFolderLock
 with RunFolderLock(sys.argv[1], "first"):
     print("held", flush=True)
     time.sleep(600)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from frcnn_pipeline.engine import devices
+from frcnn_pipeline.runtime import devices
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import IO, TypeVar
 
 from torch.distributed import DistError, DistNetworkError, Store
 
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 

@@ -29,11 +29,11 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch.multiprocessing.spawn import ProcessContext, ProcessException, ProcessExitedException
 
-from frcnn_pipeline.engine import devices, failure_board, rendezvous, worker_logs
-from frcnn_pipeline.engine.failure_board import Failure, FailureBoard
-from frcnn_pipeline.engine.launcher import WorldConfig, this_command
-from frcnn_pipeline.engine.signals import StopSignals, TrainingStopped, die_with_the_parent
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.runtime import devices, failure_board, rendezvous, worker_logs
+from frcnn_pipeline.runtime.failure_board import Failure, FailureBoard
+from frcnn_pipeline.runtime.signals import StopSignals, TrainingStopped, die_with_the_parent
+from frcnn_pipeline.runtime.world import WorldConfig, this_command
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torchvision
 
-from frcnn_pipeline.engine import installation
+from frcnn_pipeline.runtime import installation
 
 CPU = torch.device("cpu")
 

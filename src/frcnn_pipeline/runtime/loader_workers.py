@@ -21,7 +21,7 @@ from types import FrameType, TracebackType
 import torch.multiprocessing
 from torch.utils.data import DataLoader
 
-from frcnn_pipeline.engine.signals import die_with_the_parent
+from frcnn_pipeline.runtime.signals import die_with_the_parent
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,8 @@ import torch
 import torchvision
 
 import frcnn_pipeline
-from frcnn_pipeline.engine import devices
 from frcnn_pipeline.layers import backend
+from frcnn_pipeline.runtime import devices
 
 ENVIRONMENT_VARIABLES = (
     "ASCEND_TOOLKIT_HOME",

@@ -22,9 +22,9 @@ from typing import NoReturn
 
 from torch.distributed import DistError, PrefixStore, Store, TCPStore
 
-from frcnn_pipeline.engine.failure_board import FAILURE_REPORT_WAIT_S, POLL_S, Failure, FailureBoard
-from frcnn_pipeline.engine.launcher import WorldConfig
 from frcnn_pipeline.errors import UserFacingError
+from frcnn_pipeline.runtime.failure_board import FAILURE_REPORT_WAIT_S, POLL_S, Failure, FailureBoard
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime import distributed
+from frcnn_pipeline.runtime.world import WorldConfig
 
 
 def _collectives(context, offset):
@@ -57,8 +57,8 @@ def test_multi_node_needs_a_fixed_port_and_a_valid_rank():
 LAUNCHER_SCRIPT = """
 import os
 import time
-from frcnn_pipeline.engine import distributed
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime import distributed
+from frcnn_pipeline.runtime.world import WorldConfig
 
 def sleep(context):
     os.write(1, f"WORKER {os.getpid()}\\n".encode())  # one write: the two workers' lines cannot interleave

@@ -10,9 +10,9 @@ import time
 import pytest
 from torch.distributed import TCPStore
 
-from frcnn_pipeline.engine import failure_board
-from frcnn_pipeline.engine.failure_board import Failure, FailureBoard, Heartbeats, await_cause
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime import failure_board
+from frcnn_pipeline.runtime.failure_board import Failure, FailureBoard, Heartbeats, await_cause
+from frcnn_pipeline.runtime.world import WorldConfig
 
 TIMEOUT = datetime.timedelta(seconds=10)
 

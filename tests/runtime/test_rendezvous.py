@@ -16,16 +16,16 @@ import time
 import pytest
 from torch.distributed import TCPStore
 
-from frcnn_pipeline.engine import distributed, failure_board, rendezvous
-from frcnn_pipeline.engine.launcher import WorldConfig
-from frcnn_pipeline.engine.rendezvous import RendezvousError
+from frcnn_pipeline.runtime import distributed, failure_board, rendezvous
+from frcnn_pipeline.runtime.rendezvous import RendezvousError
+from frcnn_pipeline.runtime.world import WorldConfig
 
 # One "node": a launcher process running `launch` on a small job. The job lives in the script's own module so
 # that spawned workers can import it.
 NODE_SCRIPT = """
 import json, sys, time
-from frcnn_pipeline.engine import distributed, failure_board, rendezvous
-from frcnn_pipeline.engine.launcher import WorldConfig
+from frcnn_pipeline.runtime import distributed, failure_board, rendezvous
+from frcnn_pipeline.runtime.world import WorldConfig
 
 def job(context, mode):
     distributed.barrier()

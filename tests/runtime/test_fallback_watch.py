@@ -9,7 +9,7 @@ import warnings
 
 import pytest
 
-from frcnn_pipeline.engine.fallback_watch import FallbackWarnings, StderrCapture, finding, is_fallback, merge
+from frcnn_pipeline.runtime.fallback_watch import FallbackWarnings, StderrCapture, finding, is_fallback, merge
 
 NPU_LINE = (
     "[W1206 10:00:00.000 VariableFallbackKernel.cpp:250] Warning: CAUTION: The operator 'aten::abs' is not "

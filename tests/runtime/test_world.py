@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from frcnn_pipeline.config import ParameterError
-from frcnn_pipeline.engine.launcher import LauncherConfigError, WorldConfig, first_host
+from frcnn_pipeline.runtime.world import LauncherConfigError, WorldConfig, first_host
 
 TORCHRUN = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
             "MASTER_ADDR": "10.0.0.1", "MASTER_PORT": "29400", "TORCHELASTIC_RUN_ID": "x"}  # fmt: skip
@@ -144,7 +144,7 @@ def test_this_command_is_the_command_line_as_typed(tmp_path, as_module):
     """What an error tells the user to start again: `python -m pkg ...` or the script's name, quoted."""
     package = tmp_path / "runner"
     package.mkdir()
-    code = "import sys; from frcnn_pipeline.engine.launcher import this_command; print(this_command())"
+    code = "import sys; from frcnn_pipeline.runtime.world import this_command; print(this_command())"
     (package / "__init__.py").write_text("")
     (package / "__main__.py").write_text(code)
     program = ["-m", "runner"] if as_module else [str(package / "__main__.py")]
