@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from frcnn_pipeline.evaluation.coco_eval import _box_iou
+from frcnn_pipeline.evaluation.greedy_matching import box_iou
 from frcnn_pipeline.evaluation.matching import DetectionMatching, match_detections
 
 ERROR_TYPES = ("classification", "localisation", "both", "duplicate", "background", "missed")
@@ -144,7 +144,7 @@ def compute_overlaps(matching: DetectionMatching) -> Overlaps:
     offsets = np.cumsum(counts) - counts
     pair_dt = np.repeat(np.arange(num_dt), counts)  # pairs grouped by detection, objects in listed order
     pair_gt = objects[np.repeat(starts, counts) + np.arange(len(pair_dt)) - np.repeat(offsets, counts)]
-    iou = _box_iou(matching.dt_box[pair_dt], matching.gt_box[pair_gt], np.zeros(len(pair_dt), dtype=bool))
+    iou = box_iou(matching.dt_box[pair_dt], matching.gt_box[pair_gt], np.zeros(len(pair_dt), dtype=bool))
     same = matching.dt_category[pair_dt] == matching.gt_category[pair_gt]
     best = []
     for pairs in (same, ~same):
@@ -201,7 +201,8 @@ def _mean_ap(
     """COCO's interpolated AP averaged over the ``evaluated`` categories.
 
     ``category`` and ``state`` (1: true positive, 0: false positive, -1: not counted) are sorted by category
-    and, within a category, in COCOeval's accumulation order. Same operations as ``coco_eval._accumulate``.
+    and, within a category, in COCOeval's accumulation order. Same operations as
+    ``coco_accumulate.accumulate``.
     """
     bounds = np.searchsorted(category, np.arange(len(num_positive) + 1))
     precision_at_recall = np.zeros((len(num_positive), len(RECALL_THRESHOLDS)))

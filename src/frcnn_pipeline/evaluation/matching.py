@@ -1,8 +1,8 @@
 """COCOeval's detection-to-ground-truth matching, exposed for analyses (errors, confusion, thresholds).
 
 The metrics in ``coco_eval`` only need whether a detection matched; the analyses need which ground truth it
-matched. This runs the very same matching (``coco_eval._match``: greedy in score order, best IoU, crowd
-regions matched last and repeatedly, maxDets per image and category) over the area range "all".
+matched. This runs the very same matching (``greedy_matching.greedy_match``: greedy in score order, best IoU,
+crowd regions matched last and repeatedly, maxDets per image and category) over the area range "all".
 """
 
 from __future__ import annotations
@@ -15,13 +15,8 @@ from typing import Any
 import numpy as np
 from pycocotools.cocoeval import Params
 
-from frcnn_pipeline.evaluation.coco_eval import (
-    _DetectionArrays,
-    _GroundTruthArrays,
-    _match,
-    _outside,
-    _sort_detections,
-)
+from frcnn_pipeline.evaluation.coco_records import DetectionArrays, GroundTruthArrays
+from frcnn_pipeline.evaluation.greedy_matching import greedy_match, outside_area_ranges, sort_detections
 
 COCO_MAX_DETECTIONS = 100
 
@@ -115,15 +110,15 @@ def match_detections(
         if not ((params.iouThrs > 0) & (params.iouThrs <= 1)).all():
             raise ValueError(f"IoU thresholds must be in (0, 1], got {params.iouThrs.tolist()}")
     params.areaRng, params.areaRngLbl = params.areaRng[:1], params.areaRngLbl[:1]
-    gt = _GroundTruthArrays.from_coco(ground_truth)
-    dt = _DetectionArrays.from_results(detections, gt)
+    gt = GroundTruthArrays.from_coco(ground_truth)
+    dt = DetectionArrays.from_results(detections, gt)
     if class_agnostic:
         one_category = {"category": np.zeros_like(gt.category), "category_ids": gt.category_ids[:1]}
         matched_gt_arrays = dataclasses.replace(gt, **one_category)
         matched_dt_arrays = dataclasses.replace(dt, category=np.zeros_like(dt.category))
     else:
         matched_gt_arrays, matched_dt_arrays = gt, dt
-    order, dt_group, _ = _sort_detections(
+    order, dt_group, _ = sort_detections(
         matched_gt_arrays, matched_dt_arrays, len(dt.score) if max_dets is None else max_dets
     )
     sorted_dt = dataclasses.replace(
@@ -133,7 +128,7 @@ def match_detections(
         box=dt.box[order],
         score=dt.score[order],
     )
-    matched_gt = _match(matched_gt_arrays, sorted_dt, dt_group, params)[:, 0, :]
+    matched_gt = greedy_match(matched_gt_arrays, sorted_dt, dt_group, params)[:, 0, :]
     known = _known_detection_positions(detections, gt)
     area_range = np.array(params.areaRng, dtype=np.float64)
     return DetectionMatching(
@@ -151,11 +146,11 @@ def match_detections(
         dt_box=dt.box[order],
         dt_score=dt.score[order],
         matched_gt=matched_gt,
-        dt_outside=_outside(dt.box[order, 2] * dt.box[order, 3], area_range)[:, 0],
+        dt_outside=outside_area_ranges(dt.box[order, 2] * dt.box[order, 3], area_range)[:, 0],
     )
 
 
-def _known_detection_positions(detections: list[dict[str, Any]], gt: _GroundTruthArrays) -> np.ndarray:
-    """Positions in ``detections`` of those ``_DetectionArrays`` keeps (a known category)."""
+def _known_detection_positions(detections: list[dict[str, Any]], gt: GroundTruthArrays) -> np.ndarray:
+    """Positions in ``detections`` of those ``DetectionArrays`` keeps (a known category)."""
     category_ids = np.array([d["category_id"] for d in detections], dtype=np.int64)
     return np.flatnonzero(np.isin(category_ids, gt.category_ids))

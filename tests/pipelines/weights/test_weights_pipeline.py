@@ -22,7 +22,8 @@ from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.weights import create_pipeline
 from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
 from frcnn_pipeline.weights import WeightsFetchError
-from frcnn_pipeline.weights.convert import FROZEN_BN_BATCH_COUNT, WeightsConversionError
+from frcnn_pipeline.weights.checkpoint import WeightsConversionError
+from frcnn_pipeline.weights.convert import FROZEN_BN_BATCH_COUNT
 
 CONF = Path(__file__).parents[3] / "conf" / "base"
 CATEGORIES = pd.DataFrame(

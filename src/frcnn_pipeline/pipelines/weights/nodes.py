@@ -10,13 +10,14 @@ from frcnn_pipeline.config import WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
+from frcnn_pipeline.weights.checkpoint import convention_warnings
 from frcnn_pipeline.weights.coco_rows import (
     LABEL_ROWS_KEY,
     coco_label_rows,
     is_coco_predictor,
     label_rows_report_row,
 )
-from frcnn_pipeline.weights.convert import REPORT_COLUMNS, convention_warnings
+from frcnn_pipeline.weights.convert import REPORT_COLUMNS
 
 logger = logging.getLogger(__name__)
 
