@@ -2,8 +2,9 @@
 
 - ``json_file``: reading and typing the JSON (msgspec), with errors that name the file and the record;
 - ``findings``: the checks' severities, the validation policy and the report;
-- ``image_checks``: the image files a split names;
-- ``split``: ``read_coco_split``, the checks and the tables;
+- ``category_checks``, ``image_checks``, ``annotation_checks``: the checks of a split's categories, images
+  (records and files) and annotations, each with its findings;
+- ``split``: ``read_coco_split``, which runs those checks in order, and the tables;
 - ``ground_truth``: a split's ground truth as published (the COCO protocol), or as cleaned by ingest, and
   the record of what an evaluation scores.
 """

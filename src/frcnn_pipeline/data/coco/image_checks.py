@@ -1,17 +1,131 @@
-"""Checks of the image files a split names: safe file names, readable, the size the JSON says."""
+"""A split's images: the records checked (unique ids, positive sizes, safe file names) and the files they
+name probed (readable, the size the JSON says); which images are dropped, and the findings that say why."""
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from PIL import Image
 from tqdm.auto import tqdm
 
+from frcnn_pipeline.data.coco.findings import (
+    DEFAULT_SEVERITY,
+    UNUSABLE_IMAGE_CHECKS,
+    ValidationPolicy,
+    _Findings,
+)
+from frcnn_pipeline.data.coco.json_file import _column, _float_column, _Image, _raise_duplicates
 from frcnn_pipeline.data.images import UnconvertibleImageError, oriented_size, rgb_pixels
 
 _PROGRESS_MIN_IMAGES = 2000  # below this, image checks finish too fast for a progress bar to help
+
+
+@dataclass
+class _SplitImages:
+    """A split's image records by position, and which of them are kept."""
+
+    ids: np.ndarray
+    file_names: pd.Series
+    paths: pd.Series
+    widths: np.ndarray  # 0 where the JSON's size is not a positive finite number
+    heights: np.ndarray
+    alive: np.ndarray
+    drop_reason: dict[int, tuple[str, str]]  # position -> (check, reason) of a dropped image
+    reported: dict[int, tuple[str, str]]  # kept images with a reported finding (transparency)
+
+
+def _check_images(
+    path: Path, records: list[_Image], image_dir: Path, policy: ValidationPolicy, split: str
+) -> _SplitImages:
+    """The image records, with the images whose record or file is unusable marked dropped."""
+    ids = _column(records, "id", np.int64)
+    file_names = pd.Series([r.file_name for r in records], dtype="str")
+    size_written = _float_column(records, "width"), _float_column(records, "height")
+    bad_size = ~np.isfinite(size_written).all(axis=0) | (np.stack(size_written) <= 0).any(axis=0)
+    widths, heights = (np.where(bad_size, 0, values).astype(np.int64) for values in size_written)
+    _raise_duplicates(path, "image", ids, file_names.tolist())
+    paths = (str(Path(image_dir).resolve()) + "/" + file_names).astype("str")
+    images = _SplitImages(ids, file_names, paths, widths, heights, np.ones(len(ids), dtype=bool), {}, {})
+    unsafe = _unsafe_file_names(file_names)
+    for position in np.flatnonzero(unsafe):
+        images.drop_reason[position] = (
+            "unsafe_file_name",
+            f"file_name {file_names[position]!r} escapes the image folder (absolute or '..'); "
+            "use a path relative to the image folder",
+        )
+    for position in np.flatnonzero(bad_size & ~unsafe):
+        images.drop_reason[position] = (
+            "image_size_mismatch",
+            f"width/height {size_written[0][position]:g}x{size_written[1][position]:g} must be positive "
+            "finite numbers",
+        )
+    if policy.image_checks != "none":
+        to_probe = np.flatnonzero(~unsafe & ~bad_size)
+        probes = _probe_images(
+            paths.iloc[to_probe].tolist(),
+            widths[to_probe],
+            heights[to_probe],
+            decode=policy.image_checks == "decode",
+            workers=policy.workers,
+            split=split,
+        )
+        for position, probe in zip(to_probe, probes, strict=True):
+            if probe is not None:
+                kept = DEFAULT_SEVERITY[probe[0]] == "reported"
+                (images.reported if kept else images.drop_reason)[position] = probe
+    if images.drop_reason:
+        images.alive[list(images.drop_reason)] = False
+    return images
+
+
+def _report_image_findings(findings: _Findings, images: _SplitImages, dropped_per_image: np.ndarray) -> None:
+    """One finding per dropped image (with the number of annotations it took along) and per reported one."""
+    for check in UNUSABLE_IMAGE_CHECKS:
+        positions = [p for p, (c, _) in images.drop_reason.items() if c == check]
+        findings.add(
+            check,
+            images.ids[positions],
+            [None] * len(positions),
+            [
+                f"image {images.ids[p]} ({images.file_names[p]}): {images.drop_reason[p][1]}; "
+                f"dropped with its {dropped_per_image[p]} annotation(s)"
+                for p in positions
+            ],
+        )
+    findings.add(
+        "transparent_image",
+        images.ids[list(images.reported)],
+        [None] * len(images.reported),
+        [
+            f"image {images.ids[p]} ({images.file_names[p]}): {reason}; kept"
+            for p, (_, reason) in images.reported.items()
+        ],
+    )
+
+
+def _report_images_without_annotations(
+    findings: _Findings, images: _SplitImages, usable: np.ndarray, crowd: np.ndarray, drop: bool
+) -> np.ndarray:
+    """Reports the kept images with no usable (non-crowd) annotation, per image counts ``usable`` and
+    ``crowd``, as dropped when ``drop``; returns their positions."""
+    empty = np.flatnonzero(images.alive & (usable == 0))
+    findings.add(
+        "image_without_annotations",
+        images.ids[empty],
+        [None] * len(empty),
+        [
+            f"image {images.ids[p]} ({images.file_names[p]}) has no usable annotation"
+            + (f" ({crowd[p]} crowd)" if crowd[p] else "")
+            + ("; dropped (drop_images_without_annotations)" if drop else "; kept")
+            for p in empty
+        ],
+        severity="dropped" if drop else "reported",
+    )
+    return empty
 
 
 def _unsafe_file_names(file_names: pd.Series) -> np.ndarray:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import msgspec
 import numpy as np
+import pandas as pd
 
 from frcnn_pipeline.errors import UserFacingError
 
@@ -100,6 +101,22 @@ def _fatal(path: Path, what: str, fix: str) -> CocoFormatError:
 
 
 _FIX_RECORD = "correct or remove that record"
+
+
+def _raise_duplicates(path: Path, kind: str, ids: np.ndarray, extra: list[str] | None = None) -> None:
+    duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
+    if not duplicated.any():
+        return
+    positions = np.flatnonzero(duplicated)
+    shown = sorted({int(ids[i]) for i in positions})[:_MAX_LISTED]
+    details = ""
+    if extra is not None:
+        details = " (" + "; ".join(f"{int(ids[i])}: {extra[i]}" for i in positions[: 2 * _MAX_LISTED]) + ")"
+    raise _fatal(
+        path,
+        f"duplicate {kind} ids {shown}{details}; {len(positions)} records share an id",
+        f"give every {kind} a unique id",
+    )
 
 
 def _decode(path: Path) -> tuple[_CocoFile, str]:
