@@ -63,10 +63,13 @@ LOSS_NAMES = {
 }
 
 
+REFERENCE_TOOL = Path(__file__).parents[2] / "tools" / "detectron2_reference.py"
+
+
 def _load_tool():
-    """tools/detectron2_reference.py for its weight recipe and digest layout (it imports no detectron2)."""
-    path = Path(__file__).parents[2] / "tools" / "detectron2_reference.py"
-    spec = importlib.util.spec_from_file_location("detectron2_reference", path)
+    """tools/detectron2_fixture.py for the fixture's weights and digest layout (it imports no detectron2)."""
+    path = Path(__file__).parents[2] / "tools" / "detectron2_fixture.py"
+    spec = importlib.util.spec_from_file_location("detectron2_fixture", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -335,7 +338,7 @@ def test_the_reference_tool_says_which_step_failed_and_keeps_the_fixture(tmp_pat
     out = tmp_path / "fixture"
     arguments = ["--source", tmp_path / "no-clone", "--workdir", tmp_path / "work", "--out", out]
     result = subprocess.run(
-        [sys.executable, TOOL.__file__, *map(str, arguments)],
+        [sys.executable, str(REFERENCE_TOOL), *map(str, arguments)],
         check=False,
         capture_output=True,
         text=True,
