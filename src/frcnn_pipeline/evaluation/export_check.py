@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import onnx
@@ -121,105 +122,191 @@ def check_export(
         ExportCheckError: a graph's AP differs by more than ``options.max_ap_difference`` from PyTorch's in
             the graph's own mode, or from the PyTorch model's at evaluate's settings.
     """
-    categories = require_categories(saved)
-    category_ids = [entry["category_id"] for entry in categories]
+    category_ids = [entry["category_id"] for entry in require_categories(saved)]
     ground_truth = subset_ground_truth(ground_truth, images["image_id"])
+    checked = _CheckedImages(images["path"], images["image_id"], ground_truth, category_ids)
     descriptions = {variant: read_description(graph) for variant, graph in graphs.items()}
-    built_in = next(iter(descriptions.values()))["postprocessing"]
+    at_evaluate, same_mode = _inference_settings(next(iter(descriptions.values())), evaluation)
+    evaluated, at_evaluate_entry = _run_at_evaluate(saved, model_cfg, checked, runtime, at_evaluate)
+    report: dict[str, Any] = {
+        "split": split,
+        "images": len(checked.paths),
+        "max_ap_difference": options.max_ap_difference,
+        "source": next(iter(descriptions.values()))["source"],
+        "pytorch_at_evaluate": at_evaluate_entry,
+        "graphs": {},
+    }
+    # ONNX Runtime runs on the CPU, whatever device PyTorch uses.
+    onnx_threads = RuntimeParams.parse(runtime, "runtime").num_threads
+    against = _GraphCheck(
+        saved, model_cfg, checked, runtime, onnx_threads, same_mode,
+        evaluate_ap=report["pytorch_at_evaluate"]["metrics"]["AP"],
+        max_ap_difference=options.max_ap_difference,
+        evaluated_sizes=[(r["height"], r["width"]) for r in evaluated],
+    )  # fmt: skip
+    failures = []
+    for variant, graph in graphs.items():
+        report["graphs"][variant], graph_failures = against.check(variant, graph, descriptions[variant])
+        failures += graph_failures
+    report["passed"] = not failures
+    if failures:
+        raise ExportCheckError(
+            f"Export check failed on {len(checked.paths)} images: {'; '.join(failures)}. Allowed: "
+            f"{options.max_ap_difference * 100:g} points (export.check.max_ap_difference; raise it to accept "
+            "the difference).",
+            report,
+        )
+    return report
+
+
+@dataclass(frozen=True)
+class _CheckedImages:
+    """The images checked, their ground truth, and the category ids of the model's labels."""
+
+    paths: list[str]
+    image_ids: list[Any]
+    ground_truth: dict[str, Any]
+    category_ids: list[int]
+
+    def metrics(self, records: list[dict[str, Any]]) -> dict[str, float]:
+        """The COCO box metrics of a run's detections on these images."""
+        results = coco_results(records, self.image_ids, self.category_ids)
+        return evaluate_boxes(self.ground_truth, results).metrics()
+
+
+def _run_at_evaluate(
+    saved: SavedDetector,
+    model_cfg: dict[str, Any],
+    checked: _CheckedImages,
+    runtime: dict[str, Any] | None,
+    options: InferenceParams,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The PyTorch model as evaluate runs it: its detections, and their entry of the report."""
+    started = time.perf_counter()
+    evaluated = run_inference(
+        saved.state_dict,
+        model_cfg,
+        len(checked.category_ids),
+        checked.paths,
+        runtime=runtime,
+        options=options,
+    )
+    _require_readable(evaluated, checked.paths)
+    return evaluated, {
+        "settings": options.model_dump(),
+        "metrics": checked.metrics(evaluated),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _inference_settings(
+    description: dict[str, Any], evaluation: InferenceParams | None
+) -> tuple[InferenceParams, InferenceParams]:
+    """Evaluate's settings and the graphs' own mode in PyTorch, both with the graphs' built-in filtering."""
+    built_in = description["postprocessing"]
     filtering = {key: built_in[key] for key in ("score_threshold", "nms_threshold", "detections_per_image")}
     at_evaluate = (evaluation or InferenceParams()).model_copy(update=filtering)
     # The graph's own mode in PyTorch: float32, one image at a time (a batch would pad images to each other).
     same_mode = InferenceParams(
         batch_size=1, cpu_precision="float32", amp=False, group_by_aspect=False, **filtering
     )
+    return at_evaluate, same_mode
 
-    def metrics_of(records: list[dict[str, Any]]) -> dict[str, float]:
-        return evaluate_boxes(ground_truth, coco_results(records, images["image_id"], category_ids)).metrics()
 
-    started = time.perf_counter()
-    evaluated = run_inference(
-        saved.state_dict, model_cfg, len(categories), images["path"], runtime=runtime, options=at_evaluate
-    )
-    _require_readable(evaluated, images["path"])
-    report: dict[str, Any] = {
-        "split": split,
-        "images": len(images["path"]),
-        "max_ap_difference": options.max_ap_difference,
-        "source": next(iter(descriptions.values()))["source"],
-        "pytorch_at_evaluate": {
-            "settings": at_evaluate.model_dump(),
-            "metrics": metrics_of(evaluated),
-            "seconds": time.perf_counter() - started,
-        },
-        "graphs": {},
-    }
-    evaluate_ap = report["pytorch_at_evaluate"]["metrics"]["AP"]
-    # ONNX Runtime runs on the CPU, whatever device PyTorch uses.
-    onnx_runtime = {"num_threads": RuntimeParams.parse(runtime, "runtime").num_threads}
-    failures = []
-    for variant, graph in graphs.items():
-        description = descriptions[variant]
+@dataclass(frozen=True)
+class _GraphCheck:
+    """What each graph is checked against: the PyTorch model it was exported from, on the checked images in
+    the graph's mode, and the model's AP at evaluate's settings."""
+
+    saved: SavedDetector
+    model_cfg: dict[str, Any]
+    checked: _CheckedImages
+    runtime: dict[str, Any] | None
+    onnx_threads: int
+    same_mode: InferenceParams
+    evaluate_ap: float
+    max_ap_difference: float
+    evaluated_sizes: list[tuple[int, int]]  # (height, width) of the checked images
+
+    def check(
+        self, variant: str, graph: onnx.ModelProto, description: dict[str, Any]
+    ) -> tuple[dict[str, Any], list[str]]:
+        """The graph's entry of the report, and why it fails the check (empty if it passes)."""
         canvas = description["preprocessing"]["outside_graph"]["canvas"] if variant == FIXED else None
-        config = graph_config(model_cfg, variant, canvas)
+        reference, candidate, seconds = self._detect(graph, graph_config(self.model_cfg, variant, canvas))
+        entry = self._report(description["opset"], reference, candidate, seconds)
+        _log_graph_report(variant, len(self.checked.paths), entry, self.evaluate_ap)
+        return entry, self._failures(variant, entry, canvas)
+
+    def _detect(
+        self, graph: onnx.ModelProto, config: dict[str, Any]
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], dict[str, float]]:
+        """The PyTorch model in the graph's mode (``config``) and the graph in ONNX Runtime, on the same
+        images: their detections and seconds."""
+        paths, options = self.checked.paths, self.same_mode
         started = time.perf_counter()
         reference = run_inference(
-            saved.state_dict, config, len(categories), images["path"], runtime=runtime, options=same_mode
-        )
+            self.saved.state_dict, config, len(self.checked.category_ids), paths,
+            runtime=self.runtime, options=options,
+        )  # fmt: skip
         torch_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        candidate = run_onnx_inference(graph, images["path"], runtime=onnx_runtime, options=same_mode)
-        onnx_seconds = time.perf_counter() - started
-        ap = {"pytorch": metrics_of(reference), "onnxruntime": metrics_of(candidate)}
+        runtime = {"num_threads": self.onnx_threads}
+        candidate = run_onnx_inference(graph, paths, runtime=runtime, options=options)
+        return reference, candidate, {"pytorch": torch_seconds, "onnxruntime": time.perf_counter() - started}
+
+    def _report(
+        self,
+        opset: int,
+        reference: list[dict[str, Any]],
+        candidate: list[dict[str, Any]],
+        seconds: dict[str, float],
+    ) -> dict[str, Any]:
+        ap = {"pytorch": self.checked.metrics(reference), "onnxruntime": self.checked.metrics(candidate)}
         difference = ap["onnxruntime"]["AP"] - ap["pytorch"]["AP"]
-        versus_evaluate = ap["onnxruntime"]["AP"] - evaluate_ap
-        faithful = abs(difference) <= options.max_ap_difference
-        as_evaluated = abs(versus_evaluate) <= options.max_ap_difference
-        report["graphs"][variant] = {
-            "opset": description["opset"],
+        versus_evaluate = ap["onnxruntime"]["AP"] - self.evaluate_ap
+        allowed = self.max_ap_difference
+        return {
+            "opset": opset,
             "pytorch": ap["pytorch"],
             "onnxruntime": ap["onnxruntime"],
             "ap_difference": difference,
             "ap_difference_vs_evaluate": versus_evaluate,
             # What the graph's mode (the fixed-shape graph: canvas, static shapes) costs in PyTorch itself.
-            "pytorch_mode_ap_difference": ap["pytorch"]["AP"] - evaluate_ap,
-            "passed": faithful and as_evaluated,
+            "pytorch_mode_ap_difference": ap["pytorch"]["AP"] - self.evaluate_ap,
+            "passed": abs(difference) <= allowed and abs(versus_evaluate) <= allowed,
             "detections": {
                 "pytorch": sum(len(r["boxes"]) for r in reference),
                 "onnxruntime": sum(len(r["boxes"]) for r in candidate),
                 **compare_detections(reference, candidate),
             },
-            "seconds": {"pytorch": torch_seconds, "onnxruntime": onnx_seconds},
+            "seconds": seconds,
         }
-        log.info(
-            "Export check, %s graph on %d images: AP ONNX Runtime %.2f, PyTorch in the graph's mode %.2f "
-            "(%+.3f points), PyTorch at evaluate's settings %.2f (%+.3f points); matched detections differ "
-            "by at most %.2g px and %.2g in score",
-            variant, len(images["path"]), ap["onnxruntime"]["AP"] * 100, ap["pytorch"]["AP"] * 100,
-            difference * 100, evaluate_ap * 100, versus_evaluate * 100,
-            report["graphs"][variant]["detections"]["max_box_difference_px"],
-            report["graphs"][variant]["detections"]["max_score_difference"],
-        )  # fmt: skip
-        if not faithful:
+
+    def _failures(self, variant: str, entry: dict[str, Any], canvas: list[int] | None) -> list[str]:
+        failures = []
+        if abs(entry["ap_difference"]) > self.max_ap_difference:
             failures.append(
-                f"the {variant} graph's AP is {ap['onnxruntime']['AP'] * 100:.2f} in ONNX Runtime and "
-                f"{ap['pytorch']['AP'] * 100:.2f} in PyTorch in the same mode ({difference * 100:+.2f} "
-                "points): the graph is not faithful to the model (see the report's largest box and score "
-                "differences)"
+                f"the {variant} graph's AP is {entry['onnxruntime']['AP'] * 100:.2f} in ONNX Runtime and "
+                f"{entry['pytorch']['AP'] * 100:.2f} in PyTorch in the same mode "
+                f"({entry['ap_difference'] * 100:+.2f} points): the graph is not faithful to the model (see "
+                "the report's largest box and score differences)"
             )
-        if not as_evaluated:
-            fitting = fitting_canvas(model_cfg["input"], [(r["height"], r["width"]) for r in evaluated])
-            failures.append(
-                _evaluate_failure(variant, report["graphs"][variant], evaluate_ap, canvas, fitting)
-            )
-    report["passed"] = not failures
-    if failures:
-        raise ExportCheckError(
-            f"Export check failed on {len(images['path'])} images: {'; '.join(failures)}. Allowed: "
-            f"{options.max_ap_difference * 100:g} points (export.check.max_ap_difference; raise it to accept "
-            "the difference).",
-            report,
-        )
-    return report
+        if abs(entry["ap_difference_vs_evaluate"]) > self.max_ap_difference:
+            fitting = fitting_canvas(self.model_cfg["input"], self.evaluated_sizes)
+            failures.append(_evaluate_failure(variant, entry, self.evaluate_ap, canvas, fitting))
+        return failures
+
+
+def _log_graph_report(variant: str, num_images: int, entry: dict[str, Any], evaluate_ap: float) -> None:
+    log.info(
+        "Export check, %s graph on %d images: AP ONNX Runtime %.2f, PyTorch in the graph's mode %.2f "
+        "(%+.3f points), PyTorch at evaluate's settings %.2f (%+.3f points); matched detections differ "
+        "by at most %.2g px and %.2g in score",
+        variant, num_images, entry["onnxruntime"]["AP"] * 100, entry["pytorch"]["AP"] * 100,
+        entry["ap_difference"] * 100, evaluate_ap * 100, entry["ap_difference_vs_evaluate"] * 100,
+        entry["detections"]["max_box_difference_px"], entry["detections"]["max_score_difference"],
+    )  # fmt: skip
 
 
 def _evaluate_failure(

@@ -39,30 +39,11 @@ def make_synthetic_coco(
         boxes = _random_boxes(rng, num_objects, width, height)
         labels = rng.choice(category_ids, num_objects)
         crowd = rng.random(num_objects) < crowd_fraction
-        for box, category_id, is_crowd in zip(boxes, labels, crowd, strict=True):
-            w, h = box[2], box[3]
-            annotations.append(
-                {
-                    "id": annotation_id,
-                    "image_id": image_id,
-                    "category_id": int(category_id),
-                    "bbox": [float(v) for v in box],
-                    # A mask covers less than its box.
-                    "area": float(w * h * rng.uniform(0.5, 1.0)),
-                    "iscrowd": int(is_crowd),
-                }
-            )
-            annotation_id += 1
-        image_detections = _detections_for_image(rng, boxes, labels, category_ids, (width, height))
-        image_detections = image_detections[:detections_per_image]
-        missing = detections_per_image - len(image_detections)
-        background = _random_boxes(rng, missing, width, height)
-        image_detections += [
-            (box, int(c), float(s))
-            for box, c, s in zip(
-                background, rng.choice(category_ids, missing), rng.uniform(0.05, 0.6, missing), strict=True
-            )
-        ]
+        annotations += _annotations(rng, image_id, boxes, labels, crowd, first_id=annotation_id)
+        annotation_id += num_objects
+        image_detections = _image_detections(
+            rng, boxes, labels, category_ids, (width, height), count=detections_per_image
+        )
         detections += [
             {
                 "image_id": image_id,
@@ -74,6 +55,50 @@ def make_synthetic_coco(
         ]
     ground_truth = {"images": images, "annotations": annotations, "categories": categories}
     return ground_truth, detections
+
+
+def _annotations(
+    rng: np.random.Generator,
+    image_id: int,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    crowd: np.ndarray,
+    *,
+    first_id: int,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "id": first_id + index,
+            "image_id": image_id,
+            "category_id": int(category_id),
+            "bbox": [float(v) for v in box],
+            # A mask covers less than its box.
+            "area": float(box[2] * box[3] * rng.uniform(0.5, 1.0)),
+            "iscrowd": int(is_crowd),
+        }
+        for index, (box, category_id, is_crowd) in enumerate(zip(boxes, labels, crowd, strict=True))
+    ]
+
+
+def _image_detections(
+    rng: np.random.Generator,
+    boxes: np.ndarray,
+    labels: np.ndarray,
+    category_ids: list[int],
+    size: tuple[int, int],
+    *,
+    count: int,
+) -> list[tuple[np.ndarray, int, float]]:
+    """``count`` (box, category id, score): jittered copies of the objects, then false positives."""
+    image_detections = _detections_for_image(rng, boxes, labels, category_ids, size)[:count]
+    missing = count - len(image_detections)
+    background = _random_boxes(rng, missing, *size)
+    return image_detections + [
+        (box, int(c), float(s))
+        for box, c, s in zip(
+            background, rng.choice(category_ids, missing), rng.uniform(0.05, 0.6, missing), strict=True
+        )
+    ]
 
 
 def _random_boxes(rng: np.random.Generator, count: int, width: int, height: int) -> np.ndarray:

@@ -159,16 +159,25 @@ def describe_graph(
         "postprocessing": _postprocessing(model_cfg),
     }
     if variant == DYNAMIC:
-        description["inputs"] = [
+        description.update(_dynamic_interface(input_cfg))
+    else:
+        description.update(_fixed_interface(model_cfg, canvas, canvas_from))
+    return description
+
+
+def _dynamic_interface(input_cfg: dict[str, Any]) -> dict[str, Any]:
+    """Inputs, outputs and preprocessing of the dynamic graph: the decoded image in, everything inside."""
+    return {
+        "inputs": [
             {
                 "name": "image",
                 "dtype": "uint8",
                 "shape": [3, "height", "width"],
                 "meaning": "the image as decoded: RGB, 0-255, channels first, any size",
             }
-        ]
-        description["outputs"] = _outputs(variant, "detections")
-        description["preprocessing"] = {
+        ],
+        "outputs": _outputs(DYNAMIC, "detections"),
+        "preprocessing": {
             "outside_graph": "none",
             "in_graph": [
                 *_normalisation(input_cfg),
@@ -176,10 +185,15 @@ def describe_graph(
                 f"zero padding (after normalising) on the bottom and right to multiples of "
                 f"{input_cfg['size_divisibility']}",
             ],
-        }
-        return description
+        },
+    }
+
+
+def _fixed_interface(model_cfg: dict[str, Any], canvas: list[int], canvas_from: str) -> dict[str, Any]:
+    """Inputs, outputs and preprocessing of the fixed-shape graph: resized on the host onto the canvas."""
+    input_cfg = model_cfg["input"]
     height, width = canvas
-    description["inputs"] = [
+    inputs = [
         {
             "name": "image",
             "dtype": "float32",
@@ -200,20 +214,22 @@ def describe_graph(
             "meaning": "height, width of the image before resizing: the boxes come out in its pixels",
         },
     ]
-    description["outputs"] = _outputs(variant, model_cfg["roi_heads"]["detections_per_image"])
-    description["preprocessing"] = {
-        "outside_graph": {
-            "color": "RGB, 0-255 as decoded (no scaling to 0-1)",
-            "resize": resize_rule(input_cfg),
-            "canvas": [height, width],
-            "canvas_from": canvas_from,
-            "placement": "top-left corner; the resized image must fit the canvas",
+    return {
+        "inputs": inputs,
+        "outputs": _outputs(FIXED, model_cfg["roi_heads"]["detections_per_image"]),
+        "preprocessing": {
+            "outside_graph": {
+                "color": "RGB, 0-255 as decoded (no scaling to 0-1)",
+                "resize": resize_rule(input_cfg),
+                "canvas": [height, width],
+                "canvas_from": canvas_from,
+                "placement": "top-left corner; the resized image must fit the canvas",
+            },
+            "in_graph": [*_normalisation(input_cfg), "zero beyond resized_size (after normalising)"],
         },
-        "in_graph": [*_normalisation(input_cfg), "zero beyond resized_size (after normalising)"],
+        "static_shapes": {
+            "detection_candidates": model_cfg["static_shapes"]["detection_candidates"],
+            "note": "the model's static-shape mode: fixed proposal and candidate counts, masks instead of "
+            "removals; NonMaxSuppression's selected indices are the one data-dependent tensor inside",
+        },
     }
-    description["static_shapes"] = {
-        "detection_candidates": model_cfg["static_shapes"]["detection_candidates"],
-        "note": "the model's static-shape mode: fixed proposal and candidate counts, masks instead of "
-        "removals; NonMaxSuppression's selected indices are the one data-dependent tensor inside",
-    }
-    return description

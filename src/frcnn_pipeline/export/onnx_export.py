@@ -111,14 +111,30 @@ def export_detector(
         ),
     }
 
-    image_detector = ImageDetector(inference_model(saved.state_dict, dynamic_config, len(categories)))
+    dynamic = _trace_dynamic(
+        inference_model(saved.state_dict, dynamic_config, len(categories)), options.opset
+    )
+    fixed = _trace_fixed(
+        inference_model(saved.state_dict, fixed_config, len(categories)), canvas, options.opset
+    )
+    for graph, description in ((dynamic, deployment[DYNAMIC]), (fixed, deployment[FIXED])):
+        _attach_description(graph, description)
+    log.info(
+        "Exported %s: dynamic graph (%d nodes) and fixed-shape graph %dx%d (%d nodes), opset %d",
+        saved.name, len(dynamic.graph.node), *canvas, len(fixed.graph.node), options.opset,
+    )  # fmt: skip
+    return ExportedDetector(dynamic, fixed, deployment)
+
+
+def _trace_dynamic(model: torch.nn.Module, opset: int) -> onnx.ModelProto:
+    """The dynamic graph: a uint8 image of any size in, the detections out."""
     example = torch.randint(
         0, 256, (3, 60, 80), dtype=torch.uint8, generator=torch.Generator().manual_seed(0)
     )
-    dynamic = trace_to_onnx(
-        image_detector,
+    return trace_to_onnx(
+        ImageDetector(model),
         (example,),
-        opset=options.opset,
+        opset=opset,
         input_names=["image"],
         output_names=["boxes", "scores", "labels"],
         dynamic_axes={
@@ -126,32 +142,32 @@ def export_detector(
             **{name: {0: "detections"} for name in ("boxes", "scores", "labels")},
         },
     )
-    canvas_detector = CanvasDetector(inference_model(saved.state_dict, fixed_config, len(categories)))
+
+
+def _trace_fixed(model: torch.nn.Module, canvas: list[int], opset: int) -> onnx.ModelProto:
+    """The fixed-shape graph: the canvas and the two sizes in, a fixed number of detection rows out."""
     fixed = trace_to_onnx(
-        canvas_detector,
+        CanvasDetector(model),
         example_canvas(canvas),
-        opset=options.opset,
+        opset=opset,
         input_names=["image", "resized_size", "original_size"],
         output_names=["boxes", "scores", "labels", "num_detections"],
     )
     require_static_shapes(fixed)
-    for graph, description in ((dynamic, deployment[DYNAMIC]), (fixed, deployment[FIXED])):
-        onnx.helper.set_model_props(
-            graph,
-            {
-                METADATA_KEY: json.dumps(description),
-                "categories": json.dumps(description["categories"]),
-            },
-        )
-        graph.doc_string = (
-            f"Faster R-CNN, {description['variant']} graph: {json.dumps(description['source'])}"
-        )
-        onnx.checker.check_model(graph, full_check=True)
-    log.info(
-        "Exported %s: dynamic graph (%d nodes) and fixed-shape graph %dx%d (%d nodes), opset %d",
-        saved.name, len(dynamic.graph.node), *canvas, len(fixed.graph.node), options.opset,
-    )  # fmt: skip
-    return ExportedDetector(dynamic, fixed, deployment)
+    return fixed
+
+
+def _attach_description(graph: onnx.ModelProto, description: dict[str, Any]) -> None:
+    """The description in the graph's metadata and doc string, then ONNX's full check."""
+    onnx.helper.set_model_props(
+        graph,
+        {
+            METADATA_KEY: json.dumps(description),
+            "categories": json.dumps(description["categories"]),
+        },
+    )
+    graph.doc_string = f"Faster R-CNN, {description['variant']} graph: {json.dumps(description['source'])}"
+    onnx.checker.check_model(graph, full_check=True)
 
 
 def choose_canvas(

@@ -67,15 +67,26 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 foreground classes, got {num_classes}")
     cfg = resolve_model_config(model_cfg)
-    inputs, anchors, rpn_cfg, roi_cfg = cfg["input"], cfg["anchors"], cfg["rpn"], cfg["roi_heads"]
-    static = cfg["static_shapes"]
-    # The static-shape mode swaps in variants of the model, RPN and box head with the same weights.
-    static_rpn = {"nms_rounds": static["nms_rounds"]} if static["enabled"] else {}
-    static_heads = (
-        {**static_rpn, "detection_candidates": static["detection_candidates"]} if static_rpn else {}
-    )
-
     backbone = build_resnet_fpn_backbone(cfg["backbone"])
+    rpn = _build_rpn(cfg, backbone.out_channels)
+    roi_heads = _build_roi_heads(cfg, backbone.out_channels, num_classes)
+    model_class = StaticFasterRCNN if cfg["static_shapes"]["enabled"] else FasterRCNN
+    return model_class(backbone, rpn, roi_heads, _build_transform(cfg), config=cfg, num_classes=num_classes)
+
+
+# The static-shape mode swaps in variants of the model, RPN and box head with the same weights.
+def _static_rpn_options(static: dict[str, Any]) -> dict[str, Any]:
+    return {"nms_rounds": static["nms_rounds"]} if static["enabled"] else {}
+
+
+def _static_heads_options(static: dict[str, Any]) -> dict[str, Any]:
+    if not static["enabled"]:
+        return {}
+    return {**_static_rpn_options(static), "detection_candidates": static["detection_candidates"]}
+
+
+def _build_rpn(cfg: dict[str, Any], in_channels: int) -> DetectronRPN:
+    anchors, rpn_cfg, static = cfg["anchors"], cfg["rpn"], cfg["static_shapes"]
     anchor_generator = FixedStrideAnchorGenerator(
         anchors["sizes"],
         anchors["aspect_ratios"],
@@ -84,9 +95,9 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         stride_rule=anchors["stride_rule"],
     )
     background_iou, foreground_iou = rpn_cfg["iou_thresholds"]
-    rpn = (StaticRPN if static["enabled"] else DetectronRPN)(
+    return (StaticRPN if static["enabled"] else DetectronRPN)(
         anchor_generator,
-        Float32RPNHead(backbone.out_channels, anchor_generator.num_anchors_per_location()[0]),
+        Float32RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0]),
         fg_iou_thresh=foreground_iou,
         bg_iou_thresh=background_iou,
         batch_size_per_image=rpn_cfg["batch_size_per_image"],
@@ -97,19 +108,23 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         smooth_l1_beta=rpn_cfg["smooth_l1_beta"],
         rank_on=rpn_cfg["rank_on"],
         small_boxes=rpn_cfg["small_boxes"],
-        **static_rpn,
+        **_static_rpn_options(static),
     )
+
+
+def _build_roi_heads(cfg: dict[str, Any], in_channels: int, num_classes: int) -> DetectronRoIHeads:
+    roi_cfg, static = cfg["roi_heads"], cfg["static_shapes"]
     # coco_category_ids: the weights pipeline writes the labels' rows (by category id) into the state dict
     coco_rows = roi_cfg["predictor_rows"] == "coco_category_ids"
     if coco_rows and num_classes >= COCO_PREDICTOR_ROWS:
         raise ValueError(f"predictor_rows coco_category_ids holds at most 90 classes, got {num_classes}")
     box_head, box_predictor = box_head_and_predictor(
-        backbone.out_channels,
+        in_channels,
         roi_cfg["pooler_resolution"],
         roi_cfg["fc_dim"],
         COCO_PREDICTOR_ROWS - 1 if coco_rows else num_classes,
     )
-    roi_heads = (StaticRoIHeads if static["enabled"] else DetectronRoIHeads)(
+    return (StaticRoIHeads if static["enabled"] else DetectronRoIHeads)(
         LevelRoIAlign(
             FEATURE_NAMES[:4],
             FEATURE_STRIDES[:4],
@@ -135,9 +150,13 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         nms_class_ids=roi_cfg["nms_class_ids"],
         small_boxes=roi_cfg["small_boxes"],
         label_rows=torch.arange(num_classes + 1) if coco_rows else None,
-        **static_heads,
+        **_static_heads_options(static),
     )
-    transform = DetectronTransform(
+
+
+def _build_transform(cfg: dict[str, Any]) -> DetectronTransform:
+    inputs, roi_cfg, static = cfg["input"], cfg["roi_heads"], cfg["static_shapes"]
+    return DetectronTransform(
         min_size_train=inputs["min_size_train"],
         min_size_test=inputs["min_size_test"],
         max_size=inputs["max_size"],
@@ -153,5 +172,3 @@ def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCN
         fixed_size=inputs["fixed_size"],
         max_gt_boxes=static["max_gt_boxes"] if static["enabled"] else None,
     )
-    model_class = StaticFasterRCNN if static["enabled"] else FasterRCNN
-    return model_class(backbone, rpn, roi_heads, transform, config=cfg, num_classes=num_classes)
