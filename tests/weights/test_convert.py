@@ -193,6 +193,8 @@ def test_frozen_bn_ignores_the_batch_counts_torchvision_saves(kind, tmp_path):
             "fc.weight",
             "fc.bias",
         }
+        classifier = report[report.source_key.str.startswith("fc.")]
+        assert set(classifier.note) == {"ImageNet classifier, not part of a detector"}
         assert not report.target_key[report.status == "missing"].str.startswith("backbone.body.").any()
 
 

@@ -151,7 +151,7 @@ def torchvision_detector_target(name: str) -> Target:
 
 def torchvision_resnet_target(name: str) -> Target:
     if name.startswith("fc."):
-        return Target(None, _UNUSED_CLASSIFIER)
+        return _UNUSED_CLASSIFIER
     return Target(BACKBONE_PREFIX + name)
 
 
