@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from tiny_training import write_tiny_dataset
 
+from frcnn_pipeline.layers import backend as detection_ops
+
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
 # Before anything imports mlflow (its telemetry client starts on import); settings.py does the same for runs.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
@@ -58,3 +60,12 @@ def module_tmp(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
 def tiny_tables(tmp_path_factory):
     """Eight tiny generated images and their tables, shared by the engine and runtime tests."""
     return write_tiny_dataset(tmp_path_factory.mktemp("tiny_images"), count=8)
+
+
+@pytest.fixture(autouse=True)
+def _auto_detection_ops():
+    """Every test starts and ends with the default detection-ops setting (auto), as every run's process does:
+    a test that picks the portable kernels must not change the arithmetic of the tests after it."""
+    detection_ops.configure("auto")
+    yield
+    detection_ops.configure("auto")

@@ -80,8 +80,6 @@ def batch(counts: tuple[int, ...], seed: int, sizes: tuple[tuple[int, int], ...]
 def portable_ops():
     """What an NPU without torchvision_npu runs: the portable NMS and RoIAlign."""
     backend.configure("portable")
-    yield
-    backend.configure("auto")
 
 
 def training_traces(static: bool, **overrides) -> list:

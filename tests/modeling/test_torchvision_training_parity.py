@@ -20,7 +20,6 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.layers import cpu_roi_align
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.parameters import CONF, load_parameters
@@ -151,8 +150,6 @@ KERNEL = {"torchvision's RoIAlign backward": 0}
 def steps(module_tmp) -> tuple[dict, dict]:
     """torchvision's training step and ours, from the same saved weights, images, targets and seed."""
     tmp_path = module_tmp("training_parity")
-    # runtime.detection_ops' default, as a training run sets it (an earlier test may have left "portable")
-    detection_ops.configure("auto")
     images = _images()
     state = _saved_state_dict(tmp_path / "fasterrcnn_resnet50_fpn.pth")
     reference = _training_step(_torchvision_model(state), [image / 255 for image in images], KERNEL)
@@ -209,7 +206,6 @@ def coco_steps(module_tmp) -> tuple[dict, dict]:
     """A 91-class torchvision detector trained on labels that are COCO category ids, and ours with
     `predictor_rows: coco_category_ids` on labels 1..3, from the same saved weights, images and seed."""
     tmp_path = module_tmp("coco_rows")
-    detection_ops.configure("auto")
     images = _images()
     state = _saved_state_dict(tmp_path / "fasterrcnn_resnet50_fpn_91.pth", COCO_ROWS)
     reference_targets = _targets([0, *(category_id for category_id, _ in COCO_CATEGORIES)])
