@@ -18,6 +18,7 @@ import subprocess
 import sys
 
 from frcnn_pipeline.engine.memory_budget import estimate_training_step
+from frcnn_pipeline.modeling import resolve_model_config
 
 CONFIGS = {
     "r50": {},  # the card's R-50-FPN, frozen BN, stem + res2 frozen
@@ -70,7 +71,7 @@ def main() -> None:
         rows = []
         for size in args.sizes:
             cfg = {**CONFIGS[name], "input": {"min_size_train": [size], "max_size": size}}
-            estimate = estimate_training_step(cfg, 3, args.images)
+            estimate = estimate_training_step(resolve_model_config(cfg), 3, args.images)
             peak = measured_peak(cfg, size, args.images)
             rows.append((size, peak, estimate))
             print(

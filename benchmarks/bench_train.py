@@ -18,6 +18,7 @@ import time
 import torch
 from references import stock_fasterrcnn_resnet50_fpn
 
+from frcnn_pipeline.config import AmpParams
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.modeling import build_model, default_model_config
 
@@ -34,7 +35,7 @@ class Side:
 
     def __init__(self, model, images, targets, channels_last: bool, amp: dict):
         self.model = model.train()
-        self.precision = MixedPrecision(amp, torch.device("cpu"))
+        self.precision = MixedPrecision(AmpParams.parse(amp, "runtime.amp"), torch.device("cpu"))
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
         params = [p for p in self.model.parameters() if p.requires_grad]

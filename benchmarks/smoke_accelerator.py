@@ -50,6 +50,7 @@ from smoke_setup import (
 )
 from torch import nn
 
+from frcnn_pipeline.config import AmpParams
 from frcnn_pipeline.engine.amp import MixedPrecision
 from frcnn_pipeline.layers import backend as detection_ops
 from frcnn_pipeline.runtime import devices
@@ -207,7 +208,7 @@ class SmokeRun:
         # As the training worker will: the env's runtime.detection_ops decides what the report describes.
         detection_ops.configure(configs["runtime"]["detection_ops"])
         report["detection_ops"] = describe_detection_ops(device)
-        precision = MixedPrecision(configs["runtime"]["amp"], device)
+        precision = MixedPrecision(AmpParams.parse(configs["runtime"]["amp"], "runtime.amp"), device)
         report["precision"] = {"description": precision.describe(), "source": configs["precision_note"]}
         report["watch"] = {
             "target_device": kind,

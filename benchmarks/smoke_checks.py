@@ -14,13 +14,15 @@ import torch
 from smoke_setup import NUM_CLASSES, SmokeFailure, calibrate_frozen_norms, read_images, write_synthetic_images
 from torch import nn
 
+from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
 from frcnn_pipeline.engine.stall_watch import StallWatchdog, read_records
 from frcnn_pipeline.engine.step_audit import StepAudit, close_audits
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.inference import run_inference
-from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.runtime import devices
+from frcnn_pipeline.runtime.world import WorldConfig
 
 AUDIT_FOLDER = "audit"
 
@@ -60,7 +62,15 @@ def train_check(
     with StallWatchdog(audit_folder, args.nproc_per_node, args.timeout, on_stall) as watchdog:
         try:
             result = train_detector(
-                images, annotations, NUM_CLASSES, configs["model"], train, runtime, initial, build=audit
+                images,
+                annotations,
+                NUM_CLASSES,
+                resolve_model_config(configs["model"]),
+                TrainParams.parse(train, "train"),
+                RuntimeParams.parse(runtime, "runtime"),
+                WorldConfig.from_runtime(runtime),
+                initial,
+                build=audit,
             )
         except Exception as error:
             partial = {"error": f"{type(error).__name__}: {error}"}

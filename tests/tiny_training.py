@@ -10,6 +10,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.engine.trainer import train_detector
+from frcnn_pipeline.modeling import resolve_model_config
+from frcnn_pipeline.runtime.world import WorldConfig
+
 TINY_MODEL: dict[str, Any] = {
     "backbone": {"depth": 18, "norm": "frozen_bn", "freeze_at": 0, "fpn_channels": 16},
     "input": {
@@ -80,6 +85,31 @@ def write_tiny_dataset(folder: Path, count: int, boxes_per_image: int = 2, seed:
             {"image_id": image_id, "file_name": path.name, "path": str(path), "width": 64, "height": 64}
         )
     return pd.DataFrame(images), pd.DataFrame(annotations)
+
+
+def train_from_parameters(  # noqa: PLR0917 (as train_detector)
+    images: pd.DataFrame,
+    annotations: pd.DataFrame,
+    num_classes: int,
+    model: dict[str, Any],
+    train: dict[str, Any],
+    runtime: dict[str, Any],
+    *args: Any,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """`train_detector` on the `model:`, `train:` and `runtime:` sections as a run's parameters give them
+    (partial dicts), validated here as the train node does."""
+    return train_detector(
+        images,
+        annotations,
+        num_classes,
+        resolve_model_config(model),
+        TrainParams.parse(train, "train"),
+        RuntimeParams.parse(runtime, "runtime"),
+        WorldConfig.from_runtime(runtime),
+        *args,
+        **kwargs,
+    )
 
 
 def train_config(tmp_path: Path, **solver: Any) -> dict[str, Any]:

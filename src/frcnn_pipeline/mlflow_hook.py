@@ -296,7 +296,7 @@ class ProjectMlflowHook(MlflowHook):
                 state,
                 checkpoint,
                 model_cfg=resolve_model_config(self._params.get("model")),
-                train_cfg=train.model_dump(),
+                train=train,
                 data_fingerprint=stored_train_data_fingerprint(pipeline, catalog),
             )
         except ResumeRefusedError:

@@ -6,12 +6,12 @@ import types
 
 import pytest
 import torch
-from tiny_training import TINY_MODEL, runtime_config, train_config
+from tiny_training import TINY_MODEL, runtime_config, train_config, train_from_parameters
 from torch import nn
 
+from frcnn_pipeline.config import AmpParams, ParameterError
 from frcnn_pipeline.engine import amp as amp_module
 from frcnn_pipeline.engine.amp import AmpUnavailableError, MixedPrecision, build_loss_scaler
-from frcnn_pipeline.engine.trainer import train_detector
 
 CPU = torch.device("cpu")
 # torch.device("npu") exists only once torch_npu is imported; the selection reads `device.type` alone.
@@ -71,24 +71,24 @@ def test_npu_uses_torch_npus_scaler_which_checks_the_overflow_flag(fake_torch_np
 
 
 def test_npu_selection_through_mixed_precision(fake_torch_npu):
-    precision = MixedPrecision({"enabled": True, "dtype": "float16", "loss_scale": 128.0}, NPU)
+    precision = MixedPrecision(AmpParams(enabled=True, dtype="float16", loss_scale=128.0), NPU)
     assert isinstance(precision.scaler.grad_scaler, RecordingScaler)
     assert precision.describe().startswith("float16 autocast on npu, static 128 loss scale")
-    assert MixedPrecision({"enabled": True, "dtype": "bfloat16"}, NPU).scaler is None
+    assert MixedPrecision(AmpParams(enabled=True, dtype="bfloat16"), NPU).scaler is None
 
 
 def test_npu_without_torch_npu_names_the_missing_scaler(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch_npu", None)
     with pytest.raises(AmpUnavailableError, match=r"torch_npu\.npu\.amp\.GradScaler.*cannot be imported"):
-        MixedPrecision({"enabled": True, "dtype": "float16"}, NPU)
+        MixedPrecision(AmpParams(enabled=True, dtype="float16"), NPU)
 
 
 def test_cuda_uses_torch_amp_grad_scaler(monkeypatch):
     monkeypatch.setattr(torch.amp, "GradScaler", RecordingScaler)
-    precision = MixedPrecision({"enabled": True, "dtype": "float16"}, torch.device("cuda"))
+    precision = MixedPrecision(AmpParams(enabled=True, dtype="float16"), torch.device("cuda"))
     assert precision.scaler.grad_scaler.args == ("cuda",)
     assert precision.scaler.grad_scaler.kwargs == {"init_scale": 2.0**16}
-    assert MixedPrecision({"enabled": True, "dtype": "bfloat16"}, torch.device("cuda")).scaler is None
+    assert MixedPrecision(AmpParams(enabled=True, dtype="bfloat16"), torch.device("cuda")).scaler is None
 
 
 def test_static_loss_scale_stays_static_after_an_overflow_step():
@@ -117,7 +117,7 @@ def test_checkpoint_of_torchs_scaler_loads_into_torch_npus(fake_torch_npu):
 
 
 def test_bf16_autocast_on_cpu_trains_without_scaler():
-    precision = MixedPrecision({"enabled": True, "dtype": "bfloat16"}, CPU)
+    precision = MixedPrecision(AmpParams(enabled=True, dtype="bfloat16"), CPU)
     model = nn.Linear(4, 2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     with precision.autocast():
@@ -132,7 +132,7 @@ def test_bf16_autocast_on_cpu_trains_without_scaler():
 
 
 def test_disabled_is_plain_fp32():
-    precision = MixedPrecision({"enabled": False}, CPU)
+    precision = MixedPrecision(AmpParams(enabled=False), CPU)
     with precision.autocast():
         assert nn.Linear(4, 2)(torch.randn(1, 4)).dtype == torch.float32
     assert precision.describe().startswith("fp32")
@@ -140,28 +140,29 @@ def test_disabled_is_plain_fp32():
 
 def test_fp16_on_cpu_is_refused():
     with pytest.raises(AmpUnavailableError, match="use bfloat16"):
-        MixedPrecision({"enabled": True, "dtype": "float16"}, CPU)
+        MixedPrecision(AmpParams(enabled=True, dtype="float16"), CPU)
 
 
 def test_apex_o2_is_refused_with_the_fix_before_apex_is_imported(monkeypatch):
     monkeypatch.setattr(amp_module, "_import_apex_amp", lambda: pytest.fail("imported apex"))
     with pytest.raises(ValueError, match=r"runtime\.amp\.opt_level O2 is not supported.*opt_level: O1"):
-        MixedPrecision({"enabled": True, "backend": "apex", "opt_level": "O2"}, CPU)
+        MixedPrecision(AmpParams(enabled=True, backend="apex", opt_level="O2"), CPU)
 
 
 @pytest.mark.parametrize(
-    ("amp", "message"),
+    ("amp", "key"),
     [
-        ({"opt_level": "O3"}, r"runtime\.amp\.opt_level must be 'O1'"),
-        ({"loss_scale": "static"}, r"runtime\.amp\.loss_scale must be 'dynamic' or a positive number"),
-        ({"loss_scale": 0}, r"runtime\.amp\.loss_scale"),
-        ({"dtype": "float8"}, r"runtime\.amp\.dtype must be one of \['bfloat16', 'float16'\]"),
-        ({"backend": "deepspeed"}, r"runtime\.amp\.backend must be 'torch' or 'apex'"),
+        ({"opt_level": "O3"}, "opt_level"),
+        ({"loss_scale": "static"}, "loss_scale"),
+        ({"loss_scale": 0}, "loss_scale"),
+        ({"dtype": "float8"}, "dtype"),
+        ({"backend": "deepspeed"}, "backend"),
     ],
 )
-def test_bad_settings_name_the_key(amp, message):
-    with pytest.raises(ValueError, match=message):
-        MixedPrecision({"enabled": True, **amp}, CPU)
+def test_bad_settings_name_the_key(amp, key):
+    # Refused where the parameters are validated: MixedPrecision only ever gets valid ones.
+    with pytest.raises(ParameterError, match=rf"^runtime\.amp\.{key}: "):
+        AmpParams.parse({"enabled": True, **amp}, "runtime.amp")
 
 
 def test_apex_asked_for_but_absent(monkeypatch):
@@ -169,7 +170,7 @@ def test_apex_asked_for_but_absent(monkeypatch):
     with pytest.raises(
         AmpUnavailableError, match=r"apex\.amp cannot be imported.*PyPI's `apex` is an unrelated"
     ):
-        MixedPrecision({"enabled": True, "backend": "apex"}, torch.device("cuda"))
+        MixedPrecision(AmpParams(enabled=True, backend="apex"), torch.device("cuda"))
 
 
 def test_apex_without_cuda_or_npu_is_refused_before_apex_is_imported(monkeypatch):
@@ -179,8 +180,10 @@ def test_apex_without_cuda_or_npu_is_refused_before_apex_is_imported(monkeypatch
         match=r"^runtime\.amp\.backend is 'apex', which needs a CUDA GPU or an Ascend NPU, but this run's "
         r"device is cpu\. Set runtime\.amp\.backend: torch .*, or runtime\.amp\.enabled: false\.$",
     ):
-        MixedPrecision({"enabled": True, "backend": "apex", "dtype": "bfloat16"}, CPU)
-    assert not MixedPrecision({"enabled": False, "backend": "apex"}, CPU).enabled  # apex off: nothing to run
+        MixedPrecision(AmpParams(enabled=True, backend="apex", dtype="bfloat16"), CPU)
+    assert not MixedPrecision(
+        AmpParams(enabled=False, backend="apex"), CPU
+    ).enabled  # apex off: nothing to run
 
 
 def test_training_with_apex_on_cpu_stops_before_the_model_and_the_data(tmp_path, tiny_tables):
@@ -191,5 +194,7 @@ def test_training_with_apex_on_cpu_stops_before_the_model_and_the_data(tmp_path,
 
     runtime = runtime_config(amp={"enabled": True, "backend": "apex", "dtype": "bfloat16"})
     with pytest.raises(AmpUnavailableError, match="needs a CUDA GPU or an Ascend NPU"):
-        train_detector(images, annotations, 2, TINY_MODEL, train_config(tmp_path), runtime, build=build)
+        train_from_parameters(
+            images, annotations, 2, TINY_MODEL, train_config(tmp_path), runtime, build=build
+        )
     assert not (tmp_path / "reporting").exists()

@@ -10,14 +10,13 @@ import re
 import pytest
 import torch
 from mlflow import MlflowClient
-from tiny_training import TINY_MODEL, runtime_config, train_config
+from tiny_training import TINY_MODEL, runtime_config, train_config, train_from_parameters
 
 from frcnn_pipeline.config import ParameterError
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.hooks import BEST_CHECKPOINT_NAME
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.tracking import TrackingTarget
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.modeling import resolve_model_config
 
 
@@ -40,7 +39,7 @@ def _train(tmp_path, tables, name: str, max_iter: int, **kwargs):
     train = train_config(tmp_path, max_iter=max_iter)
     train.update(run_name=name, eval_period=kwargs.pop("eval_period", 0), best_metric="AP")
     train.update(kwargs.pop("train", {}))
-    return train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config(), **kwargs)
+    return train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config(), **kwargs)
 
 
 @pytest.fixture(scope="module")

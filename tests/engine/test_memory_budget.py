@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 from bench_memory import measured_peak
-from tiny_training import TINY_MODEL, merged, runtime_config, train_config
+from tiny_training import TINY_MODEL, merged, runtime_config, train_config, train_from_parameters
 
+from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.engine.memory_budget import (
     InsufficientMemoryError,
     available_memory,
@@ -18,15 +19,17 @@ from frcnn_pipeline.engine.memory_budget import (
     estimate_training_step,
     largest_training_input,
 )
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import resolve_model_config
 
 ABSURD = merged(TINY_MODEL, input={"min_size_train": [20000], "max_size": 20000})
-DEMO_LIKE = {
-    "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 64},
-    "roi_heads": {"batch_size_per_image": 64, "fc_dim": 256},
-}
+DEMO_LIKE = resolve_model_config(
+    {
+        "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 64},
+        "roi_heads": {"batch_size_per_image": 64, "fc_dim": 256},
+    }
+)
+RESOLVED_TINY = resolve_model_config(TINY_MODEL)
 
 
 def _inputs(**values):
@@ -89,7 +92,7 @@ def _refusal(tmp_path, tiny_tables, model_cfg, nproc: int) -> tuple[BaseExceptio
     images, annotations = tiny_tables
     started = time.monotonic()
     with pytest.raises(InsufficientMemoryError) as refused:
-        train_detector(
+        train_from_parameters(
             images,
             annotations,
             2,
@@ -122,27 +125,31 @@ def test_spawned_cpu_workers_refuse_with_the_same_error(tmp_path, tiny_tables):
 
 def test_the_fix_names_the_batch_that_fits_or_the_fixed_size():
     limit, _ = available_memory(torch.device("cpu"))
-    per_image = estimate_training_step(TINY_MODEL, 2, 1).activation_bytes
+    per_image = estimate_training_step(RESOLVED_TINY, 2, 1).activation_bytes
     too_many = 2 * limit // per_image + 1
     train = train_config_for(images_per_device=too_many)
     with pytest.raises(InsufficientMemoryError) as refused:
-        check_training_memory(TINY_MODEL, 2, train, runtime_config(), torch.device("cpu"))
+        check_training_memory(RESOLVED_TINY, 2, train, _runtime(), torch.device("cpu"))
     fitting = re.search(r"Fix: lower train.images_per_device to at most (\d+), ", str(refused.value))
     assert fitting and 1 <= int(fitting[1]) < too_many
-    fixed = merged(TINY_MODEL, input={"fixed_size": [20000, 20000]})
+    fixed = merged(RESOLVED_TINY, input={"fixed_size": [20000, 20000]})
     with pytest.raises(InsufficientMemoryError) as refused:
-        check_training_memory(fixed, 2, train_config_for(), runtime_config(), torch.device("cpu"))
+        check_training_memory(fixed, 2, train_config_for(), _runtime(), torch.device("cpu"))
     assert "model.input fixed_size [20000, 20000] (padded 20000x20000)" in str(refused.value)
     assert "Fix: lower model.input.fixed_size: one image of about " in str(refused.value)
 
 
 def test_a_size_that_fits_passes_and_reports_its_estimate():
     train = train_config_for(images_per_device=2)
-    step = check_training_memory(
-        resolve_model_config(TINY_MODEL), 2, train, runtime_config(), torch.device("cpu")
-    )
+    step = check_training_memory(RESOLVED_TINY, 2, train, _runtime(), torch.device("cpu"))
     assert step.input_size == (64, 64) and step.images == 2 and 0 < step.total_bytes < 2**30
 
 
 def train_config_for(**values):
-    return {"images_per_device": 1, "solver": {"optimizer": "sgd", "momentum": 0.9}, **values}
+    return TrainParams.parse(
+        {"images_per_device": 1, "solver": {"optimizer": "sgd", "momentum": 0.9}, **values}, "train"
+    )
+
+
+def _runtime():
+    return RuntimeParams.parse(runtime_config(), "runtime")

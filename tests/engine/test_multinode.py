@@ -30,11 +30,10 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from tiny_training import ALL_SAMPLES_MODEL, write_tiny_dataset
+from tiny_training import ALL_SAMPLES_MODEL, train_from_parameters, write_tiny_dataset
 
 from frcnn_pipeline.datasets import DetectorDataset
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.parameters import load_parameters
@@ -131,7 +130,7 @@ def reference(template, module_tmp) -> dict:
     weights = DetectorDataset(filepath=str(data / "06_models" / "initial_weights.safetensors")).load()
     images = pd.read_parquet(data / "03_primary" / "train_images.parquet")
     annotations = pd.read_parquet(data / "03_primary" / "train_annotations.parquet")
-    result = train_detector(
+    result = train_from_parameters(
         images, annotations, 2, parameters["model"], train, parameters["runtime"], weights.state_dict
     )
     return {"state_dict": result["state_dict"]}

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from frcnn_pipeline.config import ParameterError, SolverParams
 from frcnn_pipeline.engine import solver
 
 
@@ -26,16 +27,16 @@ def test_warmup_then_steps():
 
 
 def test_epoch_milestones_and_length():
-    cfg = {"step_epochs": [8, 11], "steps": [5], "epochs": 12, "max_iter": 99}
+    cfg = SolverParams(step_epochs=[8, 11], steps=[5], epochs=12, max_iter=99)
     assert solver.lr_milestones(cfg, 100) == [800, 1100]
     assert solver.max_iterations(cfg, 100) == 1200
-    assert solver.max_iterations({"epochs": None, "max_iter": 99}, 100) == 99
+    assert solver.max_iterations(SolverParams(epochs=None, max_iter=99), 100) == 99
 
 
 def test_scheduler_follows_the_factor():
     model = nn.Linear(2, 2)
-    cfg = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0,
-           "gamma": 0.1, "warmup_iters": 2, "warmup_factor": 0.5, "steps": [3]}  # fmt: skip
+    cfg = SolverParams(optimizer="sgd", momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0,
+                       gamma=0.1, warmup_iters=2, warmup_factor=0.5, steps=[3], step_epochs=None)  # fmt: skip
     optimizer = solver.build_optimizer(model, cfg, lr=0.2)
     scheduler = solver.build_lr_scheduler(optimizer, cfg, iters_per_epoch=10)
     seen = []
@@ -58,11 +59,11 @@ def test_no_weight_decay_on_norm_layers_and_optional_bias():
 
 def test_optimizer_choice():
     model = nn.Linear(2, 2)
-    base = {"weight_decay": 1e-4, "weight_decay_norm": 0.0, "momentum": 0.9}
-    assert isinstance(solver.build_optimizer(model, {**base, "optimizer": "SGD"}, 0.1), torch.optim.SGD)
-    assert isinstance(solver.build_optimizer(model, {**base, "optimizer": "adamw"}, 0.1), torch.optim.AdamW)
-    with pytest.raises(ValueError, match="must be one of"):
-        solver.build_optimizer(model, {**base, "optimizer": "lamb"}, 0.1)
+    assert isinstance(solver.build_optimizer(model, SolverParams(optimizer="sgd"), 0.1), torch.optim.SGD)
+    assert isinstance(solver.build_optimizer(model, SolverParams(optimizer="adamw"), 0.1), torch.optim.AdamW)
+    # Another optimizer never reaches the solver: the schema refuses it, naming the key and the choices.
+    with pytest.raises(ParameterError, match=r"train\.solver\.optimizer.*'sgd'.*'adamw'"):
+        SolverParams.parse({"optimizer": "lamb"}, "train.solver")
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])
@@ -71,7 +72,7 @@ def test_cpu_optimizers_are_fused_and_step_like_torchs_loop(name):
     # No norm after a conv: its bias would get a ~1e-9 gradient, where Adam's step is all rounding.
     model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 4, 1))
     reference = copy.deepcopy(model)
-    cfg = {"optimizer": name, "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0}
+    cfg = SolverParams(optimizer=name, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
     optimizer = solver.build_optimizer(model, cfg, lr=0.1)
     assert optimizer.defaults["fused"] is True
     groups = solver.parameter_groups(reference, 1e-4, 0.0, weight_decay_bias=None)
@@ -100,7 +101,7 @@ def test_at_torch_2_3_cpu_optimizers_take_torchs_default_loop(monkeypatch, name)
         monkeypatch.setattr(module, "_get_fused_kernels_supported_devices", lambda: list(torch_2_3_devices))
     assert solver.fused_optimizer_devices() == {"cuda"}
     model = nn.Linear(3, 2)
-    cfg = {"optimizer": name, "momentum": 0.9, "weight_decay": 1e-4, "weight_decay_norm": 0.0}
+    cfg = SolverParams(optimizer=name, momentum=0.9, weight_decay=1e-4, weight_decay_norm=0.0)
     optimizer = solver.build_optimizer(model, cfg, lr=0.1)
     assert not optimizer.defaults["fused"]
     before = model.weight.detach().clone()
@@ -119,7 +120,7 @@ def test_loss_scaled_sgd_survives_a_skipped_first_step_like_torchs_loop():
     torch.manual_seed(0)
     model = nn.Linear(2, 1)
     reference = copy.deepcopy(model)
-    cfg = {"optimizer": "sgd", "momentum": 0.9, "weight_decay": 0.0, "weight_decay_norm": 0.0}
+    cfg = SolverParams(optimizer="sgd", momentum=0.9, weight_decay=0.0, weight_decay_norm=0.0)
     optimizer = solver.build_optimizer(model, cfg, lr=0.1, loss_scaled=True)
     loop = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9, foreach=False)
     for net, opt in ((model, optimizer), (reference, loop)):

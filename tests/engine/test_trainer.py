@@ -15,15 +15,16 @@ from tiny_training import (
     merged,
     runtime_config,
     train_config,
+    train_from_parameters,
     write_tiny_dataset,
 )
 from torch import nn
 
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.data.coco import SplitSource, read_coco_split
+from frcnn_pipeline.engine.build import load_initial_weights
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.loop import NonFiniteLossError
-from frcnn_pipeline.engine.trainer import load_initial_weights, train_detector
 from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import SyncBatchNormError
 from frcnn_pipeline.modeling.static import StaticBatch
@@ -35,7 +36,7 @@ def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: i
     train = train_config(tmp_path, optimizer="sgd", base_lr=0.05, max_iter=1, warmup_iters=0, steps=[])
     train.update(run_name=name, images_per_device=per_device, flip_prob=0.0)
     runtime = runtime_config(nproc_per_node=world_size, num_threads=1)
-    return train_detector(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime)
+    return train_from_parameters(images, annotations, 2, ALL_SAMPLES_MODEL, train, runtime)
 
 
 def test_two_workers_one_image_each_equal_one_worker_two_images(tmp_path):
@@ -66,14 +67,14 @@ def test_resume_equals_straight_run(tmp_path, tiny_tables):
     runtime = runtime_config()
     straight_cfg = train_config(tmp_path, max_iter=4)
     straight_cfg["run_name"] = "straight"
-    straight = train_detector(images, annotations, 2, TINY_MODEL, straight_cfg, runtime)
+    straight = train_from_parameters(images, annotations, 2, TINY_MODEL, straight_cfg, runtime)
 
     resumed_cfg = train_config(tmp_path, max_iter=2)
     resumed_cfg["run_name"] = "resumed"
-    first_half = train_detector(images, annotations, 2, TINY_MODEL, resumed_cfg, runtime)
+    first_half = train_from_parameters(images, annotations, 2, TINY_MODEL, resumed_cfg, runtime)
     assert first_half["record"]["last_checkpoint"].endswith("model_0000002.pth")
     resumed_cfg["solver"]["max_iter"] = 4
-    resumed = train_detector(images, annotations, 2, TINY_MODEL, resumed_cfg, runtime)
+    resumed = train_from_parameters(images, annotations, 2, TINY_MODEL, resumed_cfg, runtime)
 
     assert resumed["record"]["resumed_from_iteration"] == 2
     # Raising max_iter extends the run: allowed, and recorded.
@@ -90,12 +91,12 @@ def test_resume_equals_straight_run(tmp_path, tiny_tables):
 def test_resume_disabled_refuses_to_mix_with_an_earlier_runs_checkpoints(tmp_path, tiny_tables):
     images, annotations = tiny_tables
     train = train_config(tmp_path, max_iter=1)
-    train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["checkpoint"]["resume"] = False
     with pytest.raises(FileExistsError, match=r"resume is false but .*holds checkpoints.*model_0000001\.pth"):
-        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+        train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config())
     train["run_name"] = "fresh"
-    again = train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config())
+    again = train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config())
     assert again["record"]["resumed_from_iteration"] == 0
     assert (tmp_path / "checkpoints" / "test" / "model_0000001.pth").is_file(), (
         "nothing of the old run is lost"
@@ -110,7 +111,7 @@ STATIC_MODEL = merged(
 def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes(tmp_path, tiny_tables):
     images, annotations = tiny_tables  # 2 boxes per image
     train = train_config(tmp_path, max_iter=2)
-    result = train_detector(images, annotations, 2, STATIC_MODEL, train, runtime_config())
+    result = train_from_parameters(images, annotations, 2, STATIC_MODEL, train, runtime_config())
     assert len(result["metrics"]) == 2
     assert all(math.isfinite(value) for value in result["record"]["final_losses"].values())
     too_few = merged(STATIC_MODEL, static_shapes={"max_gt_boxes": 1})
@@ -118,7 +119,7 @@ def test_static_shapes_train_and_refuse_images_with_more_boxes_than_max_gt_boxes
     train["run_name"] = "too_few"
     message = r"8 training image\(s\) have more ground-truth boxes than model.static_shapes.max_gt_boxes = 1"
     with pytest.raises(ValueError, match=message):
-        train_detector(images, annotations, 2, too_few, train, runtime_config())
+        train_from_parameters(images, annotations, 2, too_few, train, runtime_config())
     assert not (tmp_path / "checkpoints" / "too_few").exists()
 
 
@@ -134,7 +135,7 @@ def test_static_training_steps_get_their_batch_made_on_the_host(tmp_path, tiny_t
     monkeypatch.setattr(StaticFasterRCNN, "forward", recording)
     images, annotations = tiny_tables
     train = train_config(tmp_path, max_iter=2)
-    train_detector(images, annotations, 2, STATIC_MODEL, train, runtime_config())
+    train_from_parameters(images, annotations, 2, STATIC_MODEL, train, runtime_config())
     batch = train["images_per_device"]
     steps = [call for call in received if call[0]]
     assert steps == [(True, StaticBatch, (batch, 3, 64, 64))] * 2
@@ -175,7 +176,7 @@ def test_non_finite_loss_stops_naming_iteration_and_losses_keeping_last_checkpoi
     train = train_config(tmp_path, max_iter=6)
     train["checkpoint"]["period"] = 1
     with pytest.raises(NonFiniteLossError) as raised:
-        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config(), build=_nan_model)
+        train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config(), build=_nan_model)
     message = str(raised.value)
     assert "iteration 2" in message and "loss_classifier=nan" in message
     for name in ("loss_box_reg", "loss_objectness", "loss_rpn_box_reg", "total_loss"):
@@ -198,7 +199,7 @@ def test_loss_falls_when_fitting_one_batch(tmp_path):
     source = SplitSource("train", demo.annotation_file(root, "train"), demo.image_dir(root, "train"))
     split = read_coco_split(source)
     train = {**train_config(tmp_path, max_iter=60, base_lr=1e-3, warmup_iters=5, steps=[]), "flip_prob": 0.0}
-    result = train_detector(
+    result = train_from_parameters(
         split.images, split.annotations, len(split.categories), TINY_MODEL, train, runtime_config()
     )
     losses = [row["total_loss"] for row in result["metrics"]]
@@ -237,7 +238,9 @@ def test_bad_sections_stop_before_any_work(tmp_path, tiny_tables, section, value
     sections = {"model": TINY_MODEL, "train": train_config(tmp_path), "runtime": runtime_config()}
     sections[section] = value
     with pytest.raises(ValueError, match=message):
-        train_detector(images, annotations, 2, sections["model"], sections["train"], sections["runtime"])
+        train_from_parameters(
+            images, annotations, 2, sections["model"], sections["train"], sections["runtime"]
+        )
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "reporting").exists()
 
 
@@ -249,7 +252,7 @@ def test_channels_last_training_equals_the_default_layout(tmp_path, tiny_tables)
     for channels_last in (False, True):
         train["run_name"] = f"channels_last_{channels_last}"
         runtime = runtime_config(channels_last=channels_last, num_threads=1)
-        results[channels_last] = train_detector(images, annotations, 2, TINY_MODEL, train, runtime)
+        results[channels_last] = train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime)
     expected, losses = (results[flag]["record"]["final_losses"] for flag in (False, True))
     for name, value in expected.items():
         assert losses[name] == pytest.approx(value, rel=1e-4, abs=1e-6), name
@@ -265,7 +268,7 @@ def test_a_training_step_with_the_portable_detection_ops_equals_torchvisions(tmp
         train["run_name"] = setting
         with probe_detection_ops(route_torchvision_nms=setting == "portable") as probes[setting]:
             runtime = runtime_config(detection_ops=setting)
-            results[setting] = train_detector(images, annotations, 2, TINY_MODEL, train, runtime)
+            results[setting] = train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime)
 
     assert "torchvision" in probes["auto"].namespaces and probes["auto"].portable_roi_align_calls == 0
     portable = probes["portable"]
@@ -306,7 +309,7 @@ def test_sigterm_on_one_rank_stops_every_rank_after_saving_that_iteration(tmp_pa
     with pytest.raises(
         TrainingStopped, match=r"after iteration 3 of 50; checkpoint .*model_0000003\.pth saved"
     ):
-        train_detector(images, annotations, 2, TINY_MODEL, train, runtime, build=_signalled_model)
+        train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime, build=_signalled_model)
     state = load_checkpoint(CheckpointManager(tmp_path / "checkpoints" / "test").latest())
     assert state["iteration"] == 3 and len(state["rng"]) == 2
 
@@ -315,5 +318,5 @@ def test_sync_bn_on_one_process_stops_before_the_data_naming_the_fix(tmp_path, t
     images, annotations = tiny_tables
     model = merged(TINY_MODEL, backbone={"norm": "sync_bn"})
     with pytest.raises(SyncBatchNormError, match=r"has one process.*Set model\.backbone\.norm: bn"):
-        train_detector(images, annotations, 2, model, train_config(tmp_path), runtime_config())
+        train_from_parameters(images, annotations, 2, model, train_config(tmp_path), runtime_config())
     assert not (tmp_path / "reporting").exists()

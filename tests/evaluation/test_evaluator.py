@@ -12,11 +12,11 @@ from tiny_training import (
     runtime_config,
     tiny_categories,
     train_config,
+    train_from_parameters,
     write_tiny_dataset,
 )
 
 from frcnn_pipeline.config import InferenceParams
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
 from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
@@ -45,7 +45,7 @@ def test_evaluation_during_training_equals_the_evaluate_pipeline(tmp_path, tiny_
     # 4 steps of 2 images: enough for the tiny model to find some boxes.
     train = train_config(tmp_path, max_iter=4, base_lr=5e-3, warmup_iters=1, steps=[])
     train.update(eval_period=4, best_metric="AP", images_per_device=2 // workers)
-    result = train_detector(
+    result = train_from_parameters(
         images, annotations, 2, TINY_MODEL, train, runtime_config(nproc_per_node=workers, num_threads=1),
         evaluator=evaluator,
     )  # fmt: skip
@@ -65,4 +65,6 @@ def test_unreadable_val_image_stops_training_with_the_fix(tmp_path, tiny_split):
     train = train_config(tmp_path, max_iter=1)
     train.update(eval_period=1, best_metric="AP")
     with pytest.raises(RuntimeError, match=r"1 val image\(s\) could not be read .* train.eval_period: 0"):
-        train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config(), evaluator=evaluator)
+        train_from_parameters(
+            images, annotations, 2, TINY_MODEL, train, runtime_config(), evaluator=evaluator
+        )

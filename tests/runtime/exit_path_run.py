@@ -13,10 +13,16 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tiny_training import TINY_MODEL, merged, runtime_config, train_config, write_tiny_dataset
+from tiny_training import (
+    TINY_MODEL,
+    merged,
+    runtime_config,
+    train_config,
+    train_from_parameters,
+    write_tiny_dataset,
+)
 from torch import nn
 
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.modeling import build_model
 
 STATIC_MODEL = merged(
@@ -48,7 +54,9 @@ def main(folder: Path, mode: str, nproc: int, num_workers: int) -> None:
     train["images_per_device"] = 1
     runtime = runtime_config(nproc_per_node=nproc, num_threads=1, num_workers=num_workers)
     model_cfg = STATIC_MODEL if mode == "static" else TINY_MODEL
-    train_detector(images, annotations, 2, model_cfg, train, runtime, build=partial(build, folder, mode))
+    train_from_parameters(
+        images, annotations, 2, model_cfg, train, runtime, build=partial(build, folder, mode)
+    )
 
 
 if __name__ == "__main__":

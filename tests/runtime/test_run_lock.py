@@ -12,9 +12,8 @@ import subprocess
 import sys
 
 import pytest
-from tiny_training import TINY_MODEL, runtime_config, train_config
+from tiny_training import TINY_MODEL, runtime_config, train_config, train_from_parameters
 
-from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.runtime.run_lock import RunFolderLock, RunFolderLockedError
 
 HOLD = """
@@ -71,7 +70,7 @@ def test_training_into_a_locked_run_folder_is_refused_before_any_work(tmp_path, 
     holder = _holder(run_dir)
     try:
         with pytest.raises(RunFolderLockedError, match=f"PID {holder.pid} "):
-            train_detector(images, annotations, 2, TINY_MODEL, train, runtime_config(num_workers=1))
+            train_from_parameters(images, annotations, 2, TINY_MODEL, train, runtime_config(num_workers=1))
     finally:
         holder.kill()
         holder.wait()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from frcnn_pipeline.config import AmpParams
 from frcnn_pipeline.errors import UserFacingError
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -97,27 +98,16 @@ def _npu_grad_scaler_class():
         ) from error
 
 
-def _check_config(amp: dict[str, Any], device_type: str) -> None:
-    if amp.get("backend", "torch") not in ("torch", "apex"):
-        raise ValueError(f"runtime.amp.backend must be 'torch' or 'apex', got {amp['backend']!r}")
-    if "dtype" in amp and amp["dtype"] not in _DTYPES:
-        raise ValueError(f"runtime.amp.dtype must be one of {sorted(_DTYPES)}, got {amp['dtype']!r}")
-    opt_level = amp.get("opt_level", "O1")
-    if opt_level == "O2":
+def _check_config(amp: AmpParams, device_type: str) -> None:
+    # The schema checked each key; what remains is what this model or this device cannot run.
+    if amp.opt_level == "O2":
         raise ValueError(
             "runtime.amp.opt_level O2 is not supported: apex O2 casts the whole model and every floating "
             "input (the target boxes too) to fp16, while this model normalises images, builds anchors, "
             "encodes boxes and computes its losses in fp32. Use runtime.amp.opt_level: O1 (apex), or "
             "runtime.amp.backend: torch (autocast with an fp32 model, the default)."
         )
-    if opt_level != "O1":
-        raise ValueError(f"runtime.amp.opt_level must be 'O1' (apex), got {opt_level!r}")
-    loss_scale = amp.get("loss_scale", "dynamic")
-    if loss_scale != "dynamic" and (
-        isinstance(loss_scale, bool) or not isinstance(loss_scale, int | float) or loss_scale <= 0
-    ):
-        raise ValueError(f"runtime.amp.loss_scale must be 'dynamic' or a positive number, got {loss_scale!r}")
-    if amp.get("enabled") and amp.get("backend") == "apex" and device_type not in APEX_DEVICES:
+    if amp.enabled and amp.backend == "apex" and device_type not in APEX_DEVICES:
         # apex's loss scaler and its O1 casts run CUDA (or, Ascend's build, NPU) kernels: on CPU the run would
         # stop at its first step, after the data and the model were loaded.
         raise AmpUnavailableError(
@@ -125,7 +115,7 @@ def _check_config(amp: dict[str, Any], device_type: str) -> None:
             f"device is {device_type}. Set runtime.amp.backend: torch (bfloat16 autocast on CPU), or "
             "runtime.amp.enabled: false."
         )
-    if amp.get("enabled") and device_type == "cpu" and amp.get("dtype") == "float16":
+    if amp.enabled and device_type == "cpu" and amp.dtype == "float16":
         raise AmpUnavailableError(
             "runtime.amp.dtype float16 is not supported on CPU: use bfloat16, or runtime.amp.enabled: false"
         )
@@ -134,15 +124,14 @@ def _check_config(amp: dict[str, Any], device_type: str) -> None:
 class MixedPrecision:
     """Wraps the forward (autocast) and the backward/step (loss scaling) of one training step."""
 
-    def __init__(self, amp: dict[str, Any] | None, device: torch.device):
-        amp = amp or {}
+    def __init__(self, amp: AmpParams, device: torch.device):
         _check_config(amp, device.type)
-        self.enabled = bool(amp.get("enabled", False))
-        self.backend = amp.get("backend", "torch")
+        self.enabled = amp.enabled
+        self.backend = amp.backend
         self.device = device
-        self.dtype = _DTYPES[amp.get("dtype", "bfloat16" if device.type == "cpu" else "float16")]
-        self.opt_level = amp.get("opt_level", "O1")
-        self.loss_scale = amp.get("loss_scale", "dynamic")
+        self.dtype = _DTYPES[amp.dtype]
+        self.opt_level = amp.opt_level
+        self.loss_scale = amp.loss_scale
         self._apex = None
         self.scaler: LossScaler | None = None
         if not self.enabled:

@@ -9,83 +9,23 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-from torch import nn
 
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, atomic_save
+from frcnn_pipeline.engine.job import Evaluator
+from frcnn_pipeline.engine.loop import HookBase, Trainer, TrainState
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.tracking import MlflowRunLogger
 from frcnn_pipeline.runtime import devices, distributed
-from frcnn_pipeline.runtime.distributed import WorkerContext
-
-if TYPE_CHECKING:
-    from frcnn_pipeline.engine.loop import Trainer
 
 log = logging.getLogger(__name__)
-
-# An evaluator runs inside the training workers on the unwrapped model; rank 0 gets the metrics, others None.
-Evaluator = Callable[[nn.Module, WorkerContext], "dict[str, float] | None"]
 
 TRAIN_PREFIX, VAL_PREFIX = "train/", "val/"
 TRACKED_EVAL_METRICS = ("AP", "AP50", "AP75")
 BEST_CHECKPOINT_NAME = "model_best.pth"
-
-
-@dataclass
-class TrainState:
-    """What the hooks record; checkpoints keep it, so a resumed run continues every history."""
-
-    iteration: int  # finished iterations
-    max_iter: int
-    metrics: list[dict[str, Any]] = field(default_factory=list)  # MetricsWriter rows
-    evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", AP, AP50, ...}
-    best: dict[str, Any] | None = None  # {"metric", "value", "iteration", "path"}
-    tracking_run_id: str | None = None  # the MLflow run this training logs into
-    # Changes a resume accepted (a longer schedule, train.checkpoint.allow_*): {"iteration", "change"}.
-    resume_changes: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_checkpoint(self) -> dict[str, Any]:
-        return {
-            "metrics": self.metrics,
-            "evaluations": self.evaluations,
-            "best": self.best,
-            "tracking_run_id": self.tracking_run_id,
-            "resume_changes": self.resume_changes,
-        }
-
-    @classmethod
-    def from_checkpoint(cls, saved: dict[str, Any], max_iter: int) -> TrainState:
-        return cls(
-            iteration=int(saved["iteration"]),
-            max_iter=max_iter,
-            metrics=list(saved["metrics"]),
-            evaluations=list(saved.get("evaluations", [])),
-            best=saved.get("best"),
-            tracking_run_id=saved.get("tracking_run_id"),
-            resume_changes=list(saved.get("resume_changes", [])),
-        )
-
-    def due(self, period: int | None) -> bool:
-        """Whether a `period`-iteration task falls on the iteration just finished (the last one always)."""
-        return bool(period) and (self.iteration % period == 0 or self.iteration == self.max_iter)
-
-
-class HookBase:
-    """Called by `Trainer.train`: before the first step, after each step, after the last (also on errors)."""
-
-    def before_train(self, trainer: Trainer) -> None:
-        pass
-
-    def after_step(self, trainer: Trainer) -> None:
-        pass
-
-    def after_train(self, trainer: Trainer) -> None:
-        pass
 
 
 class MetricsHook(HookBase):

@@ -1,7 +1,8 @@
 """The training loop of one worker (detectron2's TrainerBase): a step per iteration, hooks around it.
 
-`engine/trainer.py` builds everything a `Trainer` needs (model, optimizer, data, resumed state); the hooks
-(`engine/hooks.py`) log, evaluate, checkpoint and track.
+`engine/build.py` builds everything a `Trainer` needs (model, optimizer, data, resumed state); the hooks
+(`engine/hooks.py`, subclasses of `HookBase` here) log, evaluate, checkpoint and track; `TrainState` is what
+they record.
 """
 
 from __future__ import annotations
@@ -11,22 +12,19 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
 from frcnn_pipeline.data.dataset import BadImageBudget
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.engine.hooks import HookBase, TrainState
+from frcnn_pipeline.engine.job import TrainJob
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling.model import StaticFasterRCNN
 from frcnn_pipeline.runtime import distributed
 from frcnn_pipeline.runtime.distributed import WorkerContext
 from frcnn_pipeline.runtime.signals import StopSignals, TrainingStopped
-
-if TYPE_CHECKING:
-    from frcnn_pipeline.engine.trainer import TrainJob
 
 
 class NonFiniteLossError(UserFacingError, FloatingPointError):
@@ -51,6 +49,58 @@ class NonFiniteLossError(UserFacingError, FloatingPointError):
     def __reduce__(self):
         # Pickled from a spawned worker back to the launching process.
         return type(self), (self.iteration, self.losses, self.checkpoint)
+
+
+@dataclass
+class TrainState:
+    """What the hooks record; checkpoints keep it, so a resumed run continues every history."""
+
+    iteration: int  # finished iterations
+    max_iter: int
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # MetricsWriter rows
+    evaluations: list[dict[str, Any]] = field(default_factory=list)  # {"iteration", AP, AP50, ...}
+    best: dict[str, Any] | None = None  # {"metric", "value", "iteration", "path"}
+    tracking_run_id: str | None = None  # the MLflow run this training logs into
+    # Changes a resume accepted (a longer schedule, train.checkpoint.allow_*): {"iteration", "change"}.
+    resume_changes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_checkpoint(self) -> dict[str, Any]:
+        return {
+            "metrics": self.metrics,
+            "evaluations": self.evaluations,
+            "best": self.best,
+            "tracking_run_id": self.tracking_run_id,
+            "resume_changes": self.resume_changes,
+        }
+
+    @classmethod
+    def from_checkpoint(cls, saved: dict[str, Any], max_iter: int) -> TrainState:
+        return cls(
+            iteration=int(saved["iteration"]),
+            max_iter=max_iter,
+            metrics=list(saved["metrics"]),
+            evaluations=list(saved.get("evaluations", [])),
+            best=saved.get("best"),
+            tracking_run_id=saved.get("tracking_run_id"),
+            resume_changes=list(saved.get("resume_changes", [])),
+        )
+
+    def due(self, period: int | None) -> bool:
+        """Whether a `period`-iteration task falls on the iteration just finished (the last one always)."""
+        return bool(period) and (self.iteration % period == 0 or self.iteration == self.max_iter)
+
+
+class HookBase:
+    """Called by `Trainer.train`: before the first step, after each step, after the last (also on errors)."""
+
+    def before_train(self, trainer: Trainer) -> None:
+        pass
+
+    def after_step(self, trainer: Trainer) -> None:
+        pass
+
+    def after_train(self, trainer: Trainer) -> None:
+        pass
 
 
 @dataclass
@@ -126,7 +176,7 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self.precision.backward(total, self.optimizer)
-        clip = self.job.train_cfg["solver"].get("clip_grad_norm")
+        clip = self.job.train.solver.clip_grad_norm
         if clip:
             self.precision.unscale(self.optimizer)
             trainable = [parameter for parameter in self.model.parameters() if parameter.requires_grad]
@@ -145,12 +195,12 @@ class Trainer:
             "precision": self.precision.state_dict(),
             "iteration": self.state.iteration,
             "world_size": self.context.world_size,
-            "total_batch": self.context.world_size * int(self.job.train_cfg["images_per_device"]),
+            "total_batch": self.context.world_size * self.job.train.images_per_device,
             "rng": rng,
             "model_config": self.job.model_cfg,
             "num_classes": self.job.num_classes,
             "data_fingerprint": self.data_fingerprint,
-            "solver": self.job.train_cfg["solver"],
+            "solver": self.job.train.solver.model_dump(),  # written out: a resume compares it
             **self.state.to_checkpoint(),
         }
 

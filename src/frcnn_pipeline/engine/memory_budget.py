@@ -29,8 +29,9 @@ from typing import Any
 import psutil
 import torch
 
+from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime import devices
 
 _GIB = 2**30
@@ -78,7 +79,7 @@ def largest_training_input(inputs: dict[str, Any]) -> tuple[int, int]:
 
 
 def estimate_training_step(
-    model_cfg: dict[str, Any] | None,
+    model_cfg: dict[str, Any],
     num_classes: int,
     images: int,
     *,
@@ -87,11 +88,10 @@ def estimate_training_step(
     mixed_precision: bool = False,
 ) -> StepMemory:
     """A lower bound (module docstring) of a training step of `images` images per device at the
-    `largest_training_input` of ``model_cfg``."""
-    cfg = resolve_model_config(model_cfg)
-    height, width = largest_training_input(cfg["input"])
+    `largest_training_input` of ``model_cfg`` (resolved: frcnn_pipeline.modeling.resolve_model_config)."""
+    height, width = largest_training_input(model_cfg["input"])
     with torch.device("meta"):
-        model = build_model(cfg, num_classes).train()
+        model = build_model(model_cfg, num_classes).train()
     states = 0 if optimizer == "sgd" and not momentum else _OPTIMIZER_STATES[optimizer]
     weights = sum(t.numel() for t in itertools.chain(model.parameters(), model.buffers()))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -108,7 +108,7 @@ def estimate_training_step(
             saved[storage._cdata] = storage.nbytes()
         return tensor
 
-    roi = cfg["roi_heads"]
+    roi = model_cfg["roi_heads"]
     resolution = roi["pooler_resolution"]
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
         features = model.backbone(torch.empty(images, 3, height, width, device="meta"))
@@ -145,27 +145,26 @@ def _cgroup_memory_left() -> int | None:
 def check_training_memory(
     model_cfg: dict[str, Any],
     num_classes: int,
-    train_cfg: dict[str, Any],
-    runtime_cfg: dict[str, Any],
+    train: TrainParams,
+    runtime: RuntimeParams,
     device: torch.device,
 ) -> StepMemory:
     """Raises InsufficientMemoryError when a step at the configured size and batch cannot fit on ``device``
     (on CPU, the RAM of the node's `runtime.nproc_per_node` workers together)."""
-    solver = train_cfg["solver"]
-    per_device = int(train_cfg["images_per_device"])
+    per_device = train.images_per_device
     step = estimate_training_step(
         model_cfg,
         num_classes,
         per_device,
-        optimizer=solver["optimizer"],
-        momentum=solver.get("momentum", 0.9),
-        mixed_precision=bool((runtime_cfg.get("amp") or {}).get("enabled")),
+        optimizer=train.solver.optimizer,
+        momentum=train.solver.momentum,
+        mixed_precision=runtime.amp.enabled,
     )
-    sharing = int(runtime_cfg.get("nproc_per_node", 1)) if device.type == "cpu" else 1
+    sharing = runtime.nproc_per_node if device.type == "cpu" else 1
     limit, source = available_memory(device)
     if step.total_bytes * sharing <= limit:
         return step
-    inputs = resolve_model_config(model_cfg)["input"]
+    inputs = model_cfg["input"]
     height, width = step.input_size
     fixed = inputs["fixed_size"]
     sizes = f"min_size_train {inputs['min_size_train']}, max_size {inputs['max_size']}"

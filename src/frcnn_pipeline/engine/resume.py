@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from frcnn_pipeline.config import SolverParams, TrainParams
 from frcnn_pipeline.errors import UserFacingError
 
 # A longer schedule continues a run; any other solver change would make it a different run.
@@ -31,14 +32,14 @@ def check_resume(
     checkpoint: Path,
     *,
     model_cfg: dict[str, Any],
-    train_cfg: dict[str, Any],
+    train: TrainParams,
     num_classes: int | None = None,
     world_size: int | None = None,
     data_fingerprint: str | None = None,
 ) -> list[str]:
     """The accepted changes between `state` (the checkpoint at `checkpoint`) and this run.
 
-    ``model_cfg`` is resolved, ``train_cfg`` the validated ``train:`` section; ``num_classes``,
+    ``model_cfg`` is resolved, ``train`` the ``train:`` section; ``num_classes``,
     ``world_size`` and ``data_fingerprint`` (sha256 of the train tables) are left unchecked when None.
 
     Raises:
@@ -48,11 +49,11 @@ def check_resume(
     batch = (
         []
         if world_size is None
-        else _check_same_total_batch(state, world_size, int(train_cfg["images_per_device"]), checkpoint)
+        else _check_same_total_batch(state, world_size, train.images_per_device, checkpoint)
     )
     return [
         *batch,
-        *_check_same_data_and_solver(state, train_cfg, data_fingerprint, checkpoint),
+        *_check_same_data_and_solver(state, train, data_fingerprint, checkpoint),
     ]
 
 
@@ -104,14 +105,14 @@ def _check_same_total_batch(
 
 
 def _check_same_data_and_solver(
-    state: dict[str, Any], train_cfg: dict[str, Any], data_fingerprint: str | None, checkpoint: Path
+    state: dict[str, Any], train: TrainParams, data_fingerprint: str | None, checkpoint: Path
 ) -> list[str]:
     """Resuming must continue on the same data and solver; returns the accepted changes.
 
     Raising `max_iter`/`epochs` extends a run. A different train split or another solver change is an
     error unless `train.checkpoint.allow_data_change` / `allow_solver_change` accepts it.
     """
-    allow = train_cfg["checkpoint"]
+    allow = train.checkpoint
 
     def fix(key: str) -> str:
         return (
@@ -125,20 +126,19 @@ def _check_same_data_and_solver(
     changes = []
     if data_fingerprint is not None and saved_fingerprint != data_fingerprint:
         change = f"train data sha256 {saved_fingerprint[:12]}… -> {data_fingerprint[:12]}…"
-        if not allow.get("allow_data_change", False):
+        if not allow.allow_data_change:
             raise ResumeRefusedError(
                 f"{checkpoint} was trained on other data ({change}: the train split was re-ingested or "
                 f"changed), so resuming would mix two datasets in one run. {fix('allow_data_change')}"
             )
         changes.append(change)
-    solver_cfg = train_cfg["solver"]
     extended, changed = [], []
-    for key in sorted({*saved_solver, *solver_cfg}):
-        old, new = saved_solver.get(key), solver_cfg.get(key)
+    for key in sorted({*saved_solver, *SolverParams.model_fields}):
+        old, new = saved_solver.get(key), getattr(train.solver, key, None)
         if old != new:
             longer = key in _EXTENDABLE_SOLVER_KEYS and old is not None and new is not None and new > old
             (extended if longer else changed).append(f"solver.{key} {old!r} -> {new!r}")
-    if changed and not allow.get("allow_solver_change", False):
+    if changed and not allow.allow_solver_change:
         raise ResumeRefusedError(
             f"{checkpoint} was trained with another solver ({', '.join(changed)}); only raising max_iter or "
             f"epochs extends a run. {fix('allow_solver_change')}"

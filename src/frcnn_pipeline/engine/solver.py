@@ -10,9 +10,10 @@ import torch
 from torch import nn
 from torch.utils import _foreach_utils
 
+from frcnn_pipeline.config import SolverParams
+
 log = logging.getLogger(__name__)
 
-OPTIMIZERS = ("sgd", "adamw")
 _NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
 
 
@@ -50,7 +51,7 @@ def parameter_groups(
 
 
 def build_optimizer(
-    model: nn.Module, solver: dict[str, Any], lr: float, *, loss_scaled: bool = False
+    model: nn.Module, solver: SolverParams, lr: float, *, loss_scaled: bool = False
 ) -> torch.optim.Optimizer:
     """`train.solver.optimizer`: "sgd" (the card's recipe) or "adamw" (learns much faster on the CPU demo).
 
@@ -60,24 +61,17 @@ def build_optimizer(
     tests/engine/test_solver.py). The first step is where a dynamic scale of 2^16 overflows. Fused AdamW
     skips cleanly.
     """
-    name = solver["optimizer"].lower()
-    groups = parameter_groups(
-        model, solver["weight_decay"], solver["weight_decay_norm"], solver.get("weight_decay_bias")
-    )
+    groups = parameter_groups(model, solver.weight_decay, solver.weight_decay_norm, solver.weight_decay_bias)
     implementation = _fused_where_available(groups)
-    if name == "sgd":
+    if solver.optimizer == "sgd":
         return torch.optim.SGD(
             groups,
             lr=lr,
-            momentum=solver["momentum"],
-            nesterov=solver.get("nesterov", False),
+            momentum=solver.momentum,
+            nesterov=solver.nesterov,
             **({} if loss_scaled else implementation),
         )
-    if name == "adamw":
-        return torch.optim.AdamW(
-            groups, lr=lr, betas=tuple(solver.get("betas", (0.9, 0.999))), **implementation
-        )
-    raise ValueError(f"train.solver.optimizer must be one of {OPTIMIZERS}, got {solver['optimizer']!r}")
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(solver.betas), **implementation)
 
 
 # torch's fused optimizer kernels (one call per step) for these devices, where the installed torch has them:
@@ -100,11 +94,11 @@ def _fused_where_available(groups: list[dict[str, Any]]) -> dict[str, bool]:
     return {"fused": True} if devices and devices <= fused_optimizer_devices() else {}
 
 
-def lr_milestones(solver: dict[str, Any], iters_per_epoch: int) -> list[int]:
+def lr_milestones(solver: SolverParams, iters_per_epoch: int) -> list[int]:
     """LR step iterations: `steps` (iterations) or `step_epochs` (epochs, converted with the epoch length)."""
-    if solver.get("step_epochs") is not None:
-        return [epoch * iters_per_epoch for epoch in solver["step_epochs"]]
-    return list(solver.get("steps") or [])
+    if solver.step_epochs is not None:
+        return [epoch * iters_per_epoch for epoch in solver.step_epochs]
+    return list(solver.steps)
 
 
 def lr_factor(
@@ -119,20 +113,20 @@ def lr_factor(
 
 
 def build_lr_scheduler(
-    optimizer: torch.optim.Optimizer, solver: dict[str, Any], iters_per_epoch: int
+    optimizer: torch.optim.Optimizer, solver: SolverParams, iters_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
     """Stepped once per iteration."""
     milestones = lr_milestones(solver, iters_per_epoch)
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
         lambda iteration: lr_factor(
-            iteration, milestones, solver["gamma"], solver["warmup_iters"], solver["warmup_factor"]
+            iteration, milestones, solver.gamma, solver.warmup_iters, solver.warmup_factor
         ),
     )
 
 
-def max_iterations(solver: dict[str, Any], iters_per_epoch: int) -> int:
+def max_iterations(solver: SolverParams, iters_per_epoch: int) -> int:
     """`max_iter` (iterations) or `epochs` × the epoch length."""
-    if solver.get("epochs") is not None:
-        return math.ceil(solver["epochs"] * iters_per_epoch)
-    return int(solver["max_iter"])
+    if solver.epochs is not None:
+        return math.ceil(solver.epochs * iters_per_epoch)
+    return solver.max_iter

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import TrainParams
+from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import outputs_saved
 from frcnn_pipeline.engine.tracking import TrackingTarget
@@ -18,6 +18,7 @@ from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import BEST_MODEL, TRAINED_MODEL, SavedDetector, category_mapping
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,12 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     The MLflow run kedro-mlflow opened (if any) is handed to the workers, which log into it live.
     """
     model_config = resolve_model_config(model)
+    # The sections validated here, until the framework hands nodes typed sections.
+    train_params = TrainParams.parse(train, "train")
+    runtime_params = RuntimeParams.parse(runtime, "runtime")
+    world = WorldConfig.from_runtime(runtime)
     evaluator = None
-    if TrainParams.parse(train, "train").eval_period:
+    if train_params.eval_period:
         evaluator = DetectionEvaluator.for_split(
             split, eval_images, eval_ground_truth, categories, model_config, evaluate
         )
@@ -58,8 +63,9 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
         train_annotations,
         len(categories),
         model_config,
-        train,
-        runtime,
+        train_params,
+        runtime_params,
+        world,
         initial_weights.state_dict,
         evaluator=evaluator,
         tracking=TrackingTarget.of_active_run(),
