@@ -10,7 +10,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import (
+from frcnn_pipeline.framework.hooks import (
     InferenceBackendHook,
     MainProcessSavesHooks,
     MissingInputsHook,
@@ -18,7 +18,7 @@ from frcnn_pipeline.hooks import (
     ReportOnFailureHook,
     SplitsHook,
 )
-from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
+from frcnn_pipeline.framework.mlflow_hook import ProjectMlflowHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -32,9 +32,9 @@ CONFIG_LOADER_ARGS = {
 # The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
 # splits of `ingest.splits` and `runtime.inference_backend` decide how the pipelines are built; then the
 # pipeline's stored inputs must exist. kedro-mlflow's hook, extended with what this project's runs record
-# (frcnn_pipeline/mlflow_hook.py), replaces the plugin's own instance so that it runs once. Pluggy calls the
-# hooks registered last first: the inputs are checked before an MLflow run opens. In a multi-node run only the
-# job's main process writes catalog outputs and tracks.
+# (frcnn_pipeline/framework/mlflow_hook.py), replaces the plugin's own instance so that it runs once. Pluggy
+# calls the hooks registered last first: the inputs are checked before an MLflow run opens. In a multi-node
+# run only the job's main process writes catalog outputs and tracks.
 HOOKS = (
     ParameterValidationHooks(),
     SplitsHook(),

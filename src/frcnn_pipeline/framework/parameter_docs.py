@@ -1,7 +1,8 @@
 """The project's parameters as Kedro resolves them per environment, and their generated reference.
 
-``python -m frcnn_pipeline.parameters`` rewrites docs/parameters.md and the README's generated tables from the
-schema (frcnn_pipeline.config) and the environments in conf/; ``--check`` only says whether they are current.
+``python -m frcnn_pipeline.framework.parameter_docs`` rewrites docs/parameters.md and the README's generated
+tables from the schema (frcnn_pipeline.config) and the environments in conf/; ``--check`` only says whether
+they are current.
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from frcnn_pipeline.config import SECTIONS, flatten, schema_keys, validate_param
 from frcnn_pipeline.config.section import describe_type
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONF = PROJECT_ROOT / "conf"
 REFERENCE = PROJECT_ROOT / "docs" / "parameters.md"
 README = PROJECT_ROOT / "README.md"
-GENERATOR = "python -m frcnn_pipeline.parameters"
+GENERATOR = "python -m frcnn_pipeline.framework.parameter_docs"
 _BOUND_NAMES = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _INTRO = """Every parameter, its default, what it accepts and what it does, from the schema in
 `src/frcnn_pipeline/config/`. The defaults are the Ascend model-zoo card's recipe (detectron2's R-50-FPN,

@@ -20,10 +20,11 @@ kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This
 
 The training workers log their live metrics themselves (engine/tracking.py).
 
-The store is checked before anything runs (frcnn_pipeline.mlflow_store): one that cannot be used stops a run
-that tracks with a few lines naming it and the fix, and lets a run with tracking switched off go on. A store
-that fails mid-run costs a warning and the rest of that run's tracking, never the run: its outputs are saved
-as usual. A store copied or moved with the project has its artifact locations moved into this project.
+The store is checked before anything runs (frcnn_pipeline.framework.mlflow_store): one that cannot be used
+stops a run that tracks with a few lines naming it and the fix, and lets a run with tracking switched off go
+on. A store that fails mid-run costs a warning and the rest of that run's tracking, never the run: its outputs
+are saved as usual. A store copied or moved with the project has its artifact locations moved into this
+project.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.tracking import quiet_store_errors
-from frcnn_pipeline.mlflow_store import (
+from frcnn_pipeline.framework.mlflow_store import (
     MLFLOW_ERRORS,
     STORE_ERRORS,
     TrackingStoreError,

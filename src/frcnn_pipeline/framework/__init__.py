@@ -1,0 +1,2 @@
+"""Everything that knows about Kedro and MLflow: the project hooks, the tracking integration and the
+parameter docs generator."""
