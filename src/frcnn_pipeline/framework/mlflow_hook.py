@@ -50,6 +50,7 @@ from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.tracking import quiet_store_errors
+from frcnn_pipeline.framework.config_loader import resolver_deprecation_silenced
 from frcnn_pipeline.framework.mlflow_store import (
     MLFLOW_ERRORS,
     STORE_ERRORS,
@@ -140,7 +141,8 @@ class ProjectMlflowHook(MlflowHook):
     def after_context_created(self, context) -> None:
         self._project_path = Path(context.project_path)
         # conf/base/mlflow.yml places the local store inside the project, wherever kedro is started from.
-        OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
+        with resolver_deprecation_silenced():
+            OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
         self._store_error, self._tracking_failed = None, False
         self._store_uri = configured_store(context)
         is_main = WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process
@@ -152,12 +154,13 @@ class ProjectMlflowHook(MlflowHook):
         if self._store_error is not None or not is_main:
             use_a_private_store(context)  # opened by kedro-mlflow whether the pipeline tracks or not
         try:
-            with quiet_store_errors():
+            with quiet_store_errors(), resolver_deprecation_silenced():
                 super().after_context_created(context)
         except STORE_ERRORS as error:  # a store other than SQLite, or one that failed after the check
             self._store_error = store_error(self._store_uri or "(kedro-mlflow's default)", error)
             use_a_private_store(context)
-            super().after_context_created(context)
+            with resolver_deprecation_silenced():
+                super().after_context_created(context)
         self._params = context.params
         self._env = context.env
         if self._store_error is not None:

@@ -14,12 +14,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
 from pydantic.fields import FieldInfo
 
 from frcnn_pipeline.config import SECTIONS, flatten, schema_keys, validate_parameters
 from frcnn_pipeline.config.section import describe_type
-from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
+from frcnn_pipeline.framework.config_loader import LOADER_ARGS, ProjectConfigLoader
 
 PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONF = PROJECT_ROOT / "conf"
@@ -40,8 +39,8 @@ def load_parameters(
     env: str = "base", runtime_params: Mapping[str, Any] | None = None, conf_source: str | Path = CONF
 ) -> dict[str, Any]:
     """The ``parameters`` of ``env`` as ``kedro run --env ENV --params ...`` resolves them (unvalidated)."""
-    loader = OmegaConfigLoader(
-        conf_source=str(conf_source), env=env, runtime_params=dict(runtime_params or {}), **CONFIG_LOADER_ARGS
+    loader = ProjectConfigLoader(
+        conf_source=str(conf_source), env=env, runtime_params=dict(runtime_params or {}), **LOADER_ARGS
     )
     return loader["parameters"]
 
