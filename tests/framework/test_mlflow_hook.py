@@ -293,7 +293,6 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
 def test_a_failed_run_is_closed_in_one_line_however_many_nodes_reentered_it(store, caplog):
     uri, client, experiment = store
     hook = ProjectMlflowHook()
-    hook._is_mlflow_enabled, hook._already_active_mlflow = True, False  # as before_pipeline_run sets them
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:

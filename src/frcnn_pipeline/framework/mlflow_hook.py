@@ -18,7 +18,12 @@ kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This
   under that key);
 - on nodes other than node 0 of a multi-node run, nothing: node 0 tracks the run.
 
+Which run a training continues is decided in mlflow_resume.py; what a run records, in mlflow_record.py.
+
 The training workers log their live metrics themselves (engine/tracking.py).
+
+Only kedro-mlflow's public hook methods and config, and MLflow's public API, are used: the state that
+decides what to do (whether this session tracks, whether a run was open before it) is this hook's own.
 
 The store is checked before anything runs (frcnn_pipeline.framework.mlflow_store): one that cannot be used
 stops a run that tracks with a few lines naming it and the fix, and lets a run with tracking switched off go
@@ -33,24 +38,28 @@ import logging
 import warnings
 from collections.abc import Callable
 from functools import partial
-from numbers import Real
 from pathlib import Path
 from typing import Any
 
 import mlflow
 from kedro.framework.hooks import hook_impl
-from kedro.io import AbstractDataset
-from mlflow.exceptions import MlflowException
-from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
+from mlflow import MlflowClient
+from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
 
 from frcnn_pipeline.config import TrainParams, flatten, validate_parameters
-from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.datasets import UNCHANGED
-from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
-from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
 from frcnn_pipeline.engine.tracking import quiet_store_errors
 from frcnn_pipeline.framework.config_loader import resolver_deprecation_silenced
+from frcnn_pipeline.framework.mlflow_record import (
+    DATA_RECORD,
+    RunParams,
+    record_data,
+    record_model,
+    record_saved,
+    run_tags,
+)
+from frcnn_pipeline.framework.mlflow_resume import run_to_continue
 from frcnn_pipeline.framework.mlflow_store import (
     MLFLOW_ERRORS,
     STORE_ERRORS,
@@ -61,9 +70,7 @@ from frcnn_pipeline.framework.mlflow_store import (
     store_error,
     use_a_private_store,
 )
-from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
-from frcnn_pipeline.runtime.provenance import git_state, package_versions
 from frcnn_pipeline.runtime.world import WorldConfig
 
 # kedro-mlflow's pipeline model (unused here) makes mlflow warn about its type hints on import, under a
@@ -74,49 +81,9 @@ with warnings.catch_warnings(record=True):
 log = logging.getLogger(__name__)
 
 
-class _EachMessageOnce(logging.Filter):
-    def __init__(self) -> None:
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        message = record.getMessage()
-        first = message not in self.seen
-        self.seen.add(message)
-        return first
-
-
-# The dataset that names the data a run was made from; a pipeline that outputs TRAINED_MODEL trains.
-DATA_RECORD = "validation_summary"
-TRAIN_IMAGES, TRAIN_ANNOTATIONS = "train_images", "train_annotations"
-
-
-def resumed_checkpoint(train: TrainParams) -> Path | None:
-    """The newest checkpoint of `train.run_name`, which the training resumes (None: nothing to resume)."""
-    if not train.checkpoint.resume:
-        return None
-    return CheckpointManager(Path(train.checkpoint.dir) / train.run_name).latest()
-
-
-def stored_train_data_fingerprint(pipeline, catalog) -> str | None:
-    """The train tables' fingerprint when the pipeline reads them as stored (None: this run writes them)."""
-    if not {TRAIN_IMAGES, TRAIN_ANNOTATIONS} <= pipeline.inputs():
-        return None
-    return tables_fingerprint(catalog.load(TRAIN_IMAGES), catalog.load(TRAIN_ANNOTATIONS))
-
-
-def saved_file(dataset: AbstractDataset) -> Path:
-    """The local file a dataset's last save wrote (the version of this session when versioned).
-
-    Kedro has no public "where did you write" API; kedro-mlflow's MlflowArtifactDataset reads the same
-    attributes.
-    """
-    inner = getattr(dataset, "wrapped", dataset)
-    if not hasattr(inner, "_filepath"):
-        raise ValueError(f"{dataset} writes no file: remove `metadata: mlflow: artifact_path` from its entry")
-    if getattr(inner, "_version", None) is not None:
-        return Path(inner._get_versioned_path(inner.resolve_save_version()))
-    return Path(inner._filepath)
+def _is_param(input_name: str) -> bool:
+    """A node input that Kedro fills from the parameters (kedro-mlflow's test for what it logs)."""
+    return input_name.startswith("params:") or input_name == "parameters"
 
 
 class ProjectMlflowHook(MlflowHook):
@@ -128,10 +95,12 @@ class ProjectMlflowHook(MlflowHook):
         self._env: str | None = None
         self._project_path = Path.cwd()
         self._catalog = None
-        self._resumed_params: dict[str, str] = {}
-        # What this run logged from the validated parameters: kedro-mlflow logs each node's raw `params:`
-        # inputs again, where a float key written as an integer (120 for 120.0) would be a "changed" param.
-        self._logged_params: set[str] = set()
+        self._client: MlflowClient | None = None  # the store kedro-mlflow set up
+        self._run_params = RunParams()
+        # A run was open before the session started: kedro-mlflow logs into it and leaves it open.
+        self._run_was_active = False
+        # This session's pipeline tracks (kedro-mlflow opened or joined a run for it).
+        self._tracks = True
         # The configured store cannot be used: raised before a run that tracks (None: it can).
         self._store_error: TrackingStoreError | None = None
         self._store_uri = ""
@@ -145,6 +114,7 @@ class ProjectMlflowHook(MlflowHook):
             OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
         self._store_error, self._tracking_failed = None, False
         self._store_uri = configured_store(context)
+        self._run_was_active = mlflow.active_run() is not None
         is_main = WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process
         if is_main:
             try:
@@ -161,27 +131,30 @@ class ProjectMlflowHook(MlflowHook):
             use_a_private_store(context)
             with resolver_deprecation_silenced():
                 super().after_context_created(context)
+        server = self.mlflow_config.server
+        self._client = MlflowClient(server.mlflow_tracking_uri, server.mlflow_registry_uri)
         self._params = context.params
         self._env = context.env
         if self._store_error is not None:
             if self._store_uri:  # what `kedro mlflow ui` opens; this process tracks nothing
-                self.mlflow_config.server.mlflow_tracking_uri = self._store_uri
+                server.mlflow_tracking_uri = self._store_uri
             return
-        self._store_uri = self.mlflow_config.server.mlflow_tracking_uri
+        self._store_uri = server.mlflow_tracking_uri
         log.info("MLflow tracking store: %s", self._store_uri)
-        if is_main and not self._already_active_mlflow:
+        if is_main and not self._run_was_active:
             self._keep_artifacts_in_project()
 
     def _keep_artifacts_in_project(self) -> None:
-        """A store copied or moved with the project points into the old folder: repointed, with a warning."""
+        """A store copied or moved with the project points into the old folder: repointed, with a warning.
+
+        kedro-mlflow starts runs by the experiment's id, which stays; the store gives each new run the
+        experiment's (repointed) artifact location.
+        """
         experiment = self.mlflow_config.tracking.experiment
-        if experiment._experiment is None:
-            return
-        configured = experiment.create_experiment_kwargs.artifact_location
-        stored = experiment._experiment.artifact_location
-        if repoint_moved_project(self._store_uri, stored, configured, self._project_path):
-            client = self.mlflow_config.server._mlflow_client
-            experiment._experiment = client.get_experiment(experiment._experiment.experiment_id)
+        stored = self._client.get_experiment_by_name(experiment.name)
+        if stored is not None:
+            configured = experiment.create_experiment_kwargs.artifact_location
+            repoint_moved_project(self._store_uri, stored.artifact_location, configured, self._project_path)
 
     @hook_impl
     def after_catalog_created(  # noqa: PLR0917 (Kedro's hook signature)
@@ -204,8 +177,9 @@ class ProjectMlflowHook(MlflowHook):
         # One hook object serves every session of a process; kedro-mlflow sets run_id only when it tracks, and
         # a stale id would make an untracked session re-enter an earlier session's run.
         self.run_id = None
-        self._resumed_params = {}
-        self._logged_params = set()
+        self._run_params = RunParams(
+            self.mlflow_config.tracking.params.long_params_strategy, self.sanitize_param_name
+        )
         self._tracking_failed = False
         disabled = self.mlflow_config.tracking.disable_tracking.pipelines
         if self._store_error is not None:
@@ -218,20 +192,28 @@ class ProjectMlflowHook(MlflowHook):
         try:
             with quiet_store_errors():
                 trains = TRAINED_MODEL in pipeline.all_outputs()
-                if world.is_main_process and trains and not self._already_active_mlflow:
+                if world.is_main_process and trains and not self._run_was_active:
                     self._continue_training_run(pipeline, catalog)
                 super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
-                if self._is_mlflow_enabled:
+                self._tracks = self.run_id is not None
+                if self._tracks:
                     self._record_run(pipeline, catalog)
         except MLFLOW_ERRORS as error:  # the store failed since the check at start-up
             raise store_error(self._store_uri, error) from error
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
-        log_params = partial(
-            super().before_node_run, node=node, catalog=catalog, inputs=inputs, is_async=is_async
+        # kedro-mlflow re-enters the run (a node may run on another thread) and logs the node's raw `params:`
+        # inputs: it gets the other inputs, and the parameters are logged here, each once (RunParams).
+        params = {name.removeprefix("params:"): value for name, value in inputs.items() if _is_param(name)}
+        others = {name: value for name, value in inputs.items() if not _is_param(name)}
+        reenter = partial(
+            super().before_node_run, node=node, catalog=catalog, inputs=others, is_async=is_async
         )
-        self._tolerate(f"log the parameters of node {node.name}", log_params)
+        self._tolerate(f"log the parameters of node {node.name}", reenter)
+        if params and self._tracking():
+            log_params = partial(self._run_params.log, flatten(params))
+            self._tolerate(f"log the parameters of node {node.name}", log_params)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
@@ -241,22 +223,35 @@ class ProjectMlflowHook(MlflowHook):
         # kedro-mlflow re-enters the run before each node and ends it once: with MLflow 3 the run stays on
         # this thread's stack, and a second session in one process (a notebook, a test) would log into it.
         # mlflow.end_run takes the run off the stack before it tells the store.
-        if self._is_mlflow_enabled and not self._already_active_mlflow:
+        if self._tracks and not self._run_was_active:
             while (active := mlflow.active_run()) is not None and active.info.run_id == self.run_id:
                 self._tolerate("end the run", mlflow.end_run, after_failure=True)
 
     @hook_impl
     def on_pipeline_error(self, error: Exception, run_params: dict[str, Any], pipeline, catalog) -> None:
+        """The run ends as FAILED (kedro-mlflow's own handler, done here to say it once per run)."""
+        if not self._tracks:
+            return
+        if self._run_was_active:
+            log.warning("MLflow run %s was open before the session started: it stays open", self.run_id)
+            return
         if self._tracking_failed and mlflow.active_run() is None:
-            return  # the run was not reopened after the store failed (kedro-mlflow expects one)
-        end = partial(super().on_pipeline_error, error, run_params, pipeline, catalog)
-        # kedro-mlflow re-enters the run before each node and, on an error, says "closed" once per entry.
-        kedro_mlflow_log, once = logging.getLogger(MlflowHook.__module__), _EachMessageOnce()
-        kedro_mlflow_log.addFilter(once)
-        try:
-            self._tolerate("mark the run as failed", end, after_failure=True)
-        finally:
-            kedro_mlflow_log.removeFilter(once)
+            return  # the run was not reopened after the store failed
+        self._tolerate("mark the run as failed", self._end_failed_run, after_failure=True)
+
+    def _end_failed_run(self) -> None:
+        """kedro-mlflow re-enters the run before each node: this thread holds it once per entry. A run another
+        thread holds is ended through the store."""
+        failed = RunStatus.to_string(RunStatus.FAILED)
+        closed: set[str] = set()
+        while (active := mlflow.active_run()) is not None:
+            mlflow.end_run(failed)
+            if active.info.run_id not in closed:
+                log.info("The run '%s' was closed because of an error in the pipeline.", active.info.run_id)
+            closed.add(active.info.run_id)
+        if self.run_id is not None and self.run_id not in closed:
+            self._client.set_terminated(self.run_id, failed)
+            log.info("The parent run '%s' was closed because of an error in the pipeline.", self.run_id)
 
     def _tolerate(self, what: str, call: Callable[[], Any], *, after_failure: bool = False) -> None:
         """A tracking call of this process. A store that fails mid-run costs one warning and the rest of this
@@ -280,152 +275,36 @@ class ProjectMlflowHook(MlflowHook):
             self._tracking_failed = True
 
     def _continue_training_run(self, pipeline, catalog) -> None:
-        """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes.
-
-        A checkpoint the training will refuse (another model, solver or train data: engine/resume.py) keeps
-        its run as it is: this run is a new one, and the train node stops with the reason.
-        """
+        """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes."""
         train = TrainParams.parse(self._params.get("train"), "train")
         run = self.mlflow_config.tracking.run
         run.name = run.name or train.run_name
         if run.id is not None:
             return
-        checkpoint = resumed_checkpoint(train)
-        state = load_checkpoint(checkpoint, mmap=True) if checkpoint else {}
-        run_id = state.get("tracking_run_id")
-        if run_id is None:
-            return
-        try:
-            check_resume(
-                state,
-                checkpoint,
-                model_cfg=resolve_model_config(self._params.get("model")),
-                train_cfg=train.model_dump(),
-                data_fingerprint=stored_train_data_fingerprint(pipeline, catalog),
-            )
-        except ResumeRefusedError:
-            log.info(
-                "train.run_name %r cannot resume %s: a new MLflow run, not a continuation of %s",
-                train.run_name,
-                checkpoint,
-                run_id,
-            )
-            return
-        client = self.mlflow_config.server._mlflow_client
-        try:
-            previous = client.get_run(run_id)
-        except MlflowException as error:
-            if error.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            log.warning(
-                "The checkpoint of train.run_name %r was tracked in MLflow run %s, which is not in %s: "
-                "the training continues in a new run",
-                train.run_name,
-                run_id,
-                self.mlflow_config.server.mlflow_tracking_uri,
-            )
-            return
-        if previous.info.lifecycle_stage == "deleted":
-            log.warning(
-                "MLflow run %s of train.run_name %r was deleted: a new run starts", run_id, train.run_name
-            )
-            return
-        run.id = run_id
-        self._resumed_params = dict(previous.data.params)
-        log.info("Resuming train.run_name %r: continuing MLflow run %s", train.run_name, run_id)
+        previous = run_to_continue(train, self._params.get("model"), pipeline, catalog, self._client)
+        if previous is not None:
+            run.id = previous.info.run_id
+            self._run_params.resumed = dict(previous.data.params)
+            log.info("Resuming train.run_name %r: continuing MLflow run %s", train.run_name, run.id)
 
     def _record_run(self, pipeline, catalog) -> None:
-        git = git_state(self._project_path)
-        tags = {
-            "kedro_env": self._env or "local",
-            "mlflow.source.git.commit": git["commit"] or "unknown (not a git checkout)",
-            "git.dirty": "unknown" if git["dirty"] is None else git["dirty"],
-            **{f"version.{name}": version for name, version in package_versions().items()},
-        }
-        mlflow.set_tags(tags)
+        mlflow.set_tags(run_tags(self._project_path, self._env))
         resolved = {name: section.model_dump() for name, section in validate_parameters(self._params).items()}
-        self._log_params(flatten(resolved))
+        self._run_params.log(flatten(resolved))
         if DATA_RECORD not in pipeline.all_outputs() and catalog.exists(DATA_RECORD):
-            self._log_data_record(catalog.load(DATA_RECORD))
-
-    def _log_params(self, params: dict[str, Any]) -> None:
-        """In batches. A resumed run already holds most of them; what it holds with another value, or what is
-        too long for MLflow, goes through `_log_param`."""
-        plain, special = {}, {}
-        for raw_name, value in params.items():
-            name = self.sanitize_param_name(raw_name)
-            previous = self._resumed_params.get(name)
-            if previous == str(value):
-                continue
-            if previous is not None or len(str(value)) > MAX_PARAM_VAL_LENGTH:
-                special[name] = value
-            else:
-                plain[name] = value
-        names = list(plain)
-        for start in range(0, len(names), MAX_PARAMS_TAGS_PER_BATCH):
-            mlflow.log_params(
-                {name: plain[name] for name in names[start : start + MAX_PARAMS_TAGS_PER_BATCH]}
-            )
-        for name, value in special.items():
-            self._log_param(name, value)
-        self._logged_params.update(plain, special)
-
-    def _log_param(self, name: str, value: Any) -> None:
-        if name in self._logged_params:
-            return  # already logged, validated and typed (the raw node input says the same)
-        previous = self._resumed_params.get(name)
-        if previous is None or previous == str(value):
-            super()._log_param(name, value)
-            return
-        log.warning(
-            "%s changed on resume (%s -> %s): MLflow keeps the first value; tag changed_on_resume.%s",
-            name,
-            previous,
-            value,
-            name,
-        )
-        mlflow.set_tag(f"changed_on_resume.{name}", str(value))
-
-    def _log_data_record(self, summary: dict[str, Any]) -> None:
-        fingerprints = summary.get("fingerprints", {})
-        self._log_params(flatten({"data": fingerprints}))
-        mlflow.log_dict(summary, f"data/{DATA_RECORD}.json")
+            record_data(catalog.load(DATA_RECORD), self._run_params)
 
     @hook_impl
     def after_dataset_loaded(self, dataset_name: str, data: Any, node) -> None:
         if isinstance(data, SavedDetector) and self._tracking():
-            self._tolerate(f"record {dataset_name}", lambda: self._record_model(dataset_name, data))
-
-    def _record_model(self, dataset_name: str, data: SavedDetector) -> None:
-        origin = {key: data.origin.get(key) for key in ("sha256", "version")}
-        self._log_params({f"{dataset_name}.{key}": value for key, value in origin.items() if value})
-        training_run = data.provenance.get("tracking_run_id")
-        if training_run:
-            mlflow.set_tag(f"{dataset_name}.mlflow_run_id", training_run)
+            record = partial(record_model, dataset_name, data, self._run_params)
+            self._tolerate(f"record {dataset_name}", record)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any, node) -> None:
         if data is not UNCHANGED and self._tracking():
-            self._tolerate(f"log {dataset_name}", lambda: self._log_saved(dataset_name, data))
-
-    def _log_saved(self, dataset_name: str, data: Any) -> None:
-        if dataset_name == DATA_RECORD:
-            self._log_params(flatten({"data": data.get("fingerprints", {})}))
-        dataset = self._catalog.get(dataset_name) if self._catalog is not None else None
-        settings = (getattr(dataset, "metadata", None) or {}).get("mlflow")
-        if not settings:
-            return
-        if "artifact_path" in settings:
-            mlflow.log_artifact(str(saved_file(dataset)), settings["artifact_path"])
-        log_metrics = settings.get("log_metrics")
-        if log_metrics:
-            values = data if log_metrics is True else data[log_metrics]
-            numbers = {
-                f"{dataset_name}/{key}": float(value)
-                for key, value in flatten(values).items()
-                if isinstance(value, Real) and not isinstance(value, bool)
-            }
-            mlflow.log_metrics(numbers)
+            record = partial(record_saved, self._catalog, dataset_name, data, self._run_params)
+            self._tolerate(f"log {dataset_name}", record)
 
     def _tracking(self) -> bool:
-        return self._is_mlflow_enabled and not self._tracking_failed and mlflow.active_run() is not None
+        return self._tracks and not self._tracking_failed and mlflow.active_run() is not None
