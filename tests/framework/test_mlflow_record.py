@@ -59,3 +59,23 @@ def test_the_saved_file_of_a_versioned_dataset_is_in_the_session_s_version_folde
     assert saved_file(catalog, "report") == tmp_path / "report.json" / version / "report.json"
     assert saved_file(catalog, "report").is_file()
     assert saved_file(catalog, "plain") == tmp_path / "plain.json"
+
+
+def test_the_saved_file_of_a_declared_dataset_wrapped_or_from_a_pattern(tmp_path):
+    config = {
+        "training_run": {
+            "type": "frcnn_pipeline.datasets.RunRecordDataset",
+            "versioned": True,
+            "dataset": {"type": "json.JSONDataset", "filepath": str(tmp_path / "training_run.json")},
+        },
+        "{split}.coco_metrics": {
+            "type": "json.JSONDataset",
+            "filepath": str(tmp_path / "{split}" / "m.json"),
+        },
+    }
+    catalog = DataCatalog.from_config(config, save_version="v1")
+    catalog.save("training_run", {"a": 1})
+    catalog.save("val.coco_metrics", {"AP": 0.5})
+    assert saved_file(catalog, "training_run") == tmp_path / "training_run.json" / "v1" / "training_run.json"
+    assert saved_file(catalog, "training_run").is_file()
+    assert saved_file(catalog, "val.coco_metrics") == tmp_path / "val" / "m.json"

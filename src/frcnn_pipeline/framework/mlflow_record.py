@@ -141,12 +141,15 @@ def record_saved(catalog: DataCatalog | None, dataset_name: str, data: Any, para
 def saved_file(catalog: DataCatalog, dataset_name: str) -> Path:
     """The local file a dataset's last save wrote (the version of this session when versioned).
 
-    Kedro has no "where did you write" API: the file is read from the dataset's public config
-    (`DataCatalog.to_config`: its `filepath`, or its wrapped `dataset`'s) and Kedro's versioned layout,
-    `<filepath>/<save version>/<file name>`.
+    Kedro has no "where did you write" API: the file is read from the dataset's public config, as the catalog
+    declares it (`config_resolver`: its entry, or the pattern it matches) or, in a catalog built from dataset
+    objects, as the object was created (`to_config`): its `filepath`, or its wrapped `dataset`'s; and Kedro's
+    versioned layout, `<filepath>/<save version>/<file name>`.
     """
     configs, _, _, save_version = catalog.to_config()
-    config = configs.get(dataset_name) or {}
+    config = catalog.config_resolver.resolve_pattern(dataset_name)
+    if "filepath" not in config and "dataset" not in config:
+        config = configs.get(dataset_name) or {}
     filepath = config.get("filepath") or (config.get("dataset") or {}).get("filepath")
     if filepath is None:
         raise ValueError(
