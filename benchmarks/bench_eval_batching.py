@@ -20,8 +20,8 @@ from PIL import Image
 
 from frcnn_pipeline.config import InferenceParams
 from frcnn_pipeline.evaluation.inference import run_inference
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
-from frcnn_pipeline.parameters import load_parameters
 
 
 def main() -> None:

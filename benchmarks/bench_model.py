@@ -19,8 +19,8 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model, resolve_model_config
-from frcnn_pipeline.parameters import load_parameters
 
 
 def torchvision_reference(cfg: dict, num_classes: int) -> FasterRCNN:

@@ -16,7 +16,7 @@ from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
 from frcnn_pipeline.config import InferenceParams
-from frcnn_pipeline.parameters import resolved_sections
+from frcnn_pipeline.framework.parameter_docs import resolved_sections
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 NUM_CLASSES = 80  # COCO's head size

@@ -11,7 +11,8 @@ from tiny_training import write_tiny_dataset
 from frcnn_pipeline.layers import backend as detection_ops
 
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "1")
-# Before anything imports mlflow (its telemetry client starts on import); settings.py does the same for runs.
+# Before anything imports mlflow (its telemetry client starts on import); frcnn_pipeline.framework does so
+# for runs.
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 

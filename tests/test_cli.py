@@ -1,14 +1,10 @@
 """The project's `kedro run`: user-facing errors in a few lines, the traceback in a log file, bad names."""
 
-import logging
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-from rich.console import Console
-
-from frcnn_pipeline import settings
 from frcnn_pipeline.cli import user_facing_cause, write_traceback
 from frcnn_pipeline.data.coco import CocoFormatError
 
@@ -72,13 +68,3 @@ def test_traceback_logs_are_kept(tmp_path):
     first = write_traceback(ValueError("one"), tmp_path)
     second = write_traceback(ValueError("two"), tmp_path)
     assert first != second and "one" in first.read_text() and "two" in second.read_text()
-
-
-def test_logs_widen_off_a_terminal(monkeypatch):
-    handler = logging.StreamHandler()
-    handler.console = Console(file=open(os.devnull, "w"), force_terminal=False)  # noqa: SIM115
-    monkeypatch.delenv("COLUMNS", raising=False)
-    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
-    settings._widen_logs_off_terminal(160)
-    assert handler.console.width == 160
-    handler.console.file.close()

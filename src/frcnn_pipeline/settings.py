@@ -1,16 +1,12 @@
-"""Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html"""
+"""Project settings. https://docs.kedro.org/en/stable/kedro_project_setup/settings.html
 
-import logging
-import os
-import warnings
+Importing this module only defines the settings: the hooks and the config loader that act on a run live in
+frcnn_pipeline.framework.
+"""
 
-# MLflow's usage telemetry is sent from `import mlflow` on: off before anything imports it (Kedro imports this
-# module before its plugins). Nothing leaves the machine unless a remote tracking URI is configured.
-os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
-
-from kedro.config import OmegaConfigLoader
-
-from frcnn_pipeline.hooks import (
+from frcnn_pipeline.framework.config_loader import LOADER_ARGS, ProjectConfigLoader
+from frcnn_pipeline.framework.console import WideLogsOffTerminalHook
+from frcnn_pipeline.framework.hooks import (
     InferenceBackendHook,
     MainProcessSavesHooks,
     MissingInputsHook,
@@ -18,23 +14,17 @@ from frcnn_pipeline.hooks import (
     ReportOnFailureHook,
     SplitsHook,
 )
-from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
+from frcnn_pipeline.framework.mlflow_hook import ProjectMlflowHook
 
-CONFIG_LOADER_CLASS = OmegaConfigLoader
-CONFIG_LOADER_ARGS = {
-    "base_env": "base",
-    "default_run_env": "local",
-    # Soft merge: an env overrides single nested keys instead of replacing whole sections.
-    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
-    "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
-}
+CONFIG_LOADER_CLASS = ProjectConfigLoader
+CONFIG_LOADER_ARGS = LOADER_ARGS
 
 # The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
 # splits of `ingest.splits` and `runtime.inference_backend` decide how the pipelines are built; then the
 # pipeline's stored inputs must exist. kedro-mlflow's hook, extended with what this project's runs record
-# (frcnn_pipeline/mlflow_hook.py), replaces the plugin's own instance so that it runs once. Pluggy calls the
-# hooks registered last first: the inputs are checked before an MLflow run opens. In a multi-node run only the
-# job's main process writes catalog outputs and tracks.
+# (frcnn_pipeline/framework/mlflow_hook.py), replaces the plugin's own instance so that it runs once. Pluggy
+# calls the hooks registered last first: the inputs are checked before an MLflow run opens. In a multi-node
+# run only the job's main process writes catalog outputs and tracks.
 HOOKS = (
     ParameterValidationHooks(),
     SplitsHook(),
@@ -43,23 +33,6 @@ HOOKS = (
     MissingInputsHook(),
     MainProcessSavesHooks(),
     ReportOnFailureHook(),
+    WideLogsOffTerminalHook(),
 )
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)
-
-# Kedro 1.7's config loader calls OmegaConf's deprecated register_new_resolver on every run; the warning is
-# not actionable for users and buries the pipeline's own log.
-warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprecated", category=UserWarning)
-
-
-def _widen_logs_off_terminal(width: int = 160) -> None:
-    """rich wraps log lines at 80 columns when stdout is not a terminal (CI, `| tee`, a batch job's log),
-    which breaks tables over several lines; Kedro's logging YAML cannot set the console's width."""
-    if "COLUMNS" in os.environ:
-        return
-    for handler in logging.getLogger().handlers:
-        console = getattr(handler, "console", None)
-        if console is not None and not console.is_terminal:
-            console.width = width
-
-
-_widen_logs_off_terminal()

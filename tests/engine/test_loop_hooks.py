@@ -1,6 +1,6 @@
-"""Hooks of the training loop (engine/hooks.py; named apart from tests/test_hooks.py, the Kedro hooks' tests,
-as pytest imports test modules by file name): smoothed rows, evaluation every N iterations, the best
-checkpoint, live MLflow tracking (into a tmp SQLite store) and what a resume continues."""
+"""Hooks of the training loop (engine/hooks.py; named apart from tests/framework/test_hooks.py, the Kedro
+hooks' tests, as pytest imports test modules by file name): smoothed rows, evaluation every N iterations, the
+best checkpoint, live MLflow tracking (into a tmp SQLite store) and what a resume continues."""
 
 from __future__ import annotations
 

@@ -34,9 +34,9 @@ from tiny_training import ALL_SAMPLES_MODEL, train_from_parameters, write_tiny_d
 
 from frcnn_pipeline.datasets import DetectorDataset
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
-from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.evaluate.nodes import compute_coco_metrics, predict_split
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]

@@ -16,9 +16,9 @@ from frcnn_pipeline.evaluation.export_check import (
 )
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.export import DYNAMIC, FIXED, export_detector
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
-from frcnn_pipeline.parameters import load_parameters
 
 
 def record(boxes, scores, labels) -> dict:

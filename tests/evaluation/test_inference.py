@@ -21,9 +21,9 @@ from frcnn_pipeline.evaluation.inference import (
     run_inference,
     run_onnx_inference,
 )
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.static import StaticBatch
-from frcnn_pipeline.parameters import load_parameters
 
 
 @pytest.fixture(scope="module")

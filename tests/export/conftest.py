@@ -4,9 +4,9 @@ import pytest
 import torch
 
 from frcnn_pipeline.export import export_detector
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
-from frcnn_pipeline.parameters import load_parameters
 
 CATEGORIES = [
     {"label": i, "category_id": 10 + i, "name": name} for i, name in enumerate(("cat", "dog", "owl"))

@@ -17,10 +17,10 @@ from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision_like import photo, realistic_
 
+from frcnn_pipeline.framework.parameter_docs import CONF, load_parameters
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_STRIDES
-from frcnn_pipeline.parameters import CONF, load_parameters
 from frcnn_pipeline.weights import convert_state_dict
 
 NUM_CLASSES = 3  # foreground; torchvision counts the background too

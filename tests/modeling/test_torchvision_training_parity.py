@@ -20,9 +20,9 @@ from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.ops import FrozenBatchNorm2d
 
+from frcnn_pipeline.framework.parameter_docs import CONF, load_parameters
 from frcnn_pipeline.layers import cpu_roi_align
 from frcnn_pipeline.modeling import build_model
-from frcnn_pipeline.parameters import CONF, load_parameters
 from frcnn_pipeline.weights import convert_state_dict, load_checkpoint
 
 NUM_CLASSES = 3  # foreground; torchvision counts the background too

@@ -3,7 +3,7 @@ else of the project, so every layer may use it.
 
 Adding a parameter is one line in its section's module, e.g. in runtime.py:
 ``my_key: int = Field(1, ge=1, description="what it does")``. The docs are regenerated with
-``python -m frcnn_pipeline.parameter_reference``.
+``python -m frcnn_pipeline.framework.parameter_docs``.
 """
 
 from frcnn_pipeline.config.export import ExportCheckParams, ExportParams

@@ -5,9 +5,9 @@ schedule follow it; the number of workers may change), the same train data and s
 `epochs` extends a run; `train.checkpoint.allow_data_change` / `allow_solver_change` accept other changes.
 Every accepted change is returned, for the trainer to log and record.
 
-The trainer checks a checkpoint before loading it; the MLflow hook (frcnn_pipeline.mlflow_hook) checks it
-before a run starts, with what is known then (what is None is left unchecked), to continue the checkpoint's
-MLflow run only when the training will continue the checkpoint.
+The trainer checks a checkpoint before loading it; the MLflow hook (frcnn_pipeline.framework.mlflow_hook)
+checks it before a run starts, with what is known then (what is None is left unchecked), to continue the
+checkpoint's MLflow run only when the training will continue the checkpoint.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 With `onnxruntime` their inference node also reads the graph the export pipeline wrote, so the pipeline's
 inputs depend on a parameter. As for the evaluation splits (`splits.py`), `InferenceBackendHook`
-(frcnn_pipeline.hooks) reads it from the run's configuration when the session's context exists, and the
-pipelines built afterwards have that input; without the hook (`kedro viz`, a test building a pipeline) it
-is `torch`, as in conf/base.
+(frcnn_pipeline.framework.hooks) reads it from the run's configuration when the session's context exists,
+and the pipelines built afterwards have that input; without the hook (`kedro viz`, a test building a
+pipeline) it is `torch`, as in conf/base.
 """
 
 from __future__ import annotations

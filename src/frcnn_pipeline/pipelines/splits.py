@@ -1,10 +1,11 @@
 """The data splits the pipelines are built for: `train`, and every evaluation split of `ingest.splits`.
 
 Kedro builds pipelines from code, before any node sees a parameter, yet the evaluation splits (val, test, ...)
-are declared in `ingest.splits`. `SplitsHook` (frcnn_pipeline.hooks) reads them from the configuration as
-soon as a session's context exists (with its env and --params) and the pipelines built afterwards have one
-namespace per split. Where no session runs the hook (`kedro viz` without `--include-hooks`, a test building
-a pipeline directly) the default evaluation split is `val`, as in conf/base.
+are declared in `ingest.splits`. `SplitsHook` (frcnn_pipeline.framework.hooks) reads them from the
+configuration as soon as a session's context exists (with its env and --params) and the pipelines built
+afterwards have one namespace per split. Where no session runs the hook (`kedro viz` without
+`--include-hooks`, a test building a pipeline directly) the default evaluation split is `val`, as in
+conf/base.
 """
 
 from __future__ import annotations

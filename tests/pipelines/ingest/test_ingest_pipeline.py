@@ -17,7 +17,7 @@ from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import IngestParams
 from frcnn_pipeline.data import demo
-from frcnn_pipeline.parameters import load_parameters
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.pipelines.ingest import create_pipeline
 from frcnn_pipeline.pipelines.ingest.nodes import locate_dataset
 from frcnn_pipeline.pipelines.splits import (

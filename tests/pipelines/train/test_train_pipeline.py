@@ -11,9 +11,9 @@ from matplotlib.figure import Figure
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
 from frcnn_pipeline.engine.solver import scaled_lr
+from frcnn_pipeline.framework.parameter_docs import load_parameters, resolved_sections
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
-from frcnn_pipeline.parameters import load_parameters, resolved_sections
 from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evaluation_splits
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train import nodes as train_nodes

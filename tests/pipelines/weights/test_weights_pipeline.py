@@ -16,9 +16,9 @@ from kedro.framework.hooks import _create_hook_manager
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
-from frcnn_pipeline.hooks import ReportOnFailureHook
+from frcnn_pipeline.framework.hooks import ReportOnFailureHook
+from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
-from frcnn_pipeline.parameters import load_parameters
 from frcnn_pipeline.pipelines.weights import create_pipeline
 from frcnn_pipeline.pipelines.weights.nodes import convert_pretrained_weights, fetch_pretrained_weights
 from frcnn_pipeline.weights import WeightsFetchError

@@ -1,6 +1,7 @@
-"""The MLflow tracking store (frcnn_pipeline.mlflow_store) on real SQLite files: what the check at start-up
-says about a store that is locked, a folder or not a database, and how a copied project's store is repointed
-into the copy. The read-only store and the whole `kedro run` are in tests/test_mlflow_hook.py."""
+"""The MLflow tracking store (frcnn_pipeline.framework.mlflow_store) on real SQLite files: what the check at
+start-up says about a store that is locked, a folder or not a database, and how a copied project's store is
+repointed into the copy. The read-only store and the whole `kedro run` are in
+tests/framework/test_mlflow_hook.py."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from mlflow import MlflowClient
 from tracking_stores import locked_by_another_process
 
-from frcnn_pipeline.mlflow_store import (
+from frcnn_pipeline.framework.mlflow_store import (
     TrackingStoreError,
     check_sqlite_store,
     repoint_moved_project,

@@ -1,7 +1,8 @@
 """The project's parameters as Kedro resolves them per environment, and their generated reference.
 
-``python -m frcnn_pipeline.parameters`` rewrites docs/parameters.md and the README's generated tables from the
-schema (frcnn_pipeline.config) and the environments in conf/; ``--check`` only says whether they are current.
+``python -m frcnn_pipeline.framework.parameter_docs`` rewrites docs/parameters.md and the README's generated
+tables from the schema (frcnn_pipeline.config) and the environments in conf/; ``--check`` only says whether
+they are current.
 """
 
 from __future__ import annotations
@@ -13,18 +14,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from kedro.config import OmegaConfigLoader
 from pydantic.fields import FieldInfo
 
 from frcnn_pipeline.config import SECTIONS, flatten, schema_keys, validate_parameters
 from frcnn_pipeline.config.section import describe_type
-from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
+from frcnn_pipeline.framework.config_loader import LOADER_ARGS, ProjectConfigLoader
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
+PROJECT_ROOT = Path(__file__).resolve().parents[3]
 CONF = PROJECT_ROOT / "conf"
 REFERENCE = PROJECT_ROOT / "docs" / "parameters.md"
 README = PROJECT_ROOT / "README.md"
-GENERATOR = "python -m frcnn_pipeline.parameters"
+GENERATOR = "python -m frcnn_pipeline.framework.parameter_docs"
 _BOUND_NAMES = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
 _INTRO = """Every parameter, its default, what it accepts and what it does, from the schema in
 `src/frcnn_pipeline/config/`. The defaults are the Ascend model-zoo card's recipe (detectron2's R-50-FPN,
@@ -39,8 +39,8 @@ def load_parameters(
     env: str = "base", runtime_params: Mapping[str, Any] | None = None, conf_source: str | Path = CONF
 ) -> dict[str, Any]:
     """The ``parameters`` of ``env`` as ``kedro run --env ENV --params ...`` resolves them (unvalidated)."""
-    loader = OmegaConfigLoader(
-        conf_source=str(conf_source), env=env, runtime_params=dict(runtime_params or {}), **CONFIG_LOADER_ARGS
+    loader = ProjectConfigLoader(
+        conf_source=str(conf_source), env=env, runtime_params=dict(runtime_params or {}), **LOADER_ARGS
     )
     return loader["parameters"]
 

@@ -22,12 +22,12 @@ from kedro_datasets.json import JSONDataset
 from mlflow import MlflowClient
 from tracking_stores import locked_by_another_process, read_only
 
-from frcnn_pipeline.hooks import NotTheMainProcessError
-from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
-from frcnn_pipeline.mlflow_store import TrackingStoreError
+from frcnn_pipeline.framework.hooks import NotTheMainProcessError
+from frcnn_pipeline.framework.mlflow_hook import ProjectMlflowHook
+from frcnn_pipeline.framework.mlflow_store import TrackingStoreError
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 TINY_DEMO = {"ingest": {"demo": {"image_size": 64, "num_train_images": 6, "num_val_images": 3}}}
 # Variables by which MLflow decides on its own that it runs in CI or a test (and sends nothing).
 CI_VARIABLES = ("CI", "PYTEST_CURRENT_TEST", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK")
@@ -145,7 +145,7 @@ def test_a_copied_project_logs_its_artifacts_into_the_copy(tmp_path, monkeypatch
     artifacts = Path("data") / "09_tracking" / "artifacts"
     before = sorted(path.name for path in (original / artifacts).iterdir())
     monkeypatch.chdir(copy)
-    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.mlflow_store"):
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.framework.mlflow_store"):
         _run(copy, ["weights"], TINY_DEMO)  # logs the data record as an artefact
         _run(copy, ["weights"], TINY_DEMO)
     [moved] = [record.getMessage() for record in caplog.records if "copied or moved" in record.getMessage()]
@@ -281,7 +281,7 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
             hook.after_dataset_saved(dataset_name="coco_metrics", data={"AP": value}, node=None)
         client.restore_run(run_id)
 
-    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.mlflow_hook"):
+    with caplog.at_level(logging.WARNING, logger="frcnn_pipeline.framework.mlflow_hook"):
         run_id = _in_run(uri, experiment, log)
     [warning] = [record.getMessage() for record in caplog.records]
     assert f"MLflow: could not log coco_metrics (run {run_id} at {uri}: MlflowException: " in warning
@@ -293,7 +293,6 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
 def test_a_failed_run_is_closed_in_one_line_however_many_nodes_reentered_it(store, caplog):
     uri, client, experiment = store
     hook = ProjectMlflowHook()
-    hook._is_mlflow_enabled, hook._already_active_mlflow = True, False  # as before_pipeline_run sets them
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:

@@ -18,7 +18,7 @@ import yaml
 from browser import BrowsedPage, browse, needs_chromium
 from mlflow import MlflowClient
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 SERVER_START_TIMEOUT_S = 240  # four cold imports of mlflow on two shared cores
 RUN_NAMES = ("demo_lr1e-3", "demo_lr2e-3")
 

@@ -20,9 +20,9 @@ from kedro_datasets.pandas import CSVDataset
 from mlflow import MlflowClient
 from test_cli import kedro_run
 
-from frcnn_pipeline import hooks
 from frcnn_pipeline.config import ParameterError
-from frcnn_pipeline.hooks import MainProcessSavesHooks, NotTheMainProcessError
+from frcnn_pipeline.framework import hooks
+from frcnn_pipeline.framework.hooks import MainProcessSavesHooks, NotTheMainProcessError
 from frcnn_pipeline.pipelines.evaluate_initial_weights import (
     create_pipeline as create_evaluate_initial_weights_pipeline,
 )
@@ -35,7 +35,7 @@ from frcnn_pipeline.pipelines.splits import (
 )
 from frcnn_pipeline.runtime.world import LauncherConfigError
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}
 # One interpreter runs every case (Kedro's import is the slow part): a session per case, ingest only.
 SESSIONS_SCRIPT = """

@@ -8,8 +8,7 @@ import pytest
 import yaml
 
 from frcnn_pipeline.config import all_schema_keys
-from frcnn_pipeline.modeling import default_model_config
-from frcnn_pipeline.parameters import (
+from frcnn_pipeline.framework.parameter_docs import (
     CONF,
     environments,
     flatten,
@@ -17,6 +16,7 @@ from frcnn_pipeline.parameters import (
     load_parameters,
     resolved_sections,
 )
+from frcnn_pipeline.modeling import default_model_config
 
 ACCELERATOR_ENVS = {"npu1p": ("npu", 1), "npu8p": ("npu", 8), "gpu1p": ("cuda", 1), "gpu8p": ("cuda", 8)}
 # What Ascend needs of the model, not the recipe: one padded size, fixed counts and a fixed RoIAlign sample
@@ -158,4 +158,4 @@ def test_generated_docs_are_current():
         for path, content in generated_files().items()
         if path.read_text(encoding="utf-8") != content
     ]
-    assert not stale, f"out of date: {stale}; run `python -m frcnn_pipeline.parameters`"
+    assert not stale, f"out of date: {stale}; run `python -m frcnn_pipeline.framework.parameter_docs`"
