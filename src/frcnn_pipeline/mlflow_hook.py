@@ -43,7 +43,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH, MAX_PARAMS_TAGS_PER_BATCH
 from omegaconf import OmegaConf
 
-from frcnn_pipeline.config import TrainParams, flatten, validate_parameters
+from frcnn_pipeline.config import RuntimeParams, Section, TrainParams, flatten, validate_parameters
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
@@ -142,7 +142,8 @@ class ProjectMlflowHook(MlflowHook):
         OmegaConf.register_new_resolver("project_path", self._project_path.as_posix, replace=True)
         self._store_error, self._tracking_failed = None, False
         self._store_uri = configured_store(context)
-        is_main = WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process
+        runtime = RuntimeParams.parse(context.params.get("runtime"), "runtime")
+        is_main = WorldConfig.from_runtime(runtime).is_main_process
         if is_main:
             try:
                 check_sqlite_store(self._store_uri)
@@ -196,7 +197,7 @@ class ProjectMlflowHook(MlflowHook):
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
-        world = WorldConfig.from_runtime(self._params.get("runtime") or {})
+        world = WorldConfig.from_runtime(RuntimeParams.parse(self._params.get("runtime"), "runtime"))
         # One hook object serves every session of a process; kedro-mlflow sets run_id only when it tracks, and
         # a stale id would make an untracked session re-enter an earlier session's run.
         self.run_id = None
@@ -224,8 +225,13 @@ class ProjectMlflowHook(MlflowHook):
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
+        # Kedro instantiates `params:` inputs as the nodes' annotations say; kedro-mlflow flattens mappings.
+        plain = {
+            name: value.model_dump() if isinstance(value, Section) else value
+            for name, value in inputs.items()
+        }
         log_params = partial(
-            super().before_node_run, node=node, catalog=catalog, inputs=inputs, is_async=is_async
+            super().before_node_run, node=node, catalog=catalog, inputs=plain, is_async=is_async
         )
         self._tolerate(f"log the parameters of node {node.name}", log_params)
 

@@ -10,14 +10,7 @@ os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 from kedro.config import OmegaConfigLoader
 
-from frcnn_pipeline.hooks import (
-    InferenceBackendHook,
-    MainProcessSavesHooks,
-    MissingInputsHook,
-    ParameterValidationHooks,
-    ReportOnFailureHook,
-    SplitsHook,
-)
+from frcnn_pipeline.hooks import MainProcessSavesHooks, MissingInputsHook, ReportOnFailureHook, RunConfigHook
 from frcnn_pipeline.mlflow_hook import ProjectMlflowHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -29,19 +22,19 @@ CONFIG_LOADER_ARGS = {
     "config_patterns": {"mlflow": ["mlflow*", "mlflow*/**"]},
 }
 
-# The parameters are checked against the schema (frcnn_pipeline.config) before anything runs; the evaluation
-# splits of `ingest.splits` and `runtime.inference_backend` decide how the pipelines are built; then the
-# pipeline's stored inputs must exist. kedro-mlflow's hook, extended with what this project's runs record
+# The parameters are checked against the schema (frcnn_pipeline.config) into the run's configuration before
+# anything runs; it decides the pipelines' shape (the evaluation splits of `ingest.splits`,
+# `runtime.inference_backend`) and the world, and hands the nodes their typed sections; then the pipeline's
+# stored inputs must exist. kedro-mlflow's hook, extended with what this project's runs record
 # (frcnn_pipeline/mlflow_hook.py), replaces the plugin's own instance so that it runs once. Pluggy calls the
 # hooks registered last first: the inputs are checked before an MLflow run opens. In a multi-node run only the
 # job's main process writes catalog outputs and tracks.
+RUN_CONFIG = RunConfigHook()
 HOOKS = (
-    ParameterValidationHooks(),
-    SplitsHook(),
-    InferenceBackendHook(),
+    RUN_CONFIG,
     ProjectMlflowHook(),
-    MissingInputsHook(),
-    MainProcessSavesHooks(),
+    MissingInputsHook(RUN_CONFIG),
+    MainProcessSavesHooks(RUN_CONFIG),
     ReportOnFailureHook(),
 )
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

@@ -113,7 +113,8 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     """
     model_cfg = resolve_model_config(model_cfg)
     train_cfg = TrainParams.parse(train_cfg, "train").model_dump()
-    runtime_cfg = RuntimeParams.parse(runtime_cfg, "runtime").model_dump()
+    runtime = RuntimeParams.parse(runtime_cfg, "runtime")
+    runtime_cfg = runtime.model_dump()
     job = TrainJob(
         images,
         annotations,
@@ -126,7 +127,7 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
         evaluator,
         tracking,
     )
-    world = WorldConfig.from_runtime(runtime_cfg)
+    world = WorldConfig.from_runtime(runtime)
     run_dir = Path(train_cfg["checkpoint"]["dir"]) / train_cfg["run_name"]
     # The main process holds the run folder for the whole run, whoever writes into it.
     with RunFolderLock(run_dir, train_cfg["run_name"]) if world.is_main_process else nullcontext():

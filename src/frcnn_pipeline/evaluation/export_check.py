@@ -104,7 +104,7 @@ def check_export(
     images: dict[str, list],
     ground_truth: dict[str, Any],
     *,
-    runtime: dict[str, Any] | None,
+    runtime: RuntimeParams,
     options: ExportCheckParams,
     evaluation: InferenceParams | None = None,
     split: str = "",
@@ -147,7 +147,7 @@ def check_export(
         "max_ap_difference": options.max_ap_difference,
         "source": next(iter(descriptions.values()))["source"],
         "pytorch_at_evaluate": {
-            "settings": at_evaluate.model_dump(),
+            "settings": at_evaluate.model_dump(),  # the report, written to disk
             "metrics": metrics_of(evaluated),
             "seconds": time.perf_counter() - started,
         },
@@ -155,7 +155,7 @@ def check_export(
     }
     evaluate_ap = report["pytorch_at_evaluate"]["metrics"]["AP"]
     # ONNX Runtime runs on the CPU, whatever device PyTorch uses.
-    onnx_runtime = {"num_threads": RuntimeParams.parse(runtime, "runtime").num_threads}
+    onnx_runtime = RuntimeParams(num_threads=runtime.num_threads)
     failures = []
     for variant, graph in graphs.items():
         description = descriptions[variant]

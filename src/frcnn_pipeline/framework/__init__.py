@@ -1,0 +1,1 @@
+"""Everything that knows about Kedro and MLflow: hooks, tracking, the run configuration, parameter docs."""
