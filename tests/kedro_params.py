@@ -1,9 +1,12 @@
 """Parameters of the tests that run the project's pipelines through Kedro on a tiny demo: written dotted, as
-on the command line, and handed to a `KedroSession` nested."""
+on the command line, and handed to a `KedroSession` nested; or typed, for the tests that run nodes without a
+session."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from frcnn_pipeline.config import SECTIONS
 
 # Small images keep a training step well under a second on two shared cores; each test adds its own keys.
 TINY_DEMO = {
@@ -34,3 +37,14 @@ def nested(dotted: dict[str, Any]) -> dict[str, Any]:
 def cli_params(dotted: dict[str, Any]) -> str:
     """The same for `kedro run --params`."""
     return ",".join(f"{key}={str(value).replace(' ', '')}" for key, value in dotted.items())
+
+
+def typed(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A node's inputs with each `params:<section>` validated into its section, as the run configuration's
+    hook hands them to the nodes in a session (the tests that run pipelines without one)."""
+    return {
+        name: SECTIONS[name.removeprefix("params:")].parse(value, name.removeprefix("params:"))
+        if name.startswith("params:")
+        else value
+        for name, value in inputs.items()
+    }

@@ -16,12 +16,14 @@ from tiny_training import (
     write_tiny_dataset,
 )
 
-from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.config import EvaluateParams
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
 from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
 
-EVALUATE = {"metric_backend": "numpy", "inference": {"batch_size": 2, "score_threshold": 0.0}}
+EVALUATE = EvaluateParams.parse(
+    {"metric_backend": "numpy", "inference": {"batch_size": 2, "score_threshold": 0.0}}, "evaluate"
+)
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +34,7 @@ def tiny_split(module_tmp):
 
 def _evaluate_like_the_pipeline(state_dict, images, gt) -> dict[str, float]:
     """predict_val_split + compute_coco_metrics of the evaluate pipeline, on one worker."""
-    options = InferenceParams.parse(EVALUATE["inference"], "evaluate.inference")
+    options = EVALUATE.inference
     records = run_inference(state_dict, TINY_MODEL, 2, images["path"].tolist(), options=options)
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(tiny_categories()))
     return evaluate_boxes(gt, detections).metrics()

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from frcnn_pipeline.config import ExportCheckParams, InferenceParams
+from frcnn_pipeline.config import ExportCheckParams, InferenceParams, RuntimeParams
 from frcnn_pipeline.evaluation.export_check import (
     ExportCheckError,
     check_export,
@@ -130,7 +130,7 @@ def test_a_faithful_graph_whose_ap_drops_against_evaluates_settings_fails_naming
     with pytest.raises(ExportCheckError) as failed:
         check_export(
             {DYNAMIC: exported.dynamic, FIXED: exported.fixed}, saved, saved.model_config,
-            {"path": paths, "image_id": image_ids}, truth, runtime=None, options=options,
+            {"path": paths, "image_id": image_ids}, truth, runtime=RuntimeParams(), options=options,
             evaluation=evaluation, split="val",
         )  # fmt: skip
     report = failed.value.report

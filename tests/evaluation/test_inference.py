@@ -8,7 +8,7 @@ import torch
 from detection_ops_probe import probe_detection_ops
 from PIL import Image
 
-from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.config import InferenceParams, RuntimeParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.inference import (
@@ -107,7 +107,7 @@ def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, imag
         model_cfg,
         3,
         image_paths,
-        runtime={"device": "cpu", "nproc_per_node": 2, "master_port": 0},
+        runtime=RuntimeParams(device="cpu", nproc_per_node=2, master_port=0),
         options=InferenceParams(batch_size=2),
     )
     assert [r["position"] for r in two] == [0, 1, 2, 3]
@@ -148,12 +148,12 @@ def test_by_default_evaluation_runs_the_models_own_arithmetic(weights, model_cfg
         assert torch.equal(record["boxes"], expected["boxes"])
         assert torch.equal(record["scores"], expected["scores"])
         assert torch.equal(record["labels"], expected["labels"])
-    assert describe_arithmetic(None, InferenceParams()) == "float32, the model's own arithmetic"
+    assert describe_arithmetic(RuntimeParams(), InferenceParams()) == "float32, the model's own arithmetic"
     fast = InferenceParams(cpu_precision="bfloat16", fold_batch_norm=True, channels_last=True)
-    assert describe_arithmetic(None, fast) == (
+    assert describe_arithmetic(RuntimeParams(), fast) == (
         "backbone in bfloat16, heads in float32; norms folded into the convs; channels_last"
     )
-    onnx_runtime = {"inference_backend": "onnxruntime"}
+    onnx_runtime = RuntimeParams(inference_backend="onnxruntime")
     assert describe_arithmetic(onnx_runtime, fast) == "float32, the exported graph in ONNX Runtime"
 
 
@@ -182,7 +182,7 @@ def test_static_shape_inference_resizes_on_the_host_and_equals_the_models_own_ca
 def test_inference_workers_take_runtime_num_threads(weights, model_cfg, image_paths, monkeypatch):
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    run_inference(weights, model_cfg, 3, image_paths[:1], runtime={"num_threads": 1})
+    run_inference(weights, model_cfg, 3, image_paths[:1], runtime=RuntimeParams(num_threads=1))
     assert threads == [1]
 
 
@@ -195,7 +195,7 @@ def test_an_evaluation_with_the_portable_detection_ops_equals_torchvisions(weigh
     records, probes = {}, {}
     for setting in ("auto", "portable"):
         with probe_detection_ops(route_torchvision_nms=setting == "portable") as probes[setting]:
-            runtime = {"device": "cpu", "detection_ops": setting}
+            runtime = RuntimeParams(device="cpu", detection_ops=setting)
             records[setting] = run_inference(
                 weights, model_cfg, 3, image_paths, runtime=runtime, options=InferenceParams(batch_size=2)
             )
@@ -216,7 +216,7 @@ def test_an_evaluation_with_the_portable_detection_ops_equals_torchvisions(weigh
 
 def test_onnxruntime_refuses_other_devices_and_other_test_time_filtering():
     with pytest.raises(UserFacingError, match=r"onnxruntime runs on the CPU, but runtime.device is 'cuda'"):
-        run_onnx_inference(None, [], runtime={"device": "cuda"})
+        run_onnx_inference(None, [], runtime=RuntimeParams(device="cuda"))
     built_in = {
         "postprocessing": {"score_threshold": 0.05, "nms_threshold": 0.5, "detections_per_image": 100}
     }

@@ -20,19 +20,11 @@ from kedro_datasets.pandas import CSVDataset
 from mlflow import MlflowClient
 from test_cli import kedro_run
 
-from frcnn_pipeline.config import ParameterError
+from frcnn_pipeline.config import EvaluateParams, ParameterError, RuntimeParams
 from frcnn_pipeline.framework import hooks
-from frcnn_pipeline.framework.hooks import MainProcessSavesHooks, NotTheMainProcessError
-from frcnn_pipeline.pipelines.evaluate_initial_weights import (
-    create_pipeline as create_evaluate_initial_weights_pipeline,
-)
-from frcnn_pipeline.pipelines.inference_backend import TORCH, use_inference_backend
-from frcnn_pipeline.pipelines.predict import create_pipeline as create_predict_pipeline
-from frcnn_pipeline.pipelines.splits import (
-    DEFAULT_EVALUATION_SPLITS,
-    evaluation_splits,
-    use_evaluation_splits,
-)
+from frcnn_pipeline.framework.hooks import MainProcessSavesHooks, NotTheMainProcessError, RunConfigHook
+from frcnn_pipeline.pipeline_registry import build_pipeline
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE
 from frcnn_pipeline.runtime.world import LauncherConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -132,47 +124,87 @@ def test_pipeline_before_its_inputs_exist_names_the_pipeline_to_run(project):
         assert client.search_runs([e.experiment_id for e in client.search_experiments()]) == []
 
 
+class _Loader(dict):
+    """The config loader as the hooks read it: the parameters, and where they come from for the errors."""
+
+    env, default_run_env, base_env, runtime_params = None, "local", "base", {}
+    conf_source = str(PROJECT_ROOT / "conf")
+
+
 def context_with(parameters: dict) -> SimpleNamespace:
-    return SimpleNamespace(config_loader={"parameters": parameters})
+    return SimpleNamespace(config_loader=_Loader(parameters=parameters), project_path=PROJECT_ROOT)
 
 
 @pytest.fixture
-def reconfigured(monkeypatch):
-    calls = []
-    monkeypatch.setattr(hooks.project.pipelines, "configure", calls.append)
-    yield calls
-    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+def registry(monkeypatch) -> dict:
+    """Kedro's pipeline registry as a session that asked for predict and evaluate_initial_weights has it."""
+    loaded = {name: build_pipeline(name, DEFAULT_SHAPE) for name in ("predict", "evaluate_initial_weights")}
+    monkeypatch.setattr(hooks.project, "pipelines", loaded)
+    return loaded
 
 
-def test_the_hook_uses_the_configured_splits_and_rebuilds_pipelines_when_they_change(reconfigured):
+def test_the_run_config_is_built_once_from_the_contexts_parameters(registry):
+    hook = RunConfigHook()
+    with pytest.raises(RuntimeError, match="No run configuration yet"):
+        _ = hook.run_config
+    hook.after_context_created(
+        context_with({"runtime": {"device": "cpu"}, "evaluate": {"metric_backend": "pycocotools"}})
+    )
+    assert hook.run_config.runtime == RuntimeParams(device="cpu")
+    assert hook.run_config.shape == DEFAULT_SHAPE
+
+
+def test_the_hook_builds_the_loaded_pipelines_for_the_configured_splits(registry):
     splits = {"train": {}, "val": {}, "test": {"annotation_file": "t.json", "image_dir": "t"}}
-    hooks.SplitsHook().after_context_created(context_with({"ingest": {"splits": splits}}))
-    assert evaluation_splits() == ("val", "test")
-    assert reconfigured == [f"{hooks.project.PACKAGE_NAME}.pipeline_registry"]
-    hooks.SplitsHook().after_context_created(context_with({"ingest": {"splits": splits}}))
-    assert len(reconfigured) == 1, "the same splits keep the pipelines already built"
+    RunConfigHook().after_context_created(context_with({"ingest": {"splits": splits}}))
+    assert sorted(registry) == ["evaluate_initial_weights", "predict"], "only what the session loaded"
+    assert {"val_images", "test_images"} <= registry["evaluate_initial_weights"].inputs()
 
 
-def test_a_config_without_ingest_keeps_the_defaults(reconfigured):
-    hooks.SplitsHook().after_context_created(context_with({"train": {}}))
-    assert evaluation_splits() == DEFAULT_EVALUATION_SPLITS and reconfigured == []
+def test_a_config_without_ingest_keeps_the_defaults(registry):
+    RunConfigHook().after_context_created(context_with({"train": {}}))
+    assert (
+        registry["evaluate_initial_weights"].inputs()
+        == build_pipeline("evaluate_initial_weights", DEFAULT_SHAPE).inputs()
+    )
 
 
-def test_a_bad_split_name_stops_the_run_before_anything_is_built(reconfigured):
+def test_a_bad_split_name_stops_the_run_before_anything_is_built(registry):
+    before = dict(registry)
     with pytest.raises(ValueError, match="must start with a letter"):
-        hooks.SplitsHook().after_context_created(
-            context_with({"ingest": {"splits": {"train": {}, "1st": {}}}})
-        )
+        RunConfigHook().after_context_created(context_with({"ingest": {"splits": {"train": {}, "1st": {}}}}))
+    assert registry == before
 
 
-def _multinode_catalog(tmp_path, runtime: dict) -> DataCatalog:
+def test_a_session_after_another_gets_its_own_shape(registry):
+    hook = RunConfigHook()
+    hook.after_context_created(context_with({"runtime": {"inference_backend": "onnxruntime"}}))
+    assert "export.onnx_model" in registry["predict"].inputs()
+    hook.after_context_created(context_with({}))
+    assert "export.onnx_model" not in registry["predict"].inputs()
+
+
+def test_nodes_get_their_parameters_as_typed_sections(registry):
+    hook = RunConfigHook()
+    hook.after_context_created(context_with({"evaluate": {"inference": {"batch_size": 3}}}))
+    node = Node(
+        lambda images, evaluate, batch: None,
+        ["images", "params:evaluate", "params:evaluate.inference.batch_size"],
+        None,
+    )
+    assert hook.before_node_run(node) == {
+        "params:evaluate": EvaluateParams.parse({"inference": {"batch_size": 3}}, "evaluate"),
+        "params:evaluate.inference.batch_size": 3,
+    }
+
+
+def _multinode_catalog(tmp_path) -> DataCatalog:
     catalog = DataCatalog(
         {
             "source": CSVDataset(filepath=str(tmp_path / "source.csv")),
             "table": CSVDataset(filepath=str(tmp_path / "table.csv")),
         }
     )
-    catalog["params:runtime"] = runtime
     catalog.save("source", pd.DataFrame({"value": [1, 2]}))
     return catalog
 
@@ -182,8 +214,11 @@ DOUBLING = Pipeline(
 )
 
 
-def _run_with_saving_hook(catalog: DataCatalog, pipeline: Pipeline = DOUBLING) -> None:
-    MainProcessSavesHooks().before_pipeline_run({}, pipeline, catalog)
+def _run_with_saving_hook(runtime: dict, catalog: DataCatalog, pipeline: Pipeline = DOUBLING) -> None:
+    """The run configuration's hook, then the saving hook, as a session calls them, then the pipeline."""
+    run_configs = RunConfigHook()
+    run_configs.after_context_created(context_with({"runtime": runtime}))
+    MainProcessSavesHooks(run_configs).before_pipeline_run({}, pipeline, catalog)
     for node in pipeline.nodes:
         outputs = node.run({name: catalog.load(name) for name in node.inputs})
         for name, data in outputs.items():
@@ -191,16 +226,16 @@ def _run_with_saving_hook(catalog: DataCatalog, pipeline: Pipeline = DOUBLING) -
 
 
 def test_a_follower_node_computes_in_memory_and_writes_nothing(tmp_path):
-    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"})
-    _run_with_saving_hook(catalog)
+    catalog = _multinode_catalog(tmp_path)
+    _run_with_saving_hook({"num_nodes": 2, "node_rank": 1, "master_addr": "10.0.0.1"}, catalog)
     assert isinstance(catalog["table"], MemoryDataset)
     assert catalog.load("table")["value"].tolist() == [2, 4], "inputs still load from the shared files"
     assert not (tmp_path / "table.csv").exists()
 
 
 def test_the_main_node_saves_as_usual(tmp_path):
-    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 0})
-    _run_with_saving_hook(catalog)
+    catalog = _multinode_catalog(tmp_path)
+    _run_with_saving_hook({"num_nodes": 2, "node_rank": 0}, catalog)
     assert pd.read_csv(tmp_path / "table.csv")["value"].tolist() == [2, 4]
 
 
@@ -209,46 +244,28 @@ def test_torchrun_ranks_other_than_0_write_nothing(tmp_path, monkeypatch):
                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29400"}  # fmt: skip
     for name, value in torchrun.items():
         monkeypatch.setenv(name, value)
-    _run_with_saving_hook(_multinode_catalog(tmp_path, {"nproc_per_node": 2}))
+    _run_with_saving_hook({"nproc_per_node": 2}, _multinode_catalog(tmp_path))
     assert not (tmp_path / "table.csv").exists()
 
 
 def test_a_follower_refuses_the_single_machine_pipelines(tmp_path):
     ingest = Pipeline([Node(lambda frame: frame, "source", "table", name="read_coco", tags="ingest")])
-    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 1})
+    catalog = _multinode_catalog(tmp_path)
     with pytest.raises(NotTheMainProcessError, match=r"node 1 of 2.*\['read_coco'\].*--pipeline ingest"):
-        _run_with_saving_hook(catalog, ingest)
+        _run_with_saving_hook({"num_nodes": 2, "node_rank": 1}, catalog, ingest)
     assert not (tmp_path / "table.csv").exists()
 
 
 def test_wrong_launcher_settings_stop_the_run_before_it_starts(tmp_path):
-    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rank": 2})
+    catalog = _multinode_catalog(tmp_path)
     with pytest.raises(LauncherConfigError, match=r"node_rank must be in \[0, 2\)"):
-        _run_with_saving_hook(catalog)
+        _run_with_saving_hook({"num_nodes": 2, "node_rank": 2}, catalog)
 
 
-def test_a_misspelt_runtime_key_stops_the_saving_hook_too(tmp_path):
-    catalog = _multinode_catalog(tmp_path, {"num_nodes": 2, "node_rnak": 1})
+def test_a_misspelt_runtime_key_stops_the_run_before_the_saving_hook(tmp_path):
+    catalog = _multinode_catalog(tmp_path)
     with pytest.raises(
         ParameterError, match=r"runtime.node_rnak: unknown parameter; did you mean runtime.node_rank"
     ):
-        _run_with_saving_hook(catalog)
+        _run_with_saving_hook({"num_nodes": 2, "node_rnak": 1}, catalog)
     assert not (tmp_path / "table.csv").exists()
-
-
-@pytest.fixture
-def backend_reset():
-    yield
-    use_inference_backend(TORCH)
-
-
-def test_the_backend_hook_builds_evaluate_and_predict_on_the_exported_graph(reconfigured, backend_reset):
-    hooks.InferenceBackendHook().after_context_created(context_with({"runtime": {"device": "cpu"}}))
-    assert reconfigured == [] and "export.onnx_model" not in create_predict_pipeline().inputs()
-    hooks.InferenceBackendHook().after_context_created(
-        context_with({"runtime": {"inference_backend": "onnxruntime"}})
-    )
-    assert reconfigured == [f"{hooks.project.PACKAGE_NAME}.pipeline_registry"]
-    assert "export.onnx_model" in create_predict_pipeline().inputs()
-    evaluate = create_evaluate_initial_weights_pipeline()
-    assert "export_initial_weights.onnx_model" in evaluate.inputs()

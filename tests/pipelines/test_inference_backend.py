@@ -10,18 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kedro.framework.project import configure_project, find_pipelines
+from kedro.framework.project import configure_project
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 from kedro_params import TINY_DEMO, nested
 
-from frcnn_pipeline.pipelines.inference_backend import (
-    EXPORT_NAMESPACES,
-    ONNXRUNTIME,
-    TORCH,
-    exported_graph,
-    use_inference_backend,
-)
+from frcnn_pipeline.pipeline_registry import build_pipelines
+from frcnn_pipeline.pipelines.inference_backend import EXPORT_NAMESPACES, ONNXRUNTIME, TORCH, exported_graph
+from frcnn_pipeline.pipelines.shape import PipelineShape
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = {
@@ -37,19 +33,12 @@ TINY = {
 }
 
 
-@pytest.fixture
-def backend_reset():
-    yield
-    use_inference_backend(TORCH)
-
-
 @pytest.mark.parametrize("backend", [TORCH, ONNXRUNTIME])
 def test_every_pipeline_builds_on_either_backend_and_reads_only_graphs_an_export_pipeline_writes(
-    backend, backend_reset
+    backend,
 ):
     configure_project("frcnn_pipeline")
-    use_inference_backend(backend)
-    pipelines = find_pipelines(raise_errors=True)
+    pipelines = build_pipelines(PipelineShape(inference_backend=backend))
     written = {name for key, p in pipelines.items() if key.startswith("export") for name in p.all_outputs()}
     read = {name for p in pipelines.values() for name in p.inputs() if name.endswith(".onnx_model")}
     assert read <= written
@@ -86,19 +75,13 @@ def runs(module_tmp) -> dict[str, Any]:
     results = {}
     with pytest.MonkeyPatch.context() as patch:
         patch.chdir(root)  # the engine's checkpoint and log folders are relative, as with `kedro run`
-        try:
-            run(["ingest", "weights", "train", "export"])
-            for backend in (TORCH, ONNXRUNTIME):
-                run(
-                    ["evaluate", "predict"],
-                    **{"runtime.inference_backend": backend, "predict.images": images},
-                )
-                results[backend] = {
-                    "metrics": _latest(root, "data/08_reporting/evaluate/val/coco_metrics.json/*/*.json"),
-                    "predictions": _latest(root, "data/07_model_output/predict/prediction_results.json/*/*"),
-                }
-        finally:
-            use_inference_backend(TORCH)  # the hook set it for this process
+        run(["ingest", "weights", "train", "export"])
+        for backend in (TORCH, ONNXRUNTIME):
+            run(["evaluate", "predict"], **{"runtime.inference_backend": backend, "predict.images": images})
+            results[backend] = {
+                "metrics": _latest(root, "data/08_reporting/evaluate/val/coco_metrics.json/*/*.json"),
+                "predictions": _latest(root, "data/07_model_output/predict/prediction_results.json/*/*"),
+            }
     results["check"] = _latest(root, "data/08_reporting/export/check_report.json/*/*.json")
     return results
 

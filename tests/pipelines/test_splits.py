@@ -1,14 +1,11 @@
-"""The split names pipelines are built for: declared in ingest.splits, checked, `train` apart."""
+"""The split names pipelines are built for: declared in ingest.splits, checked, `train` apart; with the
+inference backend they make the pipelines' shape."""
 
 import pytest
 
-from frcnn_pipeline.pipelines.splits import (
-    DEFAULT_EVALUATION_SPLITS,
-    evaluation_splits,
-    evaluation_splits_of,
-    for_split,
-    use_evaluation_splits,
-)
+from frcnn_pipeline.config import IngestParams, RuntimeParams
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, evaluation_splits_of, for_split
 
 
 def test_evaluation_splits_are_every_declared_split_but_train_in_order():
@@ -27,14 +24,14 @@ def test_bad_declarations_are_clear_errors():
         evaluation_splits_of({"train": {}, "val": None})
 
 
-def test_use_evaluation_splits_says_whether_they_changed():
-    try:
-        assert evaluation_splits() == DEFAULT_EVALUATION_SPLITS
-        assert use_evaluation_splits(("val", "test")) is True
-        assert evaluation_splits() == ("val", "test")
-        assert use_evaluation_splits(("val", "test")) is False
-    finally:
-        use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+def test_the_shape_is_the_declared_evaluation_splits_and_the_backend():
+    test = {"annotation_file": "t.json", "image_dir": "t"}
+    ingest = IngestParams.parse({"splits": {"test": test}}, "ingest")
+    shape = PipelineShape.of(ingest, RuntimeParams(inference_backend="onnxruntime"))
+    assert shape == PipelineShape(("val", "test"), "onnxruntime")
+    assert shape.first_evaluation_split == "val"
+    assert PipelineShape.of(IngestParams(), RuntimeParams()) == DEFAULT_SHAPE
+    assert DEFAULT_SHAPE.evaluation_splits == DEFAULT_EVALUATION_SPLITS
 
 
 def test_for_split_binds_the_split_and_keeps_the_name():

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from frcnn_pipeline.config import ParameterError
+from frcnn_pipeline.config import ParameterError, RuntimeParams
 from frcnn_pipeline.runtime.world import LauncherConfigError, WorldConfig, first_host
 
 TORCHRUN = {"RANK": "5", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4", "GROUP_RANK": "1",
@@ -19,7 +19,7 @@ SLURM = {"SLURM_PROCID": "1", "SLURM_NODEID": "1", "SLURM_NNODES": "2", "SLURM_S
 def resolve_world(runtime: dict, environ: dict) -> WorldConfig:
     """The world of a `runtime:` section (validated: left-out keys take the schema's defaults, i.e.
     nproc_per_node 1, launcher auto, num_nodes/node_rank/master_* null) in a given environment."""
-    return WorldConfig.from_runtime(runtime, environ)
+    return WorldConfig.from_runtime(RuntimeParams.parse(runtime, "runtime"), environ)
 
 
 @pytest.mark.parametrize(
@@ -135,8 +135,8 @@ def test_launcher_variables_that_are_not_numbers_are_named():
 def test_from_runtime_reads_the_process_environment(monkeypatch):
     for name, value in SLURM.items():
         monkeypatch.setenv(name, value)
-    assert WorldConfig.from_runtime({}).node_rank == 1
-    assert WorldConfig.from_runtime({}).describe()["launcher"] == "slurm"
+    assert WorldConfig.from_runtime(RuntimeParams()).node_rank == 1
+    assert WorldConfig.from_runtime(RuntimeParams()).describe()["launcher"] == "slurm"
 
 
 @pytest.mark.parametrize("as_module", [True, False])

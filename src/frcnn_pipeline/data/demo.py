@@ -46,7 +46,9 @@ def image_dir(root: Path, split: str) -> Path:
 
 
 def _manifest(config: DemoConfig) -> dict[str, Any]:
-    return {"generator_version": GENERATOR_VERSION, "config": config.model_dump()}
+    # The generator's settings only (`ingest.demo` also says where the demo goes).
+    settings = config.model_dump(include=set(DemoDatasetParams.model_fields))
+    return {"generator_version": GENERATOR_VERSION, "config": settings}
 
 
 def ensure_demo_dataset(root: str | os.PathLike, config: DemoConfig) -> bool:

@@ -37,7 +37,7 @@ class DetectionEvaluator:
     ground_truth: dict[str, Any]
     category_ids: list[int]  # original category id of model label k + 1
     model_cfg: dict[str, Any]
-    options: dict[str, Any]  # InferenceParams as a dict
+    options: InferenceParams
     metric_backend: str
 
     @classmethod
@@ -48,10 +48,9 @@ class DetectionEvaluator:
         ground_truth: dict[str, Any],
         categories: pd.DataFrame,
         model_cfg: dict[str, Any],
-        evaluate: dict[str, Any] | None,
+        settings: EvaluateParams,
     ) -> DetectionEvaluator:
         """From a split's images table and ground truth, and the `evaluate:` parameters."""
-        settings = EvaluateParams.parse(evaluate, "evaluate")
         paths = images["path"].astype(str).tolist()
         return cls(
             split=split,
@@ -61,18 +60,17 @@ class DetectionEvaluator:
             ground_truth=ground_truth,
             category_ids=category_ids_by_label(categories),
             model_cfg=model_cfg,
-            options=settings.inference.model_dump(),
+            options=settings.inference,
             metric_backend=settings.metric_backend,
         )
 
     def __call__(self, model: nn.Module, context: WorkerContext) -> dict[str, float] | None:
         """The 12 COCO box metrics on rank 0, None on the other ranks. `model` is left untouched."""
-        options = InferenceParams.model_validate(self.options)
         inference_model = build_inference_model(
-            model.state_dict(), self.model_cfg, len(self.category_ids), context.device, options
+            model.state_dict(), self.model_cfg, len(self.category_ids), context.device, self.options
         )
         records = predict_images(
-            inference_model, self.image_paths, self.order, options, context, show_progress=False
+            inference_model, self.image_paths, self.order, self.options, context, show_progress=False
         )
         del inference_model
         if not context.is_main:

@@ -105,7 +105,7 @@ def check_export(
     images: dict[str, list],
     ground_truth: dict[str, Any],
     *,
-    runtime: dict[str, Any] | None,
+    runtime: RuntimeParams,
     options: ExportCheckParams,
     evaluation: InferenceParams | None = None,
     split: str = "",
@@ -137,7 +137,7 @@ def check_export(
         "graphs": {},
     }
     # ONNX Runtime runs on the CPU, whatever device PyTorch uses.
-    onnx_threads = RuntimeParams.parse(runtime, "runtime").num_threads
+    onnx_threads = runtime.num_threads
     against = _GraphCheck(
         saved, model_cfg, checked, runtime, onnx_threads, same_mode,
         evaluate_ap=report["pytorch_at_evaluate"]["metrics"]["AP"],
@@ -178,7 +178,7 @@ def _run_at_evaluate(
     saved: SavedDetector,
     model_cfg: dict[str, Any],
     checked: _CheckedImages,
-    runtime: dict[str, Any] | None,
+    runtime: RuntimeParams,
     options: InferenceParams,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """The PyTorch model as evaluate runs it: its detections, and their entry of the report."""
@@ -221,7 +221,7 @@ class _GraphCheck:
     saved: SavedDetector
     model_cfg: dict[str, Any]
     checked: _CheckedImages
-    runtime: dict[str, Any] | None
+    runtime: RuntimeParams
     onnx_threads: int
     same_mode: InferenceParams
     evaluate_ap: float
@@ -251,7 +251,7 @@ class _GraphCheck:
         )  # fmt: skip
         torch_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        runtime = {"num_threads": self.onnx_threads}
+        runtime = RuntimeParams(num_threads=self.onnx_threads)  # ONNX Runtime runs on the CPU
         candidate = run_onnx_inference(graph, paths, runtime=runtime, options=options)
         return reference, candidate, {"pytorch": torch_seconds, "onnxruntime": time.perf_counter() - started}
 

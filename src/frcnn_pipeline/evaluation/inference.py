@@ -99,9 +99,9 @@ def backbone_dtype(device_type: str, options: InferenceParams) -> torch.dtype:
     return torch.float16 if options.amp else torch.float32
 
 
-def describe_arithmetic(runtime: dict[str, Any] | None, options: InferenceParams) -> str:
+def describe_arithmetic(runtime: RuntimeParams, options: InferenceParams) -> str:
     """What an inference run computes with, for its report: the model's own arithmetic, or the speed-ups."""
-    if RuntimeParams.parse(runtime, "runtime").inference_backend == "onnxruntime":
+    if runtime.inference_backend == "onnxruntime":
         return "float32, the exported graph in ONNX Runtime"
     device_type = WorldConfig.from_runtime(runtime).device
     dtype = str(backbone_dtype(device_type, options)).removeprefix("torch.")
@@ -219,16 +219,15 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     model_cfg: dict[str, Any],
     num_classes: int,
     paths: list[str],
-    options: dict[str, Any],
+    options: InferenceParams,
     order: list[int],
     settings: RuntimeParams,
 ) -> list[dict[str, Any]]:
     # The threads as in training: a CPU's rounding follows its thread count (the two-node test relies on it).
     set_threads_per_worker(settings.num_threads, context.device, settings.nproc_per_node)
     detection_ops.configure(settings.detection_ops)
-    opts = InferenceParams.model_validate(options)
-    model = build_inference_model(state_dict, model_cfg, num_classes, context.device, opts)
-    return predict_images(model, paths, order, opts, context)
+    model = build_inference_model(state_dict, model_cfg, num_classes, context.device, options)
+    return predict_images(model, paths, order, options, context)
 
 
 def run_inference(
@@ -237,7 +236,7 @@ def run_inference(
     num_classes: int,
     paths: list[str],
     *,
-    runtime: dict[str, Any] | None = None,
+    runtime: RuntimeParams | None = None,
     options: InferenceParams | None = None,
 ) -> list[dict[str, Any]]:
     """Predict every image in ``paths``; one record per path, in order (on every node of a multi-node run).
@@ -247,6 +246,7 @@ def run_inference(
     ``runtime`` is the ``runtime:`` parameter section (device, nproc_per_node, ...), as for training.
     """
     options = options or InferenceParams()
+    runtime = runtime or RuntimeParams()
     world = WorldConfig.from_runtime(runtime)
     logger.info(
         "Inference of %d image(s) on %d %s worker(s), batch %d per worker",
@@ -263,9 +263,9 @@ def run_inference(
         model_cfg,
         num_classes,
         paths,
-        options.model_dump(),
+        options,
         inference_order(paths, options),
-        RuntimeParams.parse(runtime, "runtime"),
+        runtime,
     )
     _report_unreadable(records, paths)
     return records
@@ -277,13 +277,13 @@ def run_model_inference(
     num_classes: int,
     paths: list[str],
     *,
-    runtime: dict[str, Any] | None,
+    runtime: RuntimeParams,
     options: InferenceParams,
     graph: onnx.ModelProto | None = None,
 ) -> list[dict[str, Any]]:
     """`run_inference` on ``saved``, or `run_onnx_inference` on ``graph`` (exported from ``saved``), as
     ``runtime.inference_backend`` says."""
-    if RuntimeParams.parse(runtime, "runtime").inference_backend == "torch":
+    if runtime.inference_backend == "torch":
         return run_inference(
             saved.state_dict, model_cfg, num_classes, paths, runtime=runtime, options=options
         )
@@ -301,7 +301,7 @@ def run_onnx_inference(
     graph: onnx.ModelProto,
     paths: list[str],
     *,
-    runtime: dict[str, Any] | None = None,
+    runtime: RuntimeParams | None = None,
     options: InferenceParams | None = None,
 ) -> list[dict[str, Any]]:
     """`run_inference`'s records from an exported graph (`frcnn_pipeline.export`) run by ONNX Runtime on CPU,
@@ -312,7 +312,7 @@ def run_onnx_inference(
             detections per image) other than the graph's, which has them built in.
     """
     options = options or InferenceParams()
-    settings = RuntimeParams.parse(runtime, "runtime")
+    settings = runtime or RuntimeParams()
     if settings.device != "cpu":
         raise UserFacingError(
             "runtime.inference_backend onnxruntime runs on the CPU, but runtime.device is "

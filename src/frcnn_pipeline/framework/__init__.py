@@ -1,5 +1,5 @@
-"""Everything that knows about Kedro and MLflow: the project hooks, the tracking integration, the config
-loader and the parameter docs generator.
+"""Everything that knows about Kedro and MLflow: the project hooks, the run configuration, the tracking
+integration, the config loader and the parameter docs generator.
 
 MLflow starts its usage telemetry as `import mlflow` runs. The modules here import it, and settings.py
 imports them before any plugin does: telemetry is switched off here, before any of them runs. Nothing

@@ -1,7 +1,7 @@
-"""Project hooks (registered in settings.py): before any node runs, the parameters are validated, the
-pipelines are built for the run's evaluation splits, and the pipeline's stored inputs must exist; in a
-multi-node run only the job's main process writes the catalog's outputs; a failing node still saves the
-report its error carries."""
+"""Project hooks (registered in settings.py): before any node runs, the parameters are validated into the
+run's configuration (which hands every node its typed sections), the pipelines are built for the run's shape,
+and the pipeline's stored inputs must exist; in a multi-node run only the job's main process writes the
+catalog's outputs; a failing node still saves the report its error carries."""
 
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from kedro.framework import project
 from kedro.framework.hooks import hook_impl
-from kedro.framework.project import pipelines as registry
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.config import IngestParams, ParameterError, RuntimeParams, validate_parameters
+from frcnn_pipeline.config import ParameterError
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.pipelines.inference_backend import use_inference_backend
-from frcnn_pipeline.pipelines.splits import evaluation_splits_of, use_evaluation_splits
+from frcnn_pipeline.framework.run_config import PARAMS_PREFIX, RunConfig
+from frcnn_pipeline.pipeline_registry import build_pipeline, build_pipelines
 from frcnn_pipeline.runtime.world import WorldConfig
 
 if TYPE_CHECKING:
@@ -36,27 +35,67 @@ _CONFIG_SUFFIXES = {".yml", ".yaml", ".json"}
 SINGLE_MACHINE_TAGS = frozenset({"ingest", "weights"})
 
 
-class ParameterValidationHooks:
-    """Stops a run whose parameters have an unknown key or a wrong type, naming each key and its file."""
+class RunConfigHook:
+    """Validates the run's parameters once into its `RunConfig`, and decides with it what the run is.
+
+    A run whose parameters have an unknown key or a wrong type stops, naming each key and its file. The
+    registry's pipelines are rebuilt in the run's shape (evaluation splits, inference backend), and every
+    node gets its `params:<section>` inputs as the validated, typed sections.
+    """
+
+    def __init__(self) -> None:
+        self._run_config: RunConfig | None = None
+
+    @property
+    def run_config(self) -> RunConfig:
+        """This run's configuration.
+
+        Raises:
+            RuntimeError: no session's context was created yet.
+        """
+        if self._run_config is None:
+            raise RuntimeError("No run configuration yet: it is built when a session's context is created")
+        return self._run_config
 
     @hook_impl(tryfirst=True)  # before any plugin's hook does work with the parameters
     def after_context_created(self, context: KedroContext) -> None:
-        loader = context.config_loader
-        try:
-            validate_parameters(loader["parameters"])
-        except ParameterError as error:
-            env = loader.env or loader.default_run_env
-            conf = Path(loader.conf_source)
-            folders = [conf / name for name in dict.fromkeys([loader.base_env, env])]
-            problems = [
-                _with_sources(line, folders, loader.runtime_params or {}, context.project_path)
-                for line in error.problems
-            ]
-            raise ParameterError(
-                problems,
-                heading=f"Invalid parameters (env {env!r}); fix them where named:",
-                footer=f"Every parameter, what it accepts and its default: {REFERENCE}",
-            ) from None
+        # The config with env and --params (`context.params` would build the pipelines to validate them).
+        self._run_config = run_config_of(context)
+        # Every pipeline this session loads (all, or those it asked for), in this run's shape: an earlier
+        # session of this process may have left them in another.
+        for name in list(project.pipelines):
+            project.pipelines[name] = build_pipeline(name, self._run_config.shape)
+
+    @hook_impl
+    def before_node_run(self, node: Node) -> dict[str, Any]:
+        """The node's `params:` inputs as the run configuration's typed sections (Kedro loads dicts)."""
+        return {
+            name: self.run_config.parameter(name) for name in node.inputs if name.startswith(PARAMS_PREFIX)
+        }
+
+
+def run_config_of(context: KedroContext) -> RunConfig:
+    """The run configuration of the context's parameters.
+
+    Raises:
+        ParameterError: one line per problem, each naming the key and the file (or --params) that sets it.
+    """
+    loader = context.config_loader
+    try:
+        return RunConfig.from_parameters(loader["parameters"])
+    except ParameterError as error:
+        env = loader.env or loader.default_run_env
+        conf = Path(loader.conf_source)
+        folders = [conf / name for name in dict.fromkeys([loader.base_env, env])]
+        problems = [
+            _with_sources(line, folders, loader.runtime_params or {}, context.project_path)
+            for line in error.problems
+        ]
+        raise ParameterError(
+            problems,
+            heading=f"Invalid parameters (env {env!r}); fix them where named:",
+            footer=f"Every parameter, what it accepts and its default: {REFERENCE}",
+        ) from None
 
 
 def _with_sources(problem: str, folders: list[Path], runtime_params: Mapping[str, Any], root: Path) -> str:
@@ -101,11 +140,17 @@ class MissingInputError(UserFacingError, FileNotFoundError):
     """A pipeline needs a dataset that another pipeline has not written yet."""
 
 
-def _producer(name: str) -> str | None:
-    """The registered pipeline that writes `name` (the smallest, when several chain it)."""
-    registry.set_requested(None)
-    makers = [(len(p.nodes), key) for key, p in registry.items() if name in p.all_outputs()]
+def _producer(name: str, pipelines: Mapping[str, Pipeline]) -> str | None:
+    """The pipeline that writes `name` (the smallest, when several chain it)."""
+    makers = [(len(p.nodes), key) for key, p in pipelines.items() if name in p.all_outputs()]
     return min(makers)[1] if makers else None
+
+
+def _stored_and_absent(name: str, catalog: DataCatalog) -> bool:
+    if name.startswith(PARAMS_PREFIX) or name == "parameters":
+        return False
+    dataset = catalog.get(name)
+    return dataset is not None and not isinstance(dataset, MemoryDataset) and not catalog.exists(name)
 
 
 class MissingInputsHook:
@@ -115,20 +160,20 @@ class MissingInputsHook:
     `categories.parquet`.
     """
 
+    def __init__(self, run_configs: RunConfigHook) -> None:
+        self._run_configs = run_configs
+
     @hook_impl
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
-        missing: dict[str | None, list[str]] = {}
-        for name in sorted(pipeline.inputs()):
-            if name.startswith("params:") or name == "parameters":
-                continue
-            dataset = catalog.get(name)
-            if dataset is None or isinstance(dataset, MemoryDataset) or catalog.exists(name):
-                continue
-            missing.setdefault(_producer(name), []).append(name)
-        if not missing:
+        absent = [name for name in sorted(pipeline.inputs()) if _stored_and_absent(name, catalog)]
+        if not absent:
             return
+        every_pipeline = build_pipelines(self._run_configs.run_config.shape)
+        missing: dict[str | None, list[str]] = {}
+        for name in absent:
+            missing.setdefault(_producer(name, every_pipeline), []).append(name)
         steps = [
             f"`kedro run --pipeline {maker}` (writes {', '.join(names)})"
             if maker
@@ -156,31 +201,6 @@ class ReportOnFailureHook:
             log.info("Saved %s despite the failure of node %s", targets[0], node.name)
 
 
-class SplitsHook:
-    """Builds the pipelines for the evaluation splits that `ingest.splits` declares in this run's config."""
-
-    @hook_impl
-    def after_context_created(self, context: KedroContext) -> None:
-        # The config with env and --params (`context.params` would build the pipelines to validate them),
-        # over the schema's default train/val splits.
-        ingest = context.config_loader["parameters"].get("ingest")
-        splits = IngestParams.parse(ingest, "ingest").splits
-        if use_evaluation_splits(evaluation_splits_of(splits)):
-            # Pipelines built earlier in this process had other splits: rebuild them on next access.
-            project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
-
-
-class InferenceBackendHook:
-    """Builds evaluate and predict for this run's `runtime.inference_backend` (onnxruntime reads the graph the
-    export pipeline wrote)."""
-
-    @hook_impl
-    def after_context_created(self, context: KedroContext) -> None:
-        runtime = context.config_loader["parameters"].get("runtime")
-        if use_inference_backend(RuntimeParams.parse(runtime, "runtime").inference_backend):
-            project.pipelines.configure(f"{project.PACKAGE_NAME}.pipeline_registry")
-
-
 class NotTheMainProcessError(UserFacingError, RuntimeError):
     """A pipeline that must run on one machine was started on a process other than the job's main one."""
 
@@ -203,13 +223,14 @@ class MainProcessSavesHooks:
     The single-machine pipelines (ingest, weights) are refused there.
     """
 
+    def __init__(self, run_configs: RunConfigHook) -> None:
+        self._run_configs = run_configs
+
     @hook_impl
     def before_pipeline_run(
         self, run_params: dict[str, Any], pipeline: Pipeline, catalog: DataCatalog
     ) -> None:
-        if "params:runtime" not in catalog:
-            return
-        world = WorldConfig.from_runtime(catalog.load("params:runtime"))
+        world = self._run_configs.run_config.world
         if world.is_main_process:
             if world.num_nodes > 1 or world.launcher != "none":
                 log.info("World: %s; this process saves the outputs", world.summary())

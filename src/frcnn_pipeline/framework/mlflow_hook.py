@@ -47,10 +47,11 @@ from mlflow import MlflowClient
 from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
 
-from frcnn_pipeline.config import TrainParams, flatten, validate_parameters
+from frcnn_pipeline.config import SECTIONS, Section, flatten
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.tracking import quiet_store_errors
 from frcnn_pipeline.framework.config_loader import resolver_deprecation_silenced
+from frcnn_pipeline.framework.hooks import RunConfigHook
 from frcnn_pipeline.framework.mlflow_record import (
     DATA_RECORD,
     RunParams,
@@ -71,7 +72,6 @@ from frcnn_pipeline.framework.mlflow_store import (
     use_a_private_store,
 )
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
-from frcnn_pipeline.runtime.world import WorldConfig
 
 # kedro-mlflow's pipeline model (unused here) makes mlflow warn about its type hints on import, under a
 # "once" filter of mlflow's own that no filter of ours can precede: the warning is recorded and dropped.
@@ -89,8 +89,9 @@ def _is_param(input_name: str) -> bool:
 class ProjectMlflowHook(MlflowHook):
     """kedro-mlflow's `MlflowHook` with this project's run record (see the module docstring)."""
 
-    def __init__(self):
+    def __init__(self, run_config: RunConfigHook):
         super().__init__()
+        self._run_config = run_config  # this run's decisions (the world, the validated sections)
         self._params: dict[str, Any] = {}
         self._env: str | None = None
         self._project_path = Path.cwd()
@@ -115,7 +116,7 @@ class ProjectMlflowHook(MlflowHook):
         self._store_error, self._tracking_failed = None, False
         self._store_uri = configured_store(context)
         self._run_was_active = mlflow.active_run() is not None
-        is_main = WorldConfig.from_runtime(context.params.get("runtime") or {}).is_main_process
+        is_main = self._run_config.run_config.world.is_main_process
         if is_main:
             try:
                 check_sqlite_store(self._store_uri)
@@ -173,7 +174,7 @@ class ProjectMlflowHook(MlflowHook):
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         names = run_params.get("pipeline_names") or [run_params.get("pipeline_name") or "__default__"]
-        world = WorldConfig.from_runtime(self._params.get("runtime") or {})
+        world = self._run_config.run_config.world
         # One hook object serves every session of a process; kedro-mlflow sets run_id only when it tracks, and
         # a stale id would make an untracked session re-enter an earlier session's run.
         self.run_id = None
@@ -205,7 +206,11 @@ class ProjectMlflowHook(MlflowHook):
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
         # kedro-mlflow re-enters the run (a node may run on another thread) and logs the node's raw `params:`
         # inputs: it gets the other inputs, and the parameters are logged here, each once (RunParams).
-        params = {name.removeprefix("params:"): value for name, value in inputs.items() if _is_param(name)}
+        params = {
+            name.removeprefix("params:"): value.model_dump() if isinstance(value, Section) else value
+            for name, value in inputs.items()
+            if _is_param(name)
+        }
         others = {name: value for name, value in inputs.items() if not _is_param(name)}
         reenter = partial(
             super().before_node_run, node=node, catalog=catalog, inputs=others, is_async=is_async
@@ -276,12 +281,13 @@ class ProjectMlflowHook(MlflowHook):
 
     def _continue_training_run(self, pipeline, catalog) -> None:
         """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes."""
-        train = TrainParams.parse(self._params.get("train"), "train")
+        train = self._run_config.run_config.train
         run = self.mlflow_config.tracking.run
         run.name = run.name or train.run_name
         if run.id is not None:
             return
-        previous = run_to_continue(train, self._params.get("model"), pipeline, catalog, self._client)
+        model = self._run_config.run_config.model
+        previous = run_to_continue(train, model, pipeline, catalog, self._client)
         if previous is not None:
             run.id = previous.info.run_id
             self._run_params.resumed = dict(previous.data.params)
@@ -289,7 +295,8 @@ class ProjectMlflowHook(MlflowHook):
 
     def _record_run(self, pipeline, catalog) -> None:
         mlflow.set_tags(run_tags(self._project_path, self._env))
-        resolved = {name: section.model_dump() for name, section in validate_parameters(self._params).items()}
+        sections = self._run_config.run_config
+        resolved = {name: getattr(sections, name).model_dump() for name in SECTIONS if name in self._params}
         self._run_params.log(flatten(resolved))
         if DATA_RECORD not in pipeline.all_outputs() and catalog.exists(DATA_RECORD):
             record_data(catalog.load(DATA_RECORD), self._run_params)

@@ -4,15 +4,13 @@ training will resume that checkpoint (engine/resume.py) and the store still has 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from mlflow import MlflowClient
 from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 
-from frcnn_pipeline.config import TrainParams
+from frcnn_pipeline.config import ModelParams, TrainParams
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
@@ -38,7 +36,7 @@ def stored_train_data_fingerprint(pipeline, catalog) -> str | None:
 
 
 def run_to_continue(
-    train: TrainParams, model: Mapping[str, Any] | None, pipeline, catalog, client: MlflowClient
+    train: TrainParams, model: ModelParams, pipeline, catalog, client: MlflowClient
 ) -> Run | None:
     """The MLflow run of the checkpoint that `train.run_name` resumes (None: the training starts a new run).
 

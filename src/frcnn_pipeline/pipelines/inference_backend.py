@@ -1,10 +1,8 @@
 """The inference backend the evaluate and predict pipelines are built for (`runtime.inference_backend`).
 
 With `onnxruntime` their inference node also reads the graph the export pipeline wrote, so the pipeline's
-inputs depend on a parameter. As for the evaluation splits (`splits.py`), `InferenceBackendHook`
-(frcnn_pipeline.framework.hooks) reads it from the run's configuration when the session's context exists,
-and the pipelines built afterwards have that input; without the hook (`kedro viz`, a test building a
-pipeline) it is `torch`, as in conf/base.
+inputs depend on a parameter: the backend is part of the run's `PipelineShape` (shape.py), as the evaluation
+splits are. Where no run decides it (`kedro viz`, a test building a pipeline) it is `torch`, as in conf/base.
 """
 
 from __future__ import annotations
@@ -20,21 +18,6 @@ EXPORT_NAMESPACES = {
     "initial_weights": "export_initial_weights",
 }
 
-_backend = TORCH
-
-
-def inference_backend() -> str:
-    """The backend pipelines are built for now."""
-    return _backend
-
-
-def use_inference_backend(name: str) -> bool:
-    """Build pipelines for this backend from now on; True if that changed it."""
-    global _backend  # noqa: PLW0603 (Kedro's pipeline registry takes no arguments)
-    changed = name != _backend
-    _backend = name
-    return changed
-
 
 def exported_graph(model: str) -> str:
     """The catalog entry of ``model``'s dynamic graph, which its export pipeline writes.
@@ -48,8 +31,3 @@ def exported_graph(model: str) -> str:
             "one (as pipelines/export_best_model) and its namespace to inference_backend.EXPORT_NAMESPACES"
         )
     return f"{EXPORT_NAMESPACES[model]}.onnx_model"
-
-
-def graph_input(model: str) -> list[str]:
-    """The extra input of an inference node on ``model``: its exported graph with onnxruntime, else none."""
-    return [exported_graph(model)] if _backend == ONNXRUNTIME else []

@@ -1,25 +1,21 @@
 """The data splits the pipelines are built for: `train`, and every evaluation split of `ingest.splits`.
 
 Kedro builds pipelines from code, before any node sees a parameter, yet the evaluation splits (val, test, ...)
-are declared in `ingest.splits`. `SplitsHook` (frcnn_pipeline.framework.hooks) reads them from the
-configuration as soon as a session's context exists (with its env and --params) and the pipelines built
-afterwards have one namespace per split. Where no session runs the hook (`kedro viz` without
-`--include-hooks`, a test building a pipeline directly) the default evaluation split is `val`, as in
-conf/base.
+are declared in `ingest.splits`: they are part of the run's `PipelineShape` (shape.py), which the pipelines
+are built from. Where no run decides it (`kedro viz`, a test building a pipeline) the default evaluation split
+is `val`, as in conf/base.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 TRAIN_SPLIT = "train"
 DEFAULT_EVALUATION_SPLITS = ("val",)
 _SPLIT_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
-
-_evaluation_splits: tuple[str, ...] = DEFAULT_EVALUATION_SPLITS
 
 
 def evaluation_splits_of(splits: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -46,20 +42,6 @@ def evaluation_splits_of(splits: Mapping[str, Any] | None) -> tuple[str, ...]:
             "ingest.splits declares no evaluation split (e.g. `val`): evaluate would have no data"
         )
     return names
-
-
-def evaluation_splits() -> tuple[str, ...]:
-    """The evaluation splits pipelines are built for now."""
-    return _evaluation_splits
-
-
-def use_evaluation_splits(names: Iterable[str]) -> bool:
-    """Build pipelines for these evaluation splits from now on; True if that changed them."""
-    global _evaluation_splits  # noqa: PLW0603 (Kedro's pipeline registry takes no arguments)
-    names = tuple(names)
-    changed = names != _evaluation_splits
-    _evaluation_splits = names
-    return changed
 
 
 def for_split(func: Callable[..., Any], split: str) -> Callable[..., Any]:

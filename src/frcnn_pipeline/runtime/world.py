@@ -85,13 +85,10 @@ class WorldConfig:
             raise LauncherConfigError(f"runtime.master_port must be a TCP port, got {self.master_port}")
 
     @classmethod
-    def from_runtime(
-        cls, runtime: Mapping[str, Any] | None, environ: Mapping[str, str] | None = None
-    ) -> WorldConfig:
-        """The world of the `runtime:` section, validated (a misspelt key is an error, not dropped), filled
-        in from the launcher's environment variables (the process's own by default)."""
-        params = RuntimeParams.parse(runtime, "runtime")
-        return resolve_world(params, os.environ if environ is None else environ)
+    def from_runtime(cls, runtime: RuntimeParams, environ: Mapping[str, str] | None = None) -> WorldConfig:
+        """The world of the validated `runtime:` section, filled in from the launcher's environment variables
+        (the process's own by default)."""
+        return resolve_world(runtime, os.environ if environ is None else environ)
 
     @property
     def world_size(self) -> int:

@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from frcnn_pipeline.config import EvaluateParams
+from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.evaluation import STAT_NAMES
 from frcnn_pipeline.evaluation.error_analysis import ERROR_TYPES
@@ -23,7 +23,7 @@ from frcnn_pipeline.pipelines.evaluate import create_pipeline
 from frcnn_pipeline.pipelines.evaluate_initial_weights import (
     create_pipeline as create_initial_weights_pipeline,
 )
-from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evaluation_splits
+from frcnn_pipeline.pipelines.shape import PipelineShape
 
 PLOTS = (
     "precision_recall_curves",
@@ -104,9 +104,10 @@ def inputs(demo_split, model_params, parameters) -> dict:
         "val_images": demo_split["val"].images,
         "categories": demo_split["train"].categories,
         "val_ground_truth": demo_split["ground_truth"],
-        "params:model": model_params,
-        "params:evaluate": parameters["evaluate"],
-        "params:runtime": parameters["runtime"],
+        # Typed, as the run configuration's hook hands them to the nodes.
+        "params:model": ModelParams.parse(model_params, "model"),
+        "params:evaluate": EvaluateParams.parse(parameters["evaluate"], "evaluate"),
+        "params:runtime": RuntimeParams.parse(parameters["runtime"], "runtime"),
     }
 
 
@@ -114,13 +115,6 @@ def inputs(demo_split, model_params, parameters) -> dict:
 def project(tmp_path, catalog_config, trained_model) -> Path:
     save_model(tmp_path, catalog_config, "trained_model", trained_model)
     return tmp_path
-
-
-@pytest.fixture
-def splits():
-    """Evaluation splits for one test; the default again afterwards."""
-    yield use_evaluation_splits
-    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
 
 
 def test_evaluate_writes_metrics_that_name_model_ground_truth_and_settings(
@@ -227,7 +221,7 @@ def test_unreadable_val_image_is_an_error_naming_it(project, inputs, catalog_con
 
 def test_a_model_parameter_that_contradicts_the_trained_model_is_an_error(project, inputs, catalog_config):
     model = inputs["params:model"]
-    contradicting = {**model, "input": {**model["input"], "format": "BGR"}}
+    contradicting = model.model_copy(update={"input": model.input.model_copy(update={"format": "BGR"})})
     with pytest.raises(
         ValueError, match=r"model\.input\.format is 'BGR' in parameters but trained_model .*'RGB'"
     ):
@@ -265,10 +259,9 @@ def test_initial_weights_are_evaluated_in_their_own_namespace_and_files(
 
 
 def test_each_evaluation_split_has_its_own_outputs_and_runs_alone(
-    project, inputs, demo_split, catalog_config, splits
+    project, inputs, demo_split, catalog_config
 ):
-    splits(("val", "test"))
-    pipeline = create_pipeline()
+    pipeline = create_pipeline(PipelineShape(("val", "test")))
     assert {"evaluate.val.coco_metrics", "evaluate.test.coco_metrics"} <= pipeline.all_outputs()
     assert pipeline.inputs() >= {"test_images", "test_ground_truth", "val_images", "val_ground_truth"}
     # The test split: the first three val images and their boxes.

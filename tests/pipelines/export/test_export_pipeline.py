@@ -8,8 +8,10 @@ import onnx
 import pytest
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_params import typed
 from test_cli import kedro_run
 
+from frcnn_pipeline.config import ExportCheckParams, ExportParams
 from frcnn_pipeline.evaluation import export_check
 from frcnn_pipeline.evaluation.export_check import ExportCheckError
 from frcnn_pipeline.export import ExportedDetector
@@ -35,16 +37,18 @@ def catalog_in(tmp_path: Path, catalog_config: dict, inputs: dict) -> DataCatalo
 
 @pytest.fixture(scope="module")
 def inputs(trained_model, demo_split, model_params, parameters) -> dict:
-    return {
-        "trained_model": trained_model,
-        "val_images": demo_split["val"].images,
-        "val_ground_truth": demo_split["ground_truth"],
-        "categories": demo_split["train"].categories,
-        "params:model": model_params,
-        "params:export": parameters["export"],
-        "params:evaluate": parameters["evaluate"],
-        "params:runtime": parameters["runtime"],
-    }
+    return typed(
+        {
+            "trained_model": trained_model,
+            "val_images": demo_split["val"].images,
+            "val_ground_truth": demo_split["ground_truth"],
+            "categories": demo_split["train"].categories,
+            "params:model": model_params,
+            "params:export": parameters["export"],
+            "params:evaluate": parameters["evaluate"],
+            "params:runtime": parameters["runtime"],
+        }
+    )
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +112,7 @@ def test_a_check_that_finds_another_ap_fails_naming_the_graph_and_carries_its_re
 
     monkeypatch.setattr(export_check, "run_onnx_inference", shifted)
     # The briefly trained model's AP is below 0.1 points: allow 0.001 points, so that the shift fails it.
-    export = {"check": {"max_ap_difference": 1e-5}}
+    export = ExportParams(check=ExportCheckParams(max_ap_difference=1e-5))
     data = [inputs[name] for name in ("val_images", "val_ground_truth", "categories", "params:model")]
     with pytest.raises(
         ExportCheckError, match=r"the dynamic graph's AP is .* in the same mode .* Allowed: 0\.001 points"
@@ -121,7 +125,7 @@ def test_a_check_that_finds_another_ap_fails_naming_the_graph_and_carries_its_re
     assert not report["passed"] and report["split"] == "val"
     dynamic = report["graphs"]["dynamic"]
     # The nearly untrained model's AP may move either way with the shift; it must move past the allowance.
-    assert dynamic["passed"] is False and abs(dynamic["ap_difference"]) > export["check"]["max_ap_difference"]
+    assert dynamic["passed"] is False and abs(dynamic["ap_difference"]) > export.check.max_ap_difference
 
 
 def test_an_export_before_training_names_the_pipelines_to_run(project):

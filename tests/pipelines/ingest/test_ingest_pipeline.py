@@ -15,23 +15,20 @@ from kedro.runner import SequentialRunner
 from kedro_datasets.pandas import ParquetDataset
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import IngestParams
+from frcnn_pipeline.config import IngestParams, ModelParams, RuntimeParams
 from frcnn_pipeline.data import demo
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.pipelines.ingest import create_pipeline
 from frcnn_pipeline.pipelines.ingest.nodes import locate_dataset
-from frcnn_pipeline.pipelines.splits import (
-    DEFAULT_EVALUATION_SPLITS,
-    evaluation_splits_of,
-    use_evaluation_splits,
-)
+from frcnn_pipeline.pipelines.shape import PipelineShape
 
 PROJECT = Path(__file__).resolve().parents[3]
 SMALL_DEMO = {"image_size": 64, "num_train_images": 10, "num_val_images": 4}
 
 
-def ingest_params(tmp_path: Path, **dotted) -> dict:
-    """The project's real `ingest` parameters (conf/base) with `--params`-style dotted overrides.
+def ingest_params(tmp_path: Path, **dotted) -> IngestParams:
+    """The project's real `ingest` parameters (conf/base) with `--params`-style dotted overrides, validated
+    (as the nodes get them).
 
     The demo always goes to tmp_path, so no test writes into the repository's data/ folder.
     """
@@ -42,7 +39,7 @@ def ingest_params(tmp_path: Path, **dotted) -> dict:
         for parent in parents:
             node = node.setdefault(parent, {})
         node[leaf] = value
-    return load_parameters("base", runtime_params=runtime)["ingest"]
+    return IngestParams.parse(load_parameters("base", runtime_params=runtime)["ingest"], "ingest")
 
 
 class KeptDataset(MemoryDataset):
@@ -52,22 +49,17 @@ class KeptDataset(MemoryDataset):
         pass
 
 
-def run_in_memory(params: dict, tmp_path: Path) -> DataCatalog:
-    """Runs the nodes on MemoryDatasets; `categories` goes through parquet, as in a real run (and stays)."""
-    pipeline = create_pipeline()
+def run_in_memory(params: IngestParams, tmp_path: Path) -> DataCatalog:
+    """Runs the nodes, in the shape ``params`` declares, on MemoryDatasets; `categories` goes through parquet,
+    as in a real run (and stays)."""
+    pipeline = create_pipeline(PipelineShape.of(params, RuntimeParams()))
     catalog = DataCatalog({name: KeptDataset() for name in pipeline.datasets() if name != "params:ingest"})
-    catalog["params:ingest"] = MemoryDataset(params)
-    catalog["params:model"] = MemoryDataset(load_parameters("base")["model"])
+    catalog["params:ingest"] = MemoryDataset(params, copy_mode="assign")
+    model = ModelParams.parse(load_parameters("base")["model"], "model")
+    catalog["params:model"] = MemoryDataset(model, copy_mode="assign")
     catalog["categories"] = ParquetDataset(filepath=str(tmp_path / "categories.parquet"))
     SequentialRunner().run(pipeline, catalog)
     return catalog
-
-
-@pytest.fixture
-def splits():
-    """Evaluation splits for one test; the default again afterwards."""
-    yield use_evaluation_splits
-    use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
 
 
 def test_pipeline_shape():
@@ -83,9 +75,8 @@ def test_pipeline_shape():
 
 
 def test_demo_end_to_end_in_memory(tmp_path):
-    params = ingest_params(tmp_path)
-    assert params["data_root"] is None  # the demo is the default
-    params["demo"].update(SMALL_DEMO)
+    params = ingest_params(tmp_path, **{f"ingest.demo.{key}": value for key, value in SMALL_DEMO.items()})
+    assert params.data_root is None  # the demo is the default
     catalog = run_in_memory(params, tmp_path)
 
     assert (tmp_path / "demo" / "manifest.json").is_file()
@@ -156,7 +147,7 @@ def test_data_root_from_parameters(tmp_path, layout):
     demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))
     root = tmp_path / "dataset"
     params = ingest_params(tmp_path, **{"ingest.data_root": str(root), **layout})
-    splits = IngestParams.parse(params, "ingest").splits  # with the defaults the layout leaves out
+    splits = params.splits  # with the defaults the layout leaves out
     for split, paths in (("train", splits["train"]), ("val", splits["val"])):
         write_coco_tree(root, paths.annotation_file, paths.image_dir, split, source)
 
@@ -174,7 +165,7 @@ def test_data_root_from_parameters(tmp_path, layout):
     assert fingerprint["annotations_declared"] == fingerprint["annotations_kept"] + 1
 
 
-def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path, splits):
+def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path):
     source = tmp_path / "source"
     demo.generate_demo_dataset(source, demo.DemoConfig(**SMALL_DEMO))
     root = tmp_path / "dataset"
@@ -184,11 +175,11 @@ def test_every_evaluation_split_gets_its_own_tables_and_ground_truth(tmp_path, s
         "ingest.splits.test.image_dir": "test",
     }
     params = ingest_params(tmp_path, **layout)
-    declared = IngestParams.parse(params, "ingest").splits  # with the default train and val
+    declared = params.splits  # with the default train and val
     for split, copied_from in (("train", "train"), ("val", "val"), ("test", "val")):
         write_coco_tree(root, declared[split].annotation_file, declared[split].image_dir, copied_from, source)
-    splits(evaluation_splits_of(declared))
-    assert {"test_images", "test_ground_truth", "val_images"} <= create_pipeline().all_outputs()
+    shape = PipelineShape.of(params, RuntimeParams())
+    assert {"test_images", "test_ground_truth", "val_images"} <= create_pipeline(shape).all_outputs()
 
     catalog = run_in_memory(params, tmp_path)
 

@@ -10,8 +10,10 @@ import torch
 from kedro.config import OmegaConfigLoader
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from kedro_params import typed
 from PIL import Image
 
+from frcnn_pipeline.config import PredictParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.pipelines.predict import create_pipeline
@@ -72,7 +74,7 @@ def catalog_in(
             {**entry, "filepath": str(tmp_path / entry["filepath"])} if "filepath" in entry else entry
         )
     catalog = DataCatalog.from_config(config, save_version=save_version)
-    for name, data in inputs.items():
+    for name, data in typed(inputs).items():
         catalog[name] = MemoryDataset(data, copy_mode="assign")
     return catalog
 
@@ -166,12 +168,12 @@ def test_a_model_without_class_names_is_refused(tmp_path, image_folder, inputs, 
 
 def test_bad_image_sources_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match=r"predict\.images is not set"):
-        list_prediction_images({"images": None})
+        list_prediction_images(PredictParams(images=None))
     with pytest.raises(FileNotFoundError, match="is not a folder"):
-        list_prediction_images({"images": str(tmp_path / "missing")})
+        list_prediction_images(PredictParams(images=str(tmp_path / "missing")))
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="No image files"):
-        list_prediction_images({"images": str(tmp_path / "empty")})
+        list_prediction_images(PredictParams(images=str(tmp_path / "empty")))
 
 
 def test_pipeline_is_tagged_and_named_for_viz():

@@ -8,13 +8,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
+from frcnn_pipeline.config import SECTIONS, EvaluateParams, ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.framework.parameter_docs import load_parameters, resolved_sections
 from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
-from frcnn_pipeline.pipelines.splits import DEFAULT_EVALUATION_SPLITS, use_evaluation_splits
+from frcnn_pipeline.pipelines.shape import PipelineShape
 from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train import nodes as train_nodes
 from frcnn_pipeline.pipelines.train.nodes import metrics_table, plot_training_curves, train_model
@@ -34,11 +35,7 @@ def test_pipeline_wiring():
 
 
 def test_evaluation_during_training_uses_the_first_evaluation_split():
-    use_evaluation_splits(("valid", "test"))
-    try:
-        train = create_pipeline().nodes[0]
-    finally:
-        use_evaluation_splits(DEFAULT_EVALUATION_SPLITS)
+    train = create_pipeline(PipelineShape(("valid", "test"))).nodes[0]
     assert train.inputs[4:6] == ["valid_images", "valid_ground_truth"]
 
 
@@ -97,7 +94,9 @@ def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_pat
     ):
         train_model(
             images, annotations, categories, SavedDetector({}, INITIAL_WEIGHTS), images, {},
-            parameters["model"], train, parameters["runtime"], parameters["evaluate"], split="val",
+            ModelParams.parse(parameters["model"], "model"), TrainParams.parse(train, "train"),
+            RuntimeParams.parse(parameters["runtime"], "runtime"),
+            EvaluateParams.parse(parameters["evaluate"], "evaluate"), split="val",
         )  # fmt: skip
     assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
 
@@ -123,7 +122,8 @@ def test_the_trained_and_best_models_carry_their_config_classes_and_provenance(m
 
     trained, best_model, _, returned, _ = train_model(
         pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame({"path": [], "image_id": []}), {},
-        parameters["model"], parameters["train"], parameters["runtime"], parameters["evaluate"], split="val",
+        *(SECTIONS[name].parse(parameters[name], name) for name in ("model", "train", "runtime", "evaluate")),
+        split="val",
     )  # fmt: skip
 
     assert returned is record and trained.kind == "trained_model" and trained.state_dict is weights
@@ -160,7 +160,9 @@ def test_a_rerun_with_nothing_to_train_saves_nothing_only_once_every_output_was_
     def rerun():
         return train_model(
             pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame(), {},
-            parameters["model"], train, parameters["runtime"], parameters["evaluate"], split="val",
+            ModelParams.parse(parameters["model"], "model"), TrainParams.parse(train, "train"),
+            RuntimeParams.parse(parameters["runtime"], "runtime"),
+            EvaluateParams.parse(parameters["evaluate"], "evaluate"), split="val",
         )  # fmt: skip
 
     # An earlier save failed: every output again, from the checkpoint.

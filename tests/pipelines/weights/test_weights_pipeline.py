@@ -16,6 +16,7 @@ from kedro.framework.hooks import _create_hook_manager
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
 
+from frcnn_pipeline.config import ModelParams, WeightsParams
 from frcnn_pipeline.framework.hooks import ReportOnFailureHook
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
@@ -40,6 +41,11 @@ def _parameters(name: str) -> dict:
     return load_parameters("base")[name]
 
 
+def _typed_model(model: dict) -> MemoryDataset:
+    """`params:model` validated, as the run configuration's hook hands it to the nodes."""
+    return MemoryDataset(ModelParams.parse(model, "model"), copy_mode="assign")
+
+
 def _catalog(tmp_path: Path, weights_params: dict) -> DataCatalog:
     entries = yaml.safe_load((CONF / "catalog_weights.yml").read_text())
     for entry in entries.values():
@@ -47,8 +53,9 @@ def _catalog(tmp_path: Path, weights_params: dict) -> DataCatalog:
             entry["filepath"] = str(tmp_path / Path(entry["filepath"]).name)
     catalog = DataCatalog.from_config(entries)
     catalog["categories"] = MemoryDataset(CATEGORIES)
-    catalog["params:model"] = MemoryDataset(_parameters("model"))
-    catalog["params:weights"] = MemoryDataset(weights_params)
+    catalog["params:model"] = _typed_model(_parameters("model"))
+    weights = WeightsParams.parse(weights_params, "weights")
+    catalog["params:weights"] = MemoryDataset(weights, copy_mode="assign")
     return catalog
 
 
@@ -154,7 +161,7 @@ def test_an_unreachable_url_names_the_url_and_where_to_put_the_file(tmp_path, ht
         "retries": 0,
     }
     with pytest.raises(WeightsFetchError, match=r"R-50.pkl: HTTP 404"):
-        fetch_pretrained_weights(params)
+        fetch_pretrained_weights(WeightsParams.parse(params, "weights"))
 
 
 def test_mismatched_conventions_are_warned_about(tmp_path, caplog):
@@ -163,7 +170,10 @@ def test_mismatched_conventions_are_warned_about(tmp_path, caplog):
     model = {**_parameters("model"), "input": {**_parameters("model")["input"], "format": "BGR"}}
     with caplog.at_level(logging.WARNING):
         convert_pretrained_weights(
-            {"source": str(path), "path": str(path)}, CATEGORIES, model, _parameters("weights")
+            {"source": str(path), "path": str(path)},
+            CATEGORIES,
+            ModelParams.parse(model, "model"),
+            WeightsParams.parse(_parameters("weights"), "weights"),
         )
     assert "torchvision weights expect RGB input but model.input.format is BGR" in caplog.text
 
@@ -174,9 +184,8 @@ def test_a_failed_conversion_still_writes_its_report(tmp_path):
     weights_params = {**_parameters("weights"), "source": str(tmp_path / "r18.pkl"), "retries": 0}
     catalog = _catalog(tmp_path, weights_params)
     model_params = _parameters("model")
-    catalog["params:model"] = MemoryDataset(
-        {**model_params, "backbone": {**model_params["backbone"], "depth": 34}}
-    )
+    deeper = {**model_params, "backbone": {**model_params["backbone"], "depth": 34}}
+    catalog["params:model"] = _typed_model(deeper)
     hooks = _create_hook_manager()
     hooks.register(ReportOnFailureHook())
     with pytest.raises(WeightsConversionError, match="backbone weight"):
@@ -196,7 +205,7 @@ def test_torchvisions_own_state_dict_loads_under_the_torchvision_recipe(tmp_path
     path = tmp_path / "fasterrcnn_resnet50_fpn.pth"
     torch.save(saved, path)
     catalog = _catalog(tmp_path, {**_parameters("weights"), "source": str(path), "retries": 0})
-    catalog["params:model"] = MemoryDataset(_parameters("_recipes")["torchvision"]["model"])
+    catalog["params:model"] = _typed_model(_parameters("_recipes")["torchvision"]["model"])
     with caplog.at_level(logging.WARNING):
         SequentialRunner().run(create_pipeline(), catalog)
     assert "weights expect" not in caplog.text and "weights need" not in caplog.text
@@ -223,7 +232,7 @@ def test_torchvisions_coco_weights_take_the_rows_of_the_categories_ids(tmp_path,
     path = tmp_path / "fasterrcnn_resnet50_fpn_coco-258fb6c6.pth"
     torch.save(saved, path)
     catalog = _catalog(tmp_path, {**_parameters("weights"), "source": str(path), "retries": 0})
-    catalog["params:model"] = MemoryDataset(_parameters("_recipes")[recipe]["model"])
+    catalog["params:model"] = _typed_model(_parameters("_recipes")[recipe]["model"])
     with caplog.at_level(logging.WARNING):
         SequentialRunner().run(create_pipeline(), catalog)
     assert ("frozen_bn_eps: 0" in caplog.text) != coco_rows
@@ -244,7 +253,7 @@ def test_coco_category_rows_from_random_weights_need_coco_ids(tmp_path):
     and a category id outside 1..90 is an error naming it."""
     model = {"backbone": {"depth": 18}, "roi_heads": {"predictor_rows": "coco_category_ids"}}
     catalog = _catalog(tmp_path, {**_parameters("weights"), "source": "none"})
-    catalog["params:model"] = MemoryDataset(model)
+    catalog["params:model"] = _typed_model(model)
     SequentialRunner().run(create_pipeline(), catalog)
     assert catalog.load("initial_weights").state_dict["roi_heads.label_rows"].tolist() == [0, 1, 2, 5]
     report = catalog.load("weights_conversion_report")

@@ -11,7 +11,7 @@ import pandas as pd
 import torch
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import EvaluateParams, RuntimeParams
+from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import analysis_plots, plots
@@ -41,9 +41,9 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model: SavedDetector,
     images: pd.DataFrame,
     categories: pd.DataFrame,
-    model_params: dict[str, Any],
-    evaluate: dict[str, Any],
-    runtime: dict[str, Any],
+    model_params: ModelParams,
+    evaluate: EvaluateParams,
+    runtime: RuntimeParams,
     onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detections on every image of the split in COCO results format (original image and category ids,
@@ -52,7 +52,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
-    options = EvaluateParams.parse(evaluate, "evaluate").inference
+    options = evaluate.inference
     records = run_model_inference(
         model,
         config,
@@ -63,7 +63,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         graph=onnx_model,
     )
     evaluated = model.describe(config_from)
-    evaluated["inference_backend"] = RuntimeParams.parse(runtime, "runtime").inference_backend
+    evaluated["inference_backend"] = runtime.inference_backend
     evaluated["arithmetic"] = describe_arithmetic(runtime, options)
     log.info("Evaluated in %s", evaluated["arithmetic"])
     unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
@@ -79,12 +79,10 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
 
 
 def compute_coco_metrics(
-    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: EvaluateParams
 ) -> CocoBoxEvaluation:
     """COCO box evaluation, identical to pycocotools' COCOeval; the table goes to the log."""
-    evaluation = evaluate_boxes(
-        ground_truth, detections, backend=EvaluateParams.parse(evaluate, "evaluate").metric_backend
-    )
+    evaluation = evaluate_boxes(ground_truth, detections, backend=evaluate.metric_backend)
     metrics = evaluation.metrics()
     header = " | ".join(f"{name:>6s}" for name in metrics)
     values = " | ".join(f"{value * 100:6.2f}" if value >= 0 else f"{'n/a':>6s}" for value in metrics.values())
@@ -96,7 +94,7 @@ def report_coco_metrics(
     evaluation: CocoBoxEvaluation,
     evaluated_model: dict[str, Any],
     ground_truth: dict[str, Any],
-    evaluate: dict[str, Any],
+    evaluate: EvaluateParams,
     *,
     split: str,
 ) -> tuple[dict[str, Any], pd.DataFrame]:
@@ -112,7 +110,6 @@ def report_coco_metrics(
     for column in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
         shown[column] = (shown[column] * 100).round(1)
     log.info("AP per category (%%):\n%s", shown.to_string(index=False))
-    settings = EvaluateParams.parse(evaluate, "evaluate")
     protocol = ground_truth.get("info", {}).get("protocol") or {}
     for deviation in protocol.get("deviations", []):
         log.warning("%s AP deviates from the COCO protocol: %s", split, deviation)
@@ -124,7 +121,8 @@ def report_coco_metrics(
             **ground_truth_fingerprint(ground_truth),
             "protocol": ground_truth.get("info", {}).get("protocol"),
         },
-        "inference": {**settings.inference.model_dump(), "metric_backend": settings.metric_backend},
+        # The record written to disk: the settings as plain values.
+        "inference": {**evaluate.inference.model_dump(), "metric_backend": evaluate.metric_backend},
     }
     return record, table
 
@@ -158,10 +156,10 @@ def draw_detection_samples(
     images: pd.DataFrame,
     ground_truth: dict[str, Any],
     detections: list[dict[str, Any]],
-    evaluate: dict[str, Any],
+    evaluate: EvaluateParams,
 ) -> Figure:
     """The images where the model errs most (missed + false boxes at IoU 0.5), boxes drawn on them."""
-    settings = EvaluateParams.parse(evaluate, "evaluate").samples
+    settings = evaluate.samples
     count, min_score = settings.count, settings.score_threshold
     names = {c["id"]: c["name"] for c in ground_truth["categories"]}
     truth_by_image = _boxes_by_image([a for a in ground_truth["annotations"] if not a.get("iscrowd", 0)])
@@ -201,10 +199,10 @@ def report_per_area_metrics(evaluation: CocoBoxEvaluation) -> pd.DataFrame:
 
 
 def analyse_errors(
-    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: EvaluateParams
 ) -> tuple[pd.DataFrame, Figure]:
     """TIDE's error breakdown (count, dAP at IoU .50 and over .50:.95 per error class) and its bar chart."""
-    settings = EvaluateParams.parse(evaluate, "evaluate").error_analysis
+    settings = evaluate.error_analysis
     breakdown = error_breakdown(ground_truth, detections, settings.background_iou)
     summary, baseline = breakdown.summary(), breakdown.baseline()
     shown = summary.copy()
@@ -218,10 +216,10 @@ def analyse_errors(
 
 
 def tabulate_confusion(
-    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: EvaluateParams
 ) -> tuple[pd.DataFrame, Figure]:
     """The confusion matrix over the classes and background (counts) and its row-normalised heatmap."""
-    settings = EvaluateParams.parse(evaluate, "evaluate").confusion_matrix
+    settings = evaluate.confusion_matrix
     matrix = confusion_matrix(
         ground_truth,
         detections,
@@ -234,10 +232,10 @@ def tabulate_confusion(
 
 
 def advise_score_thresholds(
-    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: dict[str, Any]
+    ground_truth: dict[str, Any], detections: list[dict[str, Any]], evaluate: EvaluateParams
 ) -> tuple[pd.DataFrame, Figure]:
     """Per category (and for all together) the F1-maximising score threshold with its precision and recall."""
-    settings = EvaluateParams.parse(evaluate, "evaluate").score_thresholds
+    settings = evaluate.score_thresholds
     advice = score_threshold_advice(ground_truth, detections, settings.iou_threshold)
     table = advice.table()
     log.info("F1-maximising score thresholds:\n%s", table.round(3).to_string(index=False))
@@ -248,15 +246,14 @@ def draw_worst_images(
     images: pd.DataFrame,
     ground_truth: dict[str, Any],
     detections: list[dict[str, Any]],
-    evaluate: dict[str, Any],
+    evaluate: EvaluateParams,
 ) -> Figure:
     """The images with the most errors at a deployment score threshold, each error's class on its box."""
-    parsed = EvaluateParams.parse(evaluate, "evaluate")
-    settings = parsed.worst_images
+    settings = evaluate.worst_images
     min_score, iou = settings.score_threshold, settings.iou_threshold
     kept = [d for d in detections if d["score"] >= min_score]
     matching = match_detections(ground_truth, kept, [iou])
-    labels = classify_errors(matching, parsed.error_analysis.background_iou)
+    labels = classify_errors(matching, evaluate.error_analysis.background_iou)
     paths = images.set_index(images["image_id"].astype(int))["path"]
     shown = []
     for image_index in worst_images(labels, settings.count):

@@ -7,8 +7,8 @@ own versioned files: ``data/08_reporting/<evaluation>/<split>/coco_metrics.json/
 
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.pipelines.inference_backend import graph_input
-from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+from frcnn_pipeline.pipelines.splits import for_split
 
 from .nodes import (
     advise_score_thresholds,
@@ -28,9 +28,9 @@ from .nodes import (
 SHARED_PARAMETERS = {"params:model", "params:evaluate", "params:runtime"}
 
 
-def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
+def split_pipeline(model: str, evaluation: str, split: str, shape: PipelineShape) -> Pipeline:
     """``model`` (a catalog entry holding a SavedDetector) evaluated on ``split``, in namespace
-    ``<evaluation>.<split>``."""
+    ``<evaluation>.<split>``, on ``shape``'s inference backend."""
     nodes = [
         Node(
             predict_split,
@@ -41,7 +41,7 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
                 "params:model",
                 "params:evaluate",
                 "params:runtime",
-                *graph_input(model),
+                *shape.graph_input(model),
             ],
             ["detections", "evaluated_model"],
             name="predict_split",
@@ -109,7 +109,7 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
             "images": f"{split}_images",
             "ground_truth": f"{split}_ground_truth",
             "categories": "categories",
-            **{graph: graph for graph in graph_input(model)},
+            **{graph: graph for graph in shape.graph_input(model)},
         },
         parameters=SHARED_PARAMETERS,
         namespace=f"{evaluation}.{split}",
@@ -117,9 +117,11 @@ def split_pipeline(model: str, evaluation: str, split: str) -> Pipeline:
     )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Every evaluation split of ``ingest.splits``. ``model`` (keyword): the catalog entry to evaluate,
-    ``trained_model`` by default; ``evaluation``: the namespace (and folder) of its outputs."""
-    model = kwargs.get("model", "trained_model")
-    evaluation = kwargs.get("evaluation", "evaluate")
-    return sum((split_pipeline(model, evaluation, split) for split in evaluation_splits()), Pipeline([]))
+def create_pipeline(
+    shape: PipelineShape = DEFAULT_SHAPE, model: str = "trained_model", evaluation: str = "evaluate"
+) -> Pipeline:
+    """Every evaluation split of ``shape``. ``model``: the catalog entry to evaluate; ``evaluation``: the
+    namespace (and folder) of its outputs."""
+    return sum(
+        (split_pipeline(model, evaluation, split, shape) for split in shape.evaluation_splits), Pipeline([])
+    )

@@ -4,8 +4,9 @@ pipelines by folder, hence this one)."""
 from kedro.pipeline import Pipeline
 
 from frcnn_pipeline.pipelines.evaluate.pipeline import create_pipeline as create_evaluate_pipeline
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE) -> Pipeline:
     """`initial_weights` on every evaluation split: outputs `evaluate_initial_weights.<split>.*`."""
-    return create_evaluate_pipeline(model="initial_weights", evaluation="evaluate_initial_weights")
+    return create_evaluate_pipeline(shape, model="initial_weights", evaluation="evaluate_initial_weights")

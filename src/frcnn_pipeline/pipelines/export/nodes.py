@@ -8,7 +8,7 @@ from typing import Any
 import onnx
 import pandas as pd
 
-from frcnn_pipeline.config import EvaluateParams, ExportParams
+from frcnn_pipeline.config import EvaluateParams, ExportParams, ModelParams, RuntimeParams
 from frcnn_pipeline.evaluation.export_check import check_export
 from frcnn_pipeline.export import DYNAMIC, FIXED, ExportedDetector, export_detector
 from frcnn_pipeline.modeling.saved import (
@@ -22,14 +22,14 @@ log = logging.getLogger(__name__)
 
 
 def export_onnx(
-    model: SavedDetector, images: pd.DataFrame, model_params: dict[str, Any], export: dict[str, Any]
+    model: SavedDetector, images: pd.DataFrame, model_params: ModelParams, export: ExportParams
 ) -> ExportedDetector:
     """Both graphs of the model (built from its saved config) with their descriptions, not yet checked; the
     fixed-shape graph's canvas holds the split's ``images`` (unless ``export.fixed_size`` is set)."""
     require_weights(model)
     config, _ = inference_model_config(model, model_params)
     sizes = list(zip(images["height"].astype(int), images["width"].astype(int), strict=True))
-    return export_detector(model, config, ExportParams.parse(export, "export"), image_sizes=sizes)
+    return export_detector(model, config, export, image_sizes=sizes)
 
 
 def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
@@ -38,10 +38,10 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
     images: pd.DataFrame,
     ground_truth: dict[str, Any],
     categories: pd.DataFrame,
-    model_params: dict[str, Any],
-    export: dict[str, Any],
-    evaluate: dict[str, Any],
-    runtime: dict[str, Any],
+    model_params: ModelParams,
+    export: ExportParams,
+    evaluate: EvaluateParams,
+    runtime: RuntimeParams,
     *,
     split: str,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, Any], dict[str, Any]]:
@@ -54,7 +54,7 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
     """
     check_same_categories(model, categories)
     config, _ = inference_model_config(model, model_params)
-    options = ExportParams.parse(export, "export").check
+    options = export.check
     checked = images.sort_values("image_id").head(options.max_images or len(images))
     report = check_export(
         {DYNAMIC: exported.dynamic, FIXED: exported.fixed},
@@ -64,7 +64,7 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
         ground_truth,
         runtime=runtime,
         options=options,
-        evaluation=EvaluateParams.parse(evaluate, "evaluate").inference,
+        evaluation=evaluate.inference,
         split=split,
     )
     return exported.dynamic, exported.fixed, exported.deployment, report

@@ -10,17 +10,17 @@ still saves its report.
 from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.pipelines.inference_backend import EXPORT_NAMESPACES
-from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+from frcnn_pipeline.pipelines.splits import for_split
 
 from .nodes import check_onnx_export, export_onnx
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """``model`` (keyword): the catalog entry to export, ``trained_model`` by default; its outputs go to its
-    namespace (and folder) in `EXPORT_NAMESPACES`, which evaluate and predict read on onnxruntime."""
-    model = kwargs.get("model", "trained_model")
+def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE, model: str = "trained_model") -> Pipeline:
+    """``model``: the catalog entry to export, checked on ``shape``'s first evaluation split; its outputs go
+    to its namespace (and folder) in `EXPORT_NAMESPACES`, which evaluate and predict read on onnxruntime."""
     namespace = EXPORT_NAMESPACES[model]
-    split = evaluation_splits()[0]
+    split = shape.first_evaluation_split
     return Pipeline(
         [
             Node(

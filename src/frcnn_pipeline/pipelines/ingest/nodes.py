@@ -9,7 +9,7 @@ from typing import Any
 import pandas as pd
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import IngestParams, ParameterError
+from frcnn_pipeline.config import IngestParams, ModelParams, ParameterError
 from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
@@ -19,7 +19,7 @@ from frcnn_pipeline.data.coco import (
     summarise_findings,
 )
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.modeling import anchor_coverage, resolve_model_config
+from frcnn_pipeline.modeling import anchor_coverage
 from frcnn_pipeline.pipelines.splits import TRAIN_SPLIT, evaluation_splits_of
 
 logger = logging.getLogger(__name__)
@@ -29,9 +29,8 @@ class DataRootNotFoundError(UserFacingError, FileNotFoundError):
     """`ingest.data_root` names no folder."""
 
 
-def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
+def locate_dataset(ingest: IngestParams) -> dict[str, dict[str, str]]:
     """Each split's annotation file and image folder; generates the demo when ``data_root`` is null."""
-    ingest = IngestParams.parse(params, "ingest")
     splits = [TRAIN_SPLIT, *evaluation_splits_of(ingest.splits)]
     if ingest.data_root is None:
         not_in_demo = [split for split in splits if split not in demo.SPLITS]
@@ -41,7 +40,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
                 f"{list(demo.SPLITS)}. Set ingest.data_root to your dataset, or set those splits to null."
             )
         root = Path(ingest.demo.output_dir)
-        demo.ensure_demo_dataset(root, demo.DemoConfig(**ingest.demo.model_dump(exclude={"output_dir"})))
+        demo.ensure_demo_dataset(root, ingest.demo)
         return {
             split: {
                 "annotation_file": str(demo.annotation_file(root, split)),
@@ -73,8 +72,7 @@ def locate_dataset(params: dict[str, Any]) -> dict[str, dict[str, str]]:
     return sources
 
 
-def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFrame | None = None):
-    ingest = IngestParams.parse(params, "ingest")
+def _read_split(split: str, sources: dict, ingest: IngestParams, categories: pd.DataFrame | None = None):
     validation = ingest.validation
     drop_empty = ingest.splits[split].drop_images_without_annotations
     policy = ValidationPolicy(
@@ -91,21 +89,21 @@ def _read_split(split: str, sources: dict, params: dict, categories: pd.DataFram
 
 
 def ingest_train_split(
-    sources: dict[str, dict[str, str]], params: dict[str, Any]
+    sources: dict[str, dict[str, str]], ingest: IngestParams
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """Train tables, the project's categories table, the train findings and fingerprint."""
-    split = _read_split(TRAIN_SPLIT, sources, params)
+    split = _read_split(TRAIN_SPLIT, sources, ingest)
     return split.images, split.annotations, split.categories, split.findings, split.fingerprint
 
 
 def ingest_evaluation_split(
-    sources: dict[str, dict[str, str]], categories: pd.DataFrame, params: dict[str, Any], *, split: str
+    sources: dict[str, dict[str, str]], categories: pd.DataFrame, ingest: IngestParams, *, split: str
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, dict[str, Any], dict[str, Any]]:
     """An evaluation split's tables (categories must agree with train's), findings, the ground truth it is
     scored against (``ingest.evaluation``: as published by default; its deviations are logged) and its
     fingerprint."""
-    tables = _read_split(split, sources, params, categories)
-    protocol = IngestParams.parse(params, "ingest").evaluation
+    tables = _read_split(split, sources, ingest, categories)
+    protocol = ingest.evaluation
     ground_truth = evaluation_ground_truth(tables, protocol.ground_truth, protocol.unusable_images)
     for deviation in ground_truth["info"]["protocol"]["deviations"]:
         logger.warning("%s ground truth: %s", split, deviation)
@@ -130,7 +128,7 @@ def report_validation(
 
 
 def tabulate_dataset(
-    model: dict[str, Any], *tables: pd.DataFrame, splits: tuple[str, ...]
+    model: ModelParams, *tables: pd.DataFrame, splits: tuple[str, ...]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per image (size, resized size, objects) and per box (size after the model's test-time resize, best
     anchor IoU) tables of every split, with a ``split`` column. ``tables``: images and annotations of each of
@@ -149,8 +147,8 @@ def summarise_dataset(
     dataset_images: pd.DataFrame,
     dataset_boxes: pd.DataFrame,
     categories: pd.DataFrame,
-    model: dict[str, Any],
-    ingest: dict[str, Any],
+    model: ModelParams,
+    ingest: IngestParams,
 ) -> tuple[dict[str, Any], pd.DataFrame, pd.DataFrame]:
     """The statistics summary per split, the per-class table and the box-size quantiles; logs a warning when
     many boxes are too small for any anchor to match (``ingest.statistics.unmatchable_warning_share``)."""
@@ -179,7 +177,7 @@ def summarise_dataset(
             coverage["rpn_foreground_iou"],
         )  # fmt: skip
         warning = anchor_coverage.coverage_warning(
-            split, coverage, IngestParams.parse(ingest, "ingest").statistics.unmatchable_warning_share
+            split, coverage, ingest.statistics.unmatchable_warning_share
         )
         if warning:
             logger.warning(warning)
@@ -199,9 +197,9 @@ def plot_image_sizes(dataset_images: pd.DataFrame) -> Figure:
     return statistics_plots.image_sizes_figure(dataset_images)
 
 
-def plot_box_sizes(dataset_boxes: pd.DataFrame, model: dict[str, Any]) -> Figure:
+def plot_box_sizes(dataset_boxes: pd.DataFrame, model: ModelParams) -> Figure:
     """Boxes after the resize against the model's anchors and the RPN's IoU thresholds."""
-    background_iou, foreground_iou = resolve_model_config(model)["rpn"]["iou_thresholds"]
+    background_iou, foreground_iou = model.rpn.iou_thresholds
     return statistics_plots.box_sizes_figure(
         dataset_boxes, anchor_coverage.anchor_shapes(model), foreground_iou, background_iou
     )

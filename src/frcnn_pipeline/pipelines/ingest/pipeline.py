@@ -5,7 +5,8 @@ from functools import partial
 
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+from frcnn_pipeline.pipelines.splits import for_split
 
 from .nodes import (
     ingest_evaluation_split,
@@ -21,11 +22,11 @@ from .nodes import (
 )
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE) -> Pipeline:
     """One validation node per split: `train` gives `train_*` and `categories`; each evaluation split `S`
-    of `ingest.splits` (val, test, ...) gives `S_images`, `S_annotations`, `S_ground_truth` and
+    of ``shape`` (val, test, ...) gives `S_images`, `S_annotations`, `S_ground_truth` and
     `S_fingerprint`."""
-    splits = evaluation_splits()
+    splits = shape.evaluation_splits
     return Pipeline(
         [
             Node(locate_dataset, "params:ingest", "ingest_sources", name="locate_dataset"),

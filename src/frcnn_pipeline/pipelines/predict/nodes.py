@@ -10,7 +10,7 @@ from typing import Any
 import onnx
 from PIL import Image
 
-from frcnn_pipeline.config import PredictParams, RuntimeParams
+from frcnn_pipeline.config import ModelParams, PredictParams, RuntimeParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation.drawing import draw_predictions
 from frcnn_pipeline.evaluation.inference import run_model_inference
@@ -26,9 +26,9 @@ log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-def list_prediction_images(predict: dict[str, Any]) -> list[str]:
+def list_prediction_images(predict: PredictParams) -> list[str]:
     """``predict.images``: a folder (searched recursively for image files) or a list of image paths."""
-    source = PredictParams.parse(predict, "predict").images
+    source = predict.images
     if not source:
         raise ValueError(
             "predict.images is not set: give a folder or a list of image paths, e.g. "
@@ -56,9 +56,9 @@ def list_prediction_images(predict: dict[str, Any]) -> list[str]:
 def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model: SavedDetector,
     image_paths: list[str],
-    model_params: dict[str, Any],
-    predict: dict[str, Any],
-    runtime: dict[str, Any],
+    model_params: ModelParams,
+    predict: PredictParams,
+    runtime: RuntimeParams,
     onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Inference records, one per path (``error`` set for images that could not be read), and the model
@@ -73,11 +73,11 @@ def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
         len(categories),
         image_paths,
         runtime=runtime,
-        options=PredictParams.parse(predict, "predict").inference,
+        options=predict.inference,
         graph=onnx_model,
     )
-    backend = RuntimeParams.parse(runtime, "runtime").inference_backend
-    return records, {**model.describe(config_from), "inference_backend": backend, "categories": categories}
+    described = model.describe(config_from)
+    return records, {**described, "inference_backend": runtime.inference_backend, "categories": categories}
 
 
 def _by_label(prediction_model: dict[str, Any], key: str, background: Any) -> list[Any]:
@@ -89,11 +89,11 @@ def build_prediction_results(
     records: list[dict[str, Any]],
     image_paths: list[str],
     prediction_model: dict[str, Any],
-    predict: dict[str, Any],
+    predict: PredictParams,
 ) -> dict[str, Any]:
     """The results JSON: per image its boxes (xyxy and COCO xywh), category ids and names, scores;
     the images that could not be read, with the reason; the model that predicted them."""
-    min_score = PredictParams.parse(predict, "predict").score_threshold
+    min_score = predict.score_threshold
     names = _by_label(prediction_model, "name", "__background__")
     category_ids = _by_label(prediction_model, "category_id", -1)
     images, unreadable = [], []
@@ -145,10 +145,10 @@ def draw_prediction_images(
     records: list[dict[str, Any]],
     image_paths: list[str],
     prediction_model: dict[str, Any],
-    predict: dict[str, Any],
+    predict: PredictParams,
 ) -> dict[str, Callable[[], Image.Image]]:
     """The readable images with their boxes (score >= predict.score_threshold) drawn, saved lazily."""
-    min_score = PredictParams.parse(predict, "predict").score_threshold
+    min_score = predict.score_threshold
     names = _by_label(prediction_model, "name", "__background__")
     output_names = _output_names(image_paths)
 

@@ -2,18 +2,18 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.pipelines.inference_backend import graph_input
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 
 from .nodes import build_prediction_results, draw_prediction_images, list_prediction_images, predict_images
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Keywords: ``model``, the catalog entry of the model to use (``trained_model`` by default);
-    ``namespace``, ``predict`` by default, whose datasets keep their plain names (``prediction_results``...),
+def create_pipeline(
+    shape: PipelineShape = DEFAULT_SHAPE, model: str = "trained_model", namespace: str = "predict"
+) -> Pipeline:
+    """``shape``: its inference backend; ``model``, the catalog entry of the model to use; ``namespace``,
+    ``predict`` by default, whose datasets keep their plain names (``prediction_results``...),
     while any other namespace prefixes them (``predict_initial_weights.prediction_results``), so that each
     model's predictions have their own catalog entries and folders."""
-    model = kwargs.get("model", "trained_model")
-    namespace = kwargs.get("namespace", "predict")
     nodes = Pipeline(
         [
             Node(
@@ -30,7 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:model",
                     "params:predict",
                     "params:runtime",
-                    *graph_input(model),
+                    *shape.graph_input(model),
                 ],
                 ["prediction_records", "prediction_model"],
                 name="predict_images",
@@ -53,7 +53,7 @@ def create_pipeline(**kwargs) -> Pipeline:
         return Pipeline(nodes, tags=namespace, namespace=namespace, prefix_datasets_with_namespace=False)
     return Pipeline(
         nodes,
-        inputs={model, *graph_input(model)},
+        inputs={model, *shape.graph_input(model)},
         parameters={"params:model", "params:predict", "params:runtime"},
         tags=namespace,
         namespace=namespace,

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from matplotlib.figure import Figure
 
-from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import outputs_saved
 from frcnn_pipeline.engine.tracking import TrackingTarget
@@ -32,10 +32,10 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     initial_weights: SavedDetector,
     eval_images: pd.DataFrame,
     eval_ground_truth: dict[str, Any],
-    model: dict[str, Any],
-    train: dict[str, Any],
-    runtime: dict[str, Any],
-    evaluate: dict[str, Any],
+    model: ModelParams,
+    train: TrainParams,
+    runtime: RuntimeParams,
+    evaluate: EvaluateParams,
     *,
     split: str,
 ) -> tuple[Any, Any, Any, Any, Any]:
@@ -49,12 +49,8 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     The MLflow run kedro-mlflow opened (if any) is handed to the workers, which log into it live.
     """
     model_config = resolve_model_config(model)
-    # The sections validated here, until the framework hands nodes typed sections.
-    train_params = TrainParams.parse(train, "train")
-    runtime_params = RuntimeParams.parse(runtime, "runtime")
-    world = WorldConfig.from_runtime(runtime)
     evaluator = None
-    if train_params.eval_period:
+    if train.eval_period:
         evaluator = DetectionEvaluator.for_split(
             split, eval_images, eval_ground_truth, categories, model_config, evaluate
         )
@@ -63,9 +59,9 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
         train_annotations,
         len(categories),
         model_config,
-        train_params,
-        runtime_params,
-        world,
+        train,
+        runtime,
+        WorldConfig.from_runtime(runtime),
         initial_weights.state_dict,
         evaluator=evaluator,
         tracking=TrackingTarget.of_active_run(),

@@ -2,14 +2,15 @@
 
 from kedro.pipeline import Node, Pipeline
 
-from frcnn_pipeline.pipelines.splits import evaluation_splits, for_split
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+from frcnn_pipeline.pipelines.splits import for_split
 
 from .nodes import train_model
 
 
-def create_pipeline(**kwargs) -> Pipeline:
-    """Evaluation during training (`train.eval_period`) uses the first evaluation split of `ingest.splits`."""
-    split = evaluation_splits()[0]
+def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE) -> Pipeline:
+    """Evaluation during training (`train.eval_period`) uses ``shape``'s first evaluation split."""
+    split = shape.first_evaluation_split
     return Pipeline(
         [
             Node(

@@ -1,12 +1,11 @@
 """Nodes of the weights pipeline; the work is done by frcnn_pipeline.weights and frcnn_pipeline.modeling."""
 
 import logging
-from typing import Any
 
 import pandas as pd
 import torch
 
-from frcnn_pipeline.config import WeightsParams
+from frcnn_pipeline.config import ModelParams, WeightsParams
 from frcnn_pipeline.modeling import build_model, resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
@@ -24,12 +23,11 @@ logger = logging.getLogger(__name__)
 RANDOM_SOURCES = {"none", "random", ""}
 
 
-def fetch_pretrained_weights(weights: dict[str, Any]) -> dict[str, str | None]:
+def fetch_pretrained_weights(params: WeightsParams) -> dict[str, str | None]:
     """Resolve `weights.source` to a local file (downloading into `weights.cache_dir` once).
 
     Returns `{"source": ..., "path": None}` for random initialisation (`source: none`).
     """
-    params = WeightsParams.parse(weights, "weights")
     source = params.source.strip()
     if source.lower() in RANDOM_SOURCES:
         return {"source": "none", "path": None}
@@ -47,8 +45,8 @@ def fetch_pretrained_weights(weights: dict[str, Any]) -> dict[str, str | None]:
 def convert_pretrained_weights(
     pretrained: dict[str, str | None],
     categories: pd.DataFrame,
-    model: dict[str, Any],
-    weights: dict[str, Any],
+    model: ModelParams,
+    params: WeightsParams,
 ) -> tuple[SavedDetector, pd.DataFrame]:
     """The model's complete initial state dict (with the class mapping and its source), and a report with
     one row per key.
@@ -57,7 +55,6 @@ def convert_pretrained_weights(
     box predictor) and `source: none` are initialised deterministically.
     """
     num_classes = len(categories)
-    params = WeightsParams.parse(weights, "weights")
     torch.manual_seed(params.seed)
     model_state = build_model(model, num_classes).state_dict()
     if pretrained["path"] is None:

@@ -2,10 +2,13 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
+
 from .nodes import convert_pretrained_weights, fetch_pretrained_weights
 
 
-def create_pipeline(**kwargs) -> Pipeline:
+def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE) -> Pipeline:
+    """The same for every shape."""
     return Pipeline(
         [
             Node(fetch_pretrained_weights, "params:weights", "pretrained_weights_file", name="fetch_weights"),
