@@ -68,7 +68,7 @@ def train_check(
                 resolve_model_config(configs["model"]),
                 TrainParams.parse(train, "train"),
                 RuntimeParams.parse(runtime, "runtime"),
-                WorldConfig.from_runtime(runtime),
+                WorldConfig.from_runtime(RuntimeParams.parse(runtime, "runtime")),
                 initial,
                 build=audit,
             )
@@ -149,7 +149,7 @@ def eval_check(
         configs["model"],
         NUM_CLASSES,
         images["path"].tolist(),
-        runtime=configs["runtime"],
+        runtime=RuntimeParams.parse(configs["runtime"], "runtime"),
         options=configs["inference"],
     )
     wall = time.perf_counter() - started

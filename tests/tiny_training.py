@@ -99,14 +99,15 @@ def train_from_parameters(  # noqa: PLR0917 (as train_detector)
 ) -> dict[str, Any]:
     """`train_detector` on the `model:`, `train:` and `runtime:` sections as a run's parameters give them
     (partial dicts), validated here as the train node does."""
+    runtime_params = RuntimeParams.parse(runtime, "runtime")
     return train_detector(
         images,
         annotations,
         num_classes,
         resolve_model_config(model),
         TrainParams.parse(train, "train"),
-        RuntimeParams.parse(runtime, "runtime"),
-        WorldConfig.from_runtime(runtime),
+        runtime_params,
+        WorldConfig.from_runtime(runtime_params),
         *args,
         **kwargs,
     )

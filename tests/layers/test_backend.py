@@ -8,7 +8,7 @@ import logging
 import pytest
 import torch
 
-from frcnn_pipeline.layers import backend
+from frcnn_pipeline.layers import backend, kernel_report
 
 LOGGER = "frcnn_pipeline.layers.backend"
 
@@ -89,10 +89,10 @@ def test_torchvisions_own_kernels_are_not_probed():
 
 def test_describe_reports_each_ops_choice_on_the_device_and_why():
     cpu = torch.device("cpu")
-    assert backend.describe(cpu) == {
+    assert kernel_report.describe(cpu) == {
         "nms": "torchvision (torchvision::nms has a kernel for cpu)",
         "roi_align (aligned=True)": "torchvision (torchvision::roi_align has a kernel for cpu)",
         "roi_align (aligned=False)": "torchvision (torchvision::roi_align has a kernel for cpu)",
     }
     backend.configure("portable")
-    assert set(backend.describe(cpu).values()) == {"portable (runtime.detection_ops is portable)"}
+    assert set(kernel_report.describe(cpu).values()) == {"portable (runtime.detection_ops is portable)"}

@@ -19,9 +19,17 @@ wrote under this run's version is removed: a truncated file is never the latest 
 from __future__ import annotations
 
 import logging
+from pathlib import PurePosixPath
 from typing import Any
 
-from kedro.io.core import VERSIONED_FLAG_KEY, AbstractDataset, AbstractVersionedDataset, Version
+import fsspec
+from kedro.io.core import (
+    VERSIONED_FLAG_KEY,
+    AbstractDataset,
+    AbstractVersionedDataset,
+    Version,
+    get_protocol_and_path,
+)
 
 from frcnn_pipeline.datasets.versioned_fsspec import OutputWriteError, remove_failed_write
 
@@ -69,6 +77,10 @@ class KeepUnchangedDataset(AbstractDataset):
             )
         config = {**dataset, VERSIONED_FLAG_KEY: True} if version else dict(dataset)
         self._versioned = version is not None
+        # Where the wrapped dataset writes, from its own config: Kedro keeps that private.
+        self._protocol, self._filepath = get_protocol_and_path(str(dataset.get("filepath", "")))
+        self._storage_options = {**(dataset.get("fs_args") or {}), **(dataset.get("credentials") or {})}
+        self._described = {key: value for key, value in dataset.items() if key != "credentials"}
         self._dataset = AbstractDataset.from_config(
             "wrapped", config, *((version.load, version.save) if version else ())
         )
@@ -91,7 +103,7 @@ class KeepUnchangedDataset(AbstractDataset):
                     "Nothing new to save, but %s holds no saved version (deleted?): delete "
                     "outputs_saved.json in the run's checkpoint folder and run again to save it from the "
                     "last checkpoint",
-                    getattr(self._dataset, "_filepath", self._dataset),
+                    self._filepath or self._dataset,
                 )
                 return
             log.info("Nothing new to save: the latest %s stays as it is", type(self._dataset).__name__)
@@ -103,17 +115,18 @@ class KeepUnchangedDataset(AbstractDataset):
             if cause is None:
                 raise
             path = self._save_path()
-            filesystem = getattr(self._dataset, "_fs", None)
-            if path is not None and filesystem is not None:
+            if path is not None:
+                filesystem = fsspec.filesystem(self._protocol or "file", **self._storage_options)
                 remove_failed_write(filesystem, path, versioned=True)
             raise OutputWriteError(path or repr(self._dataset), cause, then=_AFTER_A_FAILED_SAVE) from error
 
     def _save_path(self) -> str | None:
         """The file this session's version goes to (None when not versioned: the path holds older data)."""
         inner = self._dataset
-        if self._versioned and isinstance(inner, AbstractVersionedDataset):
-            # `_get_save_path()` refuses a path that exists: the failed write's own file.
-            return str(inner._get_versioned_path(inner.resolve_save_version()))
+        if self._versioned and self._filepath and isinstance(inner, AbstractVersionedDataset):
+            # Kedro's layout of a versioned file: <filepath>/<version>/<its name>
+            filepath = PurePosixPath(self._filepath)
+            return str(filepath / inner.resolve_save_version() / filepath.name)
         return None
 
     def _exists(self) -> bool:
@@ -123,7 +136,7 @@ class KeepUnchangedDataset(AbstractDataset):
         self._dataset.release()
 
     def _describe(self) -> dict[str, Any]:
-        return {"dataset": self._dataset._describe(), "skips": "UNCHANGED"}
+        return {"dataset": self._described, "skips": "UNCHANGED"}
 
 
 def _os_error_in(error: BaseException) -> OSError | None:

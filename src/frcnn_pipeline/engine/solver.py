@@ -8,13 +8,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils import _foreach_utils
 
 from frcnn_pipeline.config import SolverParams
 
 log = logging.getLogger(__name__)
 
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
+_NORM_TYPES = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
+)  # fmt: skip
 
 
 def scaled_lr(base_lr: float, total_batch: int, reference_batch: int | None) -> float:
@@ -81,17 +84,24 @@ def build_optimizer(
 _FUSED_DEVICES = {"cpu", "cuda"}
 
 
-def fused_optimizer_devices() -> set[str]:
-    """The device types whose fused SGD/AdamW kernels this torch has, of those this project fuses on."""
-    # The list torch's optimizers check `fused=True` against (torch 2.3: cuda, xpu and the PrivateUse1
-    # backend; cpu and mps from 2.4); private, and the only place torch says it.
-    return _FUSED_DEVICES & set(_foreach_utils._get_fused_kernels_supported_devices())
+def has_fused_kernels(device_type: str) -> bool:
+    """Whether this torch's optimizers step with ``fused=True`` on ``device_type`` (torch 2.3: cuda only of
+    the two this project fuses on; cpu from 2.4). torch says so only in a private list, so one step of a
+    one-element SGD asks its optimizers themselves."""
+    parameter = torch.zeros(1, device=device_type, requires_grad=True)
+    parameter.grad = torch.ones_like(parameter)
+    try:
+        torch.optim.SGD([parameter], lr=0.1, fused=True).step()
+    except RuntimeError:
+        return False
+    return True
 
 
 def _fused_where_available(groups: list[dict[str, Any]]) -> dict[str, bool]:
     """``fused=True`` when every parameter lives where this torch has fused kernels; else torch's default."""
     devices = {parameter.device.type for group in groups for parameter in group["params"]}
-    return {"fused": True} if devices and devices <= fused_optimizer_devices() else {}
+    fused = devices and devices <= _FUSED_DEVICES and all(map(has_fused_kernels, devices))
+    return {"fused": True} if fused else {}
 
 
 def lr_milestones(solver: SolverParams, iters_per_epoch: int) -> list[int]:

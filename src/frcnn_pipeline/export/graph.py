@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.onnx.operators import shape_as_tensor
 from torchvision.models.detection.image_list import ImageList
 
 from frcnn_pipeline.export.pil_resize import pil_bilinear_resize
@@ -80,7 +81,7 @@ class ImageDetector(_Detector):
 
     def forward(self, image: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         transform = self.transform
-        original = torch._shape_as_tensor(image)[-2:]
+        original = shape_as_tensor(image)[-2:]
         resized = resized_size(
             original, transform.min_size_test, transform.max_size, transform.resize_rounding
         )

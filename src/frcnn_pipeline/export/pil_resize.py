@@ -11,6 +11,7 @@ is an ONNX Range): the graph follows every image size.
 
 import torch
 from torch import Tensor
+from torch.onnx.operators import shape_as_tensor
 
 PRECISION_BITS = 22  # Resample.c: 32 - 8 - 2
 
@@ -57,7 +58,7 @@ def _vertical(pixels: Tensor, in_size: Tensor, out_size: Tensor) -> Tensor:
 def pil_bilinear_resize(image: Tensor, size: Tensor) -> Tensor:
     """`PIL.Image.resize((w, h), BILINEAR)` of a uint8 image [C, H, W] to `size` (int64 [2]: h, w), bit for
     bit, as int32 values 0-255. A pass whose size does not change is the identity, as Pillow skips it."""
-    height, width = torch._shape_as_tensor(image)[-2:].unbind()
+    height, width = shape_as_tensor(image)[-2:].unbind()
     new_h, new_w = size.unbind()
     pixels = image.to(torch.int32)
     shrink_h, shrink_w = height - new_h, width - new_w

@@ -70,14 +70,8 @@ def choose(
     return _choices[key][0]
 
 
-def describe(device: torch.device) -> dict[str, str]:
-    """Each detection op's implementation on `device` and why, as the model calls them (for reports)."""
-    # Imported here: the op modules import this one, and the RoIAlign choice needs its parity check.
-    from frcnn_pipeline.layers.roi_align import roi_align_implementation
-
-    choose("nms", device.type)
-    for aligned in (True, False):
-        roi_align_implementation(device, aligned)
+def chosen(device: torch.device) -> dict[str, str]:
+    """Each detection op's implementation on `device` and why, of those chosen so far under this setting."""
     return {
         f"{op} ({variant})" if variant else op: f"{choice} ({reason})"
         for (setting, op, device_type, variant, _), (choice, reason) in _choices.items()

@@ -18,7 +18,7 @@ import torch
 import torchvision
 
 import frcnn_pipeline
-from frcnn_pipeline.layers import backend
+from frcnn_pipeline.layers import backend, kernel_report
 from frcnn_pipeline.runtime import devices
 
 ENVIRONMENT_VARIABLES = (
@@ -115,5 +115,5 @@ def describe_detection_ops(device: torch.device) -> dict[str, Any]:
     """torchvision's kernels that run on `device`, and the implementation each of the project's detection ops
     takes there and why (frcnn_pipeline.layers.backend; on NPU that runs the RoIAlign parity probe)."""
     # The backend first: on NPU it imports torchvision_npu, which registers torchvision's NPU kernels.
-    layers = backend.describe(device)
+    layers = kernel_report.describe(device)
     return {"torchvision": probe_torchvision_ops(device), "frcnn_pipeline.layers": layers}

@@ -31,6 +31,7 @@ SHARED_PARAMETERS = {"params:model", "params:evaluate", "params:runtime"}
 def split_pipeline(model: str, evaluation: str, split: str, shape: PipelineShape) -> Pipeline:
     """``model`` (a catalog entry holding a SavedDetector) evaluated on ``split``, in namespace
     ``<evaluation>.<split>``, on ``shape``'s inference backend."""
+    # Long because the split's nodes are one flat list, read top to bottom as the pipeline runs.
     nodes = [
         Node(
             predict_split,

@@ -48,6 +48,7 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     nothing. When an earlier save failed, the rerun returns them again from the checkpoint, without training.
     The MLflow run kedro-mlflow opened (if any) is handed to the workers, which log into it live.
     """
+    # Long because its docstring says what each of the five outputs holds in each case.
     model_config = resolve_model_config(model)
     evaluator = None
     if train.eval_period:
