@@ -233,6 +233,16 @@ def test_build_runs_the_copied_code_and_writes_the_site(viz: VizBuild) -> None:
     assert task_names == {node["name"] for node in viz.registry["nodes"]}
 
 
+def test_datasets_not_produced_yet_are_named_once_without_a_warning_each(viz: VizBuild) -> None:
+    """Only ingest ran: the models, metrics and plots have no version yet. One line names them."""
+    output = viz.build_process.stdout + viz.build_process.stderr
+    assert "could not be previewed" not in output, output[-4000:]
+    [line] = [line for line in output.splitlines() if "not produced yet" in line]
+    count, names = int(line.split()[0]), line.split(": ", 1)[1].split(" and ")[0].split(", ")
+    assert count > 20 and len(names) == 6 and line.endswith(f"and {count - 6} more")
+    assert names == sorted(names) and "categories" not in names  # ingest wrote it: it is previewed
+
+
 def test_build_sends_no_telemetry(viz: VizBuild) -> None:
     assert "heapanalytics" not in (viz.build / "index.html").read_text(encoding="utf-8")
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import logging
 import re
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -116,8 +118,57 @@ def viz_site(ctx: click.Context, include_previews: bool) -> None:
     """`kedro viz build` into build/, then made fully offline (no Google Fonts links)."""
     from kedro_viz.launchers.cli.build import build
 
-    ctx.invoke(build, include_hooks=False, include_previews=include_previews)
+    with tempfile.TemporaryDirectory() as folder:
+        not_produced = NotProducedYet(Path(folder) / "not_produced.txt")
+        preview_log = logging.getLogger(PREVIEW_LOGGER)
+        preview_log.addFilter(not_produced)
+        try:
+            ctx.invoke(build, include_hooks=False, include_previews=include_previews)
+        finally:
+            preview_log.removeFilter(not_produced)
+        names = not_produced.names()
     index = Path("build") / "index.html"
     if not index.is_file():
         raise click.ClickException("kedro viz build wrote no build/index.html; see its output above")
+    if names:
+        more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
+        click.echo(
+            f"{len(names)} dataset(s) not produced yet, so not previewed (run their pipelines, then build "
+            f"again): {', '.join(names[:SHOWN_NAMES])}{more}"
+        )
     click.echo(f"Offline site in build/ ({strip_remote_fonts(index)} remote font link(s) removed)")
+
+
+# kedro-viz logs one warning per dataset it cannot preview, a versioned one not saved yet included.
+PREVIEW_LOGGER = "kedro_viz.models.flowchart.node_metadata"
+SHOWN_NAMES = 6  # of the datasets not produced yet, in the build's one line about them
+
+
+class NotProducedYet(logging.Filter):
+    """Drops kedro-viz's warning for a dataset with no file yet (or no version yet), keeping its name in
+    `record`: the build then says once which datasets were not produced yet. Any other preview failure still
+    warns. kedro-viz builds in a forked process, which inherits this filter; the names come back in the file.
+    """
+
+    def __init__(self, record: Path) -> None:
+        super().__init__()
+        self.record = record
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        if len(args) == 3 and _is_missing(str(args[1]), str(args[2])):
+            with self.record.open("a", encoding="utf-8") as names:
+                names.write(f"{args[0]}\n")
+            return False
+        return True
+
+    def names(self) -> list[str]:
+        """The datasets not produced yet, each once, sorted."""
+        return sorted(set(self.record.read_text(encoding="utf-8").split())) if self.record.exists() else []
+
+
+def _is_missing(error_type: str, message: str) -> bool:
+    """kedro-datasets wrap a missing file in a DatasetError; a versioned one's is a VersionNotFoundError."""
+    if error_type in {"FileNotFoundError", "VersionNotFoundError"}:
+        return True
+    return error_type == "DatasetError" and ("No such file or directory" in message or "versions" in message)
