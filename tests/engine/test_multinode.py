@@ -32,6 +32,7 @@ import torch
 import yaml
 from tiny_training import ALL_SAMPLES_MODEL, train_from_parameters, write_tiny_dataset
 
+from frcnn_pipeline.config import SECTIONS
 from frcnn_pipeline.datasets import DetectorDataset
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.framework.parameter_docs import load_parameters
@@ -78,6 +79,11 @@ def _ground_truth(images: pd.DataFrame, annotations: pd.DataFrame) -> dict:
 
 def _parameters(project: Path) -> dict:
     return load_parameters("tiny", conf_source=project / "conf")
+
+
+def typed_sections(parameters: dict) -> dict:
+    """Each section validated, as the run configuration hands them to the nodes."""
+    return {name: SECTIONS[name].parse(value, name) for name, value in parameters.items() if name in SECTIONS}
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +149,7 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 def _evaluated_here(project: Path, version: Path) -> tuple[list[dict], dict]:
     """The detections and metrics of the model at `version`, computed in this process on one thread."""
-    parameters, data = _parameters(project), project / "data"
+    parameters, data = typed_sections(_parameters(project)), project / "data"
     val_images = pd.read_parquet(data / "03_primary" / "val_images.parquet")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

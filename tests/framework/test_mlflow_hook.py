@@ -22,7 +22,7 @@ from kedro_datasets.json import JSONDataset
 from mlflow import MlflowClient
 from tracking_stores import locked_by_another_process, read_only
 
-from frcnn_pipeline.framework.hooks import NotTheMainProcessError
+from frcnn_pipeline.framework.hooks import NotTheMainProcessError, RunConfigHook
 from frcnn_pipeline.framework.mlflow_hook import ProjectMlflowHook
 from frcnn_pipeline.framework.mlflow_store import TrackingStoreError
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
@@ -213,7 +213,7 @@ def test_catalog_metadata_logs_artefacts_and_metrics(tmp_path, store):
         metadata={"mlflow": {"artifact_path": "evaluate/val", "log_metrics": "metrics"}},
     )
     untracked = JSONDataset(filepath=str(tmp_path / "other.json"))
-    hook = ProjectMlflowHook()
+    hook = ProjectMlflowHook(RunConfigHook())
     hook._catalog = DataCatalog(
         {"coco_metrics": metrics, "evaluate.val.coco_metrics": record, "other": untracked}
     )
@@ -253,7 +253,7 @@ def test_a_loaded_model_is_recorded_with_its_file_and_the_run_that_trained_it(st
         provenance={"tracking_run_id": "a" * 32},
         origin={"sha256": "b" * 64, "version": "2026-01-01T00.00.00.000Z"},
     )
-    hook = ProjectMlflowHook()
+    hook = ProjectMlflowHook(RunConfigHook())
     run_id = _in_run(uri, experiment, lambda: hook.after_dataset_loaded("trained_model", model, node=None))
     run = client.get_run(run_id)
     assert run.data.params == {
@@ -269,7 +269,7 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
         filepath=str(tmp_path / "coco_metrics.json"),
         metadata={"mlflow": {"artifact_path": "evaluate", "log_metrics": True}},
     )
-    hook = ProjectMlflowHook()
+    hook = ProjectMlflowHook(RunConfigHook())
     hook._catalog = DataCatalog({"coco_metrics": metrics})
     hook._store_uri = uri  # as after_context_created sets it
 
@@ -292,7 +292,7 @@ def test_a_store_that_fails_mid_run_costs_one_warning_and_not_the_run(tmp_path, 
 
 def test_a_failed_run_is_closed_in_one_line_however_many_nodes_reentered_it(store, caplog):
     uri, client, experiment = store
-    hook = ProjectMlflowHook()
+    hook = ProjectMlflowHook(RunConfigHook())
     previous_uri = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
