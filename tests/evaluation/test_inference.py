@@ -82,8 +82,16 @@ def test_options_are_validated():
         InferenceParams.parse({"batchsize": 2}, "evaluate.inference")
     with pytest.raises(ValueError, match=r"evaluate.inference.batch_size: 0 must be >= 1"):
         InferenceParams.parse({"batch_size": 0}, "evaluate.inference")
-    cfg = InferenceParams(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).applied_to({})
-    assert cfg["roi_heads"] == {"score_thresh_test": 0.3, "nms_thresh_test": 0.6, "detections_per_image": 7}
+    model = ModelParams()
+    cfg = InferenceParams(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).applied_to(model)
+    roi = cfg.roi_heads
+    assert (roi.score_thresh_test, roi.nms_thresh_test, roi.detections_per_image) == (0.3, 0.6, 7)
+    changed = {key for key, value in cfg.flat().items() if model.flat()[key] != value}
+    assert changed == {
+        "roi_heads.score_thresh_test",
+        "roi_heads.nms_thresh_test",
+        "roi_heads.detections_per_image",
+    }
 
 
 def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, image_paths):
