@@ -33,6 +33,7 @@ import yaml
 from model_configs import model_params
 from tiny_training import ALL_SAMPLES_MODEL, train_from_parameters, write_tiny_dataset
 
+from frcnn_pipeline.config import SECTIONS
 from frcnn_pipeline.datasets import DetectorDataset
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.framework.parameter_docs import load_parameters
@@ -144,7 +145,8 @@ ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 def _evaluated_here(project: Path, version: Path) -> tuple[list[dict], dict]:
     """The detections and metrics of the model at `version`, computed in this process on one thread."""
-    parameters, data = _parameters(project), project / "data"
+    data, given = project / "data", _parameters(project)
+    parameters = {name: section.parse(given[name], name) for name, section in SECTIONS.items()}
     val_images = pd.read_parquet(data / "03_primary" / "val_images.parquet")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
