@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.config import InferenceParams, ModelParams
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
@@ -32,8 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    cfg = load_parameters("base")["model"]
-    cfg["input"] = {**cfg["input"], "min_size_test": 800, "max_size": 1333}
+    model = load_parameters("base")["model"]
+    cfg = ModelParams.parse(
+        {**model, "input": {**model["input"], "min_size_test": 800, "max_size": 1333}}, "model"
+    )
     torch.manual_seed(0)
     weights = build_model(cfg, 4).state_dict()
     rng = np.random.default_rng(0)

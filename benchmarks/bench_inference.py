@@ -25,11 +25,11 @@ from pathlib import Path
 import torch
 from references import stock_fasterrcnn_resnet50_fpn
 
-from frcnn_pipeline.config import InferenceParams
+from frcnn_pipeline.config import InferenceParams, ModelParams
 from frcnn_pipeline.evaluation.cpu_precision import native_bf16_instructions
 from frcnn_pipeline.evaluation.inference import prepare_for_inference
 from frcnn_pipeline.export import OnnxDetector, export_detector
-from frcnn_pipeline.modeling import build_model, default_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 REFERENCE = "torchvision stock fp32"
@@ -63,7 +63,7 @@ def time_round_robin(models: dict, inputs: dict, rounds: int) -> dict[str, float
 def card_model() -> SavedDetector:
     """detectron2's R-50-FPN (800/1333), random weights, as a saved model (what the export takes)."""
     torch.manual_seed(0)
-    model = build_model(default_model_config(), NUM_CLASSES)
+    model = build_model(ModelParams(), NUM_CLASSES)
     categories = [{"label": i, "category_id": i + 1, "name": f"class {i + 1}"} for i in range(NUM_CLASSES)]
     return SavedDetector(model.state_dict(), TRAINED_MODEL, model.config, categories)
 

@@ -17,8 +17,8 @@ import os
 import subprocess
 import sys
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.engine.memory_budget import estimate_training_step
-from frcnn_pipeline.modeling import resolve_model_config
 
 CONFIGS = {
     "r50": {},  # the card's R-50-FPN, frozen BN, stem + res2 frozen
@@ -31,11 +31,12 @@ CONFIGS = {
 _STEP = """
 import json, resource, sys
 import psutil, torch
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.modeling import build_model
 torch.set_num_threads(1)
 cfg, size, images, steps = json.loads(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 start = psutil.Process().memory_info().rss
-model = build_model(cfg, 3).train()
+model = build_model(ModelParams.parse(cfg, "model"), 3).train()
 optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-5, momentum=0.9)
 box = [[8.0, 8.0, size / 2, size / 2], [size / 3, size / 4, size - 5.0, size - 9.0]]
 targets = [{"boxes": torch.tensor(box), "labels": torch.tensor([1, 2])} for _ in range(images)]
@@ -71,7 +72,7 @@ def main() -> None:
         rows = []
         for size in args.sizes:
             cfg = {**CONFIGS[name], "input": {"min_size_train": [size], "max_size": size}}
-            estimate = estimate_training_step(resolve_model_config(cfg), 3, args.images)
+            estimate = estimate_training_step(ModelParams.parse(cfg, "model"), 3, args.images)
             peak = measured_peak(cfg, size, args.images)
             rows.append((size, peak, estimate))
             print(

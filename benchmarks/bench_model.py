@@ -19,40 +19,41 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.framework.parameter_docs import load_parameters
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 
 
-def torchvision_reference(cfg: dict, num_classes: int) -> FasterRCNN:
+def torchvision_reference(cfg: ModelParams, num_classes: int) -> FasterRCNN:
     """torchvision's FasterRCNN with the same depth, widths, sizes and sampling as `cfg`."""
-    backbone_cfg, inputs, rpn, roi = cfg["backbone"], cfg["input"], cfg["rpn"], cfg["roi_heads"]
-    body = getattr(resnet, f"resnet{backbone_cfg['depth']}")(norm_layer=torch.nn.BatchNorm2d)
+    backbone_cfg, inputs, rpn, roi = cfg.backbone, cfg.input, cfg.rpn, cfg.roi_heads
+    body = getattr(resnet, f"resnet{backbone_cfg.depth}")(norm_layer=torch.nn.BatchNorm2d)
     expansion = body.layer1[0].expansion
     backbone = BackboneWithFPN(
         body,
         {f"layer{i + 1}": str(i) for i in range(4)},
         [64 * expansion * 2**i for i in range(4)],
-        backbone_cfg["fpn_channels"],
+        backbone_cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )
-    channels, resolution = backbone.out_channels, roi["pooler_resolution"]
+    channels, resolution = backbone.out_channels, roi.pooler_resolution
     return FasterRCNN(
         backbone,
-        min_size=tuple(inputs["min_size_train"]),
-        max_size=inputs["max_size"],
-        image_mean=[m / 255 for m in inputs["pixel_mean"]],
-        image_std=[s / 255 for s in inputs["pixel_std"]],
+        min_size=tuple(inputs.min_size_train),
+        max_size=inputs.max_size,
+        image_mean=[m / 255 for m in inputs.pixel_mean],
+        image_std=[s / 255 for s in inputs.pixel_std],
         rpn_anchor_generator=AnchorGenerator(
-            tuple((s,) for s in cfg["anchors"]["sizes"]), (tuple(cfg["anchors"]["aspect_ratios"]),) * 5
+            tuple((s,) for s in cfg.anchors.sizes), (tuple(cfg.anchors.aspect_ratios),) * 5
         ),
-        rpn_pre_nms_top_n_train=rpn["pre_nms_topk_train"],
-        rpn_post_nms_top_n_train=rpn["post_nms_topk_train"],
-        rpn_pre_nms_top_n_test=rpn["pre_nms_topk_test"],
-        rpn_post_nms_top_n_test=rpn["post_nms_topk_test"],
-        rpn_batch_size_per_image=rpn["batch_size_per_image"],
-        box_head=TwoMLPHead(channels * resolution**2, roi["fc_dim"]),
-        box_predictor=FastRCNNPredictor(roi["fc_dim"], num_classes + 1),
-        box_batch_size_per_image=roi["batch_size_per_image"],
+        rpn_pre_nms_top_n_train=rpn.pre_nms_topk_train,
+        rpn_post_nms_top_n_train=rpn.post_nms_topk_train,
+        rpn_pre_nms_top_n_test=rpn.pre_nms_topk_test,
+        rpn_post_nms_top_n_test=rpn.post_nms_topk_test,
+        rpn_batch_size_per_image=rpn.batch_size_per_image,
+        box_head=TwoMLPHead(channels * resolution**2, roi.fc_dim),
+        box_predictor=FastRCNNPredictor(roi.fc_dim, num_classes + 1),
+        box_batch_size_per_image=roi.batch_size_per_image,
     )
 
 
@@ -79,7 +80,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    cfg = resolve_model_config(load_parameters("base")["model"])  # the demo's
+    cfg = ModelParams.parse(load_parameters("base")["model"], "model")  # the demo's
     images = [torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8) for _ in range(args.batch)]
     boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0], [50.0, 40.0, 110.0, 90.0]])
     targets = [{"boxes": boxes, "labels": torch.tensor([1, 2])} for _ in images]
@@ -103,7 +104,7 @@ def main() -> None:
 
         train_steps[name], inferences[name] = train_step, infer
     results = {"train step": median_seconds(train_steps, args.iterations)}
-    reference.transform.min_size = (cfg["input"]["min_size_test"],)  # torchvision tests at min_size[-1]
+    reference.transform.min_size = (cfg.input.min_size_test,)  # torchvision tests at min_size[-1]
     results["inference"] = median_seconds(inferences, args.iterations)
     print(f"batch {args.batch} x {args.size}px, {args.threads} thread(s), median of {args.iterations}")
     for what, seconds in results.items():

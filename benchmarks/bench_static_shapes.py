@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from bench_demo import copy_project, kedro_run, latest_coco_metrics
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.layers import backend
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.step_trace import StepTrace, traced_training_step
@@ -86,7 +87,7 @@ def trace_mode(mode: str, steps: int, device: torch.device) -> list[StepTrace]:
     config = json.loads(json.dumps(TRACE_MODEL))
     config["static_shapes"]["enabled"] = mode != "dynamic"
     torch.manual_seed(0)
-    model = build_model(config, num_classes=2).to(device).train()
+    model = build_model(ModelParams.parse(config, "model"), num_classes=2).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
     traces = []
     for step in range(steps):

@@ -18,9 +18,9 @@ import time
 import torch
 from references import stock_fasterrcnn_resnet50_fpn
 
-from frcnn_pipeline.config import AmpParams
+from frcnn_pipeline.config import AmpParams, ModelParams
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.modeling import build_model, default_model_config
+from frcnn_pipeline.modeling import build_model
 
 NUM_CLASSES = 80
 VARIANTS = {
@@ -69,8 +69,10 @@ def make_batch(batch: int, size: int, seed: int):
 def build_sides(args) -> dict[str, Side]:
     images, targets = make_batch(args.batch, args.size, seed=0)
     max_size = args.size * 5 // 3
-    ours_cfg = default_model_config()  # detectron2 R-50-FPN: frozen BN, freeze_at 2, BGR, pixel std 1
-    ours_cfg["input"].update(min_size_train=[args.size], min_size_test=args.size, max_size=max_size)
+    # detectron2 R-50-FPN: frozen BN, freeze_at 2, BGR, pixel std 1
+    ours_cfg = ModelParams().replaced(
+        input={"min_size_train": [args.size], "min_size_test": args.size, "max_size": max_size}
+    )
     sides = {}
     for variant in args.variants:
         torch.manual_seed(0)

@@ -14,13 +14,13 @@ import torch
 from smoke_setup import NUM_CLASSES, SmokeFailure, calibrate_frozen_norms, read_images, write_synthetic_images
 from torch import nn
 
-from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
 from frcnn_pipeline.engine.stall_watch import StallWatchdog, read_records
 from frcnn_pipeline.engine.step_audit import StepAudit, close_audits
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.inference import run_inference
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime import devices
 from frcnn_pipeline.runtime.world import WorldConfig
 
@@ -45,12 +45,13 @@ def train_check(
     on_stall: Callable[[str, list[dict[str, Any]]], None],
 ) -> dict[str, Any]:
     train, runtime = configs["train"], configs["runtime"]
+    model_cfg = ModelParams.parse(configs["model"], "model")
     per_step = train["images_per_device"] * args.nproc_per_node
     # A global batch of each size; each epoch trains them all (batches group by orientation).
     sizes = [size for size in args.sizes for _ in range(per_step)]
     images, annotations = write_synthetic_images(workdir / "train", sizes, seed=0)
     torch.manual_seed(int(runtime.get("seed", 0)))
-    model = build_model(configs["model"], NUM_CLASSES)
+    model = build_model(model_cfg, NUM_CLASSES)
     calibrated = calibrate_frozen_norms(model, read_images(images["path"].tolist()[:per_step]))
     initial = {key: value.detach().clone() for key, value in model.state_dict().items()}
     trainable = [name for name, parameter in model.named_parameters() if parameter.requires_grad]
@@ -65,7 +66,7 @@ def train_check(
                 images,
                 annotations,
                 NUM_CLASSES,
-                resolve_model_config(configs["model"]),
+                model_cfg,
                 TrainParams.parse(train, "train"),
                 RuntimeParams.parse(runtime, "runtime"),
                 WorldConfig.from_runtime(RuntimeParams.parse(runtime, "runtime")),
@@ -146,7 +147,7 @@ def eval_check(
     started = time.perf_counter()
     records = run_inference(
         state_dict,
-        configs["model"],
+        ModelParams.parse(configs["model"], "model"),
         NUM_CLASSES,
         images["path"].tolist(),
         runtime=RuntimeParams.parse(configs["runtime"], "runtime"),

@@ -8,11 +8,11 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from model_configs import model_params
 from PIL import Image
 
 from frcnn_pipeline.config import RuntimeParams, TrainParams
 from frcnn_pipeline.engine.trainer import train_detector
-from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.runtime.world import WorldConfig
 
 TINY_MODEL: dict[str, Any] = {
@@ -104,7 +104,7 @@ def train_from_parameters(  # noqa: PLR0917 (as train_detector)
         images,
         annotations,
         num_classes,
-        resolve_model_config(model),
+        model_params(model),
         TrainParams.parse(train, "train"),
         runtime_params,
         WorldConfig.from_runtime(runtime_params),

@@ -6,6 +6,7 @@ import pytest
 import safetensors.torch
 import torch
 from kedro.io import DatasetError, Version
+from model_configs import model_params
 
 from frcnn_pipeline.datasets import DetectorDataset
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
@@ -15,7 +16,7 @@ def detector(value: float) -> SavedDetector:
     return SavedDetector(
         {"w": torch.full((3,), value)},
         TRAINED_MODEL,
-        model_config={"input": {"format": "BGR"}},
+        model_config=model_params({"input": {"format": "BGR"}}),
         categories=[{"label": 0, "category_id": 1, "name": "a"}],
         provenance={"run_name": "demo"},
     )
@@ -28,7 +29,9 @@ def test_versions_are_kept_and_loads_name_version_and_sha256(tmp_path):
 
     latest = DetectorDataset(filepath=str(path), version=Version(None, None)).load()
     assert latest.state_dict["w"].tolist() == [2.0, 2.0, 2.0]
-    assert latest.model_config == {"input": {"format": "BGR"}} and latest.provenance == {"run_name": "demo"}
+    assert latest.model_config == model_params({"input": {"format": "BGR"}}) and latest.provenance == {
+        "run_name": "demo"
+    }
     assert latest.origin["version"] == "2025-01-02T00.00.00.000Z"
     file = path / "2025-01-02T00.00.00.000Z" / "trained_model.safetensors"
     assert latest.origin["sha256"] == hashlib.sha256(file.read_bytes()).hexdigest()

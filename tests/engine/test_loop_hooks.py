@@ -10,6 +10,7 @@ import re
 import pytest
 import torch
 from mlflow import MlflowClient
+from model_configs import model_params
 from tiny_training import TINY_MODEL, runtime_config, train_config, train_from_parameters
 
 from frcnn_pipeline.config import ParameterError
@@ -17,7 +18,6 @@ from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.hooks import BEST_CHECKPOINT_NAME
 from frcnn_pipeline.engine.metrics import MetricsWriter
 from frcnn_pipeline.engine.tracking import TrackingTarget
-from frcnn_pipeline.modeling import resolve_model_config
 
 
 class ScriptedEvaluator:
@@ -78,7 +78,7 @@ def test_evaluation_every_period_and_at_the_end_keeps_the_best_checkpoint(tmp_pa
     assert (best["metric"], best["value"], best["iteration"]) == ("AP", 0.3, 4)
     saved = torch.load(tmp_path / "checkpoints" / "eval" / BEST_CHECKPOINT_NAME, weights_only=True)
     assert (saved["iteration"], saved["value"]) == (4, 0.3)
-    assert saved["model_config"] == resolve_model_config(TINY_MODEL)
+    assert saved["model_config"] == model_params(TINY_MODEL).model_dump()  # as written
     for key, value in saved["model"].items():
         assert torch.equal(result["best_state_dict"][key], value)
     # The best model is not the final one: two more steps moved the weights.

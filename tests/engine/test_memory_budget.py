@@ -9,6 +9,7 @@ import time
 import pytest
 import torch
 from bench_memory import measured_peak
+from model_configs import model_params
 from tiny_training import TINY_MODEL, merged, runtime_config, train_config, train_from_parameters
 
 from frcnn_pipeline.config import RuntimeParams, TrainParams
@@ -20,20 +21,16 @@ from frcnn_pipeline.engine.memory_budget import (
     largest_training_input,
 )
 from frcnn_pipeline.errors import UserFacingError
-from frcnn_pipeline.modeling import resolve_model_config
 
 ABSURD = merged(TINY_MODEL, input={"min_size_train": [20000], "max_size": 20000})
-DEMO_LIKE = resolve_model_config(
-    {
-        "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 64},
-        "roi_heads": {"batch_size_per_image": 64, "fc_dim": 256},
-    }
-)
-RESOLVED_TINY = resolve_model_config(TINY_MODEL)
+DEMO_LIKE = {
+    "backbone": {"depth": 18, "norm": "bn", "freeze_at": 0, "fpn_channels": 64},
+    "roi_heads": {"batch_size_per_image": 64, "fc_dim": 256},
+}
 
 
 def _inputs(**values):
-    return resolve_model_config({"input": values})["input"]
+    return model_params({"input": values}).input
 
 
 def test_largest_training_input_is_the_padded_short_and_long_side_caps():
@@ -46,21 +43,21 @@ def test_largest_training_input_is_the_padded_short_and_long_side_caps():
 
 
 def test_estimate_counts_activations_per_image_and_pixel_and_the_optimizer_state():
-    one = estimate_training_step(DEMO_LIKE, 3, 1)
-    two = estimate_training_step(DEMO_LIKE, 3, 2)
+    one = estimate_training_step(model_params(DEMO_LIKE), 3, 1)
+    two = estimate_training_step(model_params(DEMO_LIKE), 3, 2)
     # Per image, but for a few per-batch tensors (BN's batch statistics).
     assert two.activation_bytes == pytest.approx(2 * one.activation_bytes, rel=1e-4)
     assert two.model_bytes == one.model_bytes
     large = merged(DEMO_LIKE, input={"min_size_train": [1600], "max_size": 2666})
-    quadrupled = estimate_training_step(large, 3, 1)
+    quadrupled = estimate_training_step(model_params(large), 3, 1)
     assert quadrupled.input_size == (1600, 2688) and one.input_size == (800, 1344)
     assert 3.9 < quadrupled.activation_bytes / one.activation_bytes < 4.0  # the box head's part is fixed
-    assert estimate_training_step(DEMO_LIKE, 3, 1, mixed_precision=True).activation_bytes == (
+    assert estimate_training_step(model_params(DEMO_LIKE), 3, 1, mixed_precision=True).activation_bytes == (
         one.activation_bytes // 2
     )
     # AdamW keeps two fp32 states per trainable parameter, SGD with momentum one, plain SGD none.
-    adamw = estimate_training_step(DEMO_LIKE, 3, 1, optimizer="adamw").model_bytes
-    plain = estimate_training_step(DEMO_LIKE, 3, 1, momentum=0.0).model_bytes
+    adamw = estimate_training_step(model_params(DEMO_LIKE), 3, 1, optimizer="adamw").model_bytes
+    plain = estimate_training_step(model_params(DEMO_LIKE), 3, 1, momentum=0.0).model_bytes
     assert adamw - one.model_bytes == one.model_bytes - plain > 0
 
 
@@ -68,7 +65,7 @@ def test_estimate_is_a_lower_bound_of_a_measured_training_step():
     size, images = 256, 2
     cfg = merged(DEMO_LIKE, input={"min_size_train": [size], "max_size": size})
     measured = measured_peak(cfg, size, images, steps=2)
-    estimate = estimate_training_step(cfg, 3, images).total_bytes
+    estimate = estimate_training_step(model_params(cfg), 3, images).total_bytes
     # Alone, the peak is 1.06-1.24x the estimate (benchmarks/bench_memory.py); inside the whole suite the
     # allocator's state has been seen at 4.3x. The refusal relies on the lower bound only; the upper one says
     # the estimate is not off by an order of magnitude.
@@ -125,23 +122,23 @@ def test_spawned_cpu_workers_refuse_with_the_same_error(tmp_path, tiny_tables):
 
 def test_the_fix_names_the_batch_that_fits_or_the_fixed_size():
     limit, _ = available_memory(torch.device("cpu"))
-    per_image = estimate_training_step(RESOLVED_TINY, 2, 1).activation_bytes
+    per_image = estimate_training_step(model_params(TINY_MODEL), 2, 1).activation_bytes
     too_many = 2 * limit // per_image + 1
     train = train_config_for(images_per_device=too_many)
     with pytest.raises(InsufficientMemoryError) as refused:
-        check_training_memory(RESOLVED_TINY, 2, train, _runtime(), torch.device("cpu"))
+        check_training_memory(model_params(TINY_MODEL), 2, train, _runtime(), torch.device("cpu"))
     fitting = re.search(r"Fix: lower train.images_per_device to at most (\d+), ", str(refused.value))
     assert fitting and 1 <= int(fitting[1]) < too_many
-    fixed = merged(RESOLVED_TINY, input={"fixed_size": [20000, 20000]})
+    fixed = merged(TINY_MODEL, input={"fixed_size": [20000, 20000]})
     with pytest.raises(InsufficientMemoryError) as refused:
-        check_training_memory(fixed, 2, train_config_for(), _runtime(), torch.device("cpu"))
+        check_training_memory(model_params(fixed), 2, train_config_for(), _runtime(), torch.device("cpu"))
     assert "model.input fixed_size [20000, 20000] (padded 20000x20000)" in str(refused.value)
     assert "Fix: lower model.input.fixed_size: one image of about " in str(refused.value)
 
 
 def test_a_size_that_fits_passes_and_reports_its_estimate():
     train = train_config_for(images_per_device=2)
-    step = check_training_memory(RESOLVED_TINY, 2, train, _runtime(), torch.device("cpu"))
+    step = check_training_memory(model_params(TINY_MODEL), 2, train, _runtime(), torch.device("cpu"))
     assert step.input_size == (64, 64) and step.images == 2 and 0 < step.total_bytes < 2**30
 
 

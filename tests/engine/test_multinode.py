@@ -30,6 +30,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from model_configs import model_params
 from tiny_training import ALL_SAMPLES_MODEL, train_from_parameters, write_tiny_dataset
 
 from frcnn_pipeline.config import SECTIONS
@@ -113,7 +114,7 @@ def template(module_tmp) -> Path:
         table.to_parquet(primary / f"{name}.parquet", index=False)
     (primary / "val_ground_truth.json").write_text(json.dumps(_ground_truth(val_images, val_annotations)))
     torch.manual_seed(0)
-    weights = build_model(_parameters(project)["model"], len(CATEGORIES)).state_dict()
+    weights = build_model(model_params(_parameters(project)["model"]), len(CATEGORIES)).state_dict()
     DetectorDataset(filepath=str(project / "data" / "06_models" / "initial_weights.safetensors")).save(
         SavedDetector(weights, INITIAL_WEIGHTS, categories=category_mapping(CATEGORIES))
     )

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from model_configs import model_params
 from tiny_training import (
     ALL_SAMPLES_MODEL,
     TINY_MODEL,
@@ -183,8 +184,9 @@ def test_resume_on_another_world_size_keeps_the_total_batch_or_says_how(tmp_path
 
 
 def test_sixteen_devices_then_eight_names_the_images_per_device_that_keeps_the_total_batch(tmp_path):
-    state = {"model_config": TINY_MODEL, "num_classes": 2, "world_size": 16, "total_batch": 16}
-    others = {"model_cfg": TINY_MODEL, "num_classes": 2, "data_fingerprint": "x"}
+    model = model_params(TINY_MODEL)
+    state = {"model_config": model.model_dump(), "num_classes": 2, "world_size": 16, "total_batch": 16}
+    others = {"model_cfg": model, "num_classes": 2, "data_fingerprint": "x"}
     train = {**train_config(tmp_path), "images_per_device": 1}
     checkpoint = tmp_path / "model_0000100.pth"
     with pytest.raises(
@@ -206,12 +208,17 @@ def test_sixteen_devices_then_eight_names_the_images_per_device_that_keeps_the_t
 CHECKPOINT = Path("checkpoints/demo/model_0000010.pth")
 TRAIN = TrainParams.parse({"solver": {"max_iter": 20, "epochs": None}}, "train")
 SOLVER = TRAIN.solver.model_dump()  # as a checkpoint keeps it
-MODEL = {"anchors": {"round": False}, "rpn": {}}
+MODEL = model_params({"anchors": {"round": False}, "rpn": {}})
 
 
 def _state(**changes) -> dict:
     solver = {**SOLVER, "max_iter": 10}
-    state = {"model_config": MODEL, "num_classes": 2, "data_fingerprint": "a" * 64, "solver": solver}
+    state = {
+        "model_config": MODEL.model_dump(),
+        "num_classes": 2,
+        "data_fingerprint": "a" * 64,
+        "solver": solver,
+    }
     return {**state, **changes}
 
 
@@ -232,13 +239,13 @@ def test_what_is_not_known_yet_is_not_checked():
 
 
 def test_a_checkpoint_without_data_and_solver_records_is_resumed_and_says_so():
-    state = {"model_config": MODEL, "num_classes": 2}
+    state = {"model_config": MODEL.model_dump(), "num_classes": 2}
     assert check_resume(state, CHECKPOINT, model_cfg=MODEL, train=TRAIN) == [
         "not checked: the checkpoint predates data and solver records"
     ]
 
 
 def test_another_model_names_the_changed_sections():
-    other = {"anchors": {"round": True}, "rpn": {}}
+    other = model_params({"anchors": {"round": True}, "rpn": {}})
     with pytest.raises(ValueError, match=r"another model \(changed: anchors, num_classes 2 -> 3\)"):
         check_resume(_state(), CHECKPOINT, model_cfg=other, train=TRAIN, num_classes=3)

@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 from detection_ops_probe import probe_detection_ops
+from model_configs import model_params
 from tiny_training import (
     ALL_SAMPLES_MODEL,
     TINY_MODEL,
@@ -42,7 +43,7 @@ def _one_sgd_step(tmp_path, tables, name: str, *, world_size: int, per_device: i
 def test_two_workers_one_image_each_equal_one_worker_two_images(tmp_path):
     images, annotations = write_tiny_dataset(tmp_path / "images", count=2, boxes_per_image=2, seed=3)
     torch.manual_seed(7)
-    initial = build_model(ALL_SAMPLES_MODEL, 2).state_dict()
+    initial = build_model(model_params(ALL_SAMPLES_MODEL), 2).state_dict()
     distributed = _one_sgd_step(tmp_path, (images, annotations), "ddp", world_size=2, per_device=1)
     single = _one_sgd_step(tmp_path, (images, annotations), "single", world_size=1, per_device=2)
     first_image_only = _one_sgd_step(tmp_path, (images, annotations), "first", world_size=1, per_device=1)
@@ -209,7 +210,7 @@ def test_loss_falls_when_fitting_one_batch(tmp_path):
 
 def test_initial_weights_missing_keys_reported_unknown_keys_refused(caplog):
     torch.manual_seed(0)
-    model = build_model(TINY_MODEL, 2)
+    model = build_model(model_params(TINY_MODEL), 2)
     backbone_only = {k: v.clone() + 1 for k, v in model.state_dict().items() if k.startswith("backbone.")}
     with caplog.at_level("WARNING"):
         missing = load_initial_weights(model, backbone_only)

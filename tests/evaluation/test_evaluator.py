@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from model_configs import model_params
 from tiny_training import (
     TINY_MODEL,
     ground_truth,
@@ -35,7 +36,7 @@ def tiny_split(module_tmp):
 def _evaluate_like_the_pipeline(state_dict, images, gt) -> dict[str, float]:
     """predict_val_split + compute_coco_metrics of the evaluate pipeline, on one worker."""
     options = EVALUATE.inference
-    records = run_inference(state_dict, TINY_MODEL, 2, images["path"].tolist(), options=options)
+    records = run_inference(state_dict, model_params(TINY_MODEL), 2, images["path"].tolist(), options=options)
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(tiny_categories()))
     return evaluate_boxes(gt, detections).metrics()
 
@@ -43,7 +44,9 @@ def _evaluate_like_the_pipeline(state_dict, images, gt) -> dict[str, float]:
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-worker", "two-workers"])
 def test_evaluation_during_training_equals_the_evaluate_pipeline(tmp_path, tiny_split, workers):
     images, annotations, gt = tiny_split
-    evaluator = DetectionEvaluator.for_split("val", images, gt, tiny_categories(), TINY_MODEL, EVALUATE)
+    evaluator = DetectionEvaluator.for_split(
+        "val", images, gt, tiny_categories(), model_params(TINY_MODEL), EVALUATE
+    )
     # 4 steps of 2 images: enough for the tiny model to find some boxes.
     train = train_config(tmp_path, max_iter=4, base_lr=5e-3, warmup_iters=1, steps=[])
     train.update(eval_period=4, best_metric="AP", images_per_device=2 // workers)
@@ -63,7 +66,9 @@ def test_unreadable_val_image_stops_training_with_the_fix(tmp_path, tiny_split):
     broken = images.copy()
     Path(tmp_path / "broken.png").write_bytes(b"not a png")
     broken.loc[0, "path"] = str(tmp_path / "broken.png")
-    evaluator = DetectionEvaluator.for_split("val", broken, gt, tiny_categories(), TINY_MODEL, EVALUATE)
+    evaluator = DetectionEvaluator.for_split(
+        "val", broken, gt, tiny_categories(), model_params(TINY_MODEL), EVALUATE
+    )
     train = train_config(tmp_path, max_iter=1)
     train.update(eval_period=1, best_metric="AP")
     with pytest.raises(RuntimeError, match=r"1 val image\(s\) could not be read .* train.eval_period: 0"):

@@ -5,6 +5,7 @@ import re
 
 import pytest
 import torch
+from model_configs import model_params
 from PIL import Image
 
 from frcnn_pipeline.config import ExportCheckParams, InferenceParams, RuntimeParams
@@ -17,7 +18,7 @@ from frcnn_pipeline.evaluation.export_check import (
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.export import DYNAMIC, FIXED, export_detector
 from frcnn_pipeline.framework.parameter_docs import load_parameters
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 
@@ -81,7 +82,7 @@ TINY_INPUT = {"min_size_test": 64, "max_size": 96}
 def padded_export(module_tmp):
     """A tiny random detector, its graphs (a 96 x 96 canvas around 64 x 64 images) and four such images."""
     model = load_parameters("base")["model"]
-    config = resolve_model_config({**model, "input": {**model["input"], **TINY_INPUT}})
+    config = model_params({**model, "input": {**model["input"], **TINY_INPUT}})
     torch.manual_seed(0)
     saved = SavedDetector(
         build_model(config, len(CATEGORIES)).state_dict(), TRAINED_MODEL, model_config=config,

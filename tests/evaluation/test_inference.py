@@ -6,9 +6,10 @@ import pandas as pd
 import pytest
 import torch
 from detection_ops_probe import probe_detection_ops
+from model_configs import model_params
 from PIL import Image
 
-from frcnn_pipeline.config import InferenceParams, RuntimeParams
+from frcnn_pipeline.config import InferenceParams, ModelParams, RuntimeParams
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.inference import (
@@ -27,9 +28,9 @@ from frcnn_pipeline.modeling.static import StaticBatch
 
 
 @pytest.fixture(scope="module")
-def model_cfg() -> dict:
+def model_cfg() -> ModelParams:
     cfg = load_parameters("base")["model"]  # the demo's
-    return {**cfg, "input": {**cfg["input"], "min_size_test": 64, "max_size": 96}}
+    return model_params({**cfg, "input": {**cfg["input"], "min_size_test": 64, "max_size": 96}})
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +82,16 @@ def test_options_are_validated():
         InferenceParams.parse({"batchsize": 2}, "evaluate.inference")
     with pytest.raises(ValueError, match=r"evaluate.inference.batch_size: 0 must be >= 1"):
         InferenceParams.parse({"batch_size": 0}, "evaluate.inference")
-    cfg = InferenceParams(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).applied_to({})
-    assert cfg["roi_heads"] == {"score_thresh_test": 0.3, "nms_thresh_test": 0.6, "detections_per_image": 7}
+    model = ModelParams()
+    cfg = InferenceParams(score_threshold=0.3, nms_threshold=0.6, detections_per_image=7).applied_to(model)
+    roi = cfg.roi_heads
+    assert (roi.score_thresh_test, roi.nms_thresh_test, roi.detections_per_image) == (0.3, 0.6, 7)
+    changed = {key for key, value in cfg.flat().items() if model.flat()[key] != value}
+    assert changed == {
+        "roi_heads.score_thresh_test",
+        "roi_heads.nms_thresh_test",
+        "roi_heads.detections_per_image",
+    }
 
 
 def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, image_paths):
@@ -160,8 +169,7 @@ def test_by_default_evaluation_runs_the_models_own_arithmetic(weights, model_cfg
 def test_static_shape_inference_resizes_on_the_host_and_equals_the_models_own_call(
     weights, model_cfg, image_paths, monkeypatch
 ):
-    static_cfg = {**model_cfg, "input": {**model_cfg["input"], "fixed_size": [96, 96]}}
-    static_cfg["static_shapes"] = {"enabled": True}
+    static_cfg = model_cfg.replaced(input={"fixed_size": [96, 96]}, static_shapes={"enabled": True})
     received = []
     forward = StaticFasterRCNN.forward
 

@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from model_configs import model_params
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.export import export_detector
 from frcnn_pipeline.framework.parameter_docs import load_parameters
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
 
 CATEGORIES = [
@@ -13,15 +15,15 @@ CATEGORIES = [
 ]
 
 
-def tiny_config(**input_overrides) -> dict:
+def tiny_config(**input_overrides) -> ModelParams:
     """The demo model (conf/base) at a 64-px test size: a 96 x 96 canvas."""
     model = load_parameters("base")["model"]
-    return resolve_model_config(
+    return model_params(
         {**model, "input": {**model["input"], "min_size_test": 64, "max_size": 96, **input_overrides}}
     )
 
 
-def saved_detector(config: dict) -> SavedDetector:
+def saved_detector(config: ModelParams) -> SavedDetector:
     torch.manual_seed(0)
     model = build_model(config, len(CATEGORIES))
     return SavedDetector(

@@ -1,12 +1,14 @@
 """The fixed-shape graph's canvas: the one its images fill, unless export.fixed_size says otherwise."""
 
 import pytest
+from model_configs import model_params
 
 from frcnn_pipeline.export.deployment import default_canvas, fitting_canvas
 from frcnn_pipeline.export.onnx_export import choose_canvas
 
-DEMO_INPUT = {"min_size_test": 96, "max_size": 224, "resize_rounding": "detectron2", "size_divisibility": 32}
-CARD_INPUT = {**DEMO_INPUT, "min_size_test": 800, "max_size": 1333}
+DEMO = {"min_size_test": 96, "max_size": 224, "resize_rounding": "detectron2", "size_divisibility": 32}
+DEMO_INPUT = model_params({"input": DEMO}).input
+CARD_INPUT = model_params({"input": {**DEMO, "min_size_test": 800, "max_size": 1333}}).input
 
 
 def test_the_demos_images_fill_a_96_px_canvas_where_any_image_would_need_224():

@@ -1,8 +1,6 @@
 """The exported graphs against the PyTorch model they come from, on a tiny random detector: the dynamic graph
 on image sizes it was not traced with, the fixed-shape graph's numeric shapes, what cannot be exported."""
 
-import copy
-
 import onnx
 import pytest
 import torch
@@ -59,9 +57,7 @@ def test_the_fixed_shape_graph_has_numbers_for_every_input_and_output_dimension(
 
 
 def test_the_fixed_shape_graph_detects_what_the_static_shape_model_does(tiny, exported):
-    static = copy.deepcopy(tiny.model_config)
-    static["input"]["fixed_size"] = [96, 96]
-    static["static_shapes"]["enabled"] = True
+    static = tiny.model_config.replaced(input={"fixed_size": [96, 96]}, static_shapes={"enabled": True})
     model = inference_model(tiny.state_dict, static, len(CATEGORIES))
     detector = OnnxDetector(exported.fixed)
     with torch.no_grad():
@@ -136,27 +132,29 @@ def test_a_canvas_too_small_for_an_image_is_a_clear_error(background_only):
 
 
 def test_each_graph_runs_its_own_mode_whatever_mode_the_model_was_trained_in():
-    trained_static = tiny_config(fixed_size=[128, 128])
-    trained_static["static_shapes"]["enabled"] = True  # as the npu envs train
+    # as the npu envs train
+    trained_static = tiny_config(fixed_size=[128, 128]).replaced(static_shapes={"enabled": True})
     dynamic, fixed = graph_config(trained_static, DYNAMIC), graph_config(trained_static, FIXED, [96, 96])
-    assert not dynamic["static_shapes"]["enabled"] and dynamic["input"]["fixed_size"] is None
-    assert fixed["static_shapes"]["enabled"] and fixed["input"]["fixed_size"] == [96, 96]
-    assert trained_static["input"]["fixed_size"] == [128, 128], "the saved config is left as it was"
+    assert not dynamic.static_shapes.enabled and dynamic.input.fixed_size is None
+    assert fixed.static_shapes.enabled and fixed.input.fixed_size == [96, 96]
+    assert trained_static.input.fixed_size == [128, 128], "the saved config is left as it was"
 
 
 def test_coco_category_rows_export_and_detect_what_pytorch_does():
     """predictor_rows coco_category_ids (91 rows, labels on the rows of ids 10, 11, 12): both graphs map the
     rows back to labels and leave out the other rows' candidates, as the PyTorch model does."""
-    config = tiny_config()
-    config["roi_heads"].update(predictor_rows="coco_category_ids", score_thresh_test=0.0)
+    config = tiny_config().replaced(
+        roi_heads={"predictor_rows": "coco_category_ids", "score_thresh_test": 0.0}
+    )
     saved = saved_detector(config)
     saved.state_dict["roi_heads.label_rows"] = torch.tensor([0, 10, 11, 12])
     exported = export_detector(saved, config, ExportParams(score_threshold=0.0))
     for graph, static in ((exported.dynamic, False), (exported.fixed, True)):
-        model_config = copy.deepcopy(config)
-        if static:
-            model_config["input"]["fixed_size"] = [96, 96]
-            model_config["static_shapes"]["enabled"] = True
+        model_config = (
+            config.replaced(input={"fixed_size": [96, 96]}, static_shapes={"enabled": True})
+            if static
+            else config
+        )
         model = inference_model(saved.state_dict, model_config, len(CATEGORIES))
         detector = OnnxDetector(graph)
         with torch.no_grad():

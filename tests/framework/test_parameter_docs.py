@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from frcnn_pipeline.config import all_schema_keys
+from frcnn_pipeline.config import ModelParams, all_schema_keys
 from frcnn_pipeline.framework.parameter_docs import (
     CONF,
     environments,
@@ -16,7 +16,6 @@ from frcnn_pipeline.framework.parameter_docs import (
     load_parameters,
     resolved_sections,
 )
-from frcnn_pipeline.modeling import default_model_config
 
 ACCELERATOR_ENVS = {"npu1p": ("npu", 1), "npu8p": ("npu", 8), "gpu1p": ("cuda", 1), "gpu8p": ("cuda", 8)}
 # What Ascend needs of the model, not the recipe: one padded size, fixed counts and a fixed RoIAlign sample
@@ -67,7 +66,7 @@ def test_every_environment_is_valid(env):
 @pytest.mark.parametrize("env", ACCELERATOR_ENVS)
 def test_accelerator_envs_run_the_cards_recipe(env):
     sections = resolved_sections(env)
-    card = default_model_config()  # detectron2's R-50-FPN, every key
+    card = ModelParams().model_dump()  # detectron2's R-50-FPN, every key
     if env.startswith("npu"):
         card["input"]["fixed_size"], card["static_shapes"]["enabled"] = [1344, 1344], True
         card["roi_heads"]["pooler_sampling_ratio"] = 2

@@ -2,6 +2,7 @@
 
 import pandas as pd
 import pytest
+from model_configs import model_params
 
 from frcnn_pipeline.modeling.anchor_coverage import (
     anchor_shapes,
@@ -12,11 +13,13 @@ from frcnn_pipeline.modeling.anchor_coverage import (
 )
 
 # No resize for a 128 px square image: min_size_test 128.
-MODEL = {
-    "input": {"min_size_test": 128, "max_size": 224, "size_divisibility": 32},
-    "anchors": {"sizes": [16, 32, 64, 128, 256], "aspect_ratios": [0.5, 1.0, 2.0], "round": False},
-    "rpn": {"iou_thresholds": [0.3, 0.7]},
-}
+MODEL = model_params(
+    {
+        "input": {"min_size_test": 128, "max_size": 224, "size_divisibility": 32},
+        "anchors": {"sizes": [16, 32, 64, 128, 256], "aspect_ratios": [0.5, 1.0, 2.0], "round": False},
+        "rpn": {"iou_thresholds": [0.3, 0.7]},
+    }
+)
 
 
 def geometry_of(boxes: list[list[float]], width: int = 128, height: int = 128) -> pd.DataFrame:

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from model_configs import model_params
 from torch import nn
 from torchvision.ops import FrozenBatchNorm2d
 
@@ -27,7 +28,9 @@ def _randomise_norms(model: nn.Module) -> None:
 @pytest.mark.parametrize(("depth", "norm"), [(18, "bn"), (50, "frozen_bn")])
 def test_folded_backbone_gives_the_same_features(depth, norm):
     torch.manual_seed(0)
-    model = build_model({"backbone": {"depth": depth, "norm": norm, "freeze_at": 0}}, num_classes=3).eval()
+    model = build_model(
+        model_params({"backbone": {"depth": depth, "norm": norm, "freeze_at": 0}}), num_classes=3
+    ).eval()
     _randomise_norms(model)
     images = torch.rand(1, 3, 96, 128) * 255
     body = model.backbone.body
@@ -42,21 +45,27 @@ def test_folded_backbone_gives_the_same_features(depth, norm):
 
 
 def test_folding_a_training_batch_norm_is_refused():
-    model = build_model({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 0}}, num_classes=3).train()
+    model = build_model(
+        model_params({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 0}}), num_classes=3
+    ).train()
     with pytest.raises(ValueError, match="training mode; fold norms only for inference"):
         fold_norms_into_convs(model.backbone.body)
 
 
 def _sync_bn_model():
     torch.manual_seed(0)
-    return build_model({"backbone": {"depth": 18, "norm": "sync_bn", "freeze_at": 2}}, num_classes=3)
+    return build_model(
+        model_params({"backbone": {"depth": 18, "norm": "sync_bn", "freeze_at": 2}}), num_classes=3
+    )
 
 
 def test_sync_bn_builds_batch_norms_that_training_turns_into_sync_batch_norms():
     """The conversion, without a process group (converting needs none); torch's SyncBatchNorm refuses CPU
     tensors in training, so a 2-process gloo group cannot run one here."""
     model = _sync_bn_model()
-    plain = build_model({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 2}}, num_classes=3)
+    plain = build_model(
+        model_params({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 2}}), num_classes=3
+    )
     assert model.state_dict().keys() == plain.state_dict().keys()  # checkpoints load either way
     weights = {name: parameter for name, parameter in model.named_parameters()}
     trainable_norms = sum(isinstance(module, nn.BatchNorm2d) for module in model.modules())
@@ -70,7 +79,9 @@ def test_sync_bn_builds_batch_norms_that_training_turns_into_sync_batch_norms():
     assert any(isinstance(module, FrozenBatchNorm2d) for module in frozen.modules())
     assert all(parameter is weights[name] for name, parameter in converted.named_parameters())  # the same
 
-    other = build_model({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 2}}, num_classes=3)
+    other = build_model(
+        model_params({"backbone": {"depth": 18, "norm": "bn", "freeze_at": 2}}), num_classes=3
+    )
     assert convert_to_sync_batchnorm(other, "bn", world_size=2, device_type="cuda") is other
 
 
@@ -114,7 +125,7 @@ def test_torchs_sync_batch_norm_refuses_cpu_training_in_a_process_group(tmp_path
 def test_frozen_norms_take_frozen_bn_eps(backbone, frozen_eps):
     """torchvision's COCO weights run with eps 0 (its builder's overwrite_eps(model, 0.0))."""
     with torch.device("meta"):
-        model = build_model({"backbone": {"depth": 18, **backbone}}, num_classes=3)
+        model = build_model(model_params({"backbone": {"depth": 18, **backbone}}), num_classes=3)
     frozen = [m.eps for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     trainable = [m.eps for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     assert frozen and set(frozen) == {frozen_eps}

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from model_configs import model_params
 from PIL import Image
 from torchvision.models.detection._utils import BoxCoder
 from torchvision.ops import FrozenBatchNorm2d
@@ -31,7 +32,7 @@ def _model(section: str = "", **options) -> torch.nn.Module:
     config = {key: dict(value) for key, value in SMALL.items()}
     if options:
         config.setdefault(section, {}).update(options)
-    return build_model(config, num_classes=NUM_CLASSES).eval()
+    return build_model(model_params(config), num_classes=NUM_CLASSES).eval()
 
 
 def _photo(height: int, width: int) -> np.ndarray:
@@ -93,7 +94,7 @@ def test_static_shapes_resize_the_same_way():
         "input": {"min_size_test": 240, "fixed_size": [256, 320]},
         "static_shapes": {"enabled": True},
     }
-    static = build_model(config, num_classes=NUM_CLASSES).eval()
+    static = build_model(model_params(config), num_classes=NUM_CLASSES).eval()
     canvas = static.transform.host_batch([photo]).canvas[0, :, :240, :320]
     expected = detectron2_resize(photo.permute(1, 2, 0).numpy(), 240, 320)
     expected = torch.from_numpy(expected.copy()).permute(2, 0, 1)
@@ -282,7 +283,7 @@ def test_class_probabilities_differ_by_float_rounding_only():
 
 def test_static_shapes_rescale_clip_and_drop_empty_detections_like_the_dynamic_model():
     config = {**SMALL, "input": {"fixed_size": [1344, 1344]}, "static_shapes": {"enabled": True}}
-    static = build_model(config, num_classes=NUM_CLASSES).eval()
+    static = build_model(model_params(config), num_classes=NUM_CLASSES).eval()
     boxes = torch.tensor([[0.0, 0.0, 1067.0, 800.0], [10.0, 800.0, 50.0, 800.0], [5.0, 5.0, 9.0, 9.0]])
     padded = {
         "boxes": torch.cat([boxes, torch.zeros(1, 4)]),

@@ -17,6 +17,7 @@ import numpy as np
 import PIL
 import pytest
 import torch
+from model_configs import model_params
 from PIL import Image
 from torch import Tensor
 from torchvision.models.detection.image_list import ImageList
@@ -124,7 +125,7 @@ def reference_model(reference: dict, model_cfg: dict) -> torch.nn.Module:
     """Our model with detectron2's weights (regenerated, checked by sha256) through our converter."""
     weights = TOOL.reference_weights(reference["weight_shapes"])
     assert TOOL.state_dict_sha256(weights) == reference["weights_sha256"]
-    model = build_model(model_cfg, num_classes=reference["num_classes"])
+    model = build_model(model_params(model_cfg), num_classes=reference["num_classes"])
     state, report = convert_state_dict({"model": weights}, model.state_dict(), source_name="reference")
     assert set(report["status"]) <= {"mapped", "expected_unused"}, report[report["status"] != "mapped"]
     model.load_state_dict(state)

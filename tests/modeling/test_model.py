@@ -1,9 +1,10 @@
 import pytest
 import torch
+from model_configs import model_params
 from torchvision.models import resnet
 from torchvision.ops import FrozenBatchNorm2d
 
-from frcnn_pipeline.modeling import FasterRCNN, build_model, default_model_config, resolve_model_config
+from frcnn_pipeline.modeling import FasterRCNN, build_model
 from frcnn_pipeline.modeling.backbone import build_resnet_fpn_backbone
 
 TINY = {
@@ -16,7 +17,7 @@ TINY = {
 
 
 def test_defaults_are_detectron2_r50_fpn():
-    config = default_model_config()
+    config = model_params().model_dump()
     assert config["backbone"] == {
         "depth": 50, "norm": "frozen_bn", "freeze_at": 2, "stride_in_1x1": True, "fpn_channels": 256,
         "frozen_bn_arithmetic": "detectron2", "frozen_bn_eps": 1e-5,
@@ -33,10 +34,10 @@ def test_defaults_are_detectron2_r50_fpn():
 
 
 def test_partial_config_takes_the_defaults():
-    config = resolve_model_config({"backbone": {"depth": 18}, "input": {"min_size_train": 800}})
-    assert config["backbone"] == {**default_model_config()["backbone"], "depth": 18}
+    config = model_params({"backbone": {"depth": 18}, "input": {"min_size_train": 800}}).model_dump()
+    assert config["backbone"] == {**model_params().model_dump()["backbone"], "depth": 18}
     assert config["input"]["min_size_train"] == [800]  # one size in YAML means a list of one
-    assert config["roi_heads"] == default_model_config()["roi_heads"]
+    assert config["roi_heads"] == model_params().model_dump()["roi_heads"]
 
 
 @pytest.mark.parametrize(
@@ -57,13 +58,13 @@ def test_partial_config_takes_the_defaults():
 )
 def test_bad_config_is_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
-        build_model(overrides, num_classes=3)
+        build_model(model_params(overrides), num_classes=3)
 
 
 def test_stride_in_1x1_moves_the_stride_from_the_3x3():
-    msra = build_resnet_fpn_backbone({**default_model_config()["backbone"], "stride_in_1x1": True}).body
+    msra = build_resnet_fpn_backbone(model_params({"backbone": {"stride_in_1x1": True}}).backbone).body
     torchvision_style = build_resnet_fpn_backbone(
-        {**default_model_config()["backbone"], "stride_in_1x1": False}
+        model_params({"backbone": {"stride_in_1x1": False}}).backbone
     ).body
     for stage in ("layer2", "layer3", "layer4"):
         assert getattr(msra, stage)[0].conv1.stride == (2, 2) and getattr(msra, stage)[0].conv2.stride == (
@@ -76,7 +77,7 @@ def test_stride_in_1x1_moves_the_stride_from_the_3x3():
 
 
 def test_freeze_at_freezes_stem_and_res2_with_frozen_batchnorm():
-    backbone_cfg = {**default_model_config()["backbone"], **TINY["backbone"], "freeze_at": 2}
+    backbone_cfg = model_params({"backbone": {**TINY["backbone"], "freeze_at": 2}}).backbone
     body = build_resnet_fpn_backbone(backbone_cfg).body
     assert not any(p.requires_grad for p in [*body.conv1.parameters(), *body.layer1.parameters()])
     assert all(p.requires_grad for p in body.layer2.parameters())
@@ -102,7 +103,9 @@ def _tiny_batch():
 @pytest.mark.parametrize("depth", [18, 50])
 def test_train_forward_backward(depth):
     torch.manual_seed(0)
-    model = build_model({**TINY, "backbone": {**TINY["backbone"], "depth": depth}}, num_classes=3)
+    model = build_model(
+        model_params({**TINY, "backbone": {**TINY["backbone"], "depth": depth}}), num_classes=3
+    )
     assert isinstance(model, FasterRCNN) and model.num_classes == 3
     assert model.roi_heads.box_predictor.cls_score.out_features == 4
     model.train()
@@ -118,7 +121,7 @@ def test_train_forward_backward(depth):
 def test_eval_predictions_are_in_input_pixels_with_labels_1_to_k():
     torch.manual_seed(0)
     model = build_model(
-        {**TINY, "roi_heads": {**TINY["roi_heads"], "score_thresh_test": 0.0}}, num_classes=3
+        model_params({**TINY, "roi_heads": {**TINY["roi_heads"], "score_thresh_test": 0.0}}), num_classes=3
     ).eval()
     images, _ = _tiny_batch()
     with torch.no_grad():
@@ -136,14 +139,16 @@ def test_eval_predictions_are_in_input_pixels_with_labels_1_to_k():
 
 def test_model_is_channels_last_compatible():
     torch.manual_seed(0)
-    model = build_model(TINY, num_classes=2).to(memory_format=torch.channels_last).eval()
+    model = build_model(model_params(TINY), num_classes=2).to(memory_format=torch.channels_last).eval()
     with torch.no_grad():
         model([torch.rand(3, 64, 64) * 255])
 
 
 def test_boxes_are_decoded_in_float32_under_autocast():
     torch.manual_seed(0)
-    model = build_model({**TINY, "roi_heads": {**TINY["roi_heads"], "score_thresh_test": 0.0}}, num_classes=2)
+    model = build_model(
+        model_params({**TINY, "roi_heads": {**TINY["roi_heads"], "score_thresh_test": 0.0}}), num_classes=2
+    )
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         anchors = model.rpn.anchor_generator(
             model.transform([torch.rand(3, 64, 64) * 255])[0], [torch.zeros(1, 1, 16, 16)] * 5
@@ -154,5 +159,7 @@ def test_boxes_are_decoded_in_float32_under_autocast():
 
 
 def test_a_single_training_size_may_be_a_plain_number():
-    model = build_model({**TINY, "input": {**TINY["input"], "min_size_train": 72}}, num_classes=2)
+    model = build_model(
+        model_params({**TINY, "input": {**TINY["input"], "min_size_train": 72}}), num_classes=2
+    )
     assert model.transform.min_size == (72,)

@@ -7,6 +7,7 @@ import copy
 
 import pytest
 import torch
+from model_configs import model_params
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler, Matcher
 from torchvision.ops import box_iou
 
@@ -56,7 +57,7 @@ def tiny_model(static: bool, **overrides) -> torch.nn.Module:
     if static:
         config["static_shapes"] = STATIC
     torch.manual_seed(0)
-    return build_model(config, num_classes=2)
+    return build_model(model_params(config), num_classes=2)
 
 
 def batch(counts: tuple[int, ...], seed: int, sizes: tuple[tuple[int, int], ...] | None = None):
@@ -331,4 +332,4 @@ def test_too_many_gt_boxes_is_a_clear_error():
 )
 def test_bad_static_config_is_a_clear_error(overrides, message):
     with pytest.raises(ValueError, match=message):
-        build_model(overrides, num_classes=2)
+        build_model(model_params(overrides), num_classes=2)

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from model_configs import model_params
 from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.models.detection.image_list import ImageList
@@ -18,7 +19,7 @@ from torchvision.ops import FrozenBatchNorm2d
 from torchvision_like import photo, realistic_
 
 from frcnn_pipeline.framework.parameter_docs import CONF, load_parameters
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_STRIDES
 from frcnn_pipeline.weights import convert_state_dict
@@ -80,7 +81,9 @@ def _build_both(recipe: dict, depth: int) -> tuple[torch.nn.Module, torch.nn.Mod
     )
     reference = TorchvisionFasterRCNN(backbone, num_classes=NUM_CLASSES + 1).eval()
     realistic_(reference)
-    ours = build_model({**recipe, "backbone": {**recipe["backbone"], "depth": depth}}, NUM_CLASSES).eval()
+    ours = build_model(
+        model_params({**recipe, "backbone": {**recipe["backbone"], "depth": depth}}), NUM_CLASSES
+    ).eval()
     state, report = convert_state_dict(reference.state_dict(), ours.state_dict())
     assert set(report.status) == {"mapped"}
     ours.load_state_dict(state)
@@ -133,11 +136,11 @@ def test_the_default_stride_rule_differs_from_torchvision_on_p6_only(both_models
     reference, _ = both_models
     images = ImageList(torch.zeros(1, 3, 800, 1216), [(800, 1216)])
     features = [torch.zeros(1, 1, -(-800 // s), 1216 // s) for s in FEATURE_STRIDES]
-    anchors = resolve_model_config({"anchors": {"round": True}})["anchors"]
-    assert anchors["stride_rule"] == "detectron2"
+    anchors = model_params({"anchors": {"round": True}}).anchors
+    assert anchors.stride_rule == "detectron2"
     by_rule = {
         rule: FixedStrideAnchorGenerator(
-            anchors["sizes"], anchors["aspect_ratios"], FEATURE_STRIDES, True, stride_rule=rule
+            anchors.sizes, anchors.aspect_ratios, FEATURE_STRIDES, True, stride_rule=rule
         )(images, features)[0]
         for rule in ("detectron2", "torchvision")
     }
@@ -178,7 +181,7 @@ def test_a_small_model_trains_and_predicts_in_float64(static):
         "static_shapes": {"enabled": static, "max_gt_boxes": 4},
     }
     torch.manual_seed(0)
-    model = build_model(config, num_classes=2).double()
+    model = build_model(model_params(config), num_classes=2).double()
     image = torch.randint(0, 256, (3, 64, 80), dtype=torch.uint8)
     target = {
         "boxes": torch.tensor([[5.0, 5.0, 40.0, 30.0]], dtype=torch.float64),
@@ -203,7 +206,7 @@ def test_pixel_scale_1_normalises_as_torchvision_in_either_shape_mode(recipe, st
         "input": {**recipe["input"], **small},
         "static_shapes": {"enabled": static},
     }
-    transform = build_model(config, NUM_CLASSES).eval().transform
+    transform = build_model(model_params(config), NUM_CLASSES).eval().transform
     image = photo(64, 96, seed=3)
     reference = GeneralizedRCNNTransform(64, 96, [0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     with torch.no_grad():

@@ -16,6 +16,7 @@ import shutil
 import pytest
 import torch
 import torchvision
+from model_configs import model_params
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.faster_rcnn import FasterRCNN as TorchvisionFasterRCNN
 from torchvision.ops import FrozenBatchNorm2d
@@ -153,7 +154,7 @@ def steps(module_tmp) -> tuple[dict, dict]:
     images = _images()
     state = _saved_state_dict(tmp_path / "fasterrcnn_resnet50_fpn.pth")
     reference = _training_step(_torchvision_model(state), [image / 255 for image in images], KERNEL)
-    model = build_model(torchvision_recipe(tmp_path), NUM_CLASSES)
+    model = build_model(model_params(torchvision_recipe(tmp_path)), NUM_CLASSES)
     converted, _ = convert_state_dict(state, model.state_dict())
     model.load_state_dict(converted)
     return _training_step(model, images, {**OURS, **KERNEL}), reference
@@ -214,7 +215,7 @@ def coco_steps(module_tmp) -> tuple[dict, dict]:
     )
     recipe = torchvision_recipe(tmp_path)
     recipe["roi_heads"]["predictor_rows"] = "coco_category_ids"
-    model = build_model(recipe, NUM_CLASSES)
+    model = build_model(model_params(recipe), NUM_CLASSES)
     converted, report = convert_state_dict(state, model.state_dict(), categories=COCO_CATEGORIES)
     model.load_state_dict(converted)
     return _training_step(model, images, KERNEL), reference, report

@@ -3,14 +3,16 @@ pipelines that run a trained model (evaluate, export)."""
 
 from pathlib import Path
 
+import model_configs
 import pytest
 import torch
 from kedro.config import OmegaConfigLoader
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.data.coco import SplitSource, evaluation_ground_truth, read_coco_split
 from frcnn_pipeline.data.dataset import DetectionDataset
 from frcnn_pipeline.data.demo import DemoConfig, annotation_file, generate_demo_dataset, image_dir
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.settings import CONFIG_LOADER_ARGS
 
@@ -46,9 +48,9 @@ def catalog_config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_params(parameters) -> dict:
+def model_params(parameters) -> ModelParams:
     model = parameters["model"]
-    return {**model, "input": {**model["input"], **SMALL_INPUT}}
+    return model_configs.model_params({**model, "input": {**model["input"], **SMALL_INPUT}})
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +70,7 @@ def trained_model(demo_split, model_params) -> SavedDetector:
     return SavedDetector(
         model.state_dict(),
         TRAINED_MODEL,
-        model_config=resolve_model_config(model_params),
+        model_config=model_params,
         categories=category_mapping(train.categories),
         provenance={"run_name": "conftest", "iterations": 4},
     )

@@ -23,6 +23,7 @@ from tiny_training import (
 )
 from torch import nn
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.modeling import build_model
 
 STATIC_MODEL = merged(
@@ -43,7 +44,7 @@ class FailsOnThirdStep(nn.Module):
         return self.model(images, targets)
 
 
-def build(folder: Path, mode: str, model_cfg: dict, num_classes: int) -> nn.Module:
+def build(folder: Path, mode: str, model_cfg: ModelParams, num_classes: int) -> nn.Module:
     model = build_model(model_cfg, num_classes)
     return FailsOnThirdStep(model, folder / "error_time") if mode == "error" else model
 

@@ -5,6 +5,7 @@ import logging
 import pytest
 import torch
 import torchvision
+from model_configs import model_params
 
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
@@ -24,7 +25,7 @@ def coco_state() -> dict[str, torch.Tensor]:
 
 def _model_state(num_classes: int) -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return build_model(TORCHVISION, num_classes=num_classes).state_dict()
+        return build_model(model_params(TORCHVISION), num_classes=num_classes).state_dict()
 
 
 def test_rows_follow_the_category_ids_in_label_order(coco_state):

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torchvision
 from c2_layout import c2_from_torchvision, c2_resnet_shapes
+from model_configs import model_params
 
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.weights import WeightsConversionError, convert_state_dict, load_checkpoint
@@ -16,7 +17,9 @@ MSRA_R50 = {"backbone": {"depth": 50, "norm": "frozen_bn", "stride_in_1x1": True
 
 def _meta_model_state(depth: int, norm: str = "frozen_bn") -> dict[str, torch.Tensor]:
     with torch.device("meta"):
-        return build_model({"backbone": {"depth": depth, "norm": norm}}, num_classes=3).state_dict()
+        return build_model(
+            model_params({"backbone": {"depth": depth, "norm": norm}}), num_classes=3
+        ).state_dict()
 
 
 def _zeros(shapes):
@@ -83,7 +86,7 @@ def test_msra_pickle_gives_the_same_features(layout, tmp_path):
     path = tmp_path / "R-50.pkl"
     path.write_bytes(pickle.dumps(c2_from_torchvision(reference.state_dict(), 50, layout), protocol=2))
     torch.manual_seed(1)
-    model = build_model(MSRA_R50, num_classes=3).eval()
+    model = build_model(model_params(MSRA_R50), num_classes=3).eval()
     state, _ = convert_state_dict(load_checkpoint(path), model.state_dict(), source_name=str(path))
     model.load_state_dict(state)
     x = torch.randn(1, 3, 64, 96)
@@ -133,7 +136,7 @@ def test_torchvision_detector_state_dict_round_trips_including_legacy_names():
     }
     assert "rpn.head.conv.weight" in legacy and "backbone.fpn.inner_blocks.0.weight" in legacy
     torch.manual_seed(1)
-    model = build_model(_torchvision_like_config(), num_classes=3).eval()
+    model = build_model(model_params(_torchvision_like_config()), num_classes=3).eval()
     state, report = convert_state_dict(legacy, model.state_dict())
     assert set(report.status) == {"mapped"}
     model.load_state_dict(state)
@@ -173,7 +176,7 @@ def _saved_by_torchvision(kind: str, path) -> dict[str, torch.Tensor]:
 def test_frozen_bn_ignores_the_batch_counts_torchvision_saves(kind, tmp_path):
     saved = _saved_by_torchvision(kind, tmp_path / f"{kind}.pth")
     assert sum(key.endswith("num_batches_tracked") for key in saved) == R50_BATCH_NORMS
-    model = build_model({"backbone": {"depth": 50, "stride_in_1x1": False}}, num_classes=3)
+    model = build_model(model_params({"backbone": {"depth": 50, "stride_in_1x1": False}}), num_classes=3)
     state, report = convert_state_dict(
         load_checkpoint(tmp_path / f"{kind}.pth"), model.state_dict(), source_name=f"{kind}.pth"
     )
@@ -202,7 +205,9 @@ def test_trainable_bn_takes_the_batch_counts_and_frozen_stages_ignore_theirs(tmp
     """norm: bn with freeze_at 2: the stem's and res2's norms are frozen, the later stages' train."""
     saved = _saved_by_torchvision("detector", tmp_path / "detector.pth")
     saved["backbone.body.layer4.2.bn3.num_batches_tracked"].fill_(7)
-    model = build_model({"backbone": {"depth": 50, "norm": "bn", "stride_in_1x1": False}}, num_classes=3)
+    model = build_model(
+        model_params({"backbone": {"depth": 50, "norm": "bn", "stride_in_1x1": False}}), num_classes=3
+    )
     state, report = convert_state_dict(saved, model.state_dict())
     counts = report[report.source_key.str.endswith("num_batches_tracked")]
     frozen = counts.target_key.str.match(r"backbone\.body\.(bn1|layer1)\.")
@@ -257,11 +262,13 @@ D2_TINY = {"backbone": {"depth": 18, "fpn_channels": 16}, "roi_heads": {"fc_dim"
 
 def test_detectron2_model_zoo_checkpoint_round_trips(tmp_path):
     torch.manual_seed(0)
-    original = build_model(D2_TINY, num_classes=3).state_dict()
+    original = build_model(model_params(D2_TINY), num_classes=3).state_dict()
     path = tmp_path / "model_final.pkl"
     path.write_bytes(pickle.dumps(_as_detectron2_checkpoint(original)))
     torch.manual_seed(1)
-    state, report = convert_state_dict(load_checkpoint(path), build_model(D2_TINY, 3).state_dict())
+    state, report = convert_state_dict(
+        load_checkpoint(path), build_model(model_params(D2_TINY), 3).state_dict()
+    )
     assert set(report.status) == {"mapped"}
     for key, value in original.items():
         if key.startswith("roi_heads.box_predictor.bbox_pred."):
@@ -273,8 +280,8 @@ def test_detectron2_model_zoo_checkpoint_round_trips(tmp_path):
 
 def test_a_checkpoint_with_other_classes_keeps_new_predictor_heads(tmp_path):
     torch.manual_seed(0)
-    checkpoint = _as_detectron2_checkpoint(build_model(D2_TINY, num_classes=80).state_dict())
-    model_state = build_model(D2_TINY, num_classes=3).state_dict()
+    checkpoint = _as_detectron2_checkpoint(build_model(model_params(D2_TINY), num_classes=80).state_dict())
+    model_state = build_model(model_params(D2_TINY), num_classes=3).state_dict()
     state, report = convert_state_dict(checkpoint, model_state)
     mismatched = report[report.status == "shape_mismatch"]
     assert set(mismatched.target_key) == {

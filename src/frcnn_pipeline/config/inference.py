@@ -6,10 +6,11 @@ come from ``runtime:``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import Field
 
+from frcnn_pipeline.config.model import ModelParams
 from frcnn_pipeline.config.section import Section
 
 
@@ -42,16 +43,15 @@ class InferenceParams(Section):
     group_by_aspect: bool = Field(True, description="batch landscape and portrait images apart: less padding")
     num_workers: int = Field(0, ge=0, description="image decoding processes per worker")
 
-    def applied_to(self, model_cfg: dict[str, Any] | None) -> dict[str, Any]:
+    def applied_to(self, model: ModelParams) -> ModelParams:
         """The ``model:`` section with these test-time settings."""
-        model_cfg = dict(model_cfg or {})
-        model_cfg["roi_heads"] = {
-            **model_cfg.get("roi_heads", {}),
-            "score_thresh_test": self.score_threshold,
-            "nms_thresh_test": self.nms_threshold,
-            "detections_per_image": self.detections_per_image,
-        }
-        return model_cfg
+        return model.replaced(
+            roi_heads={
+                "score_thresh_test": self.score_threshold,
+                "nms_thresh_test": self.nms_threshold,
+                "detections_per_image": self.detections_per_image,
+            }
+        )
 
 
 class SamplesParams(Section):

@@ -5,7 +5,8 @@ Defaults: detectron2's COCO Faster R-CNN R-50-FPN, the model of the Ascend model
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, model_validator
 
@@ -200,6 +201,22 @@ class ModelParams(Section):
     rpn: RpnParams = RpnParams()
     roi_heads: RoiHeadsParams = RoiHeadsParams()
     static_shapes: StaticShapeParams = StaticShapeParams()
+
+    @classmethod
+    def of_saved(cls, config: Mapping[str, Any] | None) -> ModelParams:
+        """A saved model's config (possibly partial: an older version's) validated, every key left out at
+        its default.
+
+        Raises:
+            ParameterError (a ValueError): an unknown key or a wrong value, one line per problem.
+        """
+        return cls.parse(config, "model")
+
+    def replaced(self, **sections: Mapping[str, Any]) -> ModelParams:
+        """A copy with some keys of some sections replaced, e.g. ``replaced(input={"fixed_size": None})``: the
+        values are the caller's (validated elsewhere); the checks across sections run again."""
+        updates = {name: getattr(self, name).model_copy(update=values) for name, values in sections.items()}
+        return self.parse({**dict(self), **updates}, "model")  # the sections as they are, checked together
 
     @model_validator(mode="after")
     def _static_shapes_need_a_fixed_size(self) -> ModelParams:

@@ -64,6 +64,15 @@ class Section(BaseModel):
         except ValidationError as error:
             raise ParameterError(describe_errors(cls, error, key)) from None
 
+    def flat(self, prefix: str = "") -> dict[str, Any]:
+        """Every value by its dotted key, ``{"roi_heads.nms_thresh_test": 0.5, ...}`` (lists are values);
+        ``prefix`` goes before every key, with a dot."""
+        values: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            key, value = f"{prefix}.{name}" if prefix else name, getattr(self, name)
+            values.update(value.flat(key) if isinstance(value, Section) else {key: value})
+        return values
+
 
 def describe_errors(model: type[BaseModel], error: ValidationError, prefix: str) -> list[str]:
     """One line per key in error (a union's members fail together: they make one line)."""

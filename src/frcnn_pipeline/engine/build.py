@@ -81,7 +81,7 @@ def build_training_model(context: WorkerContext, job: TrainJob) -> nn.Module:
     seed_everything(job.runtime.seed)
     model = job.build(job.model_cfg, job.num_classes)
     load_initial_weights(model, job.initial_weights)
-    norm = job.model_cfg["backbone"]["norm"]
+    norm = job.model_cfg.backbone.norm
     model = convert_to_sync_batchnorm(model, norm, context.world_size, context.device.type)  # group exists
     memory_format = torch.channels_last if job.runtime.channels_last else torch.preserve_format
     model.to(context.device, memory_format=memory_format)
@@ -151,9 +151,9 @@ def build_optimizer(
 def training_dataset(job: TrainJob) -> DetectionDataset:
     """The training images; in the static-shape mode, none with more boxes than the model takes."""
     dataset = DetectionDataset(job.images, job.annotations, train=True)
-    static_shapes = job.model_cfg["static_shapes"]
-    if static_shapes["enabled"]:
-        check_gt_box_counts(dataset.boxes_per_image(), static_shapes["max_gt_boxes"])
+    static_shapes = job.model_cfg.static_shapes
+    if static_shapes.enabled:
+        check_gt_box_counts(dataset.boxes_per_image(), static_shapes.max_gt_boxes)
     return dataset
 
 

@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, atomic_save
 from frcnn_pipeline.engine.job import Evaluator
 from frcnn_pipeline.engine.loop import HookBase, Trainer, TrainState
@@ -81,7 +81,7 @@ class BestCheckpointHook(HookBase):
     As detectron2's BestCheckpointer and MMDetection's `save_best`; written atomically.
     """
 
-    def __init__(self, metric: str, directory: Path, model_config: dict[str, Any], num_classes: int):
+    def __init__(self, metric: str, directory: Path, model_config: ModelParams, num_classes: int):
         self.metric = metric
         self.path = Path(directory) / BEST_CHECKPOINT_NAME
         self.model_config = model_config
@@ -108,7 +108,7 @@ class BestCheckpointHook(HookBase):
                 "iteration": state.iteration,
                 "metric": self.metric,
                 "value": value,
-                "model_config": self.model_config,
+                "model_config": self.model_config.model_dump(),  # written out: a resume compares it
                 "num_classes": self.num_classes,
             },
             self.path,

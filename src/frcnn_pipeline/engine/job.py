@@ -4,19 +4,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 import torch
 from torch import nn
 
-from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime.distributed import WorkerContext
 
-# Builds the model from the resolved `model:` section and the number of classes.
-ModelBuilder = Callable[[dict[str, Any], int], nn.Module]
+# Builds the model from the `model:` section and the number of classes.
+ModelBuilder = Callable[[ModelParams, int], nn.Module]
 
 # An evaluator runs inside the training workers on the unwrapped model; rank 0 gets the metrics, others None.
 Evaluator = Callable[[nn.Module, WorkerContext], "dict[str, float] | None"]
@@ -29,7 +28,7 @@ class TrainJob:
     images: pd.DataFrame
     annotations: pd.DataFrame
     num_classes: int
-    model_cfg: dict[str, Any]  # resolved (frcnn_pipeline.modeling.resolve_model_config)
+    model_cfg: ModelParams
     train: TrainParams
     runtime: RuntimeParams
     initial_weights: Mapping[str, torch.Tensor] = field(default_factory=dict)

@@ -197,7 +197,7 @@ class Trainer:
             "world_size": self.context.world_size,
             "total_batch": self.context.world_size * self.job.train.images_per_device,
             "rng": rng,
-            "model_config": self.job.model_cfg,
+            "model_config": self.job.model_cfg.model_dump(),  # written out: a resume compares it
             "num_classes": self.job.num_classes,
             "data_fingerprint": self.data_fingerprint,
             "solver": self.job.train.solver.model_dump(),  # written out: a resume compares it

@@ -24,12 +24,12 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import psutil
 import torch
 
-from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
+from frcnn_pipeline.config.model import InputParams
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime import devices
@@ -61,7 +61,7 @@ class StepMemory:
         return self.activation_bytes / (self.images * self.input_size[0] * self.input_size[1])
 
 
-def largest_training_input(inputs: dict[str, Any]) -> tuple[int, int]:
+def largest_training_input(inputs: InputParams) -> tuple[int, int]:
     """(H, W) of the largest padded batch of one orientation that `model.input` allows in training.
 
     `fixed_size` pads every batch to itself. Otherwise the short side is at most the largest
@@ -69,17 +69,17 @@ def largest_training_input(inputs: dict[str, Any]) -> tuple[int, int]:
     `size_divisibility`. (A batch mixing landscape and portrait images, the epoch's last, can reach
     max_size x max_size.)
     """
-    if inputs["fixed_size"]:
-        height, width = inputs["fixed_size"]
+    if inputs.fixed_size:
+        height, width = inputs.fixed_size
         return int(height), int(width)
-    long_side = inputs["max_size"]
-    short_side = min(max(inputs["min_size_train"]), long_side)
-    divisor = inputs["size_divisibility"]
+    long_side = inputs.max_size
+    short_side = min(max(inputs.min_size_train), long_side)
+    divisor = inputs.size_divisibility
     return math.ceil(short_side / divisor) * divisor, math.ceil(long_side / divisor) * divisor
 
 
 def estimate_training_step(
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     num_classes: int,
     images: int,
     *,
@@ -88,8 +88,8 @@ def estimate_training_step(
     mixed_precision: bool = False,
 ) -> StepMemory:
     """A lower bound (module docstring) of a training step of `images` images per device at the
-    `largest_training_input` of ``model_cfg`` (resolved: frcnn_pipeline.modeling.resolve_model_config)."""
-    height, width = largest_training_input(model_cfg["input"])
+    `largest_training_input` of ``model_cfg``."""
+    height, width = largest_training_input(model_cfg.input)
     with torch.device("meta"):
         model = build_model(model_cfg, num_classes).train()
     states = 0 if optimizer == "sgd" and not momentum else _OPTIMIZER_STATES[optimizer]
@@ -108,12 +108,12 @@ def estimate_training_step(
             saved[storage._cdata] = storage.nbytes()
         return tensor
 
-    roi = model_cfg["roi_heads"]
-    resolution = roi["pooler_resolution"]
+    roi = model_cfg.roi_heads
+    resolution = roi.pooler_resolution
     with torch.autograd.graph.saved_tensors_hooks(count, lambda tensor: tensor):
         features = model.backbone(torch.empty(images, 3, height, width, device="meta"))
         model.rpn.head(list(features.values()))
-        rois = images * roi["batch_size_per_image"]  # the RoIs sampled per image in training
+        rois = images * roi.batch_size_per_image  # the RoIs sampled per image in training
         pooled = torch.empty(rois, model.backbone.out_channels, resolution, resolution, device="meta")
         model.roi_heads.box_predictor(model.roi_heads.box_head(pooled))
     activation_bytes = sum(saved.values()) // (2 if mixed_precision else 1)
@@ -143,7 +143,7 @@ def _cgroup_memory_left() -> int | None:
 
 
 def check_training_memory(
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     num_classes: int,
     train: TrainParams,
     runtime: RuntimeParams,
@@ -164,10 +164,10 @@ def check_training_memory(
     limit, source = available_memory(device)
     if step.total_bytes * sharing <= limit:
         return step
-    inputs = model_cfg["input"]
+    inputs = model_cfg.input
     height, width = step.input_size
-    fixed = inputs["fixed_size"]
-    sizes = f"min_size_train {inputs['min_size_train']}, max_size {inputs['max_size']}"
+    fixed = inputs.fixed_size
+    sizes = f"min_size_train {inputs.min_size_train}, max_size {inputs.max_size}"
     size_keys = f"fixed_size {fixed}" if fixed else sizes
     size_params = "model.input.fixed_size" if fixed else "model.input.max_size / min_size_train"
     needed = step.total_bytes * sharing
@@ -178,7 +178,7 @@ def check_training_memory(
         fix = f"lower train.images_per_device to at most {fitting_images}, or {size_params}"
     else:
         pixels = max(0, int((limit / sharing - step.model_bytes) / step.bytes_per_pixel))
-        side = math.isqrt(pixels) // inputs["size_divisibility"] * inputs["size_divisibility"]
+        side = math.isqrt(pixels) // inputs.size_divisibility * inputs.size_divisibility
         fix = f"lower {size_params}: one image of about {side}x{side} px fits"
     raise InsufficientMemoryError(
         f"A training step at model.input {size_keys} (padded {height}x{width}) with train.images_per_device "

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from frcnn_pipeline.config import SolverParams, TrainParams
+from frcnn_pipeline.config import ModelParams, SolverParams, TrainParams, flatten
 from frcnn_pipeline.errors import UserFacingError
 
 # A longer schedule continues a run; any other solver change would make it a different run.
@@ -31,7 +31,7 @@ def check_resume(
     state: dict[str, Any],
     checkpoint: Path,
     *,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     train: TrainParams,
     num_classes: int | None = None,
     world_size: int | None = None,
@@ -39,7 +39,7 @@ def check_resume(
 ) -> list[str]:
     """The accepted changes between `state` (the checkpoint at `checkpoint`) and this run.
 
-    ``model_cfg`` is resolved, ``train`` the ``train:`` section; ``num_classes``,
+    ``model_cfg`` is the ``model:`` section, ``train`` the ``train:`` section; ``num_classes``,
     ``world_size`` and ``data_fingerprint`` (sha256 of the train tables) are left unchecked when None.
 
     Raises:
@@ -58,11 +58,12 @@ def check_resume(
 
 
 def _check_same_model(
-    state: dict[str, Any], model_cfg: dict[str, Any], num_classes: int | None, checkpoint: Path
+    state: dict[str, Any], model_cfg: ModelParams, num_classes: int | None, checkpoint: Path
 ) -> None:
     """Resuming must not silently continue another model's run under the same run_name."""
-    saved_cfg, saved_classes = state["model_config"], state["num_classes"]
-    changed = sorted(key for key in {*saved_cfg, *model_cfg} if saved_cfg.get(key) != model_cfg.get(key))
+    saved, current = flatten(state["model_config"]), model_cfg.flat()
+    changed = sorted({key.split(".")[0] for key in {*saved, *current} if saved.get(key) != current.get(key)})
+    saved_classes = state["num_classes"]
     if num_classes is not None and saved_classes != num_classes:
         changed.append(f"num_classes {saved_classes} -> {num_classes}")
     if not changed:

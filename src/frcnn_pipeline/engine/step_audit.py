@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.optim import optimizer as optimizers
 
+from frcnn_pipeline.config import ModelParams
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.static import StaticBatch
@@ -90,10 +91,10 @@ class StepAudit:
     folder: str
     device_kind: str
     launcher_pid: int = field(default_factory=os.getpid)
-    build: Callable[[dict[str, Any], int], nn.Module] = build_model
+    build: Callable[[ModelParams, int], nn.Module] = build_model
     instrument: Callable[[nn.Module], None] | None = None
 
-    def __call__(self, model_cfg: dict[str, Any], num_classes: int) -> nn.Module:
+    def __call__(self, model_cfg: ModelParams, num_classes: int) -> nn.Module:
         model = self.build(model_cfg, num_classes)
         target = devices.current_device(self.device_kind)
         _open_audits.append(RankAudit(model, Path(self.folder), target, os.getpid() != self.launcher_pid))

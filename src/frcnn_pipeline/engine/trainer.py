@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.data.dataset import BadImageBudget
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.engine import build
@@ -38,7 +38,7 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     images: pd.DataFrame,
     annotations: pd.DataFrame,
     num_classes: int,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     train: TrainParams,
     runtime: RuntimeParams,
     world: WorldConfig,
@@ -51,7 +51,7 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     """Train on `world`'s workers (`runtime.nproc_per_node` × `runtime.num_nodes`); return rank 0's result on
     every node.
 
-    ``model_cfg`` is resolved (frcnn_pipeline.modeling.resolve_model_config); ``world`` is `runtime`'s.
+    ``world`` is `runtime`'s.
 
     Returns:
         {"state_dict": final weights (CPU, contiguous), "best_state_dict": the best evaluated weights ({}
@@ -158,7 +158,7 @@ def _run_record(
         "versions": package_versions(),
         # Written out as the run record, in the parameters' own form.
         "config": {
-            "model": job.model_cfg,
+            "model": job.model_cfg.model_dump(),
             "train": job.train.model_dump(),
             "runtime": job.runtime.model_dump(),
         },

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 from torch import nn
 
-from frcnn_pipeline.config import EvaluateParams, InferenceParams
+from frcnn_pipeline.config import EvaluateParams, InferenceParams, ModelParams
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import (
     build_inference_model,
@@ -36,7 +36,7 @@ class DetectionEvaluator:
     order: list[int]  # `inference_order` of image_paths, computed once
     ground_truth: dict[str, Any]
     category_ids: list[int]  # original category id of model label k + 1
-    model_cfg: dict[str, Any]
+    model_cfg: ModelParams
     options: InferenceParams
     metric_backend: str
 
@@ -47,7 +47,7 @@ class DetectionEvaluator:
         images: pd.DataFrame,
         ground_truth: dict[str, Any],
         categories: pd.DataFrame,
-        model_cfg: dict[str, Any],
+        model_cfg: ModelParams,
         settings: EvaluateParams,
     ) -> DetectionEvaluator:
         """From a split's images table and ground truth, and the `evaluate:` parameters."""

@@ -25,7 +25,7 @@ import onnx
 import torch
 from torchvision.ops import box_iou
 
-from frcnn_pipeline.config import ExportCheckParams, InferenceParams, RuntimeParams
+from frcnn_pipeline.config import ExportCheckParams, InferenceParams, ModelParams, RuntimeParams
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import coco_results, run_inference, run_onnx_inference
@@ -101,7 +101,7 @@ def subset_ground_truth(ground_truth: dict[str, Any], image_ids: list[int]) -> d
 def check_export(
     graphs: dict[str, onnx.ModelProto],
     saved: SavedDetector,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     images: dict[str, list],
     ground_truth: dict[str, Any],
     *,
@@ -176,7 +176,7 @@ class _CheckedImages:
 
 def _run_at_evaluate(
     saved: SavedDetector,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     checked: _CheckedImages,
     runtime: RuntimeParams,
     options: InferenceParams,
@@ -219,7 +219,7 @@ class _GraphCheck:
     the graph's mode, and the model's AP at evaluate's settings."""
 
     saved: SavedDetector
-    model_cfg: dict[str, Any]
+    model_cfg: ModelParams
     checked: _CheckedImages
     runtime: RuntimeParams
     onnx_threads: int
@@ -293,7 +293,7 @@ class _GraphCheck:
                 "the report's largest box and score differences)"
             )
         if abs(entry["ap_difference_vs_evaluate"]) > self.max_ap_difference:
-            fitting = fitting_canvas(self.model_cfg["input"], self.evaluated_sizes)
+            fitting = fitting_canvas(self.model_cfg.input, self.evaluated_sizes)
             failures.append(_evaluate_failure(variant, entry, self.evaluate_ap, canvas, fitting))
         return failures
 

@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from frcnn_pipeline.config import InferenceParams, RuntimeParams
+from frcnn_pipeline.config import InferenceParams, ModelParams, RuntimeParams
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.cpu_precision import cpu_dtype
@@ -139,7 +139,7 @@ def inference_order(paths: list[str], options: InferenceParams) -> list[int]:
 
 def build_inference_model(
     state_dict: dict[str, torch.Tensor],
-    model_cfg: dict[str, Any] | None,
+    model_cfg: ModelParams,
     num_classes: int,
     device: torch.device,
     options: InferenceParams,
@@ -216,7 +216,7 @@ def _device_batch(model: nn.Module, images: list[torch.Tensor], device: torch.de
 def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
     context: WorkerContext,
     state_dict: dict[str, torch.Tensor],
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     num_classes: int,
     paths: list[str],
     options: InferenceParams,
@@ -232,7 +232,7 @@ def _inference_worker(  # noqa: PLR0917 (launch passes arguments by position)
 
 def run_inference(
     state_dict: dict[str, torch.Tensor],
-    model_cfg: dict[str, Any] | None,
+    model_cfg: ModelParams,
     num_classes: int,
     paths: list[str],
     *,
@@ -273,7 +273,7 @@ def run_inference(
 
 def run_model_inference(
     saved: SavedDetector,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     num_classes: int,
     paths: list[str],
     *,

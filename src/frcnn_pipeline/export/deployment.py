@@ -11,6 +11,7 @@ import math
 from collections.abc import Iterable
 from typing import Any
 
+from frcnn_pipeline.config.model import InputParams, ModelParams
 from frcnn_pipeline.modeling.transform import resized_shape
 
 FORMAT = "frcnn_pipeline.onnx/1"
@@ -33,15 +34,15 @@ _INTERPOLATION = {
 }
 
 
-def default_canvas(input_cfg: dict[str, Any]) -> list[int]:
+def default_canvas(input_cfg: InputParams) -> list[int]:
     """The square canvas that holds any image after the test-time resize: max_size rounded up to
     size_divisibility on both sides (1344 x 1344 for max_size 1333)."""
-    divisor = input_cfg["size_divisibility"]
-    side = math.ceil(input_cfg["max_size"] / divisor) * divisor
+    divisor = input_cfg.size_divisibility
+    side = math.ceil(input_cfg.max_size / divisor) * divisor
     return [side, side]
 
 
-def fitting_canvas(input_cfg: dict[str, Any], sizes: Iterable[tuple[int, int]]) -> list[int]:
+def fitting_canvas(input_cfg: InputParams, sizes: Iterable[tuple[int, int]]) -> list[int]:
     """The smallest canvas that holds each of these (height, width) images after the test-time resize,
     rounded up to size_divisibility: what they fill, with the least padding (96 x 96 for the demo's images).
 
@@ -50,19 +51,19 @@ def fitting_canvas(input_cfg: dict[str, Any], sizes: Iterable[tuple[int, int]]) 
     from the zeros its convolutions pad with, and false detections line the image's right and bottom edges).
     """
     resized = [
-        resized_shape(h, w, input_cfg["min_size_test"], input_cfg["max_size"], input_cfg["resize_rounding"])
+        resized_shape(h, w, input_cfg.min_size_test, input_cfg.max_size, input_cfg.resize_rounding)
         for h, w in sizes
     ]
     if not resized:
         raise ValueError("no image sizes to fit a canvas to")
-    divisor = input_cfg["size_divisibility"]
+    divisor = input_cfg.size_divisibility
     return [math.ceil(max(side) / divisor) * divisor for side in zip(*resized, strict=True)]
 
 
-def resize_rule(input_cfg: dict[str, Any]) -> dict[str, Any]:
+def resize_rule(input_cfg: InputParams) -> dict[str, Any]:
     """The model's test-time resize (`modeling.transform.resized_shape`), as a deployer applies it."""
-    short_side, max_size = input_cfg["min_size_test"], input_cfg["max_size"]
-    rounding = input_cfg["resize_rounding"]
+    short_side, max_size = input_cfg.min_size_test, input_cfg.max_size
+    rounding = input_cfg.resize_rounding
     return {
         "short_side": short_side,
         "max_size": max_size,
@@ -71,35 +72,35 @@ def resize_rule(input_cfg: dict[str, Any]) -> dict[str, Any]:
             f"h, w: the image's size; scale = {short_side} / min(h, w); if max(h, w) * scale > {max_size}: "
             f"scale = {max_size} / max(h, w); {_ROUNDING[rounding]} (double precision)"
         ),
-        "interpolation": input_cfg["resize_interpolation"],
-        "method": _INTERPOLATION[input_cfg["resize_interpolation"]],
+        "interpolation": input_cfg.resize_interpolation,
+        "method": _INTERPOLATION[input_cfg.resize_interpolation],
     }
 
 
-def _normalisation(input_cfg: dict[str, Any]) -> list[str]:
+def _normalisation(input_cfg: InputParams) -> list[str]:
     steps = ["float32"]
-    if input_cfg["format"] == "BGR":
+    if input_cfg.format == "BGR":
         steps.append("channels reversed: RGB -> BGR")
     steps.append(
-        f"(x - mean) / std per channel in {input_cfg['format']} order, mean {input_cfg['pixel_mean']}, "
-        f"std {input_cfg['pixel_std']} (0-255 scale)"
+        f"(x - mean) / std per channel in {input_cfg.format} order, mean {input_cfg.pixel_mean}, "
+        f"std {input_cfg.pixel_std} (0-255 scale)"
     )
     return steps
 
 
-def _postprocessing(model_cfg: dict[str, Any]) -> dict[str, Any]:
-    roi = model_cfg["roi_heads"]
+def _postprocessing(model_cfg: ModelParams) -> dict[str, Any]:
+    roi = model_cfg.roi_heads
     steps = "boxes scaled to the original image"
-    if roi["clip_after_rescale"]:
+    if roi.clip_after_rescale:
         steps += " and clipped to it"
-    if roi["small_boxes"] == "detectron2":
+    if roi.small_boxes == "detectron2":
         steps += ", empty ones dropped"
     return {
         "in_graph": "RPN proposals (per-level top-k, NMS per level), box head, box decoding, clipping to the "
         f"image, score threshold, per-class NMS, top-k by score, {steps}",
-        "score_threshold": roi["score_thresh_test"],
-        "nms_threshold": roi["nms_thresh_test"],
-        "detections_per_image": roi["detections_per_image"],
+        "score_threshold": roi.score_thresh_test,
+        "nms_threshold": roi.nms_thresh_test,
+        "detections_per_image": roi.detections_per_image,
     }
 
 
@@ -129,7 +130,7 @@ def _outputs(variant: str, count: int | str) -> list[dict[str, Any]]:
 
 def describe_graph(
     variant: str,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     categories: list[dict[str, Any]],
     *,
     opset: int,
@@ -142,11 +143,11 @@ def describe_graph(
     Args:
         variant: DYNAMIC (any image size, preprocessing in the graph) or FIXED (canvas of size `canvas`,
             chosen as `canvas_from` says).
-        model_cfg: the resolved `model:` section the graph was exported from, test-time filtering included.
+        model_cfg: the `model:` section the graph was exported from, test-time filtering included.
         categories: the saved class mapping, table labels 0..K-1 (the graph's labels are 1..K).
         source: what was exported (kind, version, sha256, provenance).
     """
-    input_cfg = model_cfg["input"]
+    input_cfg = model_cfg.input
     description: dict[str, Any] = {
         "format": FORMAT,
         "variant": variant,
@@ -165,7 +166,7 @@ def describe_graph(
     return description
 
 
-def _dynamic_interface(input_cfg: dict[str, Any]) -> dict[str, Any]:
+def _dynamic_interface(input_cfg: InputParams) -> dict[str, Any]:
     """Inputs, outputs and preprocessing of the dynamic graph: the decoded image in, everything inside."""
     return {
         "inputs": [
@@ -183,15 +184,15 @@ def _dynamic_interface(input_cfg: dict[str, Any]) -> dict[str, Any]:
                 *_normalisation(input_cfg),
                 f"resize: {resize_rule(input_cfg)['rule']}; {resize_rule(input_cfg)['method']}",
                 f"zero padding (after normalising) on the bottom and right to multiples of "
-                f"{input_cfg['size_divisibility']}",
+                f"{input_cfg.size_divisibility}",
             ],
         },
     }
 
 
-def _fixed_interface(model_cfg: dict[str, Any], canvas: list[int], canvas_from: str) -> dict[str, Any]:
+def _fixed_interface(model_cfg: ModelParams, canvas: list[int], canvas_from: str) -> dict[str, Any]:
     """Inputs, outputs and preprocessing of the fixed-shape graph: resized on the host onto the canvas."""
-    input_cfg = model_cfg["input"]
+    input_cfg = model_cfg.input
     height, width = canvas
     inputs = [
         {
@@ -216,7 +217,7 @@ def _fixed_interface(model_cfg: dict[str, Any], canvas: list[int], canvas_from: 
     ]
     return {
         "inputs": inputs,
-        "outputs": _outputs(FIXED, model_cfg["roi_heads"]["detections_per_image"]),
+        "outputs": _outputs(FIXED, model_cfg.roi_heads.detections_per_image),
         "preprocessing": {
             "outside_graph": {
                 "color": "RGB, 0-255 as decoded (no scaling to 0-1)",
@@ -228,7 +229,7 @@ def _fixed_interface(model_cfg: dict[str, Any], canvas: list[int], canvas_from: 
             "in_graph": [*_normalisation(input_cfg), "zero beyond resized_size (after normalising)"],
         },
         "static_shapes": {
-            "detection_candidates": model_cfg["static_shapes"]["detection_candidates"],
+            "detection_candidates": model_cfg.static_shapes.detection_candidates,
             "note": "the model's static-shape mode: fixed proposal and candidate counts, masks instead of "
             "removals; NonMaxSuppression's selected indices are the one data-dependent tensor inside",
         },

@@ -13,7 +13,6 @@ the fixed-shape graph's output sizes become numbers) and checked by onnx's check
 
 from __future__ import annotations
 
-import copy
 import inspect
 import io
 import json
@@ -29,7 +28,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from frcnn_pipeline.config import ExportParams, InferenceParams
+from frcnn_pipeline.config import ExportParams, InferenceParams, ModelParams
+from frcnn_pipeline.config.model import InputParams
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.export.deployment import (
     DYNAMIC,
@@ -41,7 +41,7 @@ from frcnn_pipeline.export.deployment import (
 )
 from frcnn_pipeline.export.graph import CanvasDetector, ImageDetector
 from frcnn_pipeline.layers import backend as detection_ops
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.backbone import fold_norms_into_convs
 from frcnn_pipeline.modeling.saved import SavedDetector, require_categories
 
@@ -77,7 +77,7 @@ class ExportedDetector:
 
 def export_detector(
     saved: SavedDetector,
-    model_cfg: dict[str, Any],
+    model_cfg: ModelParams,
     options: ExportParams | None = None,
     *,
     image_sizes: list[tuple[int, int]] | None = None,
@@ -98,9 +98,9 @@ def export_detector(
         nms_threshold=options.nms_threshold,
         detections_per_image=options.detections_per_image,
     )
-    config = resolve_model_config(test_time.applied_to(model_cfg))
+    config = test_time.applied_to(model_cfg)
     require_exportable_ops(config, options.opset)
-    canvas, canvas_from = choose_canvas(config["input"], options.fixed_size, image_sizes)
+    canvas, canvas_from = choose_canvas(config.input, options.fixed_size, image_sizes)
     dynamic_config, fixed_config = graph_config(config, DYNAMIC), graph_config(config, FIXED, canvas)
     source = {key: value for key, value in saved.describe("").items() if key != "model_config_from"}
     shared = {"opset": options.opset, "source": source}
@@ -171,7 +171,7 @@ def _attach_description(graph: onnx.ModelProto, description: dict[str, Any]) -> 
 
 
 def choose_canvas(
-    input_cfg: dict[str, Any], fixed_size: list[int] | None, image_sizes: list[tuple[int, int]] | None
+    input_cfg: InputParams, fixed_size: list[int] | None, image_sizes: list[tuple[int, int]] | None
 ) -> tuple[list[int], str]:
     """The fixed-shape graph's canvas [H, W], and how it was chosen (the deployment description says)."""
     if fixed_size:
@@ -184,16 +184,16 @@ def choose_canvas(
     return default_canvas(input_cfg), "max_size rounded up to size_divisibility, square: holds any image"
 
 
-def graph_config(model_cfg: dict[str, Any], variant: str, canvas: list[int] | None = None) -> dict[str, Any]:
+def graph_config(model_cfg: ModelParams, variant: str, canvas: list[int] | None = None) -> ModelParams:
     """The model config a graph runs, whatever mode the model was trained in (the weights are the same): the
     dynamic graph the dynamic mode, the fixed-shape graph the static-shape mode padded to ``canvas``."""
-    config = copy.deepcopy(model_cfg)
-    config["input"]["fixed_size"] = list(canvas) if variant == FIXED else None
-    config["static_shapes"]["enabled"] = variant == FIXED
-    return config
+    fixed = variant == FIXED
+    return model_cfg.replaced(
+        input={"fixed_size": list(canvas) if fixed else None}, static_shapes={"enabled": fixed}
+    )
 
 
-def require_exportable_ops(model_cfg: dict[str, Any], opset: int) -> None:
+def require_exportable_ops(model_cfg: ModelParams, opset: int) -> None:
     """Refuse, naming the op, what would not export or would export with other semantics.
 
     The portable NMS/RoIAlign (`runtime.detection_ops: portable`) group boxes on the host and loop until the
@@ -207,7 +207,7 @@ def require_exportable_ops(model_cfg: dict[str, Any], opset: int) -> None:
                 "has an ONNX translation (the portable one loops on the data, which a trace would freeze): "
                 "install a torchvision built with its C++ ops (pip install torchvision)."
             )
-    if model_cfg["roi_heads"]["pooler_aligned"] and opset < 16:
+    if model_cfg.roi_heads.pooler_aligned and opset < 16:
         raise UnexportableOpError(
             "torchvision::roi_align with aligned=True (model.roi_heads.pooler_aligned, detectron2's "
             "ROIAlignV2) has an ONNX translation from opset 16 on (RoiAlign's "
@@ -216,7 +216,7 @@ def require_exportable_ops(model_cfg: dict[str, Any], opset: int) -> None:
         )
 
 
-def inference_model(state_dict: dict[str, torch.Tensor], model_cfg: dict[str, Any], num_classes: int):
+def inference_model(state_dict: dict[str, torch.Tensor], model_cfg: ModelParams, num_classes: int):
     """The model in eval mode on CPU, float32, norms folded into the convs (fewer ops in the graph)."""
     model = build_model(model_cfg, num_classes)
     model.load_state_dict(state_dict)

@@ -14,7 +14,6 @@ from frcnn_pipeline.config import ModelParams, TrainParams
 from frcnn_pipeline.data.fingerprint import tables_fingerprint
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.resume import ResumeRefusedError, check_resume
-from frcnn_pipeline.modeling import resolve_model_config
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def run_to_continue(
         check_resume(
             state,
             checkpoint,
-            model_cfg=resolve_model_config(model),
+            model_cfg=model,
             train=train,
             data_fingerprint=stored_train_data_fingerprint(pipeline, catalog),
         )

@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from frcnn_pipeline.config.model import InputParams, ModelParams
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_STRIDES
-from frcnn_pipeline.modeling.config import resolve_model_config
 from frcnn_pipeline.modeling.transform import resized_shape
 
 BOX_COLUMNS = [
@@ -30,56 +30,53 @@ BOX_COLUMNS = [
 ]  # fmt: skip
 
 
-def anchor_shapes(model_cfg: dict[str, Any] | None) -> pd.DataFrame:
+def anchor_shapes(model_cfg: ModelParams) -> pd.DataFrame:
     """One row per anchor shape: level stride, size, aspect ratio (h/w) and the cell anchor's xyxy (centred
     on 0), as the model's anchor generator makes them (rounded when ``anchors.round``)."""
-    anchors = resolve_model_config(model_cfg)["anchors"]
+    anchors = model_cfg.anchors
     generator = FixedStrideAnchorGenerator(
-        anchors["sizes"], anchors["aspect_ratios"], FEATURE_STRIDES, round_cell_anchors=anchors["round"]
+        anchors.sizes, anchors.aspect_ratios, FEATURE_STRIDES, round_cell_anchors=anchors.round
     )
     rows = []
-    for stride, size, cells in zip(FEATURE_STRIDES, anchors["sizes"], generator.cell_anchors, strict=True):
-        for ratio, (x1, y1, x2, y2) in zip(anchors["aspect_ratios"], cells.double().tolist(), strict=True):
+    for stride, size, cells in zip(FEATURE_STRIDES, anchors.sizes, generator.cell_anchors, strict=True):
+        for ratio, (x1, y1, x2, y2) in zip(anchors.aspect_ratios, cells.double().tolist(), strict=True):
             rows.append({"stride": stride, "size": float(size), "aspect_ratio": float(ratio),
                          "x1": x1, "y1": y1, "x2": x2, "y2": y2})  # fmt: skip
     return pd.DataFrame(rows)
 
 
-def resized_image_sizes(images: pd.DataFrame, model_cfg: dict[str, Any] | None) -> pd.DataFrame:
+def resized_image_sizes(images: pd.DataFrame, model_cfg: ModelParams) -> pd.DataFrame:
     """``images`` with ``resized_width``/``resized_height``: the model's test-time resize (``min_size_test``
     shorter side, ``max_size`` cap, ``resize_rounding``), computed once per distinct image size."""
-    inputs = resolve_model_config(model_cfg)["input"]
+    inputs = model_cfg.input
     sizes = images[["height", "width"]].drop_duplicates()
     resized = [
-        resized_shape(h, w, inputs["min_size_test"], inputs["max_size"], inputs["resize_rounding"])
+        resized_shape(h, w, inputs.min_size_test, inputs.max_size, inputs.resize_rounding)
         for h, w in sizes.itertuples(index=False)
     ]
     sizes = sizes.assign(resized_height=[h for h, _ in resized], resized_width=[w for _, w in resized])
     return images.merge(sizes, on=["height", "width"], how="left")
 
 
-def _padded(extent: np.ndarray, inputs: dict[str, Any], axis: int) -> np.ndarray:
-    if inputs["fixed_size"]:
-        return np.full_like(extent, inputs["fixed_size"][axis])
-    divisor = max(int(inputs["size_divisibility"]), 1)
+def _padded(extent: np.ndarray, inputs: InputParams, axis: int) -> np.ndarray:
+    if inputs.fixed_size:
+        return np.full_like(extent, inputs.fixed_size[axis])
+    divisor = max(int(inputs.size_divisibility), 1)
     return np.ceil(extent / divisor) * divisor
 
 
-def box_geometry(
-    images: pd.DataFrame, annotations: pd.DataFrame, model_cfg: dict[str, Any] | None
-) -> pd.DataFrame:
+def box_geometry(images: pd.DataFrame, annotations: pd.DataFrame, model_cfg: ModelParams) -> pd.DataFrame:
     """One row per annotation: its box after the test-time resize (width, height, area, aspect ratio h/w)
     and the best IoU any anchor reaches with it, with that anchor's size and ratio (module doc)."""
-    cfg = resolve_model_config(model_cfg)
-    sized = resized_image_sizes(images, cfg).set_index("image_id")
+    sized = resized_image_sizes(images, model_cfg).set_index("image_id")
     image = sized.loc[annotations["image_id"].to_numpy()]
     scale_x = (image["resized_width"] / image["width"]).to_numpy()
     scale_y = (image["resized_height"] / image["height"]).to_numpy()
     scale = np.stack([scale_x, scale_y, scale_x, scale_y], axis=1)
     boxes = annotations[["x1", "y1", "x2", "y2"]].to_numpy(dtype=np.float64).reshape(-1, 4) * scale
-    padded_w = _padded(image["resized_width"].to_numpy(dtype=np.float64), cfg["input"], 1)
-    padded_h = _padded(image["resized_height"].to_numpy(dtype=np.float64), cfg["input"], 0)
-    best_iou, best_size, best_ratio = best_anchor_iou(boxes, anchor_shapes(cfg), padded_w, padded_h)
+    padded_w = _padded(image["resized_width"].to_numpy(dtype=np.float64), model_cfg.input, 1)
+    padded_h = _padded(image["resized_height"].to_numpy(dtype=np.float64), model_cfg.input, 0)
+    best_iou, best_size, best_ratio = best_anchor_iou(boxes, anchor_shapes(model_cfg), padded_w, padded_h)
     width, height = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     with np.errstate(divide="ignore", invalid="ignore"):
         aspect = height / width
@@ -125,20 +122,23 @@ def best_anchor_iou(
     return best, best_size, best_ratio
 
 
-def coverage_summary(geometry: pd.DataFrame, model_cfg: dict[str, Any] | None) -> dict[str, Any]:
+def coverage_summary(geometry: pd.DataFrame, model_cfg: ModelParams) -> dict[str, Any]:
     """How many (non-crowd) boxes no anchor can match (best IoU below the RPN's foreground threshold), and
     how many of those are smaller than the smallest anchor (sqrt(area) below its size)."""
-    cfg = resolve_model_config(model_cfg)
-    foreground_iou = float(cfg["rpn"]["iou_thresholds"][1])
-    smallest = float(min(cfg["anchors"]["sizes"]))
+    foreground_iou = float(model_cfg.rpn.iou_thresholds[1])
+    smallest = float(min(model_cfg.anchors.sizes))
     objects = geometry[~geometry["iscrowd"]]
     unmatchable = objects["best_anchor_iou"] < foreground_iou
     small = np.sqrt(objects["area"]) < smallest
-    count = len(objects)
+    count, inputs = len(objects), model_cfg.input
     return {
-        "resize": {key: cfg["input"][key] for key in ("min_size_test", "max_size", "resize_rounding")},
-        "anchor_sizes": [float(size) for size in cfg["anchors"]["sizes"]],
-        "anchor_aspect_ratios": [float(ratio) for ratio in cfg["anchors"]["aspect_ratios"]],
+        "resize": {
+            "min_size_test": inputs.min_size_test,
+            "max_size": inputs.max_size,
+            "resize_rounding": inputs.resize_rounding,
+        },
+        "anchor_sizes": [float(size) for size in model_cfg.anchors.sizes],
+        "anchor_aspect_ratios": [float(ratio) for ratio in model_cfg.anchors.aspect_ratios],
         "rpn_foreground_iou": foreground_iou,
         "boxes": count,
         "unmatchable_boxes": int(unmatchable.sum()),

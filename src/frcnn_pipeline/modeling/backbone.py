@@ -3,7 +3,6 @@
 import itertools
 from collections.abc import Callable
 from functools import partial
-from typing import Any
 
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -13,6 +12,7 @@ from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.ops import FrozenBatchNorm2d
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
+from frcnn_pipeline.config.model import BackboneParams
 from frcnn_pipeline.errors import UserFacingError
 
 # Feature map names and strides of P2..P6, as BackboneWithFPN names them ("pool" is LastLevelMaxPool's P6).
@@ -153,27 +153,23 @@ def fold_norms_into_convs(module: nn.Module) -> nn.Module:
     return module
 
 
-def build_resnet_fpn_backbone(backbone_cfg: dict[str, Any]) -> BackboneWithFPN:
+def build_resnet_fpn_backbone(backbone_cfg: BackboneParams) -> BackboneWithFPN:
     """ResNet-{18,34,50,101} body (random init; weights come from the weights pipeline) with an FPN.
 
     The state-dict names are torchvision's (`body.layer1.0.conv1.weight`, `fpn.inner_blocks.0.0.weight`),
     so torchvision detector checkpoints load as they are.
     """
-    frozen_class = partial(
-        _FROZEN_NORMS[backbone_cfg["frozen_bn_arithmetic"]], eps=backbone_cfg["frozen_bn_eps"]
-    )
-    body = _RESNETS[backbone_cfg["depth"]](
-        weights=None, norm_layer=_norm_layer(backbone_cfg["norm"], frozen_class)
-    )
-    if backbone_cfg["stride_in_1x1"]:
+    frozen_class = partial(_FROZEN_NORMS[backbone_cfg.frozen_bn_arithmetic], eps=backbone_cfg.frozen_bn_eps)
+    body = _RESNETS[backbone_cfg.depth](weights=None, norm_layer=_norm_layer(backbone_cfg.norm, frozen_class))
+    if backbone_cfg.stride_in_1x1:
         _move_stride_to_1x1(body)
-    _freeze_stages(body, backbone_cfg["freeze_at"], frozen_class)
+    _freeze_stages(body, backbone_cfg.freeze_at, frozen_class)
     expansion = body.layer1[0].expansion  # 1 for R-18/34, 4 for R-50/101
     in_channels_list = [64 * expansion * 2**i for i in range(4)]
     return BackboneWithFPN(
         body,
         return_layers={f"layer{i + 1}": FEATURE_NAMES[i] for i in range(4)},
         in_channels_list=in_channels_list,
-        out_channels=backbone_cfg["fpn_channels"],
+        out_channels=backbone_cfg.fpn_channels,
         extra_blocks=LastLevelMaxPool(),
     )

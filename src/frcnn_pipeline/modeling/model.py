@@ -1,14 +1,12 @@
 """`build_model`: Faster R-CNN R-FPN from torchvision detection components, configured by `model:` alone."""
 
-from typing import Any
-
 import torch
 from torch import Tensor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from frcnn_pipeline.config.model import ModelParams, StaticShapeParams
 from frcnn_pipeline.modeling.anchors import FixedStrideAnchorGenerator
 from frcnn_pipeline.modeling.backbone import FEATURE_NAMES, FEATURE_STRIDES, build_resnet_fpn_backbone
-from frcnn_pipeline.modeling.config import resolve_model_config
 from frcnn_pipeline.modeling.pooler import LevelRoIAlign
 from frcnn_pipeline.modeling.roi_heads import (
     COCO_PREDICTOR_ROWS,
@@ -24,9 +22,7 @@ from frcnn_pipeline.modeling.transform import DetectronTransform
 class FasterRCNN(GeneralizedRCNN):
     """GeneralizedRCNN that remembers its resolved configuration and number of foreground classes."""
 
-    def __init__(
-        self, backbone, rpn, roi_heads, transform, *, config: dict[str, Any], num_classes: int
-    ) -> None:
+    def __init__(self, backbone, rpn, roi_heads, transform, *, config: ModelParams, num_classes: int) -> None:
         super().__init__(backbone, rpn, roi_heads, transform)
         self.config = config
         self.num_classes = num_classes
@@ -57,118 +53,117 @@ class StaticFasterRCNN(FasterRCNN):
         return self.transform.postprocess(detections, image_list.image_sizes, original_sizes)
 
 
-def build_model(model_cfg: dict[str, Any] | None, num_classes: int) -> FasterRCNN:
+def build_model(cfg: ModelParams, num_classes: int) -> FasterRCNN:
     """Faster R-CNN with a ResNet-FPN backbone, randomly initialised (load weights afterwards).
 
     Args:
-        model_cfg: the `model:` parameter section, possibly partial (missing keys take detectron2's values).
+        cfg: the `model:` parameter section.
         num_classes: number of foreground classes K; labels in and out are 1..K, 0 is background.
     """
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1 foreground classes, got {num_classes}")
-    cfg = resolve_model_config(model_cfg)
-    backbone = build_resnet_fpn_backbone(cfg["backbone"])
+    backbone = build_resnet_fpn_backbone(cfg.backbone)
     rpn = _build_rpn(cfg, backbone.out_channels)
     roi_heads = _build_roi_heads(cfg, backbone.out_channels, num_classes)
-    model_class = StaticFasterRCNN if cfg["static_shapes"]["enabled"] else FasterRCNN
+    model_class = StaticFasterRCNN if cfg.static_shapes.enabled else FasterRCNN
     return model_class(backbone, rpn, roi_heads, _build_transform(cfg), config=cfg, num_classes=num_classes)
 
 
 # The static-shape mode swaps in variants of the model, RPN and box head with the same weights.
-def _static_rpn_options(static: dict[str, Any]) -> dict[str, Any]:
-    return {"nms_rounds": static["nms_rounds"]} if static["enabled"] else {}
+def _static_rpn_options(static: StaticShapeParams) -> dict[str, int]:
+    return {"nms_rounds": static.nms_rounds} if static.enabled else {}
 
 
-def _static_heads_options(static: dict[str, Any]) -> dict[str, Any]:
-    if not static["enabled"]:
+def _static_heads_options(static: StaticShapeParams) -> dict[str, int]:
+    if not static.enabled:
         return {}
-    return {**_static_rpn_options(static), "detection_candidates": static["detection_candidates"]}
+    return {**_static_rpn_options(static), "detection_candidates": static.detection_candidates}
 
 
-def _build_rpn(cfg: dict[str, Any], in_channels: int) -> DetectronRPN:
-    anchors, rpn_cfg, static = cfg["anchors"], cfg["rpn"], cfg["static_shapes"]
+def _build_rpn(cfg: ModelParams, in_channels: int) -> DetectronRPN:
+    anchors, rpn_cfg, static = cfg.anchors, cfg.rpn, cfg.static_shapes
     anchor_generator = FixedStrideAnchorGenerator(
-        anchors["sizes"],
-        anchors["aspect_ratios"],
+        anchors.sizes,
+        anchors.aspect_ratios,
         FEATURE_STRIDES,
-        round_cell_anchors=anchors["round"],
-        stride_rule=anchors["stride_rule"],
+        round_cell_anchors=anchors.round,
+        stride_rule=anchors.stride_rule,
     )
-    background_iou, foreground_iou = rpn_cfg["iou_thresholds"]
-    return (StaticRPN if static["enabled"] else DetectronRPN)(
+    background_iou, foreground_iou = rpn_cfg.iou_thresholds
+    return (StaticRPN if static.enabled else DetectronRPN)(
         anchor_generator,
         Float32RPNHead(in_channels, anchor_generator.num_anchors_per_location()[0]),
         fg_iou_thresh=foreground_iou,
         bg_iou_thresh=background_iou,
-        batch_size_per_image=rpn_cfg["batch_size_per_image"],
-        positive_fraction=rpn_cfg["positive_fraction"],
-        pre_nms_top_n={"training": rpn_cfg["pre_nms_topk_train"], "testing": rpn_cfg["pre_nms_topk_test"]},
-        post_nms_top_n={"training": rpn_cfg["post_nms_topk_train"], "testing": rpn_cfg["post_nms_topk_test"]},
-        nms_thresh=rpn_cfg["nms_thresh"],
-        smooth_l1_beta=rpn_cfg["smooth_l1_beta"],
-        rank_on=rpn_cfg["rank_on"],
-        small_boxes=rpn_cfg["small_boxes"],
+        batch_size_per_image=rpn_cfg.batch_size_per_image,
+        positive_fraction=rpn_cfg.positive_fraction,
+        pre_nms_top_n={"training": rpn_cfg.pre_nms_topk_train, "testing": rpn_cfg.pre_nms_topk_test},
+        post_nms_top_n={"training": rpn_cfg.post_nms_topk_train, "testing": rpn_cfg.post_nms_topk_test},
+        nms_thresh=rpn_cfg.nms_thresh,
+        smooth_l1_beta=rpn_cfg.smooth_l1_beta,
+        rank_on=rpn_cfg.rank_on,
+        small_boxes=rpn_cfg.small_boxes,
         **_static_rpn_options(static),
     )
 
 
-def _build_roi_heads(cfg: dict[str, Any], in_channels: int, num_classes: int) -> DetectronRoIHeads:
-    roi_cfg, static = cfg["roi_heads"], cfg["static_shapes"]
+def _build_roi_heads(cfg: ModelParams, in_channels: int, num_classes: int) -> DetectronRoIHeads:
+    roi_cfg, static = cfg.roi_heads, cfg.static_shapes
     # coco_category_ids: the weights pipeline writes the labels' rows (by category id) into the state dict
-    coco_rows = roi_cfg["predictor_rows"] == "coco_category_ids"
+    coco_rows = roi_cfg.predictor_rows == "coco_category_ids"
     if coco_rows and num_classes >= COCO_PREDICTOR_ROWS:
         raise ValueError(f"predictor_rows coco_category_ids holds at most 90 classes, got {num_classes}")
     box_head, box_predictor = box_head_and_predictor(
         in_channels,
-        roi_cfg["pooler_resolution"],
-        roi_cfg["fc_dim"],
+        roi_cfg.pooler_resolution,
+        roi_cfg.fc_dim,
         COCO_PREDICTOR_ROWS - 1 if coco_rows else num_classes,
     )
-    return (StaticRoIHeads if static["enabled"] else DetectronRoIHeads)(
+    return (StaticRoIHeads if static.enabled else DetectronRoIHeads)(
         LevelRoIAlign(
             FEATURE_NAMES[:4],
             FEATURE_STRIDES[:4],
-            roi_cfg["pooler_resolution"],
-            roi_cfg["pooler_sampling_ratio"],
-            aligned=roi_cfg["pooler_aligned"],
-            level_rule=roi_cfg["pooler_level_rule"],
-            static_shapes=static["enabled"],
+            roi_cfg.pooler_resolution,
+            roi_cfg.pooler_sampling_ratio,
+            aligned=roi_cfg.pooler_aligned,
+            level_rule=roi_cfg.pooler_level_rule,
+            static_shapes=static.enabled,
         ),
         box_head,
         box_predictor,
-        fg_iou_thresh=roi_cfg["iou_threshold"],
-        bg_iou_thresh=roi_cfg["iou_threshold"],
-        batch_size_per_image=roi_cfg["batch_size_per_image"],
-        positive_fraction=roi_cfg["positive_fraction"],
-        bbox_reg_weights=tuple(roi_cfg["bbox_reg_weights"]),
-        score_thresh=roi_cfg["score_thresh_test"],
-        nms_thresh=roi_cfg["nms_thresh_test"],
-        detections_per_img=roi_cfg["detections_per_image"],
-        smooth_l1_beta=roi_cfg["smooth_l1_beta"],
-        label_smoothing=roi_cfg["label_smoothing"],
-        softmax_background=roi_cfg["softmax_background"],
-        nms_class_ids=roi_cfg["nms_class_ids"],
-        small_boxes=roi_cfg["small_boxes"],
+        fg_iou_thresh=roi_cfg.iou_threshold,
+        bg_iou_thresh=roi_cfg.iou_threshold,
+        batch_size_per_image=roi_cfg.batch_size_per_image,
+        positive_fraction=roi_cfg.positive_fraction,
+        bbox_reg_weights=tuple(roi_cfg.bbox_reg_weights),
+        score_thresh=roi_cfg.score_thresh_test,
+        nms_thresh=roi_cfg.nms_thresh_test,
+        detections_per_img=roi_cfg.detections_per_image,
+        smooth_l1_beta=roi_cfg.smooth_l1_beta,
+        label_smoothing=roi_cfg.label_smoothing,
+        softmax_background=roi_cfg.softmax_background,
+        nms_class_ids=roi_cfg.nms_class_ids,
+        small_boxes=roi_cfg.small_boxes,
         label_rows=torch.arange(num_classes + 1) if coco_rows else None,
         **_static_heads_options(static),
     )
 
 
-def _build_transform(cfg: dict[str, Any]) -> DetectronTransform:
-    inputs, roi_cfg, static = cfg["input"], cfg["roi_heads"], cfg["static_shapes"]
+def _build_transform(cfg: ModelParams) -> DetectronTransform:
+    inputs, roi_cfg, static = cfg.input, cfg.roi_heads, cfg.static_shapes
     return DetectronTransform(
-        min_size_train=inputs["min_size_train"],
-        min_size_test=inputs["min_size_test"],
-        max_size=inputs["max_size"],
-        pixel_mean=inputs["pixel_mean"],
-        pixel_std=inputs["pixel_std"],
-        pixel_scale=inputs["pixel_scale"],
-        input_format=inputs["format"],
-        size_divisibility=inputs["size_divisibility"],
-        resize_rounding=inputs["resize_rounding"],
-        resize_interpolation=inputs["resize_interpolation"],
-        clip_detections=roi_cfg["clip_after_rescale"],
-        drop_empty_detections=roi_cfg["small_boxes"] == "detectron2",
-        fixed_size=inputs["fixed_size"],
-        max_gt_boxes=static["max_gt_boxes"] if static["enabled"] else None,
+        min_size_train=inputs.min_size_train,
+        min_size_test=inputs.min_size_test,
+        max_size=inputs.max_size,
+        pixel_mean=inputs.pixel_mean,
+        pixel_std=inputs.pixel_std,
+        pixel_scale=inputs.pixel_scale,
+        input_format=inputs.format,
+        size_divisibility=inputs.size_divisibility,
+        resize_rounding=inputs.resize_rounding,
+        resize_interpolation=inputs.resize_interpolation,
+        clip_detections=roi_cfg.clip_after_rescale,
+        drop_empty_detections=roi_cfg.small_boxes == "detectron2",
+        fixed_size=inputs.fixed_size,
+        max_gt_boxes=static.max_gt_boxes if static.enabled else None,
     )

@@ -21,8 +21,7 @@ import pandas as pd
 import safetensors.torch
 import torch
 
-from frcnn_pipeline.config import flatten
-from frcnn_pipeline.modeling.config import resolve_model_config
+from frcnn_pipeline.config.model import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +44,8 @@ class SavedDetector:
     Attributes:
         state_dict: the model's state dict.
         kind: ``trained_model`` or ``initial_weights`` (``unknown`` for a bare safetensors file).
-        model_config: the resolved ``model:`` section the weights were trained with; None when never trained.
+        model_config: the ``model:`` section the weights were trained with; None when never trained (in the
+            file: the section as JSON, possibly partial when saved by an older version).
         categories: the class mapping by label: ``[{"label": 0, "category_id": 3, "name": "cat"}, ...]``.
         provenance: what made them (a training run's name, iterations and data fingerprint; a weights source).
         origin: where they were loaded from (``path``, ``version``, ``sha256`` of the file); not saved.
@@ -53,7 +53,7 @@ class SavedDetector:
 
     state_dict: dict[str, torch.Tensor]
     kind: str
-    model_config: dict[str, Any] | None = None
+    model_config: ModelParams | None = None
     categories: list[dict[str, Any]] | None = None
     provenance: dict[str, Any] = field(default_factory=dict)
     origin: dict[str, Any] = field(default_factory=dict)
@@ -63,7 +63,7 @@ class SavedDetector:
         metadata = {
             "format": FORMAT,
             "kind": self.kind,
-            "model_config": json.dumps(self.model_config),
+            "model_config": json.dumps(None if self.model_config is None else self.model_config.model_dump()),
             "categories": json.dumps(self.categories),
             "provenance": json.dumps(self.provenance, default=str),
         }
@@ -76,10 +76,11 @@ class SavedDetector:
         state_dict = safetensors.torch.load(data)
         if metadata.get("format") != FORMAT:
             return cls(state_dict, kind="unknown", origin=dict(origin or {}))
+        model_config = json.loads(metadata["model_config"])
         return cls(
             state_dict,
             kind=metadata["kind"],
-            model_config=json.loads(metadata["model_config"]),
+            model_config=None if model_config is None else ModelParams.of_saved(model_config),
             categories=json.loads(metadata["categories"]),
             provenance=json.loads(metadata["provenance"]),
             origin=dict(origin or {}),
@@ -172,14 +173,14 @@ def check_same_categories(saved: SavedDetector, categories: pd.DataFrame) -> Non
     )
 
 
-def inference_model_config(saved: SavedDetector, parameters: dict[str, Any] | None) -> tuple[dict, str]:
+def inference_model_config(saved: SavedDetector, parameters: ModelParams) -> tuple[ModelParams, str]:
     """The model config to build ``saved`` with, and where it came from (``saved`` or ``parameters``).
 
     Raises:
         ValueError: ``parameters`` (the ``model:`` section) contradicts the config the model was trained
             with, naming each key with both values.
     """
-    current = resolve_model_config(parameters)
+    current = parameters
     if saved.model_config is None:
         if saved.kind == INITIAL_WEIGHTS:
             log.info("%s: built from params:model (initial weights carry no training config)", saved.name)
@@ -190,8 +191,8 @@ def inference_model_config(saved: SavedDetector, parameters: dict[str, Any] | No
                 saved.name,
             )
         return current, "parameters"
-    trained = resolve_model_config(saved.model_config)
-    trained_flat, current_flat = flatten(trained), flatten(current)
+    trained = saved.model_config
+    trained_flat, current_flat = trained.flat(), current.flat()
     conflicts = [
         f"model.{key} is {current_flat[key]!r} in parameters but {saved.name} was trained with "
         f"{trained_flat[key]!r}"

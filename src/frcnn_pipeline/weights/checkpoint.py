@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from frcnn_pipeline.config.model import ModelParams
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.weights.safe_pickle import load_weights_pickle
 
@@ -82,7 +83,7 @@ def unwrap_checkpoint(checkpoint: Any, source_name: str) -> tuple[dict[str, Any]
     )
 
 
-def convention_warnings(source_format: str, model_cfg: Mapping[str, Any]) -> list[str]:
+def convention_warnings(source_format: str, model_cfg: ModelParams) -> list[str]:
     """Input and stride conventions of the weights that the model configuration contradicts.
 
     Shapes cannot tell them apart, so such weights load without complaint and quietly lose accuracy.
@@ -93,13 +94,13 @@ def convention_warnings(source_format: str, model_cfg: Mapping[str, Any]) -> lis
     expected_format, expected_stride_in_1x1 = ("BGR", True) if msra else ("RGB", False)
     origin = "MSRA/detectron2" if msra else "torchvision"
     warnings = []
-    if model_cfg["input"]["format"] != expected_format:
+    if model_cfg.input.format != expected_format:
         warnings.append(
             f"{origin} weights expect {expected_format} input but model.input.format is "
-            f"{model_cfg['input']['format']} (check pixel_mean/pixel_std too)"
+            f"{model_cfg.input.format} (check pixel_mean/pixel_std too)"
         )
-    bottleneck = model_cfg["backbone"]["depth"] >= 50
-    if bottleneck and model_cfg["backbone"]["stride_in_1x1"] != expected_stride_in_1x1:
+    bottleneck = model_cfg.backbone.depth >= 50
+    if bottleneck and model_cfg.backbone.stride_in_1x1 != expected_stride_in_1x1:
         warnings.append(
             f"{origin} weights need model.backbone.stride_in_1x1: {str(expected_stride_in_1x1).lower()}"
         )

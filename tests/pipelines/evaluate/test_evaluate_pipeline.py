@@ -14,7 +14,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams
+from frcnn_pipeline.config import EvaluateParams, RuntimeParams
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.evaluation import STAT_NAMES
 from frcnn_pipeline.evaluation.error_analysis import ERROR_TYPES
@@ -105,7 +105,7 @@ def inputs(demo_split, model_params, parameters) -> dict:
         "categories": demo_split["train"].categories,
         "val_ground_truth": demo_split["ground_truth"],
         # Typed, as the run configuration's hook hands them to the nodes.
-        "params:model": ModelParams.parse(model_params, "model"),
+        "params:model": model_params,
         "params:evaluate": EvaluateParams.parse(parameters["evaluate"], "evaluate"),
         "params:runtime": RuntimeParams.parse(parameters["runtime"], "runtime"),
     }

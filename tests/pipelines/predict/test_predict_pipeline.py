@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import model_configs
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,8 +14,8 @@ from kedro.runner import SequentialRunner
 from kedro_params import typed
 from PIL import Image
 
-from frcnn_pipeline.config import PredictParams
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.config import ModelParams, PredictParams
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.pipelines.predict import create_pipeline
 from frcnn_pipeline.pipelines.predict.nodes import list_prediction_images
@@ -33,9 +34,11 @@ def config() -> dict:
 
 
 @pytest.fixture(scope="module")
-def model_params(config) -> dict:
+def model_params(config) -> ModelParams:
     model = config["parameters"]["model"]
-    return {**model, "input": {**model["input"], "min_size_test": 64, "max_size": 96}}
+    return model_configs.model_params(
+        {**model, "input": {**model["input"], "min_size_test": 64, "max_size": 96}}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +47,7 @@ def model(model_params) -> SavedDetector:
     return SavedDetector(
         build_model(model_params, len(CATEGORIES)).state_dict(),
         TRAINED_MODEL,
-        model_config=resolve_model_config(model_params),
+        model_config=model_params,
         categories=category_mapping(CATEGORIES),
         provenance={"run_name": "test"},
     )

@@ -7,13 +7,13 @@ import pandas as pd
 import pytest
 import torch
 from matplotlib.figure import Figure
+from model_configs import model_params
 
 from frcnn_pipeline.config import SECTIONS, EvaluateParams, ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.framework.parameter_docs import load_parameters, resolved_sections
-from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
 from frcnn_pipeline.pipelines.shape import PipelineShape
 from frcnn_pipeline.pipelines.train import create_pipeline
@@ -71,13 +71,13 @@ def test_env_recipes(env, device, world, optimizer, lr):
 
 @pytest.mark.parametrize("env", ["base", "cpu2p", "npu1p", "npu8p", "gpu1p", "gpu8p"])
 def test_static_shapes_are_the_npu_default(env):
-    model = resolve_model_config(load_parameters(env)["model"])
+    model = model_params(load_parameters(env)["model"])
     on_npu = env.startswith("npu")
-    assert model["static_shapes"]["enabled"] is on_npu
+    assert model.static_shapes.enabled is on_npu
     if on_npu:  # every resized image fits the fixed size
-        size_divisibility = model["input"]["size_divisibility"]
-        padded_max = -(-model["input"]["max_size"] // size_divisibility) * size_divisibility
-        assert model["input"]["fixed_size"] == [padded_max, padded_max] == [1344, 1344]
+        size_divisibility = model.input.size_divisibility
+        padded_max = -(-model.input.max_size // size_divisibility) * size_divisibility
+        assert model.input.fixed_size == [padded_max, padded_max] == [1344, 1344]
 
 
 def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_path):
@@ -127,7 +127,7 @@ def test_the_trained_and_best_models_carry_their_config_classes_and_provenance(m
     )  # fmt: skip
 
     assert returned is record and trained.kind == "trained_model" and trained.state_dict is weights
-    assert trained.model_config == resolve_model_config(parameters["model"])
+    assert trained.model_config == model_params(parameters["model"])
     assert trained.categories == [
         {"label": 0, "category_id": 3, "name": "a"}, {"label": 1, "category_id": 7, "name": "b"}
     ]  # fmt: skip

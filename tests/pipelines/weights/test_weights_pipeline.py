@@ -15,6 +15,7 @@ import yaml
 from kedro.framework.hooks import _create_hook_manager
 from kedro.io import DataCatalog, MemoryDataset
 from kedro.runner import SequentialRunner
+from model_configs import model_params
 
 from frcnn_pipeline.config import ModelParams, WeightsParams
 from frcnn_pipeline.framework.hooks import ReportOnFailureHook
@@ -104,7 +105,7 @@ def http_root(tmp_path):
 
 
 def _demo_model():
-    return build_model(_parameters("model"), num_classes=len(CATEGORIES))
+    return build_model(model_params(_parameters("model")), num_classes=len(CATEGORIES))
 
 
 def test_source_none_is_a_seeded_random_initialisation(tmp_path):
@@ -183,8 +184,8 @@ def test_a_failed_conversion_still_writes_its_report(tmp_path):
     _torchvision_resnet18_as_detectron2(tmp_path / "r18.pkl")
     weights_params = {**_parameters("weights"), "source": str(tmp_path / "r18.pkl"), "retries": 0}
     catalog = _catalog(tmp_path, weights_params)
-    model_params = _parameters("model")
-    deeper = {**model_params, "backbone": {**model_params["backbone"], "depth": 34}}
+    model = _parameters("model")
+    deeper = {**model, "backbone": {**model["backbone"], "depth": 34}}
     catalog["params:model"] = _typed_model(deeper)
     hooks = _create_hook_manager()
     hooks.register(ReportOnFailureHook())

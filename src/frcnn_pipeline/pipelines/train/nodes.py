@@ -16,7 +16,6 @@ from frcnn_pipeline.engine.checkpoint import outputs_saved
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
-from frcnn_pipeline.modeling import resolve_model_config
 from frcnn_pipeline.modeling.saved import BEST_MODEL, TRAINED_MODEL, SavedDetector, category_mapping
 from frcnn_pipeline.runtime.world import WorldConfig
 
@@ -49,17 +48,16 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     The MLflow run kedro-mlflow opened (if any) is handed to the workers, which log into it live.
     """
     # Long because its docstring says what each of the five outputs holds in each case.
-    model_config = resolve_model_config(model)
     evaluator = None
     if train.eval_period:
         evaluator = DetectionEvaluator.for_split(
-            split, eval_images, eval_ground_truth, categories, model_config, evaluate
+            split, eval_images, eval_ground_truth, categories, model, evaluate
         )
     result = train_detector(
         train_images,
         train_annotations,
         len(categories),
-        model_config,
+        model,
         train,
         runtime,
         WorldConfig.from_runtime(runtime),
@@ -92,7 +90,7 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
             "source": initial_weights.provenance.get("source"),
         },
     }
-    saved = {"model_config": model_config, "categories": category_mapping(categories)}
+    saved = {"model_config": model, "categories": category_mapping(categories)}
     trained = SavedDetector(result["state_dict"], TRAINED_MODEL, **saved, provenance=provenance)
     best = record["best"]
     best_provenance = (

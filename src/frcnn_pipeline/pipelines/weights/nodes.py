@@ -6,7 +6,7 @@ import pandas as pd
 import torch
 
 from frcnn_pipeline.config import ModelParams, WeightsParams
-from frcnn_pipeline.modeling import build_model, resolve_model_config
+from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
 from frcnn_pipeline.weights.checkpoint import convention_warnings
@@ -74,23 +74,22 @@ def convert_pretrained_weights(
         logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
         return _initial_weights(state, categories, pretrained, params.seed), report
     checkpoint = load_checkpoint(pretrained["path"])
-    model_cfg = resolve_model_config(model)
     state, report = convert_state_dict(
         checkpoint,
         model_state,
         source_name=pretrained["path"],
         bn_fold=params.bn_fold,
         categories=[(entry["category_id"], entry["name"]) for entry in category_mapping(categories)],
-        frozen_bn_eps=model_cfg["backbone"]["frozen_bn_eps"],
+        frozen_bn_eps=model.backbone.frozen_bn_eps,
     )
     source_state, source_format = unwrap_checkpoint(checkpoint, pretrained["path"])
-    warnings = convention_warnings(source_format, model_cfg)
-    if is_coco_predictor(source_state) and model_cfg["backbone"]["frozen_bn_eps"] != 0:
+    warnings = convention_warnings(source_format, model)
+    if is_coco_predictor(source_state) and model.backbone.frozen_bn_eps != 0:
         warnings.append(
             "torchvision's COCO detector weights (91 classes) run with frozen BN eps 0: set "
             "model.backbone.frozen_bn_eps: 0 (the torchvision_coco recipe does)"
         )
-    if is_coco_predictor(source_state) and model_cfg["roi_heads"]["predictor_rows"] == "labels":
+    if is_coco_predictor(source_state) and model.roi_heads.predictor_rows == "labels":
         warnings.append(
             "torchvision's COCO detector weights keep only the rows of the ingested categories, so scores "
             "differ from torchvision's by the softmax's sum (~4e-7 relative): set "
