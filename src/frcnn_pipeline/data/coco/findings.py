@@ -18,7 +18,7 @@ STRUCTURAL_CHECKS = ("unreadable_json", "schema", "duplicate_image_id", "duplica
                      "duplicate_category_id", "category_mismatch", "empty_split")  # fmt: skip
 DEFAULT_SEVERITY: dict[str, str] = {
     **dict.fromkeys(STRUCTURAL_CHECKS, "fatal"),
-    **SeverityParams().model_dump(),
+    **dict(SeverityParams()),
 }
 
 IMAGE_CHECK_MODES = ("none", "header", "decode")

@@ -81,7 +81,7 @@ def _read_split(split: str, sources: dict, ingest: IngestParams, categories: pd.
         # Training drops images without boxes (as detectron2 does); evaluation keeps every image.
         drop_images_without_annotations=split == TRAIN_SPLIT if drop_empty is None else drop_empty,
         drop_unused_categories=validation.drop_unused_categories,
-        severity=validation.severity.model_dump(),
+        severity=dict(validation.severity),  # check -> level, a flat section of strings
         workers=validation.workers,
     )
     source = SplitSource(split, Path(sources[split]["annotation_file"]), Path(sources[split]["image_dir"]))
