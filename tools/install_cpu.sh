@@ -30,7 +30,7 @@ if [ "$index" != "none" ]; then
 fi
 if [ -z "$source" ]; then
   pip install -q torch torchvision
-  torch_works || { echo "torch and torchvision from PyPI do not run together here: see README, Install." >&2; exit 1; }
+  torch_works || { echo "torch and torchvision from PyPI do not run together here: see docs/getting-started.md, "No GPU?"." >&2; exit 1; }
   source="PyPI"
 fi
 pip install -q -e .

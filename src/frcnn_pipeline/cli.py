@@ -73,7 +73,7 @@ def cli() -> None:
 
 
 def _run(verbose: bool, pipeline: str | None, pipelines: list[str], **options: Any) -> Any:
-    # `--pipeline NAME` is the README's spelling; Kedro 1.7 deprecates it in favour of `--pipelines`.
+    # `--pipeline NAME` is the documentation's spelling; Kedro 1.7 deprecates it in favour of `--pipelines`.
     requested = [*pipelines, *([pipeline] if pipeline else [])]
     try:
         check_pipeline_names(requested)

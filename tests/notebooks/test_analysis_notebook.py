@@ -45,7 +45,7 @@ def test_committed_notebook_has_no_outputs():
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code, "the notebook has no code"
     dirty = [i for i, cell in enumerate(code) if cell.outputs or cell.execution_count is not None]
-    assert dirty == [], f"code cells {dirty} carry outputs: clear them before committing (README, Notebook)"
+    assert dirty == [], f"code cells {dirty} carry outputs: clear them before committing (docs/results.md, Notebook)"
 
 
 def _copy_project(destination: Path) -> Path:
