@@ -1,13 +1,18 @@
 """Headless Chromium kept on this machine: every name but 127.0.0.1 resolves to nothing, and the net log
-shows whether the page still tried to reach anything else. Used by the kedro-viz and MLflow UI tests."""
+shows whether the page still tried to reach anything else. Used by the kedro-viz, MLflow UI and documentation
+site tests."""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import ipaddress
 import json
 import os
 import shutil
 import subprocess
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -124,3 +129,23 @@ def browse(
     browser = subprocess.run(command, capture_output=True, text=True, timeout=BROWSER_TIMEOUT_S, check=False)
     assert browser.returncode == 0, f"chromium failed:\n{browser.stderr[-4000:]}"
     return browser.stdout, _load_net_log(net_log)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def serve(directory: Path) -> Iterator[str]:
+    """A static site in `directory` served on 127.0.0.1 (a free port) while the block runs: its origin."""
+    handler = functools.partial(_QuietHandler, directory=str(directory))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -7,20 +7,17 @@ that is built is the code that was copied, not whatever the editable install poi
 
 from __future__ import annotations
 
-import functools
-import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
-from browser import BrowsedPage, browse, needs_chromium
+from browser import BrowsedPage, browse, needs_chromium, serve
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -137,21 +134,10 @@ def viz(module_tmp) -> VizBuild:
 # ------------------------------------------------------------------------------------------------- browser
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-
 @pytest.fixture(scope="module")
 def site_url(viz: VizBuild) -> Iterator[str]:
-    handler = functools.partial(_QuietHandler, directory=str(viz.build))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serve(viz.build) as url:
+        yield url
 
 
 class RenderedPage(BrowsedPage):
