@@ -142,6 +142,9 @@ class VizBuild:
     def data_node_ids(self) -> dict[str, str]:
         return {node["name"]: node["id"] for node in self.main()["nodes"] if node["type"] == "data"}
 
+    def pipeline(self, pipeline_id: str) -> dict:
+        return json.loads((self.build / "api" / "pipelines" / pipeline_id).read_text(encoding="utf-8"))
+
     def not_produced(self) -> dict[str, str]:
         """The preview of each dataset, in any pipeline, that the build marked as not produced yet."""
         marked = {}
@@ -287,13 +290,15 @@ def test_datasets_not_produced_yet_say_so_and_name_the_pipeline_that_makes_them(
             if pipeline != "__default__" and name in outputs[pipeline]
         ]
         assert makers and preview == not_produced_note(makers), name
-    assert "<code>kedro run --pipeline evaluate</code>" in marked["evaluate.val.coco_metrics"]
+    assert "run:\n  kedro run --pipeline evaluate\n" in marked["evaluate.val.coco_metrics"]
 
 
 def test_the_note_of_a_dataset_no_pipeline_makes_says_it_is_an_input() -> None:
-    assert "no pipeline makes it" in not_produced_note([])
+    assert "No pipeline makes it" in not_produced_note([]) and "kedro run" not in not_produced_note([])
     both = not_produced_note(["evaluate", "evaluate_best_model"])
-    assert "kedro run --pipeline evaluate</code> or <code>kedro run --pipeline evaluate_best_model" in both
+    assert (
+        "run one of:\n  kedro run --pipeline evaluate\n  kedro run --pipeline evaluate_best_model\n" in both
+    )
 
 
 def test_build_sends_no_telemetry(viz: VizBuild) -> None:
@@ -397,9 +402,12 @@ def test_validation_report_preview_renders(viz: VizBuild, site_url: str, tmp_pat
 def test_a_dataset_not_produced_yet_says_so_in_its_panel(
     viz: VizBuild, site_url: str, tmp_path: Path
 ) -> None:
-    assert "evaluate.val.coco_metrics" in viz.not_produced(), "the metrics were produced: nothing to show"
-    node_id = viz.data_node_ids()["evaluate.val.coco_metrics"]
-    page = _render(site_url, f"?pid=__default__&sid={node_id}", tmp_path / "chromium")
-    # The panel renders the note's HTML (sanitised), not its source text.
-    assert "This dataset is not produced yet. Run <code>kedro run --pipeline evaluate</code>" in page.dom
+    """Named by a pipeline with underscores, which a markdown renderer would turn into italics."""
+    pipeline = "evaluate_initial_weights"
+    name = f"{pipeline}.val.coco_metrics"
+    assert name in viz.not_produced(), "the metrics were produced: nothing to show"
+    node_id = {node["name"]: node["id"] for node in viz.pipeline(pipeline)["nodes"]}[name]
+    page = _render(site_url, f"?pid={pipeline}&sid={node_id}", tmp_path / "chromium")
+    shown = f"This dataset is not produced yet.\n\nTo make it, run:\n  kedro run --pipeline {pipeline}\n"
+    assert f'<pre class="pipeline-text-renderer__content">{shown}' in page.dom
     _assert_stayed_on_machine(page)

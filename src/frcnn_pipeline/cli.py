@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import difflib
-import html
 import json
 import logging
 import os
@@ -180,9 +179,10 @@ def _is_missing(error_type: str, message: str) -> bool:
 
 # kedro-viz takes a dataset's preview type from its class (a CSVDataset's is a table) whether or not its file
 # exists, and no catalog setting or preview() of ours changes that for kedro-datasets' classes. So after the
-# build, such a dataset's node file gets an HTMLPreview (a type kedro-viz documents for datasets) saying so;
-# otherwise its panel shows no preview at all.
-NOT_PRODUCED_PREVIEW = "HTMLPreview"
+# build, such a dataset's node file gets a text preview saying so; else its panel shows no preview at all.
+# Not an HTMLPreview: kedro-viz runs that through a regex markdown that turns `evaluate_initial_weights` into
+# italics. A TextPreview (the type of Kedro's node previews) is shown as it is, in the same panel.
+NOT_PRODUCED_PREVIEW = "TextPreview"
 
 
 def mark_not_produced(build: Path, names: list[str]) -> None:
@@ -208,6 +208,7 @@ def mark_not_produced(build: Path, names: list[str]) -> None:
 def not_produced_note(makers: list[str]) -> str:
     """The preview of a dataset not produced yet: the `kedro run` of each pipeline in `makers` makes it."""
     if not makers:
-        return "<p>This dataset is not produced yet, and no pipeline makes it: it is an input to provide.</p>"
-    runs = " or ".join(f"<code>kedro run --pipeline {html.escape(maker)}</code>" for maker in makers)
-    return f"<p>This dataset is not produced yet. Run {runs}, then build the site again.</p>"
+        return "This dataset is not produced yet.\n\nNo pipeline makes it: it is an input to provide."
+    runs = "".join(f"  kedro run --pipeline {maker}\n" for maker in makers)
+    choice = " one of" if len(makers) > 1 else ""
+    return f"This dataset is not produced yet.\n\nTo make it, run{choice}:\n{runs}then build the site again."
