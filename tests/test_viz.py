@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 from browser import BrowsedPage, browse, needs_chromium, serve
 
+from frcnn_pipeline.cli import NOT_PRODUCED_PREVIEW, not_produced_note
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # The layers of the issue, in the order COCO flows through them.
@@ -37,29 +39,41 @@ PLOT_PREVIEWS = (
     "dataset_box_sizes",
     "evaluate.val.worst_images",
 )
+PREVIEWED = TABLE_PREVIEWS + METRIC_PREVIEWS + PLOT_PREVIEWS
 # Whole COCO JSONs: megabytes in every page load.
 NOT_PREVIEWED = ("val_ground_truth", "evaluate.val.detections")
 MAX_PREVIEW_BYTES = 1_000_000
 RUN_TIMEOUT_S = 300
 VIRTUAL_TIME_BUDGET_MS = 10_000
 
-# One interpreter lists the pipelines and runs ingest (cheap on the demo data), so the validation report
-# exists to be previewed; the build itself goes through the real `kedro viz build` command.
+# One interpreter lists the pipelines, what each makes and the preview type of each catalog dataset (as
+# kedro-viz reads it: the return annotation of its preview()), then runs ingest (cheap on the demo data), so
+# the validation report exists to be previewed; the build itself goes through the real `kedro viz build`.
 LIST_AND_INGEST_SCRIPT = """
+import inspect
 import json
+import sys
 from pathlib import Path
 from kedro.framework.startup import bootstrap_project
 bootstrap_project(Path.cwd())
 import frcnn_pipeline
 from kedro.framework.project import pipelines
 from kedro.framework.session import KedroSession
-print("REGISTRY", json.dumps({
-    "package_file": frcnn_pipeline.__file__,
-    "pipelines": sorted(pipelines),
-    "nodes": [{"name": n.name, "namespace": n.namespace} for n in pipelines["__default__"].nodes],
-}), flush=True)
-if "ingest" in pipelines:
-    with KedroSession.create(Path.cwd()) as session:
+
+def preview_type(dataset):
+    annotation = inspect.signature(dataset.preview).return_annotation if hasattr(dataset, "preview") else None
+    return getattr(annotation, "__name__", str(annotation))
+
+with KedroSession.create(Path.cwd()) as session:
+    catalog = session.load_context().catalog
+    print("REGISTRY", json.dumps({
+        "package_file": frcnn_pipeline.__file__,
+        "pipelines": sorted(pipelines),
+        "nodes": [{"name": n.name, "namespace": n.namespace} for n in pipelines["__default__"].nodes],
+        "outputs": {name: sorted(pipelines[name].all_outputs()) for name in pipelines},
+        "preview_types": {name: preview_type(catalog[name]) for name in sys.argv[1:]},
+    }), flush=True)
+    if "ingest" in pipelines:
         session.run(pipeline_name="ingest")
 """
 
@@ -109,7 +123,7 @@ class VizBuild:
 
     def __init__(self, project: Path):
         self.project = project
-        self.ingest = _run([sys.executable, "-c", LIST_AND_INGEST_SCRIPT], project)
+        self.ingest = _run([sys.executable, "-c", LIST_AND_INGEST_SCRIPT, *PREVIEWED], project)
         registry = [line for line in self.ingest.stdout.splitlines() if line.startswith("REGISTRY ")]
         assert registry, f"listing the pipelines failed:\n{self.ingest.stderr[-4000:]}"
         self.registry = json.loads(registry[0].removeprefix("REGISTRY "))
@@ -124,6 +138,19 @@ class VizBuild:
 
     def data_node_ids(self) -> dict[str, str]:
         return {node["name"]: node["id"] for node in self.main()["nodes"] if node["type"] == "data"}
+
+    def pipeline(self, pipeline_id: str) -> dict:
+        return json.loads((self.build / "api" / "pipelines" / pipeline_id).read_text(encoding="utf-8"))
+
+    def not_produced(self) -> dict[str, str]:
+        """The preview of each dataset, in any pipeline, that the build marked as not produced yet."""
+        marked = {}
+        for pipeline in (self.build / "api" / "pipelines").iterdir():
+            for node in json.loads(pipeline.read_text(encoding="utf-8"))["nodes"]:
+                details = self.node_details(node["id"]) if node["type"] == "data" else {}
+                if details.get("preview_type") == NOT_PRODUCED_PREVIEW:
+                    marked[node["name"]] = details["preview"]
+        return marked
 
 
 @pytest.fixture(scope="module")
@@ -219,14 +246,45 @@ def test_build_runs_the_copied_code_and_writes_the_site(viz: VizBuild) -> None:
     assert task_names == {node["name"] for node in viz.registry["nodes"]}
 
 
-def test_datasets_not_produced_yet_are_named_once_without_a_warning_each(viz: VizBuild) -> None:
-    """Only ingest ran: the models, metrics and plots have no version yet. One line names them."""
+def _not_produced_line(viz: VizBuild) -> tuple[int, list[str]]:
+    """The build's one line about the datasets not produced yet: how many, and the names it shows."""
     output = viz.build_process.stdout + viz.build_process.stderr
     assert "could not be previewed" not in output, output[-4000:]
     [line] = [line for line in output.splitlines() if "not produced yet" in line]
     count, names = int(line.split()[0]), line.split(": ", 1)[1].split(" and ")[0].split(", ")
-    assert count > 20 and len(names) == 6 and line.endswith(f"and {count - 6} more")
+    assert line.endswith(f"and {count - len(names)} more")
+    return count, names
+
+
+def test_datasets_not_produced_yet_are_named_once_without_a_warning_each(viz: VizBuild) -> None:
+    """Only ingest ran: the models, metrics and plots have no version yet. One line names them."""
+    count, names = _not_produced_line(viz)
+    assert count > 20 and len(names) == 6
     assert names == sorted(names) and "categories" not in names  # ingest wrote it: it is previewed
+
+
+def test_datasets_not_produced_yet_say_so_and_name_the_pipeline_that_makes_them(viz: VizBuild) -> None:
+    count, shown = _not_produced_line(viz)
+    marked = viz.not_produced()
+    assert len(marked) == count and set(shown) <= marked.keys()
+    assert "categories" not in marked and "validation_report" not in marked  # ingest wrote them
+    outputs = viz.registry["outputs"]
+    for name, preview in marked.items():
+        makers = [
+            pipeline
+            for pipeline in sorted(outputs)
+            if pipeline != "__default__" and name in outputs[pipeline]
+        ]
+        assert makers and preview == not_produced_note(makers), name
+    assert "run:\n  kedro run --pipeline evaluate\n" in marked["evaluate.val.coco_metrics"]
+
+
+def test_the_note_of_a_dataset_no_pipeline_makes_says_it_is_an_input() -> None:
+    assert "No pipeline makes it" in not_produced_note([]) and "kedro run" not in not_produced_note([])
+    both = not_produced_note(["evaluate", "evaluate_best_model"])
+    assert (
+        "run one of:\n  kedro run --pipeline evaluate\n  kedro run --pipeline evaluate_best_model\n" in both
+    )
 
 
 def test_build_sends_no_telemetry(viz: VizBuild) -> None:
@@ -253,9 +311,13 @@ def test_datasets_sit_in_known_layers_that_kedro_viz_can_order(viz: VizBuild) ->
 
 def test_tables_metrics_and_plots_have_previews_and_coco_jsons_do_not(viz: VizBuild) -> None:
     ids = viz.data_node_ids()
-    expected = set(TABLE_PREVIEWS + METRIC_PREVIEWS + PLOT_PREVIEWS + NOT_PREVIEWED)
+    expected = set(PREVIEWED + NOT_PREVIEWED)
     assert expected <= ids.keys(), f"missing from the __default__ pipeline: {expected - ids.keys()}"
     preview_type = {name: viz.node_details(ids[name]).get("preview_type") for name in expected}
+    # A dataset not produced yet is previewed with a note instead: its catalog entry says what it will be.
+    not_produced = viz.not_produced().keys()
+    assert {"validation_report", "dataset_box_sizes"}.isdisjoint(not_produced), "ingest made them"
+    preview_type |= {name: viz.registry["preview_types"][name] for name in not_produced & set(PREVIEWED)}
     for name in TABLE_PREVIEWS:
         assert preview_type[name] == "TablePreview", name
     for name in METRIC_PREVIEWS:
@@ -265,7 +327,10 @@ def test_tables_metrics_and_plots_have_previews_and_coco_jsons_do_not(viz: VizBu
     for name in NOT_PREVIEWED:
         assert preview_type[name] is None, f"{name} is previewed: set `metadata: kedro-viz: preview: false`"
     plots = [n["name"] for n in viz.main()["nodes"] if "MatplotlibDataset" in (n.get("dataset_type") or "")]
-    assert all(viz.node_details(ids[name]).get("preview_type") == "ImagePreview" for name in plots), plots
+    shown = {
+        name: viz.node_details(ids[name]).get("preview_type") for name in plots if name not in not_produced
+    }
+    assert shown and set(shown.values()) == {"ImagePreview"}, shown
 
 
 def test_no_preview_is_big(viz: VizBuild) -> None:
@@ -316,4 +381,19 @@ def test_validation_report_preview_renders(viz: VizBuild, site_url: str, tmp_pat
     node_id = viz.data_node_ids()["validation_report"]
     page = _render(site_url, f"?pid=__default__&sid={node_id}", tmp_path / "chromium")
     assert page.elements.preview_headers == VALIDATION_REPORT_COLUMNS
+    _assert_stayed_on_machine(page)
+
+
+@needs_chromium
+def test_a_dataset_not_produced_yet_says_so_in_its_panel(
+    viz: VizBuild, site_url: str, tmp_path: Path
+) -> None:
+    """Named by a pipeline with underscores, which a markdown renderer would turn into italics."""
+    pipeline = "evaluate_initial_weights"
+    name = f"{pipeline}.val.coco_metrics"
+    assert name in viz.not_produced(), "the metrics were produced: nothing to show"
+    node_id = {node["name"]: node["id"] for node in viz.pipeline(pipeline)["nodes"]}[name]
+    page = _render(site_url, f"?pid={pipeline}&sid={node_id}", tmp_path / "chromium")
+    shown = f"This dataset is not produced yet.\n\nTo make it, run:\n  kedro run --pipeline {pipeline}\n"
+    assert f'<pre class="pipeline-text-renderer__content">{shown}' in page.dom
     _assert_stayed_on_machine(page)

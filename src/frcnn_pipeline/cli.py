@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import datetime
 import difflib
+import json
 import logging
+import os
 import re
 import tempfile
 import traceback
@@ -131,10 +133,11 @@ def viz_site(ctx: click.Context, include_previews: bool) -> None:
     if not index.is_file():
         raise click.ClickException("kedro viz build wrote no build/index.html; see its output above")
     if names:
+        mark_not_produced(index.parent, names)
         more = f" and {len(names) - SHOWN_NAMES} more" if len(names) > SHOWN_NAMES else ""
         click.echo(
-            f"{len(names)} dataset(s) not produced yet, so not previewed (run their pipelines, then build "
-            f"again): {', '.join(names[:SHOWN_NAMES])}{more}"
+            f"{len(names)} dataset(s) not produced yet, so their previews say which pipeline makes them "
+            f"(run it, then build again): {', '.join(names[:SHOWN_NAMES])}{more}"
         )
     click.echo(f"Offline site in build/ ({strip_remote_fonts(index)} remote font link(s) removed)")
 
@@ -172,3 +175,40 @@ def _is_missing(error_type: str, message: str) -> bool:
     if error_type in {"FileNotFoundError", "VersionNotFoundError"}:
         return True
     return error_type == "DatasetError" and ("No such file or directory" in message or "versions" in message)
+
+
+# kedro-viz takes a dataset's preview type from its class (a CSVDataset's is a table) whether or not its file
+# exists, and no catalog setting or preview() of ours changes that for kedro-datasets' classes. So after the
+# build, such a dataset's node file gets a text preview saying so; else its panel shows no preview at all.
+# Not an HTMLPreview: kedro-viz runs that through a regex markdown that turns `evaluate_initial_weights` into
+# italics. A TextPreview (the type of Kedro's node previews) is shown as it is, in the same panel.
+NOT_PRODUCED_PREVIEW = "TextPreview"
+
+
+def mark_not_produced(build: Path, names: list[str]) -> None:
+    """Gives each dataset in `names`, in the site kedro-viz built into `build`, a preview saying it is not
+    produced yet and which pipeline makes it."""
+    ids = {}
+    for pipeline_file in (build / "api" / "pipelines").iterdir():
+        for node in json.loads(pipeline_file.read_text(encoding="utf-8"))["nodes"]:
+            if node["type"] == "data" and node["name"] in names:
+                ids[node["name"]] = node["id"]
+    registry.set_requested(None)  # every registered pipeline
+    outputs = {name: registry[name].all_outputs() for name in registry if name != "__default__"}
+    for name, node_id in ids.items():
+        path = build / "api" / "nodes" / node_id
+        details = json.loads(path.read_text(encoding="utf-8"))
+        makers = sorted(pipeline for pipeline, made in outputs.items() if name in made)
+        details.update(preview=not_produced_note(makers), preview_type=NOT_PRODUCED_PREVIEW)
+        partial = path.with_name(f"{node_id}.partial")
+        partial.write_text(json.dumps(details), encoding="utf-8")
+        os.replace(partial, path)  # never a half-written file the page fails to read
+
+
+def not_produced_note(makers: list[str]) -> str:
+    """The preview of a dataset not produced yet: the `kedro run` of each pipeline in `makers` makes it."""
+    if not makers:
+        return "This dataset is not produced yet.\n\nNo pipeline makes it: it is an input to provide."
+    runs = "".join(f"  kedro run --pipeline {maker}\n" for maker in makers)
+    choice = " one of" if len(makers) > 1 else ""
+    return f"This dataset is not produced yet.\n\nTo make it, run{choice}:\n{runs}then build the site again."
