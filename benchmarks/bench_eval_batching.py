@@ -22,6 +22,7 @@ from frcnn_pipeline.config import InferenceParams, ModelParams
 from frcnn_pipeline.evaluation.inference import run_inference
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
+from frcnn_pipeline.runtime.world import WorldConfig
 
 
 def main() -> None:
@@ -50,7 +51,7 @@ def main() -> None:
         for grouped in (False, True, False, True):  # interleaved: machine noise hits both alike
             options = InferenceParams(batch_size=args.batch_size, group_by_aspect=grouped)
             start = time.perf_counter()
-            run_inference(weights, cfg, 4, paths, options=options)
+            run_inference(weights, cfg, 4, paths, world=WorldConfig(), options=options)
             results.setdefault(grouped, []).append(time.perf_counter() - start)
     ours, reference = min(results[True]), min(results[False])
     print(f"{'batches':<28}{'seconds':>10}{'images/s':>10}")

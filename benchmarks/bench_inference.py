@@ -31,6 +31,7 @@ from frcnn_pipeline.evaluation.inference import prepare_for_inference
 from frcnn_pipeline.export import OnnxDetector, export_detector
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+from frcnn_pipeline.runtime.world import WorldConfig
 
 REFERENCE = "torchvision stock fp32"
 OPTIMISED = {"fold_batch_norm": True, "channels_last": True}
@@ -122,7 +123,12 @@ def demo_ap(backends: list[str], model_path: Path, demo_root: Path) -> dict[str,
         else:
             options = TORCH_BACKENDS[name]
             records = run_inference(
-                saved.state_dict, saved.model_config, len(saved.categories), paths, options=options
+                saved.state_dict,
+                saved.model_config,
+                len(saved.categories),
+                paths,
+                world=WorldConfig(),
+                options=options,
             )
         detections = coco_results(records, image_ids, category_ids_by_label(train.categories))
         aps[name] = evaluate_boxes(build_ground_truth(val), detections).metrics()["AP"] * 100

@@ -16,6 +16,7 @@ from torch import nn
 
 from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.engine.checkpoint import load_checkpoint
+from frcnn_pipeline.engine.resume import decide_resume
 from frcnn_pipeline.engine.stall_watch import StallWatchdog, read_records
 from frcnn_pipeline.engine.step_audit import StepAudit, close_audits
 from frcnn_pipeline.engine.trainer import train_detector
@@ -59,6 +60,8 @@ def train_check(
     audit_folder = workdir / AUDIT_FOLDER
     audit_folder.mkdir()
     audit = StepAudit(str(audit_folder), args.device, instrument=instrument)
+    train_params, runtime_params = TrainParams.parse(train, "train"), RuntimeParams.parse(runtime, "runtime")
+    world = WorldConfig.from_runtime(runtime_params)
     started = time.perf_counter()
     with StallWatchdog(audit_folder, args.nproc_per_node, args.timeout, on_stall) as watchdog:
         try:
@@ -67,11 +70,12 @@ def train_check(
                 annotations,
                 NUM_CLASSES,
                 model_cfg,
-                TrainParams.parse(train, "train"),
-                RuntimeParams.parse(runtime, "runtime"),
-                WorldConfig.from_runtime(RuntimeParams.parse(runtime, "runtime")),
+                train_params,
+                runtime_params,
+                world,
                 initial,
                 build=audit,
+                resume=decide_resume(train_params, model_cfg, world_size=world.world_size),
             )
         except Exception as error:
             partial = {"error": f"{type(error).__name__}: {error}"}
@@ -144,13 +148,15 @@ def eval_check(
     kind = configs["runtime"]["device"]
     device = torch.device(kind, 0) if kind != "cpu" else torch.device("cpu")
     devices.memory_mb(device)  # resets the accelerator's peak
+    runtime = RuntimeParams.parse(configs["runtime"], "runtime")
     started = time.perf_counter()
     records = run_inference(
         state_dict,
         ModelParams.parse(configs["model"], "model"),
         NUM_CLASSES,
         images["path"].tolist(),
-        runtime=RuntimeParams.parse(configs["runtime"], "runtime"),
+        world=WorldConfig.from_runtime(runtime),
+        runtime=runtime,
         options=configs["inference"],
     )
     wall = time.perf_counter() - started

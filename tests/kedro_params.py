@@ -7,6 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from frcnn_pipeline.config import SECTIONS
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
+from frcnn_pipeline.runtime.world import WorldConfig
 
 # Small images keep a training step well under a second on two shared cores; each test adds its own keys.
 TINY_DEMO = {
@@ -40,11 +42,15 @@ def cli_params(dotted: dict[str, Any]) -> str:
 
 
 def typed(inputs: dict[str, Any]) -> dict[str, Any]:
-    """A node's inputs with each `params:<section>` validated into its section, as the run configuration's
-    hook hands them to the nodes in a session (the tests that run pipelines without one)."""
-    return {
+    """A node's inputs with each `params:<section>` validated into its section and, with `params:runtime`,
+    the run's world (`run_world`, here without a launcher), as the run configuration's hook hands them to
+    the nodes in a session (the tests that run pipelines without one)."""
+    typed_inputs = {
         name: SECTIONS[name.removeprefix("params:")].parse(value, name.removeprefix("params:"))
         if name.startswith("params:")
         else value
         for name, value in inputs.items()
     }
+    if "params:runtime" in typed_inputs:
+        typed_inputs[RUN_WORLD] = WorldConfig.from_runtime(typed_inputs["params:runtime"], environ={})
+    return typed_inputs

@@ -1,6 +1,7 @@
 """The package's shape, as docs/architecture.md draws it: layers that import only downward (import-linter's
 contracts in pyproject.toml), no import cycle between modules, no module state flipped after import, no
-reaching into another package's private attributes, and files and functions of a readable size."""
+reaching into another package's private attributes, no module importing another one's private names, and
+files and functions of a readable size."""
 
 import ast
 import subprocess
@@ -91,6 +92,30 @@ def test_no_private_attribute_of_another_package_is_read():
             if base == "os" and node.attr == "_exit":  # documented: os._exit is public
                 continue
             found.append(f"{_relative(path)}:{node.lineno} {ast.unparse(node)}")
+    assert not found, found
+
+
+def _imported_module(path: Path, node: ast.ImportFrom) -> str:
+    """The absolute name of the module `node` imports from (relative imports resolved against `path`)."""
+    if not node.level:
+        return node.module or ""
+    package = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    package = package[:-1]  # a module's package; an __init__'s own package is its folder
+    base = package[: len(package) - (node.level - 1)]
+    return ".".join([*base, *([node.module] if node.module else [])])
+
+
+def test_no_module_imports_another_modules_private_names():
+    """A name one module of ours imports from another is public (no leading underscore): what a module keeps
+    private, it alone uses."""
+    found = [
+        f"{_relative(path)}:{node.lineno} from {_imported_module(path, node)} import {alias.name}"
+        for path in _sources()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and _imported_module(path, node).startswith("frcnn_pipeline")
+        for alias in node.names
+        if alias.name.startswith("_") and not alias.name.startswith("__")
+    ]
     assert not found, found
 
 

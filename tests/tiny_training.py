@@ -12,6 +12,7 @@ from model_configs import model_params
 from PIL import Image
 
 from frcnn_pipeline.config import RuntimeParams, TrainParams
+from frcnn_pipeline.engine.resume import decide_resume
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.runtime.world import WorldConfig
 
@@ -98,18 +99,15 @@ def train_from_parameters(  # noqa: PLR0917 (as train_detector)
     **kwargs: Any,
 ) -> dict[str, Any]:
     """`train_detector` on the `model:`, `train:` and `runtime:` sections as a run's parameters give them
-    (partial dicts), validated here as the train node does."""
+    (partial dicts), validated here as the train node does, from where `decide_resume` says (as the run's
+    configuration decides it before the train node runs) unless ``resume`` is given."""
     runtime_params = RuntimeParams.parse(runtime, "runtime")
+    model_cfg, train_params = model_params(model), TrainParams.parse(train, "train")
+    world = WorldConfig.from_runtime(runtime_params)
+    if "resume" not in kwargs:
+        kwargs["resume"] = decide_resume(train_params, model_cfg, world_size=world.world_size)
     return train_detector(
-        images,
-        annotations,
-        num_classes,
-        model_params(model),
-        TrainParams.parse(train, "train"),
-        runtime_params,
-        WorldConfig.from_runtime(runtime_params),
-        *args,
-        **kwargs,
+        images, annotations, num_classes, model_cfg, train_params, runtime_params, world, *args, **kwargs
     )
 
 

@@ -40,6 +40,7 @@ from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.pipelines.evaluate.nodes import compute_coco_metrics, predict_split
+from frcnn_pipeline.runtime.world import WorldConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 # Guards against hangs; the runs themselves take seconds to a minute on two busy cores.
@@ -157,7 +158,7 @@ def _evaluated_here(project: Path, version: Path) -> tuple[list[dict], dict]:
     try:
         detections, _ = predict_split(
             DetectorDataset(filepath=str(version)).load(), val_images, CATEGORIES, parameters["model"],
-            parameters["evaluate"], parameters["runtime"],
+            parameters["evaluate"], parameters["runtime"], WorldConfig.from_runtime(parameters["runtime"]),
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)

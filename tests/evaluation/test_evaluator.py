@@ -21,6 +21,7 @@ from frcnn_pipeline.config import EvaluateParams
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
 from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
+from frcnn_pipeline.runtime.world import WorldConfig
 
 EVALUATE = EvaluateParams.parse(
     {"metric_backend": "numpy", "inference": {"batch_size": 2, "score_threshold": 0.0}}, "evaluate"
@@ -36,7 +37,9 @@ def tiny_split(module_tmp):
 def _evaluate_like_the_pipeline(state_dict, images, gt) -> dict[str, float]:
     """predict_val_split + compute_coco_metrics of the evaluate pipeline, on one worker."""
     options = EVALUATE.inference
-    records = run_inference(state_dict, model_params(TINY_MODEL), 2, images["path"].tolist(), options=options)
+    records = run_inference(
+        state_dict, model_params(TINY_MODEL), 2, images["path"].tolist(), world=WorldConfig(), options=options
+    )
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(tiny_categories()))
     return evaluate_boxes(gt, detections).metrics()
 

@@ -20,6 +20,7 @@ from frcnn_pipeline.export import DYNAMIC, FIXED, export_detector
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+from frcnn_pipeline.runtime.world import WorldConfig
 
 
 def record(boxes, scores, labels) -> dict:
@@ -123,7 +124,7 @@ def test_a_faithful_graph_whose_ap_drops_against_evaluates_settings_fails_naming
     evaluation = InferenceParams(batch_size=2, cpu_precision="float32")
     image_ids = list(range(len(paths)))
     evaluated = run_inference(
-        saved.state_dict, saved.model_config, len(CATEGORIES), paths, options=evaluation
+        saved.state_dict, saved.model_config, len(CATEGORIES), paths, world=WorldConfig(), options=evaluation
     )
     truth = own_detections_as_ground_truth(evaluated, image_ids)
     assert truth["annotations"]
@@ -131,7 +132,8 @@ def test_a_faithful_graph_whose_ap_drops_against_evaluates_settings_fails_naming
     with pytest.raises(ExportCheckError) as failed:
         check_export(
             {DYNAMIC: exported.dynamic, FIXED: exported.fixed}, saved, saved.model_config,
-            {"path": paths, "image_id": image_ids}, truth, runtime=RuntimeParams(), options=options,
+            {"path": paths, "image_id": image_ids}, truth, world=WorldConfig(), runtime=RuntimeParams(),
+            options=options,
             evaluation=evaluation, split="val",
         )  # fmt: skip
     report = failed.value.report

@@ -25,6 +25,9 @@ from frcnn_pipeline.evaluation.inference import (
 from frcnn_pipeline.framework.parameter_docs import load_parameters
 from frcnn_pipeline.modeling import StaticFasterRCNN, build_model
 from frcnn_pipeline.modeling.static import StaticBatch
+from frcnn_pipeline.runtime.world import WorldConfig
+
+ONE = WorldConfig()  # one worker, on the CPU
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +98,8 @@ def test_options_are_validated():
 
 
 def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, image_paths):
-    records = run_inference(weights, model_cfg, 3, image_paths, options=InferenceParams(batch_size=3))
+    options = InferenceParams(batch_size=3)
+    records = run_inference(weights, model_cfg, 3, image_paths, world=ONE, options=options)
     assert [r["position"] for r in records] == [0, 1, 2, 3]
     assert [bool(r["error"]) for r in records] == [False, False, True, False]
     assert (records[0]["height"], records[0]["width"]) == (40, 56)
@@ -110,12 +114,13 @@ def test_records_in_order_with_unreadable_images_reported(weights, model_cfg, im
 
 
 def test_two_cpu_workers_gather_the_same_records_as_one(weights, model_cfg, image_paths):
-    one = run_inference(weights, model_cfg, 3, image_paths, options=InferenceParams(batch_size=2))
+    one = run_inference(weights, model_cfg, 3, image_paths, world=ONE, options=InferenceParams(batch_size=2))
     two = run_inference(
         weights,
         model_cfg,
         3,
         image_paths,
+        world=WorldConfig(device="cpu", nproc_per_node=2),
         runtime=RuntimeParams(device="cpu", nproc_per_node=2, master_port=0),
         options=InferenceParams(batch_size=2),
     )
@@ -137,7 +142,7 @@ def test_bf16_and_channels_last_run_the_backbone_reduced_and_the_heads_in_fp32(
     model = prepare_for_inference(model, torch.device("cpu"), options)
     features = model.backbone(torch.rand(1, 3, 64, 64) * 255)
     assert all(f.dtype == torch.float32 for f in features.values())
-    records = run_inference(weights, model_cfg, 3, image_paths, options=options)
+    records = run_inference(weights, model_cfg, 3, image_paths, world=ONE, options=options)
     assert all(r["boxes"].dtype == torch.float32 for r in records if not r["error"])
 
 
@@ -152,7 +157,7 @@ def _direct_predictions(model_cfg, weights, paths):
 
 def test_by_default_evaluation_runs_the_models_own_arithmetic(weights, model_cfg, image_paths):
     readable = [image_paths[0], image_paths[1], image_paths[3]]
-    records = run_inference(weights, model_cfg, 3, readable, options=InferenceParams(batch_size=1))
+    records = run_inference(weights, model_cfg, 3, readable, world=ONE, options=InferenceParams(batch_size=1))
     for record, expected in zip(records, _direct_predictions(model_cfg, weights, readable), strict=True):
         assert torch.equal(record["boxes"], expected["boxes"])
         assert torch.equal(record["scores"], expected["scores"])
@@ -180,7 +185,9 @@ def test_static_shape_inference_resizes_on_the_host_and_equals_the_models_own_ca
     readable = [image_paths[0], image_paths[1]]
     expected = _direct_predictions(static_cfg, weights, readable)
     monkeypatch.setattr(StaticFasterRCNN, "forward", recording)
-    records = run_inference(weights, static_cfg, 3, readable, options=InferenceParams(batch_size=2))
+    records = run_inference(
+        weights, static_cfg, 3, readable, world=ONE, options=InferenceParams(batch_size=2)
+    )
     assert received == [(StaticBatch, (2, 3, 96, 96))]
     for record, direct in zip(records, expected, strict=True):
         torch.testing.assert_close(record["boxes"], direct["boxes"])
@@ -190,7 +197,7 @@ def test_static_shape_inference_resizes_on_the_host_and_equals_the_models_own_ca
 def test_inference_workers_take_runtime_num_threads(weights, model_cfg, image_paths, monkeypatch):
     threads = []
     monkeypatch.setattr(torch, "set_num_threads", threads.append)
-    run_inference(weights, model_cfg, 3, image_paths[:1], runtime=RuntimeParams(num_threads=1))
+    run_inference(weights, model_cfg, 3, image_paths[:1], world=ONE, runtime=RuntimeParams(num_threads=1))
     assert threads == [1]
 
 
@@ -204,8 +211,9 @@ def test_an_evaluation_with_the_portable_detection_ops_equals_torchvisions(weigh
     for setting in ("auto", "portable"):
         with probe_detection_ops(route_torchvision_nms=setting == "portable") as probes[setting]:
             runtime = RuntimeParams(device="cpu", detection_ops=setting)
+            options = InferenceParams(batch_size=2)
             records[setting] = run_inference(
-                weights, model_cfg, 3, image_paths, runtime=runtime, options=InferenceParams(batch_size=2)
+                weights, model_cfg, 3, image_paths, world=ONE, runtime=runtime, options=options
             )
 
     assert "torchvision" in probes["auto"].namespaces and probes["auto"].portable_nms_calls == 0

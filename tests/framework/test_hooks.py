@@ -23,7 +23,8 @@ from test_cli import kedro_run
 from frcnn_pipeline.config import EvaluateParams, ParameterError, RuntimeParams
 from frcnn_pipeline.framework import hooks
 from frcnn_pipeline.framework.hooks import MainProcessSavesHooks, NotTheMainProcessError, RunConfigHook
-from frcnn_pipeline.pipeline_registry import build_pipeline
+from frcnn_pipeline.pipeline_registry import build_pipeline, build_pipelines
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE
 from frcnn_pipeline.runtime.world import LauncherConfigError
 
@@ -182,6 +183,21 @@ def test_a_session_after_another_gets_its_own_shape(registry):
     assert "export.onnx_model" in registry["predict"].inputs()
     hook.after_context_created(context_with({}))
     assert "export.onnx_model" not in registry["predict"].inputs()
+
+
+def test_the_catalog_holds_the_runs_world_for_the_nodes_that_spawn_workers(registry):
+    hook = RunConfigHook()
+    hook.after_context_created(context_with({"runtime": {"nproc_per_node": 2}}))
+    catalog = DataCatalog()
+    hook.after_catalog_created(catalog)
+    assert catalog.load(RUN_WORLD) is hook.run_config.world
+    assert catalog.load(RUN_WORLD).world_size == 2
+    every_node = {node for pipeline in build_pipelines(DEFAULT_SHAPE).values() for node in pipeline.nodes}
+    spawning = {node.name for node in every_node if RUN_WORLD in node.inputs}
+    assert spawning >= {
+        "train.train_detector", "evaluate.val.predict_split", "predict.predict_images",
+        "export.check_onnx_export",
+    }  # fmt: skip
 
 
 def test_nodes_get_their_parameters_as_typed_sections(registry):

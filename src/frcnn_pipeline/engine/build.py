@@ -25,7 +25,7 @@ from frcnn_pipeline.data.dataset import (
 )
 from frcnn_pipeline.engine import memory_budget, solver
 from frcnn_pipeline.engine.amp import MixedPrecision
-from frcnn_pipeline.engine.checkpoint import CheckpointManager
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, load_checkpoint
 from frcnn_pipeline.engine.hooks import (
     BestCheckpointHook,
     EvalHook,
@@ -182,13 +182,15 @@ def resume_state(  # noqa: PLR0917 (everything a checkpoint restores)
     precision: MixedPrecision,
     data_fingerprint: str,
 ) -> tuple[TrainState, Path | None]:
-    """The state of the newest checkpoint that loads, restored into the model, schedule, precision and RNGs
-    (its path), or a fresh start (None); every rank starts at the same iteration."""
-    latest, state = _latest_checkpoint(manager, resume=job.train.checkpoint.resume)
+    """The state of the checkpoint the run's resume decision names, checked and restored into the model,
+    schedule, precision and RNGs (its path), or a fresh start (None); every rank starts at the same
+    iteration."""
+    latest = job.resume.checkpoint
     if latest is None:
         seed_everything(job.runtime.seed + context.rank)
         train_state = TrainState(iteration=0, max_iter=schedule.max_iter)
     else:
+        state = load_checkpoint(latest)
         changes = check_resume(
             state,
             latest,
@@ -218,21 +220,6 @@ def resume_state(  # noqa: PLR0917 (everything a checkpoint restores)
             schedule.max_iter,
         )
     return train_state, latest
-
-
-def _latest_checkpoint(
-    manager: CheckpointManager, *, resume: bool
-) -> tuple[Path | None, dict[str, Any] | None]:
-    # The newest checkpoint that loads (newer unreadable ones are set aside with a warning).
-    latest, state = manager.load_latest() if resume else (None, None)
-    if latest is None and manager.checkpoints():
-        # A fresh run would interleave its checkpoints with the old ones (keep_last prunes by number).
-        raise FileExistsError(
-            f"train.checkpoint.resume is false but {manager.directory} holds checkpoints of an earlier run "
-            f"({manager.checkpoints()[-1].name}). Choose a new train.run_name, or delete that folder "
-            "to retrain."
-        )
-    return latest, state
 
 
 def _restore(  # noqa: PLR0917 (everything a checkpoint restores)

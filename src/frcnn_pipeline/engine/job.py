@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from frcnn_pipeline.config import ModelParams, RuntimeParams, TrainParams
+from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime.distributed import WorkerContext
@@ -31,6 +32,8 @@ class TrainJob:
     model_cfg: ModelParams
     train: TrainParams
     runtime: RuntimeParams
+    # Where the run starts (a checkpoint, or afresh), decided once before it (engine/resume.py).
+    resume: ResumeDecision
     initial_weights: Mapping[str, torch.Tensor] = field(default_factory=dict)
     build: ModelBuilder = build_model
     # `train.eval_period`: called on every rank inside the process group (evaluation/evaluator.py).

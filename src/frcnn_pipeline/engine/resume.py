@@ -1,21 +1,27 @@
-"""Resuming a run: its latest checkpoint must belong to the same run, else the resume stops naming the change.
+"""Resuming a run: whether it resumes, decided once before it starts, and the checks that its checkpoint
+belongs to the same run, else the resume stops naming the change.
+
+`decide_resume` decides where a training starts: from the newest checkpoint of `train.run_name` that loads,
+or afresh. The run's configuration decides it once per run (frcnn_pipeline.framework.hooks) and hands the
+same `ResumeDecision` to the trainer (`TrainJob.resume`) and to the MLflow hook, which continues the
+checkpoint's MLflow run exactly when the training resumes that checkpoint.
 
 The same `model:` config and class count, the same total batch (the scaled LR, the epoch length and the
 schedule follow it; the number of workers may change), the same train data and solver. Raising `max_iter` or
 `epochs` extends a run; `train.checkpoint.allow_data_change` / `allow_solver_change` accept other changes.
-Every accepted change is returned, for the trainer to log and record.
-
-The trainer checks a checkpoint before loading it; the MLflow hook (frcnn_pipeline.framework.mlflow_hook)
-checks it before a run starts, with what is known then (what is None is left unchecked), to continue the
-checkpoint's MLflow run only when the training will continue the checkpoint.
+Every accepted change is returned, for the trainer to log and record. The decision checks what is known
+before the run (what is None is left unchecked); the trainer checks again with the class count and the train
+data it was given.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from frcnn_pipeline.config import ModelParams, SolverParams, TrainParams, flatten
+from frcnn_pipeline.engine.checkpoint import CheckpointManager, NoReadableCheckpointError
 from frcnn_pipeline.errors import UserFacingError
 
 # A longer schedule continues a run; any other solver change would make it a different run.
@@ -25,6 +31,69 @@ _EXTENDABLE_SOLVER_KEYS = ("max_iter", "epochs")
 class ResumeRefusedError(UserFacingError, ValueError):
     """The run's checkpoint was trained with another model, data, solver or total batch: resuming it would
     silently make a different run."""
+
+
+@dataclass(frozen=True)
+class ResumeDecision:
+    """Where a training of `train.run_name` starts: from ``checkpoint``, or afresh (None).
+
+    A ``refusal`` is the error the training stops with instead (another model, data or solver than the
+    checkpoint's; checkpoints but resume switched off; none that loads). It is raised by the train node
+    rather than when deciding, so that the refused attempt is tracked as an MLflow run of its own.
+    """
+
+    checkpoint: Path | None = None
+    tracking_run_id: str | None = None  # the MLflow run the checkpoint was tracked in
+    refusal: Exception | None = None
+
+    @property
+    def run_to_continue(self) -> str | None:
+        """The MLflow run the training continues: the checkpoint's, when it resumes it (None: a new run)."""
+        return self.tracking_run_id if self.checkpoint is not None and self.refusal is None else None
+
+
+def decide_resume(
+    train: TrainParams,
+    model_cfg: ModelParams,
+    *,
+    world_size: int | None = None,
+    data_fingerprint: str | None = None,
+) -> ResumeDecision:
+    """Where the training of ``train`` (the `train:` section) starts, checked with what is known before it
+    runs (`check_resume`; the train data's ``data_fingerprint`` when it is stored already).
+
+    Newer checkpoints that do not load are set aside (`CheckpointManager.load_latest`).
+    """
+    checkpoint = train.checkpoint
+    manager = CheckpointManager(Path(checkpoint.dir) / train.run_name, checkpoint.keep_last)
+    if not checkpoint.resume:
+        found = manager.checkpoints()
+        if not found:
+            return ResumeDecision()
+        # A fresh run would interleave its checkpoints with the old ones (keep_last prunes by number).
+        refusal = FileExistsError(
+            f"train.checkpoint.resume is false but {manager.directory} holds checkpoints of an earlier run "
+            f"({found[-1].name}). Choose a new train.run_name, or delete that folder to retrain."
+        )
+        return ResumeDecision(refusal=refusal)
+    try:
+        latest, state = manager.load_latest(mmap=True)
+    except NoReadableCheckpointError as error:
+        return ResumeDecision(refusal=error)
+    if latest is None:
+        return ResumeDecision()
+    try:
+        check_resume(
+            state,
+            latest,
+            model_cfg=model_cfg,
+            train=train,
+            world_size=world_size,
+            data_fingerprint=data_fingerprint,
+        )
+    except ResumeRefusedError as error:
+        return ResumeDecision(latest, state.get("tracking_run_id"), refusal=error)
+    return ResumeDecision(latest, state.get("tracking_run_id"))
 
 
 def check_resume(

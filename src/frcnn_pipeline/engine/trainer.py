@@ -24,6 +24,7 @@ from frcnn_pipeline.engine import build
 from frcnn_pipeline.engine.hooks import load_best_weights
 from frcnn_pipeline.engine.job import Evaluator, ModelBuilder, TrainJob
 from frcnn_pipeline.engine.loop import Trainer
+from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.runtime import distributed
@@ -45,11 +46,12 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
     initial_weights: dict[str, torch.Tensor] | None = None,
     build: ModelBuilder = build_model,  # the model builder (here it hides the module `build`)
     *,
+    resume: ResumeDecision,
     evaluator: Evaluator | None = None,
     tracking: TrackingTarget | None = None,
 ) -> dict[str, Any]:
-    """Train on `world`'s workers (`runtime.nproc_per_node` × `runtime.num_nodes`); return rank 0's result on
-    every node.
+    """Train on `world`'s workers (`runtime.nproc_per_node` × `runtime.num_nodes`), from where ``resume``
+    says (`engine.resume.decide_resume`); return rank 0's result on every node.
 
     ``world`` is `runtime`'s.
 
@@ -60,7 +62,13 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
 
     Raises:
         TrainingStopped: SIGTERM/SIGINT arrived; a checkpoint of the current iteration was saved first.
+        ResumeRefusedError, FileExistsError, NoReadableCheckpointError: ``resume``'s refusal, before any
+            worker starts.
+        ResumeRefusedError: from the workers, a checkpoint of another class count or train data than
+            given here.
     """
+    if resume.refusal is not None:
+        raise resume.refusal
     job = TrainJob(
         images,
         annotations,
@@ -68,6 +76,7 @@ def train_detector(  # noqa: PLR0917 (mirrors the Kedro node's inputs)
         model_cfg,
         train,
         runtime,
+        resume,
         initial_weights or {},
         build,
         evaluator,

@@ -33,6 +33,7 @@ from frcnn_pipeline.export import FIXED, read_description
 from frcnn_pipeline.export.deployment import fitting_canvas
 from frcnn_pipeline.export.onnx_export import graph_config
 from frcnn_pipeline.modeling.saved import SavedDetector, require_categories
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ def check_export(
     images: dict[str, list],
     ground_truth: dict[str, Any],
     *,
+    world: WorldConfig,
     runtime: RuntimeParams,
     options: ExportCheckParams,
     evaluation: InferenceParams | None = None,
@@ -127,7 +129,7 @@ def check_export(
     checked = _CheckedImages(images["path"], images["image_id"], ground_truth, category_ids)
     descriptions = {variant: read_description(graph) for variant, graph in graphs.items()}
     at_evaluate, same_mode = _inference_settings(next(iter(descriptions.values())), evaluation)
-    evaluated, at_evaluate_entry = _run_at_evaluate(saved, model_cfg, checked, runtime, at_evaluate)
+    evaluated, at_evaluate_entry = _run_at_evaluate(saved, model_cfg, checked, world, runtime, at_evaluate)
     report: dict[str, Any] = {
         "split": split,
         "images": len(checked.paths),
@@ -139,7 +141,7 @@ def check_export(
     # ONNX Runtime runs on the CPU, whatever device PyTorch uses.
     onnx_threads = runtime.num_threads
     against = _GraphCheck(
-        saved, model_cfg, checked, runtime, onnx_threads, same_mode,
+        saved, model_cfg, checked, world, runtime, onnx_threads, same_mode,
         evaluate_ap=report["pytorch_at_evaluate"]["metrics"]["AP"],
         max_ap_difference=options.max_ap_difference,
         evaluated_sizes=[(r["height"], r["width"]) for r in evaluated],
@@ -174,10 +176,11 @@ class _CheckedImages:
         return evaluate_boxes(self.ground_truth, results).metrics()
 
 
-def _run_at_evaluate(
+def _run_at_evaluate(  # noqa: PLR0917 (the world and the runtime section beside the model and images)
     saved: SavedDetector,
     model_cfg: ModelParams,
     checked: _CheckedImages,
+    world: WorldConfig,
     runtime: RuntimeParams,
     options: InferenceParams,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -188,6 +191,7 @@ def _run_at_evaluate(
         model_cfg,
         len(checked.category_ids),
         checked.paths,
+        world=world,
         runtime=runtime,
         options=options,
     )
@@ -221,6 +225,7 @@ class _GraphCheck:
     saved: SavedDetector
     model_cfg: ModelParams
     checked: _CheckedImages
+    world: WorldConfig
     runtime: RuntimeParams
     onnx_threads: int
     same_mode: InferenceParams
@@ -247,7 +252,7 @@ class _GraphCheck:
         started = time.perf_counter()
         reference = run_inference(
             self.saved.state_dict, config, len(self.checked.category_ids), paths,
-            runtime=self.runtime, options=options,
+            world=self.world, runtime=self.runtime, options=options,
         )  # fmt: skip
         torch_seconds = time.perf_counter() - started
         started = time.perf_counter()

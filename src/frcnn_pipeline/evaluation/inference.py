@@ -103,8 +103,7 @@ def describe_arithmetic(runtime: RuntimeParams, options: InferenceParams) -> str
     """What an inference run computes with, for its report: the model's own arithmetic, or the speed-ups."""
     if runtime.inference_backend == "onnxruntime":
         return "float32, the exported graph in ONNX Runtime"
-    device_type = WorldConfig.from_runtime(runtime).device
-    dtype = str(backbone_dtype(device_type, options)).removeprefix("torch.")
+    dtype = str(backbone_dtype(runtime.device, options)).removeprefix("torch.")
     changes = [f"backbone in {dtype}, heads in float32"] if dtype != "float32" else []
     changes += ["norms folded into the convs"] * options.fold_batch_norm
     changes += ["channels_last"] * options.channels_last
@@ -236,18 +235,20 @@ def run_inference(
     num_classes: int,
     paths: list[str],
     *,
+    world: WorldConfig,
     runtime: RuntimeParams | None = None,
     options: InferenceParams | None = None,
 ) -> list[dict[str, Any]]:
-    """Predict every image in ``paths``; one record per path, in order (on every node of a multi-node run).
+    """Predict every image in ``paths`` on ``world``'s workers; one record per path, in order (on every node
+    of a multi-node run).
 
     A record has ``position``, ``error`` ("" when the image was read) and, when read, ``height``, ``width``,
     ``boxes`` (xyxy, input pixels), ``scores`` and ``labels`` (1..K).
-    ``runtime`` is the ``runtime:`` parameter section (device, nproc_per_node, ...), as for training.
+    ``world`` is the run's (its configuration decides it once); ``runtime`` the ``runtime:`` parameter
+    section (threads, detection ops), as for training.
     """
     options = options or InferenceParams()
     runtime = runtime or RuntimeParams()
-    world = WorldConfig.from_runtime(runtime)
     logger.info(
         "Inference of %d image(s) on %d %s worker(s), batch %d per worker",
         len(paths),
@@ -277,15 +278,16 @@ def run_model_inference(
     num_classes: int,
     paths: list[str],
     *,
+    world: WorldConfig,
     runtime: RuntimeParams,
     options: InferenceParams,
     graph: onnx.ModelProto | None = None,
 ) -> list[dict[str, Any]]:
-    """`run_inference` on ``saved``, or `run_onnx_inference` on ``graph`` (exported from ``saved``), as
-    ``runtime.inference_backend`` says."""
+    """`run_inference` on ``saved`` (on ``world``'s workers), or `run_onnx_inference` on ``graph`` (exported
+    from ``saved``), as ``runtime.inference_backend`` says."""
     if runtime.inference_backend == "torch":
         return run_inference(
-            saved.state_dict, model_cfg, num_classes, paths, runtime=runtime, options=options
+            saved.state_dict, model_cfg, num_classes, paths, world=world, runtime=runtime, options=options
         )
     if graph is None:
         raise ValueError(

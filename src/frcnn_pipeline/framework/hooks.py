@@ -1,7 +1,8 @@
 """Project hooks (registered in settings.py): before any node runs, the parameters are validated into the
-run's configuration (which hands every node its typed sections), the pipelines are built for the run's shape,
-and the pipeline's stored inputs must exist; in a multi-node run only the job's main process writes the
-catalog's outputs; a failing node still saves the report its error carries."""
+run's configuration (which hands every node its typed sections and the world), the pipelines are built for the
+run's shape, a pipeline that trains decides once where the training starts, and the pipeline's stored inputs
+must exist; in a multi-node run only the job's main process writes the catalog's outputs; a failing node still
+saves the report its error carries."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from kedro.io import DataCatalog, MemoryDataset
 from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.config import ParameterError
+from frcnn_pipeline.data.fingerprint import tables_fingerprint
+from frcnn_pipeline.engine.resume import ResumeDecision, decide_resume
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.framework.run_config import PARAMS_PREFIX, RunConfig
 from frcnn_pipeline.pipeline_registry import build_pipeline, build_pipelines
+from frcnn_pipeline.pipelines.run_inputs import RUN_RESUME, RUN_WORLD
 from frcnn_pipeline.runtime.world import WorldConfig
 
 if TYPE_CHECKING:
@@ -31,6 +35,7 @@ log = logging.getLogger(__name__)
 
 REFERENCE = "docs/parameters.md"
 _CONFIG_SUFFIXES = {".yml", ".yaml", ".json"}
+TRAIN_IMAGES, TRAIN_ANNOTATIONS = "train_images", "train_annotations"
 # Pipelines that write shared files (the demo dataset, the download cache): one machine runs them.
 SINGLE_MACHINE_TAGS = frozenset({"ingest", "weights"})
 
@@ -39,12 +44,15 @@ class RunConfigHook:
     """Validates the run's parameters once into its `RunConfig`, and decides with it what the run is.
 
     A run whose parameters have an unknown key or a wrong type stops, naming each key and its file. The
-    registry's pipelines are rebuilt in the run's shape (evaluation splits, inference backend), and every
-    node gets its `params:<section>` inputs as the validated, typed sections.
+    registry's pipelines are rebuilt in the run's shape (evaluation splits, inference backend), every
+    node gets its `params:<section>` inputs as the validated, typed sections, and the catalog holds the
+    run's decisions that nodes take as inputs (pipelines/run_inputs.py): the world, and for a pipeline that
+    trains its `ResumeDecision`, which the MLflow hook reads too.
     """
 
     def __init__(self) -> None:
         self._run_config: RunConfig | None = None
+        self._resume: ResumeDecision | None = None
 
     @property
     def run_config(self) -> RunConfig:
@@ -66,12 +74,46 @@ class RunConfigHook:
         for name in list(project.pipelines):
             project.pipelines[name] = build_pipeline(name, self._run_config.shape)
 
+    @property
+    def resume_decision(self) -> ResumeDecision | None:
+        """Where this pipeline run's training starts (None: the pipeline does not train)."""
+        return self._resume
+
+    @hook_impl
+    def after_catalog_created(self, catalog: DataCatalog) -> None:
+        """The run's world as the catalog's `run_world`, for the nodes that spawn workers."""
+        catalog[RUN_WORLD] = MemoryDataset(self.run_config.world, copy_mode="assign")
+
+    @hook_impl(tryfirst=True)  # before the MLflow hook, which continues the run the decision resumes
+    def before_pipeline_run(self, pipeline: Pipeline, catalog: DataCatalog) -> None:
+        """A pipeline that trains decides once where the training starts, as the catalog's `run_resume`."""
+        self._resume = None
+        if RUN_RESUME not in pipeline.inputs():
+            return
+        config = self.run_config
+        self._resume = decide_resume(
+            config.train,
+            config.model,
+            world_size=config.world.world_size,
+            data_fingerprint=_stored_train_data_fingerprint(pipeline, catalog),
+        )
+        catalog[RUN_RESUME] = MemoryDataset(self._resume, copy_mode="assign")
+
     @hook_impl
     def before_node_run(self, node: Node) -> dict[str, Any]:
         """The node's `params:` inputs as the run configuration's typed sections (Kedro loads dicts)."""
         return {
             name: self.run_config.parameter(name) for name in node.inputs if name.startswith(PARAMS_PREFIX)
         }
+
+
+def _stored_train_data_fingerprint(pipeline: Pipeline, catalog: DataCatalog) -> str | None:
+    """The train tables' fingerprint when the pipeline reads them as stored (None: this run writes them, or
+    they do not exist yet, which `MissingInputsHook` reports)."""
+    tables = (TRAIN_IMAGES, TRAIN_ANNOTATIONS)
+    if not set(tables) <= pipeline.inputs() or not all(catalog.exists(name) for name in tables):
+        return None
+    return tables_fingerprint(*(catalog.load(name) for name in tables))
 
 
 def run_config_of(context: KedroContext) -> RunConfig:

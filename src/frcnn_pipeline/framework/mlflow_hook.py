@@ -4,9 +4,10 @@ registers it).
 kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This subclass adds:
 
 - a run that trains is named after `train.run_name` and, when it resumes a training, continues the MLflow
-  run whose id the checkpoint holds, provided the training will resume it (engine/resume.py). A parameter
-  changed on resume, e.g. a raised `max_iter`, is kept as MLflow logged it first and the new value goes to a
-  `changed_on_resume.<name>` tag, as MLflow refuses to change a logged parameter;
+  run whose id the checkpoint holds, as the run's resume decision says (engine/resume.py: the training reads
+  the same decision, so the two cannot disagree). A parameter changed on resume, e.g. a raised `max_iter`, is
+  kept as MLflow logged it first and the new value goes to a `changed_on_resume.<name>` tag, as MLflow
+  refuses to change a logged parameter;
 - every resolved parameter (defaults from the schema included), flattened (`train.solver.base_lr`), the Kedro
   env, the git commit and whether the tree was dirty, the versions of torch, torchvision, kedro... (and
   torch_npu/apex when installed);
@@ -18,7 +19,8 @@ kedro-mlflow opens one MLflow run per `kedro run` and closes it at the end. This
   under that key);
 - on nodes other than node 0 of a multi-node run, nothing: node 0 tracks the run.
 
-Which run a training continues is decided in mlflow_resume.py; what a run records, in mlflow_record.py.
+Which MLflow run a training continues follows its resume decision (mlflow_resume.py); what a run records, in
+mlflow_record.py.
 
 The training workers log their live metrics themselves (engine/tracking.py).
 
@@ -49,6 +51,7 @@ from omegaconf import OmegaConf
 
 from frcnn_pipeline.config import SECTIONS, Section, flatten
 from frcnn_pipeline.datasets import UNCHANGED
+from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.tracking import quiet_store_errors
 from frcnn_pipeline.framework.config_loader import resolver_deprecation_silenced
 from frcnn_pipeline.framework.hooks import RunConfigHook
@@ -71,7 +74,7 @@ from frcnn_pipeline.framework.mlflow_store import (
     store_error,
     use_a_private_store,
 )
-from frcnn_pipeline.modeling.saved import TRAINED_MODEL, SavedDetector
+from frcnn_pipeline.modeling.saved import SavedDetector
 
 # kedro-mlflow's pipeline model (unused here) makes mlflow warn about its type hints on import, under a
 # "once" filter of mlflow's own that no filter of ours can precede: the warning is recorded and dropped.
@@ -192,9 +195,9 @@ class ProjectMlflowHook(MlflowHook):
             self.mlflow_config.tracking.disable_tracking.pipelines = [*names]
         try:
             with quiet_store_errors():
-                trains = TRAINED_MODEL in pipeline.all_outputs()
-                if world.is_main_process and trains and not self._run_was_active:
-                    self._continue_training_run(pipeline, catalog)
+                decision = self._run_config.resume_decision  # None: this pipeline does not train
+                if world.is_main_process and decision is not None and not self._run_was_active:
+                    self._continue_training_run(decision)
                 super().before_pipeline_run(run_params=run_params, pipeline=pipeline, catalog=catalog)
                 self._tracks = self.run_id is not None
                 if self._tracks:
@@ -279,15 +282,14 @@ class ProjectMlflowHook(MlflowHook):
                 )
             self._tracking_failed = True
 
-    def _continue_training_run(self, pipeline, catalog) -> None:
+    def _continue_training_run(self, decision: ResumeDecision) -> None:
         """Name the run after the training; reuse the MLflow run of the checkpoint this training resumes."""
         train = self._run_config.run_config.train
         run = self.mlflow_config.tracking.run
         run.name = run.name or train.run_name
         if run.id is not None:
             return
-        model = self._run_config.run_config.model
-        previous = run_to_continue(train, model, pipeline, catalog, self._client)
+        previous = run_to_continue(decision, train.run_name, self._client)
         if previous is not None:
             run.id = previous.info.run_id
             self._run_params.resumed = dict(previous.data.params)

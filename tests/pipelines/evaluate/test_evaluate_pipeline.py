@@ -23,7 +23,9 @@ from frcnn_pipeline.pipelines.evaluate import create_pipeline
 from frcnn_pipeline.pipelines.evaluate_initial_weights import (
     create_pipeline as create_initial_weights_pipeline,
 )
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 from frcnn_pipeline.pipelines.shape import PipelineShape
+from frcnn_pipeline.runtime.world import WorldConfig
 
 PLOTS = (
     "precision_recall_curves",
@@ -108,6 +110,7 @@ def inputs(demo_split, model_params, parameters) -> dict:
         "params:model": model_params,
         "params:evaluate": EvaluateParams.parse(parameters["evaluate"], "evaluate"),
         "params:runtime": RuntimeParams.parse(parameters["runtime"], "runtime"),
+        RUN_WORLD: WorldConfig(),
     }
 
 

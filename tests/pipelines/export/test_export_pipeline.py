@@ -17,6 +17,7 @@ from frcnn_pipeline.evaluation.export_check import ExportCheckError
 from frcnn_pipeline.export import ExportedDetector
 from frcnn_pipeline.pipelines.export import create_pipeline
 from frcnn_pipeline.pipelines.export.nodes import check_onnx_export
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 
 VERSION = "2025-04-01T00.00.00.000Z"
 GRAPHS = ("onnx_model", "onnx_model_fixed")
@@ -120,7 +121,7 @@ def test_a_check_that_finds_another_ap_fails_naming_the_graph_and_carries_its_re
     ) as failed:
         check_onnx_export(
             inputs["trained_model"], graphs, *data, export, inputs["params:evaluate"],
-            inputs["params:runtime"], split="val",
+            inputs["params:runtime"], inputs[RUN_WORLD], split="val",
         )  # fmt: skip
     report = failed.value.report
     assert not report["passed"] and report["split"] == "val"

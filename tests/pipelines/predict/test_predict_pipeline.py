@@ -184,4 +184,6 @@ def test_pipeline_is_tagged_and_named_for_viz():
     assert all("predict" in node.tags for node in pipeline.nodes)
     assert "predict.predict_images" in {node.name for node in pipeline.nodes}
     assert pipeline.outputs() >= {"prediction_results", "prediction_images"}
-    assert pipeline.inputs() == {"trained_model", "params:model", "params:predict", "params:runtime"}
+    assert pipeline.inputs() == {
+        "trained_model", "params:model", "params:predict", "params:runtime", "run_world"
+    }  # fmt: skip

@@ -30,6 +30,7 @@ from frcnn_pipeline.engine.resume import ResumeRefusedError
 from frcnn_pipeline.evaluation.coco_eval import evaluate_boxes
 from frcnn_pipeline.evaluation.inference import category_ids_by_label, coco_results, run_inference
 from frcnn_pipeline.modeling.saved import SavedDetector
+from frcnn_pipeline.runtime.world import WorldConfig
 
 PROJECT = Path(__file__).resolve().parents[3]
 TINY = {
@@ -182,7 +183,7 @@ def test_the_model_artefact_loads_and_evaluates_to_the_logged_ap(project: Projec
 
     records = run_inference(
         model.state_dict, model.model_config, len(categories), val_images["path"].tolist(),
-        options=InferenceParams.model_validate(options),
+        world=WorldConfig(), options=InferenceParams.model_validate(options),
     )  # fmt: skip
     detections = coco_results(records, val_images["image_id"].tolist(), category_ids_by_label(categories))
     measured = evaluate_boxes(ground_truth, detections).metrics()

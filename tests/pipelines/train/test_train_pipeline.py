@@ -12,6 +12,7 @@ from model_configs import model_params
 from frcnn_pipeline.config import SECTIONS, EvaluateParams, ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, mark_outputs_saved
+from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.solver import scaled_lr
 from frcnn_pipeline.framework.parameter_docs import load_parameters, resolved_sections
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector
@@ -20,6 +21,7 @@ from frcnn_pipeline.pipelines.train import create_pipeline
 from frcnn_pipeline.pipelines.train import nodes as train_nodes
 from frcnn_pipeline.pipelines.train.nodes import metrics_table, plot_training_curves, train_model
 from frcnn_pipeline.runtime.devices import DeviceUnavailableError
+from frcnn_pipeline.runtime.world import WorldConfig
 
 
 def test_pipeline_wiring():
@@ -27,7 +29,8 @@ def test_pipeline_wiring():
     train = next(node for node in pipeline.nodes if node.name.endswith("train_detector"))
     assert train.inputs == ["train_images", "train_annotations", "categories", "initial_weights",
                             "val_images", "val_ground_truth",
-                            "params:model", "params:train", "params:runtime", "params:evaluate"]  # fmt: skip
+                            "params:model", "params:train", "params:runtime", "params:evaluate",
+                            "run_world", "run_resume"]  # fmt: skip
     outputs = ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"]
     assert train.outputs == outputs and pipeline.all_outputs() == set(outputs)
     assert train.confirms == ["training_run"], "the record marks the outputs saved once all of them are"
@@ -89,14 +92,15 @@ def test_npu8p_without_an_npu_fails_clearly_before_training(monkeypatch, tmp_pat
     )
     annotations = pd.DataFrame(columns=["image_id", "label", "x1", "y1", "x2", "y2", "iscrowd"])
     categories = pd.DataFrame({"label": [0], "category_id": [1], "name": ["a"], "supercategory": ["a"]})
+    runtime = RuntimeParams.parse(parameters["runtime"], "runtime")
     with pytest.raises(
         DeviceUnavailableError, match=r"runtime.device is 'npu' but torch_npu cannot be imported"
     ):
         train_model(
             images, annotations, categories, SavedDetector({}, INITIAL_WEIGHTS), images, {},
-            ModelParams.parse(parameters["model"], "model"), TrainParams.parse(train, "train"),
-            RuntimeParams.parse(parameters["runtime"], "runtime"),
-            EvaluateParams.parse(parameters["evaluate"], "evaluate"), split="val",
+            ModelParams.parse(parameters["model"], "model"), TrainParams.parse(train, "train"), runtime,
+            EvaluateParams.parse(parameters["evaluate"], "evaluate"), WorldConfig.from_runtime(runtime, {}),
+            ResumeDecision(), split="val",
         )  # fmt: skip
     assert not list(tmp_path.iterdir()), "nothing may be written before the device check"
 
@@ -123,7 +127,7 @@ def test_the_trained_and_best_models_carry_their_config_classes_and_provenance(m
     trained, best_model, _, returned, _ = train_model(
         pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame({"path": [], "image_id": []}), {},
         *(SECTIONS[name].parse(parameters[name], name) for name in ("model", "train", "runtime", "evaluate")),
-        split="val",
+        WorldConfig(), ResumeDecision(), split="val",
     )  # fmt: skip
 
     assert returned is record and trained.kind == "trained_model" and trained.state_dict is weights
@@ -162,7 +166,8 @@ def test_a_rerun_with_nothing_to_train_saves_nothing_only_once_every_output_was_
             pd.DataFrame(), pd.DataFrame(), categories, initial, pd.DataFrame(), {},
             ModelParams.parse(parameters["model"], "model"), TrainParams.parse(train, "train"),
             RuntimeParams.parse(parameters["runtime"], "runtime"),
-            EvaluateParams.parse(parameters["evaluate"], "evaluate"), split="val",
+            EvaluateParams.parse(parameters["evaluate"], "evaluate"), WorldConfig(), ResumeDecision(),
+            split="val",
         )  # fmt: skip
 
     # An earlier save failed: every output again, from the checkpoint.

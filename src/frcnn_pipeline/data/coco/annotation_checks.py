@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from frcnn_pipeline.data.coco.findings import DEFAULT_SEVERITY, _Findings
-from frcnn_pipeline.data.coco.json_file import _MAX_LISTED, _fatal, _raise_duplicates
+from frcnn_pipeline.data.coco.findings import DEFAULT_SEVERITY, Findings
+from frcnn_pipeline.data.coco.json_file import MAX_LISTED, fatal, raise_duplicates
 
 
 @dataclass
-class _SplitAnnotations:
+class SplitAnnotations:
     """A split's annotation columns by position, and which annotations are still kept."""
 
     ids: np.ndarray
@@ -30,7 +30,7 @@ class _SplitAnnotations:
     label: np.ndarray  # position of its category among the classes, -1: unknown
     alive: np.ndarray
 
-    def flag(self, findings: _Findings, check: str, mask: np.ndarray, describe: Callable[[int], str]) -> None:
+    def flag(self, findings: Findings, check: str, mask: np.ndarray, describe: Callable[[int], str]) -> None:
         """Reports (and, unless the check only reports, removes) the kept annotations in ``mask``."""
         hits = np.flatnonzero(mask & self.alive)
         findings.add(check, self.image_ids[hits], self.ids[hits], [describe(i) for i in hits])
@@ -39,7 +39,7 @@ class _SplitAnnotations:
 
 
 @dataclass
-class _ClippedBoxes:
+class ClippedBoxes:
     """The boxes as xyxy clipped to their image, and which of them the clipping changed."""
 
     x1: np.ndarray
@@ -49,7 +49,7 @@ class _ClippedBoxes:
     clipped: np.ndarray
 
 
-def _read_annotations(
+def read_annotations(
     path: Path,
     columns: dict[str, np.ndarray],
     bbox_written: dict[int, str],
@@ -57,21 +57,21 @@ def _read_annotations(
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     not_class_ids: np.ndarray,
-) -> _SplitAnnotations:
+) -> SplitAnnotations:
     """The annotation columns indexed into the images and classes; fatal for an annotation of a declared
     category that is not a class, and for duplicate ids."""
     ann_ids, ann_image_ids, ann_category_ids = columns["id"], columns["image_id"], columns["category_id"]
     annotated_non_class = np.isin(ann_category_ids, not_class_ids)
     if annotated_non_class.any():
-        raise _fatal(
+        raise fatal(
             path,
             f"annotates {int(annotated_non_class.sum())} box(es) with categories "
-            f"{sorted(set(ann_category_ids[annotated_non_class].tolist()))[:_MAX_LISTED]} that are not "
+            f"{sorted(set(ann_category_ids[annotated_non_class].tolist()))[:MAX_LISTED]} that are not "
             "classes of the project (the train split has no annotation of them)",
             "annotate them in train as well, or remove them from this split",
         )
-    _raise_duplicates(path, "annotation", ann_ids)
-    return _SplitAnnotations(
+    raise_duplicates(path, "annotation", ann_ids)
+    return SplitAnnotations(
         ids=ann_ids,
         image_ids=ann_image_ids,
         category_ids=ann_category_ids,
@@ -86,7 +86,7 @@ def _read_annotations(
     )
 
 
-def _flag_invalid_records(anns: _SplitAnnotations, findings: _Findings, min_box_size: float) -> None:
+def flag_invalid_records(anns: SplitAnnotations, findings: Findings, min_box_size: float) -> None:
     """Unknown image or category, a box that is not 4 finite numbers, a non-finite area, too small a box."""
     ids, xywh = anns.ids, anns.xywh
     anns.flag(
@@ -122,9 +122,9 @@ def _flag_invalid_records(anns: _SplitAnnotations, findings: _Findings, min_box_
     )
 
 
-def _clip_to_images(
-    anns: _SplitAnnotations, findings: _Findings, widths: np.ndarray, heights: np.ndarray, min_box_size: float
-) -> _ClippedBoxes:
+def clip_to_images(
+    anns: SplitAnnotations, findings: Findings, widths: np.ndarray, heights: np.ndarray, min_box_size: float
+) -> ClippedBoxes:
     """Clips the boxes to their image (fixed), then drops those that end up empty (entirely outside)."""
     xywh = anns.xywh
     w, h = xywh[:, 2], xywh[:, 3]
@@ -155,10 +155,10 @@ def _clip_to_images(
             f"{_box([x1[i], y1[i], x2[i], y2[i]])}"
         ),
     )
-    return _ClippedBoxes(x1, y1, x2, y2, clipped)
+    return ClippedBoxes(x1, y1, x2, y2, clipped)
 
 
-def _flag_kept_oddities(anns: _SplitAnnotations, findings: _Findings) -> None:
+def flag_kept_oddities(anns: SplitAnnotations, findings: Findings) -> None:
     """Crowd annotations and ids below 1: kept, and reported."""
     anns.flag(
         findings,

@@ -8,15 +8,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from frcnn_pipeline.data.coco.findings import _Findings
-from frcnn_pipeline.data.coco.json_file import _Category, _column, _fatal, _raise_duplicates
+from frcnn_pipeline.data.coco.findings import Findings
+from frcnn_pipeline.data.coco.json_file import CategoryRecord, column, fatal, raise_duplicates
 
 
-def _build_categories(path: Path, records: list[_Category]) -> pd.DataFrame:
-    ids = _column(records, "id", np.int64)
+def _build_categories(path: Path, records: list[CategoryRecord]) -> pd.DataFrame:
+    ids = column(records, "id", np.int64)
     if not len(ids):
-        raise _fatal(path, "declares no categories", "add the `categories` list of the dataset")
-    _raise_duplicates(path, "category", ids, [r.name for r in records])
+        raise fatal(path, "declares no categories", "add the `categories` list of the dataset")
+    raise_duplicates(path, "category", ids, [r.name for r in records])
     table = pd.DataFrame(
         {
             "category_id": ids,
@@ -40,7 +40,7 @@ def _check_categories_agree(
     renamed = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
     if not missing and not renamed and (allow_extra or not extra):
         return declared[declared["category_id"].isin(extra)]
-    raise _fatal(
+    raise fatal(
         path,
         "declares categories that differ from the project's (taken from the train split): "
         f"missing ids {missing}, extra ids {extra}, renamed ids {[(k, theirs[k], ours[k]) for k in renamed]}",
@@ -48,8 +48,8 @@ def _check_categories_agree(
     )
 
 
-def _resolve_categories(
-    path: Path, records: list[_Category], project: pd.DataFrame | None, allow_extra: bool
+def resolve_categories(
+    path: Path, records: list[CategoryRecord], project: pd.DataFrame | None, allow_extra: bool
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The classes (this split's table when ``project`` is None, else the project's) and the declared
     categories that are not classes."""
@@ -59,8 +59,8 @@ def _resolve_categories(
     return project, _check_categories_agree(path, declared, project, allow_extra)
 
 
-def _drop_unused_categories(
-    findings: _Findings,
+def drop_unused_categories(
+    findings: Findings,
     categories: pd.DataFrame,
     not_classes: pd.DataFrame,
     *,
@@ -92,7 +92,7 @@ def _drop_unused_categories(
     return categories, label
 
 
-def _report_category_ids(findings: _Findings, category_ids: np.ndarray) -> None:
+def _report_category_ids(findings: Findings, category_ids: np.ndarray) -> None:
     """Says how category ids become labels 0..K-1 when that is not simply `id - 1`."""
     count = len(category_ids)
     if np.array_equal(category_ids, np.arange(1, count + 1)):

@@ -10,7 +10,7 @@ from typing import Any
 import pandas as pd
 
 from frcnn_pipeline.config.ingest import SeverityParams
-from frcnn_pipeline.data.coco.json_file import _MAX_LISTED, _fatal
+from frcnn_pipeline.data.coco.json_file import MAX_LISTED, fatal
 
 # Default severity of every check. Structural problems are always fatal; the others may be escalated to fatal
 # (their defaults: ingest.validation.severity in the parameter schema).
@@ -85,7 +85,7 @@ def _findings_frame(split, severity, check, image_id, annotation_id, *, message)
     )
 
 
-class _Findings:
+class Findings:
     """Collects report rows check by check (each check adds its flagged records in one go)."""
 
     def __init__(self, split: str, policy: ValidationPolicy) -> None:
@@ -110,17 +110,18 @@ class _Findings:
         return pd.concat(self.frames, ignore_index=True) if self.frames else empty_findings()
 
 
-def _raise_escalated(path: Path, report: pd.DataFrame) -> None:
-    fatal = report[report["severity"] == "fatal"]
-    if fatal.empty:
+def raise_escalated(path: Path, report: pd.DataFrame) -> None:
+    """Stops with the findings of ``report`` that the severity policy made fatal, if any."""
+    escalated = report[report["severity"] == "fatal"]
+    if escalated.empty:
         return
     listed = "; ".join(
         f"[{row.check}] image {row.image_id}, annotation {row.annotation_id}: {row.message}"
-        for row in fatal.head(_MAX_LISTED).itertuples()
+        for row in escalated.head(MAX_LISTED).itertuples()
     )
-    raise _fatal(
+    raise fatal(
         path,
-        f"{len(fatal)} finding(s) made fatal by the severity policy: {listed}",
+        f"{len(escalated)} finding(s) made fatal by the severity policy: {listed}",
         "correct those records, or set their checks back to the default in ingest.severity",
     )
 

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from frcnn_pipeline.data.coco.findings import UNUSABLE_IMAGE_CHECKS
-from frcnn_pipeline.data.coco.json_file import _fatal
+from frcnn_pipeline.data.coco.json_file import fatal
 from frcnn_pipeline.data.coco.split import CocoSplit
 
 
@@ -113,7 +113,7 @@ def evaluation_ground_truth(
     if ground_truth == "published" and unusable_images == "error" and len(unusable):
         shown = "; ".join(unusable["message"].head(_LISTED_IMAGES))
         more = f" (and {len(unusable) - _LISTED_IMAGES} more)" if len(unusable) > _LISTED_IMAGES else ""
-        raise _fatal(
+        raise fatal(
             split.annotation_file,
             f"{len(unusable)} declared {split.name} image(s) cannot be evaluated: {shown}{more}",
             "restore those image files; or score them as missed with no detections "

@@ -15,17 +15,17 @@ from tqdm.auto import tqdm
 from frcnn_pipeline.data.coco.findings import (
     DEFAULT_SEVERITY,
     UNUSABLE_IMAGE_CHECKS,
+    Findings,
     ValidationPolicy,
-    _Findings,
 )
-from frcnn_pipeline.data.coco.json_file import _column, _float_column, _Image, _raise_duplicates
+from frcnn_pipeline.data.coco.json_file import ImageRecord, column, float_column, raise_duplicates
 from frcnn_pipeline.data.images import UnconvertibleImageError, oriented_size, rgb_pixels
 
 _PROGRESS_MIN_IMAGES = 2000  # below this, image checks finish too fast for a progress bar to help
 
 
 @dataclass
-class _SplitImages:
+class SplitImages:
     """A split's image records by position, and which of them are kept."""
 
     ids: np.ndarray
@@ -38,18 +38,18 @@ class _SplitImages:
     reported: dict[int, tuple[str, str]]  # kept images with a reported finding (transparency)
 
 
-def _check_images(
-    path: Path, records: list[_Image], image_dir: Path, policy: ValidationPolicy, split: str
-) -> _SplitImages:
+def check_images(
+    path: Path, records: list[ImageRecord], image_dir: Path, policy: ValidationPolicy, split: str
+) -> SplitImages:
     """The image records, with the images whose record or file is unusable marked dropped."""
-    ids = _column(records, "id", np.int64)
+    ids = column(records, "id", np.int64)
     file_names = pd.Series([r.file_name for r in records], dtype="str")
-    size_written = _float_column(records, "width"), _float_column(records, "height")
+    size_written = float_column(records, "width"), float_column(records, "height")
     bad_size = ~np.isfinite(size_written).all(axis=0) | (np.stack(size_written) <= 0).any(axis=0)
     widths, heights = (np.where(bad_size, 0, values).astype(np.int64) for values in size_written)
-    _raise_duplicates(path, "image", ids, file_names.tolist())
+    raise_duplicates(path, "image", ids, file_names.tolist())
     paths = (str(Path(image_dir).resolve()) + "/" + file_names).astype("str")
-    images = _SplitImages(ids, file_names, paths, widths, heights, np.ones(len(ids), dtype=bool), {}, {})
+    images = SplitImages(ids, file_names, paths, widths, heights, np.ones(len(ids), dtype=bool), {}, {})
     unsafe = _unsafe_file_names(file_names)
     for position in np.flatnonzero(unsafe):
         images.drop_reason[position] = (
@@ -82,7 +82,7 @@ def _check_images(
     return images
 
 
-def _report_image_findings(findings: _Findings, images: _SplitImages, dropped_per_image: np.ndarray) -> None:
+def report_image_findings(findings: Findings, images: SplitImages, dropped_per_image: np.ndarray) -> None:
     """One finding per dropped image (with the number of annotations it took along) and per reported one."""
     for check in UNUSABLE_IMAGE_CHECKS:
         positions = [p for p, (c, _) in images.drop_reason.items() if c == check]
@@ -107,8 +107,8 @@ def _report_image_findings(findings: _Findings, images: _SplitImages, dropped_pe
     )
 
 
-def _report_images_without_annotations(
-    findings: _Findings, images: _SplitImages, usable: np.ndarray, crowd: np.ndarray, drop: bool
+def report_images_without_annotations(
+    findings: Findings, images: SplitImages, usable: np.ndarray, crowd: np.ndarray, drop: bool
 ) -> np.ndarray:
     """Reports the kept images with no usable (non-crowd) annotation, per image counts ``usable`` and
     ``crowd``, as dropped when ``drop``; returns their positions."""

@@ -23,7 +23,7 @@ from frcnn_pipeline.errors import UserFacingError
 logger = logging.getLogger(__name__)
 
 
-_MAX_LISTED = 5  # findings quoted in an error message
+MAX_LISTED = 5  # findings quoted in an error message
 
 
 class CocoFormatError(UserFacingError, ValueError):
@@ -31,14 +31,16 @@ class CocoFormatError(UserFacingError, ValueError):
 
 
 # Python's json.dump writes these non-standard literals and pycocotools (json.load) reads them. msgspec does
-# not: `_decode` quotes them, and the fields that may hold one accept the quoted form.
+# not: `decode_coco_json` quotes them, and the fields that may hold one accept the quoted form.
 NonFinite = Literal["NaN", "Infinity", "-Infinity"]
 _NON_FINITE_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|(-?Infinity|NaN)')
 
 
 # Only the fields we use are declared: msgspec skips the rest (segmentation, licenses...) without building it.
 # gc=False: these records hold no reference cycles, and ~1M GC-tracked objects would slow decoding twofold.
-class _Image(msgspec.Struct, gc=False):
+class ImageRecord(msgspec.Struct, gc=False):
+    """An entry of the file's `images`."""
+
     id: int
     file_name: str
     width: int | NonFinite
@@ -69,17 +71,19 @@ class _LooseAnnotation(_Annotation, gc=False):
     bbox: list[float | NonFinite | None]
 
 
-class _Category(msgspec.Struct, gc=False):
+class CategoryRecord(msgspec.Struct, gc=False):
+    """An entry of the file's `categories`."""
+
     id: int
     name: str
     supercategory: str = ""
 
 
 class _CocoFile(msgspec.Struct):
-    images: list[_Image]
+    images: list[ImageRecord]
     # Raw JSON slices, decoded in chunks: the file's bytes and ~1M annotation objects never coexist.
     annotations: list[msgspec.Raw]
-    categories: list[_Category]
+    categories: list[CategoryRecord]
 
 
 _ANNOTATION_CHUNK = 16384
@@ -96,35 +100,38 @@ class _RecordIds(msgspec.Struct):
     categories: list[_RecordId] = []
 
 
-def _fatal(path: Path, what: str, fix: str) -> CocoFormatError:
+def fatal(path: Path, what: str, fix: str) -> CocoFormatError:
+    """The error that stops reading ``path``: what is wrong, and the fix."""
     return CocoFormatError(f"{path}: {what}. Fix: {fix}")
 
 
 _FIX_RECORD = "correct or remove that record"
 
 
-def _raise_duplicates(path: Path, kind: str, ids: np.ndarray, extra: list[str] | None = None) -> None:
+def raise_duplicates(path: Path, kind: str, ids: np.ndarray, extra: list[str] | None = None) -> None:
+    """Stops naming the ``kind`` (image, annotation, category) ids that several records share, each with its
+    ``extra`` detail when given."""
     duplicated = pd.Series(ids).duplicated(keep=False).to_numpy()
     if not duplicated.any():
         return
     positions = np.flatnonzero(duplicated)
-    shown = sorted({int(ids[i]) for i in positions})[:_MAX_LISTED]
+    shown = sorted({int(ids[i]) for i in positions})[:MAX_LISTED]
     details = ""
     if extra is not None:
-        details = " (" + "; ".join(f"{int(ids[i])}: {extra[i]}" for i in positions[: 2 * _MAX_LISTED]) + ")"
-    raise _fatal(
+        details = " (" + "; ".join(f"{int(ids[i])}: {extra[i]}" for i in positions[: 2 * MAX_LISTED]) + ")"
+    raise fatal(
         path,
         f"duplicate {kind} ids {shown}{details}; {len(positions)} records share an id",
         f"give every {kind} a unique id",
     )
 
 
-def _decode(path: Path) -> tuple[_CocoFile, str]:
+def decode_coco_json(path: Path) -> tuple[_CocoFile, str]:
     """The parsed file and the sha256 of its bytes as read (the split's fingerprint)."""
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise _fatal(
+        raise fatal(
             path,
             f"cannot read the annotation file ({error.strerror or error})",
             "check ingest.data_root and the split's annotation_file parameter",
@@ -159,8 +166,8 @@ def _quote_non_finite(raw: bytes) -> tuple[bytes, int]:
 
 def _decode_error(path: Path, raw: bytes, error: msgspec.DecodeError) -> CocoFormatError:
     if isinstance(error, msgspec.ValidationError):
-        return _fatal(path, _describe_type_error(raw, str(error)), _FIX_RECORD)
-    return _fatal(
+        return fatal(path, _describe_type_error(raw, str(error)), _FIX_RECORD)
+    return fatal(
         path,
         f"unreadable or truncated JSON ({error})",
         "re-download or re-export the file; `python -m json.tool FILE` shows where it breaks",
@@ -181,11 +188,12 @@ def _describe_type_error(raw: bytes, message: str) -> str:
     return f"{noun} id {record_id}: missing field or wrong type: {message}"
 
 
-def _column(records: list, name: str, dtype) -> np.ndarray:
+def column(records: list, name: str, dtype) -> np.ndarray:
+    """The field ``name`` of every record, as one array of ``dtype``."""
     return np.fromiter(map(attrgetter(name), records), dtype=dtype, count=len(records))
 
 
-def _float_column(records: list, name: str) -> np.ndarray:
+def float_column(records: list, name: str) -> np.ndarray:
     """float64; the quoted NaN/Infinity literals become the non-finite numbers they spell."""
     return np.fromiter(map(float, map(attrgetter(name), records)), dtype=np.float64, count=len(records))
 
@@ -211,7 +219,7 @@ def _bbox_as_written(record: _LooseAnnotation) -> str:
     return "[" + ", ".join(shown) + "]"
 
 
-def _annotation_columns(path: Path, raws: list[msgspec.Raw]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+def annotation_columns(path: Path, raws: list[msgspec.Raw]) -> tuple[dict[str, np.ndarray], dict[int, str]]:
     """Decodes the annotations chunk by chunk into numpy columns (ids, xywh boxes, area, crowd flag), and
     the bbox as written of each row whose bbox is not 4 finite numbers."""
     chunks = []
@@ -222,28 +230,26 @@ def _annotation_columns(path: Path, raws: list[msgspec.Raw]) -> tuple[dict[str, 
         written: dict[int, str] = {}  # row -> its bbox as written, for rows that are not 4 finite numbers
         try:
             records = _ANNOTATIONS.decode(text)
-            boxes = np.stack([_column(records, f"bbox.{axis}", np.float64) for axis in "xywh"], axis=1)
+            boxes = np.stack([column(records, f"bbox.{axis}", np.float64) for axis in "xywh"], axis=1)
         except msgspec.ValidationError:
             try:
                 records = _LOOSE_ANNOTATIONS.decode(text)
             except msgspec.ValidationError as error:
-                raise _fatal(
-                    path, _describe_annotation_error(str(error), part, start), _FIX_RECORD
-                ) from error
+                raise fatal(path, _describe_annotation_error(str(error), part, start), _FIX_RECORD) from error
             boxes = _loose_boxes(records)
             bad = np.flatnonzero(~np.isfinite(boxes).all(axis=1))
             written = {start + int(i): _bbox_as_written(records[i]) for i in bad}
         areas = list(map(attrgetter("area"), records))
         chunks.append(
             {
-                "id": _column(records, "id", np.int64),
-                "image_id": _column(records, "image_id", np.int64),
-                "category_id": _column(records, "category_id", np.int64),
+                "id": column(records, "id", np.int64),
+                "image_id": column(records, "image_id", np.int64),
+                "category_id": column(records, "category_id", np.int64),
                 "xywh": boxes,
                 "area": np.fromiter(map(float, areas), dtype=np.float64, count=len(areas)),
                 # An area the file writes as NaN/Infinity, as opposed to one it leaves out.
                 "bad_area": np.fromiter((isinstance(a, str) for a in areas), dtype=bool, count=len(areas)),
-                "iscrowd": _column(records, "iscrowd", np.int64) != 0,
+                "iscrowd": column(records, "iscrowd", np.int64) != 0,
             }
         )
         bbox_written.update(written)

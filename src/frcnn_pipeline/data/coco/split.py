@@ -16,22 +16,22 @@ import numpy as np
 import pandas as pd
 
 from frcnn_pipeline.data.coco.annotation_checks import (
-    _clip_to_images,
-    _ClippedBoxes,
-    _flag_invalid_records,
-    _flag_kept_oddities,
-    _read_annotations,
-    _SplitAnnotations,
+    ClippedBoxes,
+    SplitAnnotations,
+    clip_to_images,
+    flag_invalid_records,
+    flag_kept_oddities,
+    read_annotations,
 )
-from frcnn_pipeline.data.coco.category_checks import _drop_unused_categories, _resolve_categories
-from frcnn_pipeline.data.coco.findings import ValidationPolicy, _Findings, _raise_escalated
+from frcnn_pipeline.data.coco.category_checks import drop_unused_categories, resolve_categories
+from frcnn_pipeline.data.coco.findings import Findings, ValidationPolicy, raise_escalated
 from frcnn_pipeline.data.coco.image_checks import (
-    _check_images,
-    _report_image_findings,
-    _report_images_without_annotations,
-    _SplitImages,
+    SplitImages,
+    check_images,
+    report_image_findings,
+    report_images_without_annotations,
 )
-from frcnn_pipeline.data.coco.json_file import _annotation_columns, _decode, _fatal
+from frcnn_pipeline.data.coco.json_file import annotation_columns, decode_coco_json, fatal
 
 logger = logging.getLogger(__name__)
 
@@ -74,16 +74,16 @@ def read_coco_split(
     """
     policy = policy or ValidationPolicy()
     path = Path(source.annotation_file)
-    doc, sha256 = _decode(path)
-    findings = _Findings(source.name, policy)
+    doc, sha256 = decode_coco_json(path)
+    findings = Findings(source.name, policy)
     defines_classes = categories is None
-    categories, not_classes = _resolve_categories(
+    categories, not_classes = resolve_categories(
         path, doc.categories, categories, policy.drop_unused_categories
     )
-    images = _check_images(path, doc.images, source.image_dir, policy, source.name)
-    columns, bbox_written = _annotation_columns(path, doc.annotations)
+    images = check_images(path, doc.images, source.image_dir, policy, source.name)
+    columns, bbox_written = annotation_columns(path, doc.annotations)
     del doc  # the file's bytes go with it
-    anns = _read_annotations(
+    anns = read_annotations(
         path,
         columns,
         bbox_written,
@@ -91,12 +91,12 @@ def read_coco_split(
         category_ids=categories["category_id"].to_numpy(np.int64),
         not_class_ids=not_classes["category_id"].to_numpy(),
     )
-    _flag_invalid_records(anns, findings, policy.min_box_size)
+    flag_invalid_records(anns, findings, policy.min_box_size)
     _drop_with_their_images(anns, images, findings)
-    boxes = _clip_to_images(anns, findings, images.widths, images.heights, policy.min_box_size)
-    _flag_kept_oddities(anns, findings)
+    boxes = clip_to_images(anns, findings, images.widths, images.heights, policy.min_box_size)
+    flag_kept_oddities(anns, findings)
     _drop_images_without_annotations(anns, images, findings, policy.drop_images_without_annotations)
-    categories, label = _drop_unused_categories(
+    categories, label = drop_unused_categories(
         findings,
         categories,
         not_classes,
@@ -105,7 +105,7 @@ def read_coco_split(
         dropping=defines_classes and policy.drop_unused_categories,
     )
     report = findings.frame()
-    _raise_escalated(path, report)
+    raise_escalated(path, report)
     _raise_without_images(path, source.name, images, report)
     image_table = _image_table(images)
     annotation_table, used_xywh = _annotation_table(anns, boxes, label)
@@ -126,31 +126,31 @@ def read_coco_split(
     )
 
 
-def _drop_with_their_images(anns: _SplitAnnotations, images: _SplitImages, findings: _Findings) -> None:
+def _drop_with_their_images(anns: SplitAnnotations, images: SplitImages, findings: Findings) -> None:
     """Images dropped by their checks take their annotations with them; the image's row says how many."""
     on_dropped_image = anns.alive & (anns.image_index >= 0) & ~images.alive[np.maximum(anns.image_index, 0)]
     dropped_per_image = np.bincount(anns.image_index[on_dropped_image], minlength=len(images.ids))
     anns.alive &= ~on_dropped_image
-    _report_image_findings(findings, images, dropped_per_image)
+    report_image_findings(findings, images, dropped_per_image)
 
 
 def _drop_images_without_annotations(
-    anns: _SplitAnnotations, images: _SplitImages, findings: _Findings, drop: bool
+    anns: SplitAnnotations, images: SplitImages, findings: Findings, drop: bool
 ) -> None:
     """Images without usable (non-crowd) annotations: kept or dropped per split."""
     usable = np.bincount(anns.image_index[anns.alive & ~anns.iscrowd], minlength=len(images.ids))
     crowd_only = np.bincount(anns.image_index[anns.alive & anns.iscrowd], minlength=len(images.ids))
-    empty = _report_images_without_annotations(findings, images, usable, crowd_only, drop)
+    empty = report_images_without_annotations(findings, images, usable, crowd_only, drop)
     if drop:
         images.alive[empty] = False
         anns.alive &= images.alive[np.maximum(anns.image_index, 0)]
 
 
-def _raise_without_images(path: Path, split: str, images: _SplitImages, report: pd.DataFrame) -> None:
+def _raise_without_images(path: Path, split: str, images: SplitImages, report: pd.DataFrame) -> None:
     if images.alive.any():
         return
     counts = report.groupby("check").size().to_dict() if len(report) else {}
-    raise _fatal(
+    raise fatal(
         path,
         f"split {split!r} has no usable image after dropping ({len(images.ids)} declared; "
         f"findings per check: {counts})",
@@ -159,7 +159,7 @@ def _raise_without_images(path: Path, split: str, images: _SplitImages, report: 
     )
 
 
-def _image_table(images: _SplitImages) -> pd.DataFrame:
+def _image_table(images: SplitImages) -> pd.DataFrame:
     alive = images.alive
     return pd.DataFrame(
         {
@@ -173,7 +173,7 @@ def _image_table(images: _SplitImages) -> pd.DataFrame:
 
 
 def _annotation_table(
-    anns: _SplitAnnotations, boxes: _ClippedBoxes, label: np.ndarray
+    anns: SplitAnnotations, boxes: ClippedBoxes, label: np.ndarray
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The kept annotations' table, and their boxes as xywh: clipped where clipping changed them, else the
     JSON's exact numbers."""

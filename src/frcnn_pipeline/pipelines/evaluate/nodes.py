@@ -33,6 +33,7 @@ from frcnn_pipeline.modeling.saved import (
     inference_model_config,
     require_weights,
 )
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +45,13 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model_params: ModelParams,
     evaluate: EvaluateParams,
     runtime: RuntimeParams,
+    world: WorldConfig,
     onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Detections on every image of the split in COCO results format (original image and category ids,
     xywh), and what was evaluated: the model's version, sha256, provenance and where its config came from,
-    and the inference backend (``onnx_model``: the graph exported from ``model``, for onnxruntime)."""
+    and the inference backend (``onnx_model``: the graph exported from ``model``, for onnxruntime). The
+    inference runs on the run's ``world``."""
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     check_same_categories(model, categories)
@@ -58,6 +61,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
         config,
         len(categories),
         images["path"].tolist(),
+        world=world,
         runtime=runtime,
         options=options,
         graph=onnx_model,

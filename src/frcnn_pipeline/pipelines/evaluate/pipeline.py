@@ -7,6 +7,7 @@ own versioned files: ``data/08_reporting/<evaluation>/<split>/coco_metrics.json/
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 from frcnn_pipeline.pipelines.splits import for_split
 
@@ -42,6 +43,7 @@ def split_pipeline(model: str, evaluation: str, split: str, shape: PipelineShape
                 "params:model",
                 "params:evaluate",
                 "params:runtime",
+                RUN_WORLD,
                 *shape.graph_input(model),
             ],
             ["detections", "evaluated_model"],
@@ -110,6 +112,7 @@ def split_pipeline(model: str, evaluation: str, split: str, shape: PipelineShape
             "images": f"{split}_images",
             "ground_truth": f"{split}_ground_truth",
             "categories": "categories",
+            RUN_WORLD: RUN_WORLD,
             **{graph: graph for graph in shape.graph_input(model)},
         },
         parameters=SHARED_PARAMETERS,

@@ -17,6 +17,7 @@ from frcnn_pipeline.modeling.saved import (
     inference_model_config,
     require_weights,
 )
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,7 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
     export: ExportParams,
     evaluate: EvaluateParams,
     runtime: RuntimeParams,
+    world: WorldConfig,
     *,
     split: str,
 ) -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, Any], dict[str, Any]]:
@@ -62,6 +64,7 @@ def check_onnx_export(  # noqa: PLR0917 (a Kedro node: inputs by position)
         config,
         {"path": checked["path"].tolist(), "image_id": checked["image_id"].astype(int).tolist()},
         ground_truth,
+        world=world,
         runtime=runtime,
         options=options,
         evaluation=evaluate.inference,

@@ -10,6 +10,7 @@ still saves its report.
 from kedro.pipeline import Node, Pipeline
 
 from frcnn_pipeline.pipelines.inference_backend import EXPORT_NAMESPACES
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 from frcnn_pipeline.pipelines.splits import for_split
 
@@ -41,6 +42,7 @@ def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE, model: str = "trained_
                     "params:export",
                     "params:evaluate",
                     "params:runtime",
+                    RUN_WORLD,
                 ],
                 ["onnx_model", "onnx_model_fixed", "deployment", "check_report"],
                 name="check_onnx_export",
@@ -51,6 +53,7 @@ def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE, model: str = "trained_
             "images": f"{split}_images",
             "ground_truth": f"{split}_ground_truth",
             "categories": "categories",
+            RUN_WORLD: RUN_WORLD,
         },
         parameters={"params:model", "params:export", "params:evaluate", "params:runtime"},
         namespace=namespace,

@@ -20,6 +20,7 @@ from frcnn_pipeline.modeling.saved import (
     require_categories,
     require_weights,
 )
+from frcnn_pipeline.runtime.world import WorldConfig
 
 log = logging.getLogger(__name__)
 
@@ -59,11 +60,13 @@ def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
     model_params: ModelParams,
     predict: PredictParams,
     runtime: RuntimeParams,
+    world: WorldConfig,
     onnx_model: onnx.ModelProto | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Inference records, one per path (``error`` set for images that could not be read), and the model
     used: its description (kind, version, sha256, provenance), class mapping and inference backend
-    (``onnx_model``: the graph exported from ``model``, for onnxruntime)."""
+    (``onnx_model``: the graph exported from ``model``, for onnxruntime). The inference runs on the run's
+    ``world``."""
     require_weights(model)
     config, config_from = inference_model_config(model, model_params)
     categories = require_categories(model)
@@ -72,6 +75,7 @@ def predict_images(  # noqa: PLR0917 (a Kedro node: inputs by position)
         config,
         len(categories),
         image_paths,
+        world=world,
         runtime=runtime,
         options=predict.inference,
         graph=onnx_model,

@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.run_inputs import RUN_WORLD
 from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 
 from .nodes import build_prediction_results, draw_prediction_images, list_prediction_images, predict_images
@@ -30,6 +31,7 @@ def create_pipeline(
                     "params:model",
                     "params:predict",
                     "params:runtime",
+                    RUN_WORLD,
                     *shape.graph_input(model),
                 ],
                 ["prediction_records", "prediction_model"],
@@ -53,7 +55,7 @@ def create_pipeline(
         return Pipeline(nodes, tags=namespace, namespace=namespace, prefix_datasets_with_namespace=False)
     return Pipeline(
         nodes,
-        inputs={model, *shape.graph_input(model)},
+        inputs={model, RUN_WORLD, *shape.graph_input(model)},
         parameters={"params:model", "params:predict", "params:runtime"},
         tags=namespace,
         namespace=namespace,

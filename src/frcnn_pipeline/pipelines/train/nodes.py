@@ -13,6 +13,7 @@ from matplotlib.figure import Figure
 from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams, TrainParams
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.checkpoint import outputs_saved
+from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.tracking import TrackingTarget
 from frcnn_pipeline.engine.trainer import train_detector
 from frcnn_pipeline.evaluation.evaluator import DetectionEvaluator
@@ -35,10 +36,13 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
     train: TrainParams,
     runtime: RuntimeParams,
     evaluate: EvaluateParams,
+    world: WorldConfig,
+    resume: ResumeDecision,
     *,
     split: str,
 ) -> tuple[Any, Any, Any, Any, Any]:
-    """Train the detector, evaluating on `split` every `train.eval_period` iterations.
+    """Train the detector on the run's ``world`` from where its ``resume`` decision says, evaluating on
+    `split` every `train.eval_period` iterations.
 
     Returns the trained model and the best evaluated one (each with its config, classes and provenance; the
     best holds no weights without evaluation), the metric table (one row per logging window, with the
@@ -60,8 +64,9 @@ def train_model(  # noqa: PLR0917 (a Kedro node: inputs by position)
         model,
         train,
         runtime,
-        WorldConfig.from_runtime(runtime),
+        world,
         initial_weights.state_dict,
+        resume=resume,
         evaluator=evaluator,
         tracking=TrackingTarget.of_active_run(),
     )

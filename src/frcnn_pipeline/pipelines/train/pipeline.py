@@ -2,6 +2,7 @@
 
 from kedro.pipeline import Node, Pipeline
 
+from frcnn_pipeline.pipelines.run_inputs import RUN_RESUME, RUN_WORLD
 from frcnn_pipeline.pipelines.shape import DEFAULT_SHAPE, PipelineShape
 from frcnn_pipeline.pipelines.splits import for_split
 
@@ -26,6 +27,8 @@ def create_pipeline(shape: PipelineShape = DEFAULT_SHAPE) -> Pipeline:
                     "params:train",
                     "params:runtime",
                     "params:evaluate",
+                    RUN_WORLD,
+                    RUN_RESUME,
                 ],
                 ["trained_model", "best_model", "training_metrics", "training_run", "training_curves"],
                 name="train_detector",
