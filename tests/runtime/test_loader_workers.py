@@ -98,8 +98,9 @@ def test_an_error_in_a_step_ends_the_run_within_30_s_and_no_process_is_left(tmp_
     _assert_none_left(processes)
 
 
-# Ctrl-C on two workers (cpu2p), SLURM's SIGTERM on one (test_multinode sends SIGTERM to `kedro run` with
-# two workers, and Ctrl-C to one node of two); SIGTERM in the static-shape mode (batches made on the host).
+# Ctrl-C on two workers (cpu2p), SLURM's SIGTERM on one (engine/test_multinode_stops sends SIGTERM to `kedro
+# run` with two workers, and Ctrl-C to one node of two); SIGTERM in the static-shape mode (batches made on the
+# host).
 @pytest.mark.parametrize(
     ("stop", "mode", "nproc", "num_workers"),
     [(signal.SIGINT, "run", 2, 1), (signal.SIGTERM, "run", 1, 2), (signal.SIGTERM, "static", 1, 1)],
