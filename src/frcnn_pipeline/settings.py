@@ -5,7 +5,7 @@ frcnn_pipeline.framework.
 """
 
 from frcnn_pipeline.framework.config_loader import LOADER_ARGS, ProjectConfigLoader
-from frcnn_pipeline.framework.console import WideLogsOffTerminalHook
+from frcnn_pipeline.framework.console import ConsoleHook
 from frcnn_pipeline.framework.hooks import (
     MainProcessSavesHooks,
     MissingInputsHook,
@@ -31,6 +31,6 @@ HOOKS = (
     MissingInputsHook(RUN_CONFIG),
     MainProcessSavesHooks(RUN_CONFIG),
     ReportOnFailureHook(),
-    WideLogsOffTerminalHook(),
+    ConsoleHook(),  # registered last, called first: the console is set up first; the MLflow run still open
 )
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow",)

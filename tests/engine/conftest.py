@@ -58,12 +58,6 @@ def template(module_tmp) -> Path:
     shutil.copytree(PROJECT_ROOT / "src", project / "src", ignore=ignore)
     shutil.copytree(PROJECT_ROOT / "conf", project / "conf", ignore=shutil.ignore_patterns("local"))
     (project / "conf" / "local").mkdir()
-    # The project's logging leaves out Kedro's per-dataset lines; these tests read them to see where each node
-    # saved (to a file, or to a MemoryDataset).
-    logging_yml = project / "conf" / "logging.yml"
-    quiet = "kedro.io:\n    level: WARNING"
-    assert quiet in logging_yml.read_text()
-    logging_yml.write_text(logging_yml.read_text().replace(quiet, "kedro.io:\n    level: INFO"))
     (project / "conf" / "tiny").mkdir()
     (project / "conf" / "tiny" / "parameters.yml").write_text(yaml.safe_dump(TINY_ENV))
     shutil.copy2(PROJECT_ROOT / "pyproject.toml", project)

@@ -60,6 +60,14 @@ def finish(*processes: subprocess.Popen) -> list[str]:
     return outputs
 
 
+def run_log(project: Path, output: str) -> str:
+    """Every line of the run whose console `output` this is (Kedro's per-dataset lines, the workers' detail
+    lines); the run's closing summary names the file."""
+    marker = "every line of this run: "
+    name = next(line.split(marker)[1].split()[0] for line in output.splitlines() if marker in line)
+    return (project / name).read_text()
+
+
 def trained_versions(project: Path) -> list[Path]:
     return sorted((project / "data" / "06_models" / "trained_model.safetensors").glob("*/*"))
 

@@ -29,6 +29,7 @@ from multinode_runs import (
     free_port,
     kedro_run,
     only_version,
+    run_log,
     tiny_parameters,
     trained_versions,
     training_run,
@@ -140,7 +141,8 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
     datasets = [_dataset(path) for path in sorted(written - tracked)]
     assert sorted(datasets) == sorted(TRAIN_OUTPUTS), "node 0's outputs, once each"
     assert str(version.relative_to(data)) in written
-    assert all("MemoryDataset" in line for line in _saves(node1)) and _saves(node1), "node 1 saves to memory"
+    node1_saves = _saves(run_log(project, node1))
+    assert all("MemoryDataset" in line for line in node1_saves) and node1_saves, "node 1 saves to memory"
     assert "stay in memory here" in node1 and "this process saves the outputs" in node0
     _assert_same_weights(_weights(version), reference["state_dict"])
     metrics = pd.read_csv(only_version(data / "08_reporting" / "train" / "training_metrics.csv"))
@@ -148,8 +150,9 @@ def test_two_kedro_nodes_train_like_one_only_node_0_writes_and_evaluate_finds_th
     record = training_run(project)
     assert record["world"]["num_nodes"] == 2 and record["world"]["world_size"] == 2
     assert record["world"]["launcher"] == "none" and record["total_batch"] == 2
-    assert "iter 3/3" in node0, "rank 0's loss/LR lines reach node 0's console"
-    assert "(rank 1) initial_weights loaded" in node1, "and rank 1's records node 1's"
+    assert "train: 3 it in" in node0, "rank 0's progress reaches node 0's console"
+    assert "iter 3/3" in run_log(project, node0), "its loss/LR lines node 0's log"
+    assert "(rank 1) initial_weights loaded" in run_log(project, node1), "and rank 1's records node 1's"
 
     # As a user would next, on one machine: the evaluated model is the one the nodes trained.
     before = _files(data)
@@ -182,7 +185,7 @@ def test_torchrun_two_nodes_one_process_each(project, reference):
     assert (
         "this process saves the outputs" in node0
         and "rank 1 of 2 (torchrun)" in node1
-        and all("MemoryDataset" in line for line in _saves(node1))
+        and all("MemoryDataset" in line for line in _saves(run_log(project, node1)))
     )
     record = training_run(project)
     assert record["world"]["launcher"] == "torchrun" and record["world"]["num_nodes"] == 2

@@ -20,6 +20,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.datasets.unchanged import UNCHANGED, KeepUnchangedDataset
 from frcnn_pipeline.engine.checkpoint import mark_outputs_saved
 
@@ -41,4 +42,6 @@ class RunRecordDataset(KeepUnchangedDataset):
         if checkpoint is None:
             return
         mark_outputs_saved(Path(checkpoint))
-        log.info("Every output of %s is saved: a rerun of this run has nothing to redo", checkpoint)
+        log.info(
+            "Every output of %s is saved: a rerun of this run has nothing to redo", checkpoint, extra=DETAIL
+        )

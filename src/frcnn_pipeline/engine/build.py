@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.data.dataset import (
     DetectionDataset,
     GroupedBatchSampler,
@@ -122,7 +123,7 @@ def load_initial_weights(model: nn.Module, state_dict: dict[str, torch.Tensor]) 
             ", ".join(prefixes),
         )
     else:
-        log.info("initial_weights loaded: all %d keys", len(state_dict))
+        log.info("initial_weights loaded: all %d keys", len(state_dict), extra=DETAIL)
     return missing
 
 

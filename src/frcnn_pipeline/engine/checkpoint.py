@@ -16,6 +16,7 @@ from typing import IO, Any
 
 import torch
 
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.errors import UserFacingError
 
 log = logging.getLogger(__name__)
@@ -142,7 +143,7 @@ class CheckpointManager:
         for old in self.checkpoints()[: -self.keep_last]:
             old.unlink(missing_ok=True)
         self._remove_stale_temporaries()
-        log.info("Saved checkpoint %s", path)
+        log.info("Saved checkpoint %s", path, extra=DETAIL)
         return path
 
     def _remove_stale_temporaries(self) -> None:

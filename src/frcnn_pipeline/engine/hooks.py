@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from frcnn_pipeline.config import ModelParams
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.engine.checkpoint import CheckpointManager, atomic_save
 from frcnn_pipeline.engine.job import Evaluator
 from frcnn_pipeline.engine.loop import HookBase, Trainer, TrainState
@@ -119,7 +120,14 @@ class BestCheckpointHook(HookBase):
             "iteration": state.iteration,
             "path": str(self.path),
         }
-        log.info("New best %s %.4f at iteration %d: %s", self.metric, value, state.iteration, self.path)
+        log.info(
+            "New best %s %.4f at iteration %d: %s",
+            self.metric,
+            value,
+            state.iteration,
+            self.path,
+            extra=DETAIL,
+        )
 
 
 class PeriodicCheckpointHook(HookBase):

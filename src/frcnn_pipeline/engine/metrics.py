@@ -1,4 +1,4 @@
-"""Training metrics: rows smoothed over the logging window to JSON lines and the log; a progress bar."""
+"""Training metrics: rows smoothed over the logging window to JSON lines and the log file; the progress."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
+from frcnn_pipeline.console.detail import DETAIL
+from frcnn_pipeline.console.progress import Progress
 
 log = logging.getLogger(__name__)
 
 
 class MetricsWriter:
-    """Every `period` iterations: a row (losses, LR, images/s, data time, memory, ETA) to JSON lines and log.
+    """Every `period` iterations: a row (losses, LR, images/s, data time, memory, ETA) to JSON lines and logs.
 
     A row summarises its window as detectron2's metric writers do: each loss is the median over the window's
     iterations (single iterations are too noisy to compare runs), throughput and data time are window means,
@@ -46,14 +47,7 @@ class MetricsWriter:
             # A resumed run rewrites the rows it kept in its checkpoint, so the file matches the run exactly.
             with self.path.open("w", encoding="utf-8") as stream:
                 stream.writelines(json.dumps(row) + "\n" for row in self.rows)
-        self.progress = tqdm(
-            total=max_iter,
-            initial=start_iteration,
-            desc="train",
-            unit="it",
-            disable=not enabled,
-            dynamic_ncols=True,
-        )
+        self.progress = Progress("train", max_iter, "it", start_iteration, enabled=enabled)
         self._reset_window()
 
     def _reset_window(self) -> None:
@@ -81,8 +75,7 @@ class MetricsWriter:
         self._window_step_time += step_time
         for name, value in losses.items():
             self._window_losses.setdefault(name, []).append(value)
-        self.progress.update(1)
-        self.progress.set_postfix(loss=f"{losses['total_loss']:.3f}", lr=f"{lr:.2e}", refresh=False)
+        self.progress.update(1, loss=f"{losses['total_loss']:.3f}", lr=f"{lr:.2e}")
         done = iteration + 1
         if done % self.period and done != self.max_iter:
             return None
@@ -105,6 +98,7 @@ class MetricsWriter:
         if self.path is not None:
             with self.path.open("a", encoding="utf-8") as stream:
                 stream.write(json.dumps(row) + "\n")
+        # The rows go to the log file; the console's progress shows the loss and LR.
         log.info(
             "iter %d/%d  %s  lr %.3g  %.2f img/s  data %.3fs  mem %.0f MiB  eta %s",
             done,
@@ -115,8 +109,9 @@ class MetricsWriter:
             row["data_time_s"],
             row["memory_mb"],
             time.strftime("%H:%M:%S", time.gmtime(row["eta_s"])),
+            extra=DETAIL,
         )
         return row
 
     def close(self) -> None:
-        self.progress.close()
+        self.progress.close(finished=self.progress.done >= self.max_iter)

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import torch
 
+from frcnn_pipeline.console.detail import DETAIL
+
 log = logging.getLogger(__name__)
 
 AUTO, FLOAT32, BFLOAT16 = "auto", "float32", "bfloat16"
@@ -47,5 +49,7 @@ def cpu_dtype(setting: str) -> torch.dtype:
         dtype, reason = torch.bfloat16, f"auto: this CPU has {' and '.join(native_bf16_instructions())}"
     else:
         dtype, reason = torch.float32, "auto: this CPU has neither AMX nor AVX512-BF16"
-    log.info("CPU inference precision: backbone in %s (%s); the heads in float32", dtype, reason)
+    log.info(
+        "CPU inference precision: backbone in %s (%s); the heads in float32", dtype, reason, extra=DETAIL
+    )
     return dtype

@@ -19,9 +19,10 @@ import torch
 from PIL import Image
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from frcnn_pipeline.config import InferenceParams, ModelParams, RuntimeParams
+from frcnn_pipeline.console.detail import DETAIL
+from frcnn_pipeline.console.progress import Progress
 from frcnn_pipeline.data.images import oriented_size, read_rgb
 from frcnn_pipeline.errors import UserFacingError
 from frcnn_pipeline.evaluation.cpu_precision import cpu_dtype
@@ -172,14 +173,8 @@ def predict_images(
         collate_fn=_collate,
     )
     results = []
-    progress = tqdm(
-        total=len(paths),
-        desc="inference",
-        unit="img",
-        disable=not (context.is_main and show_progress),
-        mininterval=5,
-    )
-    with torch.inference_mode():
+    progress = Progress("inference", len(paths), "img", enabled=context.is_main and show_progress)
+    with torch.inference_mode(), progress:
         for batch in loader:
             readable = [(position, image) for position, image, _ in batch if image is not None]
             outputs = []
@@ -200,7 +195,6 @@ def predict_images(
             results += [{"position": p, "error": error} for p, image, error in batch if image is None]
             # Every rank advances by its batch times the world size: an estimate that keeps the ETA honest.
             progress.update(len(batch) * context.world_size)
-    progress.close()
     gathered = distributed.all_gather_object(results)
     return sorted((r for rank_results in gathered for r in rank_results), key=lambda r: r["position"])
 
@@ -255,6 +249,7 @@ def run_inference(
         world.world_size,
         world.device,
         options.batch_size,
+        extra=DETAIL,
     )
     paths = list(map(str, paths))
     records = distributed.launch(
@@ -323,17 +318,27 @@ def run_onnx_inference(
     detector = OnnxDetector(graph, threads=settings.num_threads)
     require_test_time_options(detector.description, options)
     paths = list(map(str, paths))
-    logger.info("Inference of %d image(s) with ONNX Runtime (%s graph)", len(paths), detector.variant)
+    logger.info(
+        "Inference of %d image(s) with ONNX Runtime (%s graph)", len(paths), detector.variant, extra=DETAIL
+    )
     loader = DataLoader(ImageFiles(paths), batch_size=1, num_workers=options.num_workers, collate_fn=_collate)
     records = []
-    for [(position, image, error)] in tqdm(loader, desc="inference", unit="img", mininterval=5):
-        if image is None:
-            records.append({"position": position, "error": error})
-            continue
-        output = detector(image)
-        records.append(
-            {"position": position, "height": image.shape[1], "width": image.shape[2], **output, "error": ""}
-        )
+    with Progress("inference", len(paths), "img") as progress:
+        for [(position, image, error)] in loader:
+            progress.update()
+            if image is None:
+                records.append({"position": position, "error": error})
+                continue
+            output = detector(image)
+            records.append(
+                {
+                    "position": position,
+                    "height": image.shape[1],
+                    "width": image.shape[2],
+                    **output,
+                    "error": "",
+                }
+            )
     _report_unreadable(records, paths)
     return records
 

@@ -50,6 +50,7 @@ from mlflow.entities import RunStatus
 from omegaconf import OmegaConf
 
 from frcnn_pipeline.config import SECTIONS, Section, flatten
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.datasets import UNCHANGED
 from frcnn_pipeline.engine.resume import ResumeDecision
 from frcnn_pipeline.engine.tracking import quiet_store_errors
@@ -144,7 +145,7 @@ class ProjectMlflowHook(MlflowHook):
                 server.mlflow_tracking_uri = self._store_uri
             return
         self._store_uri = server.mlflow_tracking_uri
-        log.info("MLflow tracking store: %s", self._store_uri)
+        log.info("MLflow tracking store: %s", self._store_uri, extra=DETAIL)
         if is_main and not self._run_was_active:
             self._keep_artifacts_in_project()
 

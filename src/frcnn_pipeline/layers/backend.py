@@ -19,6 +19,8 @@ from functools import cache
 
 import torch
 
+from frcnn_pipeline.console.detail import DETAIL
+
 logger = logging.getLogger(__name__)
 
 SETTINGS = ("auto", "portable")
@@ -66,7 +68,9 @@ def choose(
         choice, reason = _decide(op, device_type, npu_native, verify)
         _choices[key] = choice, reason
         call = f"{op} ({variant})" if variant else op
-        logger.info("Detection op %s on %s: %s implementation (%s)", call, device_type, choice, reason)
+        logger.info(
+            "Detection op %s on %s: %s implementation (%s)", call, device_type, choice, reason, extra=DETAIL
+        )
     return _choices[key][0]
 
 

@@ -22,6 +22,7 @@ import safetensors.torch
 import torch
 
 from frcnn_pipeline.config.model import ModelParams
+from frcnn_pipeline.console.detail import DETAIL
 
 log = logging.getLogger(__name__)
 
@@ -183,7 +184,11 @@ def inference_model_config(saved: SavedDetector, parameters: ModelParams) -> tup
     current = parameters
     if saved.model_config is None:
         if saved.kind == INITIAL_WEIGHTS:
-            log.info("%s: built from params:model (initial weights carry no training config)", saved.name)
+            log.info(
+                "%s: built from params:model (initial weights carry no training config)",
+                saved.name,
+                extra=DETAIL,
+            )
         else:
             log.warning(
                 "%s carries no model config (saved by an earlier version of this project): built from "
@@ -206,5 +211,5 @@ def inference_model_config(saved: SavedDetector, parameters: ModelParams) -> tup
             "was trained with), or retrain. Test-time filtering is set by evaluate.inference / "
             "predict.inference."
         )
-    log.info("%s: built from the model config saved with it", saved.name)
+    log.info("%s: built from the model config saved with it", saved.name, extra=DETAIL)
     return trained, "saved"

@@ -21,6 +21,7 @@ from types import FrameType, TracebackType
 import torch.multiprocessing
 from torch.utils.data import DataLoader
 
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.runtime.signals import die_with_the_parent
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,7 @@ def worker_count(requested: int, training_workers_per_node: int) -> int:
             requested,
             available,
             available,
+            extra=DETAIL,
         )
     return min(requested, available)
 

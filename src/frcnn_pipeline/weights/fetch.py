@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
+from frcnn_pipeline.console.detail import DETAIL
+from frcnn_pipeline.console.progress import Progress
 from frcnn_pipeline.errors import UserFacingError
 
 logger = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ logger = logging.getLogger(__name__)
 DETECTRON2_PREFIX = "detectron2://"
 DETECTRON2_BASE_URL = "https://dl.fbaipublicfiles.com/detectron2/"
 _CHUNK = 1 << 20
+MIB = 1 << 20
 # 4xx answers that will not change on a retry (408 timeout and 429 rate limit are worth retrying).
 _RETRYABLE_CLIENT_ERRORS = {408, 429}
 
@@ -93,19 +94,18 @@ def _download_once(url: str, partial: Path, timeout_s: float, progress: bool) ->
         received = offset
         with (
             open(partial, "ab" if offset else "wb") as stream,
-            tqdm(
-                total=total,
-                initial=offset,
-                unit="B",
-                unit_scale=True,
-                desc=partial.name.removesuffix(".part"),
-                disable=not progress,
+            Progress(
+                partial.name.removesuffix(".part"),
+                total and total / MIB,
+                "MiB",
+                offset / MIB,
+                enabled=progress,
             ) as bar,
         ):
             while chunk := response.read(_CHUNK):
                 stream.write(chunk)
                 received += len(chunk)
-                bar.update(len(chunk))
+                bar.update(len(chunk) / MIB)
     if total is not None and received < total:
         raise ConnectionError(f"connection closed after {received} of {total} bytes")
 
@@ -140,7 +140,7 @@ def fetch_url(
     target = cache_path(url, cache_dir)
     if target.exists():
         if sha256 is None or sha256_of(target) == sha256.lower():
-            logger.info("Using cached %s for %s", target, url)
+            logger.info("Using cached %s for %s", target, url, extra=DETAIL)
             return target
         logger.warning("Cached %s does not match weights.sha256; downloading it again", target)
         target.unlink()

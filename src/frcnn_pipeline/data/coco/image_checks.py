@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from PIL import Image
-from tqdm.auto import tqdm
 
+from frcnn_pipeline.console.progress import Progress
 from frcnn_pipeline.data.coco.findings import (
     DEFAULT_SEVERITY,
     UNUSABLE_IMAGE_CHECKS,
@@ -162,12 +162,11 @@ def _probe_images(paths: list[str], widths, heights, *, decode: bool, workers: i
     # Opening files is I/O-bound: threads overlap the waits; PIL releases the GIL while decoding.
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = pool.map(_probe_image, paths, widths.tolist(), heights.tolist(), [decode] * len(paths))
-        return list(
-            tqdm(
-                results,
-                total=len(paths),
-                desc=f"checking {split} images",
-                unit="img",
-                disable=len(paths) < _PROGRESS_MIN_IMAGES,
-            )
-        )
+        probed = []
+        with Progress(
+            f"checking {split} images", len(paths), "img", enabled=len(paths) >= _PROGRESS_MIN_IMAGES
+        ) as bar:
+            for result in results:
+                probed.append(result)
+                bar.update()
+        return probed

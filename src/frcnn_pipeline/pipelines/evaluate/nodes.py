@@ -12,10 +12,11 @@ import torch
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import EvaluateParams, ModelParams, RuntimeParams
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.data.fingerprint import ground_truth_fingerprint
 from frcnn_pipeline.data.images import read_rgb
 from frcnn_pipeline.evaluation import analysis_plots, plots
-from frcnn_pipeline.evaluation.coco_eval import CocoBoxEvaluation, evaluate_boxes
+from frcnn_pipeline.evaluation.coco_eval import STAT_NAMES, CocoBoxEvaluation, evaluate_boxes
 from frcnn_pipeline.evaluation.confusion import confusion_matrix
 from frcnn_pipeline.evaluation.drawing import Sample, count_errors, samples_figure
 from frcnn_pipeline.evaluation.error_analysis import classify_errors, error_breakdown, worst_images
@@ -69,7 +70,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
     evaluated = model.describe(config_from)
     evaluated["inference_backend"] = runtime.inference_backend
     evaluated["arithmetic"] = describe_arithmetic(runtime, options)
-    log.info("Evaluated in %s", evaluated["arithmetic"])
+    log.info("Evaluated in %s", evaluated["arithmetic"], extra=DETAIL)
     unreadable = [images["path"].iloc[r["position"]] for r in records if r["error"]]
     if unreadable:
         raise RuntimeError(
@@ -78,7 +79,7 @@ def predict_split(  # noqa: PLR0917 (a Kedro node: inputs by position)
             "(ingest.validation.image_checks: decode finds them)."
         )
     detections = coco_results(records, images["image_id"].tolist(), category_ids_by_label(categories))
-    log.info("%d detections on %d images", len(detections), len(images))
+    log.info("%d detections on %d images", len(detections), len(images), extra=DETAIL)
     return detections, evaluated
 
 
@@ -90,7 +91,8 @@ def compute_coco_metrics(
     metrics = evaluation.metrics()
     header = " | ".join(f"{name:>6s}" for name in metrics)
     values = " | ".join(f"{value * 100:6.2f}" if value >= 0 else f"{'n/a':>6s}" for value in metrics.values())
-    log.info("COCO box metrics (%%):\n%s\n%s\npycocotools' summary:\n%s", header, values, evaluation.summary)
+    log.info("COCO box metrics (%%):\n%s\n%s", header, values)
+    log.info("pycocotools' summary:\n%s", evaluation.summary, extra=DETAIL)
     return evaluation
 
 
@@ -111,9 +113,9 @@ def report_coco_metrics(
     """
     table = evaluation.per_category_ap()
     shown = table.copy()
-    for column in ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100"):
+    for column in STAT_NAMES:  # every AP and AR in percent, as the box metrics' table
         shown[column] = (shown[column] * 100).round(1)
-    log.info("AP per category (%%):\n%s", shown.to_string(index=False))
+    log.info("AP and AR per category (%%):\n%s", shown.to_string(index=False), extra=DETAIL)
     protocol = ground_truth.get("info", {}).get("protocol") or {}
     for deviation in protocol.get("deviations", []):
         log.warning("%s AP deviates from the COCO protocol: %s", split, deviation)
@@ -214,7 +216,7 @@ def analyse_errors(
         shown[column] = (shown[column] * 100).round(2)
     log.info(
         "Error breakdown (TIDE; AP50 %.2f, AP %.2f; dAP in AP points):\n%s",
-        baseline["AP50"] * 100, baseline["AP"] * 100, shown.to_string(index=False),
+        baseline["AP50"] * 100, baseline["AP"] * 100, shown.to_string(index=False), extra=DETAIL,
     )  # fmt: skip
     return summary, analysis_plots.error_breakdown_figure(summary, baseline)
 
@@ -231,7 +233,9 @@ def tabulate_confusion(
         iou_threshold=settings.iou_threshold,
     )
     table = matrix.table()
-    log.info("Confusion matrix (rows: ground truth, columns: predicted):\n%s", table.to_string())
+    log.info(
+        "Confusion matrix (rows: ground truth, columns: predicted):\n%s", table.to_string(), extra=DETAIL
+    )
     return table.reset_index(), analysis_plots.confusion_matrix_figure(matrix)
 
 
@@ -242,7 +246,7 @@ def advise_score_thresholds(
     settings = evaluate.score_thresholds
     advice = score_threshold_advice(ground_truth, detections, settings.iou_threshold)
     table = advice.table()
-    log.info("F1-maximising score thresholds:\n%s", table.round(3).to_string(index=False))
+    log.info("F1-maximising score thresholds:\n%s", table.round(3).to_string(index=False), extra=DETAIL)
     return table, analysis_plots.score_threshold_figure(advice)
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from frcnn_pipeline.config import IngestParams, ModelParams, ParameterError
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.data import demo, statistics, statistics_plots
 from frcnn_pipeline.data.coco import (
     SplitSource,
@@ -121,9 +122,11 @@ def report_validation(
     summary["fingerprints"] = dict(zip(splits, tables[1::2], strict=True))
     for split, counts in summary["splits"].items():
         for check, entry in counts["by_check"].items():
-            logger.info("validation %s: %-28s %-8s %d", split, check, entry["severity"], entry["count"])
+            logger.info(
+                "validation %s: %-28s %-8s %d", split, check, entry["severity"], entry["count"], extra=DETAIL
+            )
     if not summary["splits"]:
-        logger.info("validation: no findings")
+        logger.info("validation: no findings", extra=DETAIL)
     return report, summary
 
 

@@ -6,6 +6,7 @@ import pandas as pd
 import torch
 
 from frcnn_pipeline.config import ModelParams, WeightsParams
+from frcnn_pipeline.console.detail import DETAIL
 from frcnn_pipeline.modeling import build_model
 from frcnn_pipeline.modeling.saved import INITIAL_WEIGHTS, SavedDetector, category_mapping
 from frcnn_pipeline.weights import convert_state_dict, fetch_weights, load_checkpoint, unwrap_checkpoint
@@ -71,7 +72,9 @@ def convert_pretrained_weights(
             state[LABEL_ROWS_KEY] = coco_label_rows(ids, names, "weights.source none")
             rows.append(label_rows_report_row(state[LABEL_ROWS_KEY]))
         report = pd.DataFrame(rows, columns=REPORT_COLUMNS)
-        logger.info("Random initialisation (seed %d): %d tensors", params.seed, len(model_state))
+        logger.info(
+            "Random initialisation (seed %d): %d tensors", params.seed, len(model_state), extra=DETAIL
+        )
         return _initial_weights(state, categories, pretrained, params.seed), report
     checkpoint = load_checkpoint(pretrained["path"])
     state, report = convert_state_dict(
