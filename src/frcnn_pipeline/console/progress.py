@@ -48,7 +48,7 @@ def format_duration(seconds: float) -> str:
 class Progress:
     """`update()` as work is done; `close()` (or the `with` block's end) logs the stage's one closing line.
 
-    ``fields`` passed to `update()` (a loss, the current node) show after the counts. Disabled (another
+    ``fields`` passed to `update()` (a loss, the LR) show after the counts. Disabled (another
     rank, a stage too short to show), it does nothing.
     """
 
@@ -61,7 +61,6 @@ class Progress:
         *,
         enabled: bool = True,
         clock: Callable[[], float] = time.monotonic,
-        console: Console | None = None,
     ):
         self.description, self.total, self.unit = description, total, unit
         self.initial = self.done = initial
@@ -70,7 +69,7 @@ class Progress:
         self._clock = clock
         self._started = self._last_line = clock()
         self._last_line_done = initial
-        self._console = (console or terminal_console()) if enabled else None
+        self._console = terminal_console() if enabled else None
         self._task = self._show_bar() if self._console is not None else None
 
     def _show_bar(self):

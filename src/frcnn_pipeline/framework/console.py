@@ -65,7 +65,7 @@ def set_up_console(log_dir: Path = RUN_LOG_DIR) -> Path:
             handler.addFilter(shown_on_console)
     run_log = RunLogFile(log_dir)
     root.addHandler(run_log)
-    return Path(os.path.relpath(run_log.baseFilename))
+    return Path(os.path.relpath(run_log.baseFilename))  # as `kedro run`, in the project's folder, shows it
 
 
 def widen_logs_off_terminal(width: int = 160) -> None:
@@ -148,7 +148,7 @@ class ConsoleHook:
     @hook_impl(tryfirst=True)  # before the other hooks log
     def after_context_created(self, context: KedroContext) -> None:
         widen_logs_off_terminal()
-        self._log_path = set_up_console()
+        self._log_path = set_up_console(Path(context.project_path) / RUN_LOG_DIR)
 
     @hook_impl
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
