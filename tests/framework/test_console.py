@@ -4,6 +4,7 @@ import logging
 import os
 from pathlib import Path
 
+from kedro_params import TINY_DEMO, cli_params
 from rich.console import Console
 from rich.logging import RichHandler
 from test_cli import kedro_run
@@ -86,17 +87,28 @@ def test_the_summary_says_where_each_output_went_in_a_few_lines():
     assert len(lines) <= 15
 
 
-def test_a_run_shows_its_stages_and_a_summary_and_logs_every_line(project):
-    """`kedro run` off a terminal: no per-node line on the console, a closing summary, the rest in the log."""
+def test_the_default_run_shows_its_stages_results_and_a_summary_and_logs_every_line(project):
+    """`kedro run` off a terminal (ingest, weights, train, evaluate on a tiny demo): each stage's closing line
+    and the results once, no per-node or per-iteration line; those are in the run's log file."""
     root, _ = project
-    result = kedro_run(root, "--pipeline", "ingest")
-    assert result.returncode == 0, result.stdout + result.stderr
+    tiny = {**TINY_DEMO, "train.solver.max_iter": 2, "train.eval_period": 1, "train.log_period": 1}
+    result = kedro_run(root, "--params", cli_params(tiny))
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     console = (result.stdout + result.stderr).splitlines()
-    assert not any("Running node" in line or "Completed" in line for line in console), console
-    assert sum("Run complete in" in line for line in console) == 1
-    assert any("data/03_primary/" in line for line in console)
-    assert len(console) <= 25, "\n".join(console)
+    shown = "\n".join(console)
+    for detail in ("Running node", "Completed", "iter 1/2", "Saved checkpoint", "AP and AR per category"):
+        assert detail not in shown, detail
+    for once in ("train: 2 it in", "inference: 4 img in", "COCO box metrics (%)", "Run complete in"):
+        assert shown.count(once) == 1, once
+    assert shown.count("Evaluation at iteration") == 2 and "box AP on val (%)" in shown
+    assert any(line.strip().startswith("data/06_models/  ") for line in console)
+    assert len(console) <= 40, shown
     log_line = next(line for line in console if "every line of this run:" in line)
-    log_file = root / log_line.split("every line of this run:")[1].split()[0]
-    logged = log_file.read_text()
-    assert "Running node: validate_train_split" in logged and "validation train:" in logged
+    logged = (root / log_line.split("every line of this run:")[1].split()[0]).read_text()
+    for detail in (
+        "Running node: validate_train_split",
+        "iter 1/2",
+        "Saved checkpoint",
+        "AP and AR per category",
+    ):
+        assert detail in logged, detail
