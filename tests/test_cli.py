@@ -31,8 +31,9 @@ def test_user_facing_error_fits_on_a_screen_and_the_traceback_goes_to_a_log(proj
     logged = (root / log_name).read_text()
     assert "Traceback (most recent call last)" in logged and "CocoFormatError" in logged
     # Off a terminal, log lines are not wrapped at 80 columns.
-    node_line = "Node validate_train_split: ingest_train_split([ingest_sources;params:ingest]) ->"
+    node_line = "ERROR    Node ingest.validate_train_split failed; every line of this run: logs/run_"
     assert any(node_line in line for line in lines)
+    assert sum("duplicate image ids [1]" in line for line in lines) == 1, "the message once"
 
     verbose = kedro_run(root, "--pipeline", "ingest", "--params", f"ingest.data_root={coco}", "--verbose")
     assert verbose.returncode == 1 and "Traceback" in verbose.stdout + verbose.stderr

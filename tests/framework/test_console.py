@@ -29,8 +29,8 @@ def test_logs_widen_off_a_terminal(monkeypatch):
     handler.console.file.close()
 
 
-def record(name: str, level: int, **extra) -> logging.LogRecord:
-    made = logging.LogRecord(name, level, __file__, 1, "message", None, None)
+def record(name: str, level: int, msg: str = "message", **extra) -> logging.LogRecord:
+    made = logging.LogRecord(name, level, __file__, 1, msg, None, None)
     made.__dict__.update(extra)
     return made
 
@@ -41,6 +41,10 @@ def test_the_console_shows_warnings_and_the_projects_lines_not_marked_detail():
     assert not shown_on_console(record("kedro.runner.sequential_runner", logging.INFO))
     assert shown_on_console(record("kedro.io.data_catalog", logging.WARNING))
     assert shown_on_console(record("frcnn_pipeline.engine.checkpoint", logging.WARNING, **DETAIL))
+    # Kedro's node failure repeats the error the run ends with; the project's own line names the node.
+    failed = "Node %s failed with error: \n%s"
+    assert not shown_on_console(record("kedro.pipeline.node", logging.ERROR, failed))
+    assert shown_on_console(record("kedro.pipeline.node", logging.ERROR, "Something else"))
 
 
 def test_each_session_logs_to_a_new_file_and_filters_the_console_once(tmp_path, monkeypatch):

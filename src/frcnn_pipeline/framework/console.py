@@ -24,7 +24,7 @@ from frcnn_pipeline.console.progress import format_duration
 if TYPE_CHECKING:
     from kedro.framework.context import KedroContext
     from kedro.io import DataCatalog
-    from kedro.pipeline import Pipeline
+    from kedro.pipeline import Node, Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,13 @@ SHOWN_OUTPUT_NAMES = 3  # per folder in the summary; the log file lists them all
 
 
 def shown_on_console(record: logging.LogRecord) -> bool:
-    """Warnings and errors, and this project's INFO lines that are not DETAIL; the rest is the log file's."""
+    """Warnings and errors, and this project's INFO lines that are not DETAIL; the rest is the log file's.
+
+    Kedro's "Node … failed with error: <message>" is left out too: the message ends the run once more below it
+    (the short error or the traceback), and `ConsoleHook.on_node_error` names the node.
+    """
+    if record.name == "kedro.pipeline.node" and str(record.msg).startswith("Node %s failed with error"):
+        return False
     if record.levelno >= logging.WARNING:
         return True
     return record.name.startswith("frcnn_pipeline") and not getattr(record, "detail", False)
@@ -154,6 +160,10 @@ class ConsoleHook:
     def before_pipeline_run(self, pipeline: Pipeline) -> None:
         self._started = time.monotonic()
         self._saved, self._metrics = [], {}
+
+    @hook_impl
+    def on_node_error(self, node: Node) -> None:
+        log.error("Node %s failed; every line of this run: %s", node.name, self._log_path)
 
     @hook_impl
     def after_dataset_saved(self, dataset_name: str, data: Any) -> None:
