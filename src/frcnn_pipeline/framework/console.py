@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime
 import logging
-import logging.handlers
 import os
 import time
 from collections.abc import Iterator
